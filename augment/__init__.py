@@ -1,0 +1,38 @@
+"""gan-augment: class-conditional GAN augmentation for small labelled image datasets.
+
+Public API::
+
+    from augment import load_config, load_data, train, Snapshot, load_snapshot
+"""
+
+import os
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations phones home otherwise
+
+from augment.checkpoint import Snapshot, find_snapshot, load_snapshot  # noqa: E402
+from augment.config import Config, load_config  # noqa: E402
+from augment.data import PreparedData, load_data  # noqa: E402
+from augment.errors import AugmentError, CheckpointError, ConfigError, DataError, OutputError  # noqa: E402
+from augment.generate import counts_to_generate, sample, write_samples  # noqa: E402
+from augment.train import train  # noqa: E402
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AugmentError",
+    "CheckpointError",
+    "Config",
+    "ConfigError",
+    "DataError",
+    "OutputError",
+    "PreparedData",
+    "Snapshot",
+    "counts_to_generate",
+    "find_snapshot",
+    "load_config",
+    "load_data",
+    "load_snapshot",
+    "sample",
+    "train",
+    "write_samples",
+]

@@ -1,0 +1,130 @@
+"""Self-describing checkpoints, written atomically, loaded with ``torch.load(weights_only=True)``.
+
+Two artifacts, as EDM and nanoGPT keep them:
+
+* a **snapshot** for inference (``network-*.pt``): the EMA generator's state dict, the arguments
+  that rebuild it, class names and train counts, the resolved config, kimg, data fingerprint;
+* a **training state** for resuming (``training-state.pt``): G, D, EMA, both optimizers, the RNG
+  state and the number of images shown.
+
+Both hold only tensors and plain containers, so loading never unpickles code.
+"""
+
+from __future__ import annotations
+
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from augment.errors import CheckpointError
+from augment.io import atomic_save
+from augment.models import ConditionalGenerator
+
+SNAPSHOT_FORMAT = "gan-augment/snapshot/v1"
+STATE_FORMAT = "gan-augment/training-state/v1"
+TRAINING_STATE = "training-state.pt"
+FINAL_SNAPSHOT = "network-final.pt"
+BEST_SNAPSHOT = "network-best.pt"
+
+
+def save(obj: dict[str, Any], path: Path) -> None:
+    """``torch.save`` to a temporary file, then rename (a crash never leaves half a checkpoint)."""
+    atomic_save(Path(path), lambda tmp: torch.save(obj, tmp))
+
+
+def load(path: Path, expect_format: str | None = None) -> dict[str, Any]:
+    """Load a checkpoint safely; CheckpointError names the file and the problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else "unsupported object"
+        raise CheckpointError(
+            f"{path}: refused to load: the file contains pickled objects that weights_only loading "
+            f"does not allow ({first[:160]})"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as err:
+        raise CheckpointError(f"{path}: not a readable checkpoint ({str(err).splitlines()[0][:160]})") from None
+    if not isinstance(obj, dict) or (expect_format and obj.get("format") != expect_format):
+        found = obj.get("format") if isinstance(obj, dict) else type(obj).__name__
+        raise CheckpointError(f"{path}: expected a {expect_format} checkpoint, found {found!r}")
+    return obj
+
+
+@dataclass
+class Snapshot:
+    """An inference snapshot: build the EMA generator with :meth:`generator`."""
+
+    generator_state: dict[str, torch.Tensor]
+    generator_kwargs: dict[str, Any]
+    class_names: list[str]
+    class_counts: list[int]
+    config: dict[str, Any]
+    kimg: float
+    data_fingerprint: str
+    metrics: dict[str, float] = field(default_factory=dict)
+    path: Path | None = None
+
+    def generator(self, device: str | torch.device = "cpu") -> ConditionalGenerator:
+        G = ConditionalGenerator(**self.generator_kwargs)
+        try:
+            G.load_state_dict(self.generator_state)
+        except RuntimeError as err:
+            raise CheckpointError(
+                f"{self.path}: generator weights do not match its architecture ({str(err).splitlines()[0]})"
+            ) from None
+        return G.to(device).eval().requires_grad_(False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": SNAPSHOT_FORMAT,
+            "generator": self.generator_state,
+            "generator_kwargs": self.generator_kwargs,
+            "class_names": self.class_names,
+            "class_counts": self.class_counts,
+            "config": self.config,
+            "kimg": self.kimg,
+            "data_fingerprint": self.data_fingerprint,
+            "metrics": self.metrics,
+        }
+
+
+def save_snapshot(snapshot: Snapshot, path: Path) -> None:
+    save(snapshot.to_dict(), path)
+
+
+def load_snapshot(path: Path) -> Snapshot:
+    obj = load(path, SNAPSHOT_FORMAT)
+    try:
+        return Snapshot(
+            generator_state=obj["generator"],
+            generator_kwargs=dict(obj["generator_kwargs"]),
+            class_names=list(obj["class_names"]),
+            class_counts=list(obj["class_counts"]),
+            config=obj["config"],
+            kimg=float(obj["kimg"]),
+            data_fingerprint=str(obj["data_fingerprint"]),
+            metrics=dict(obj.get("metrics", {})),
+            path=Path(path),
+        )
+    except (KeyError, TypeError) as err:
+        raise CheckpointError(f"{path}: snapshot is missing field {err}") from None
+
+
+def find_snapshot(run_dir: Path) -> Path:
+    """The snapshot a run hands on: best (by fd_domain) if kept, else final, else the latest."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise CheckpointError(f"{run_dir}: run directory not found")
+    for name in (BEST_SNAPSHOT, FINAL_SNAPSHOT):
+        if (run_dir / name).is_file():
+            return run_dir / name
+    snaps = sorted(run_dir.glob("network-snapshot-*.pt"))
+    if not snaps:
+        raise CheckpointError(f"{run_dir}: no generator checkpoint (network-*.pt) in this run directory")
+    return snaps[-1]

@@ -1,0 +1,301 @@
+"""Typed configuration: pydantic models <-> ``configs/*.yaml``.
+
+Every section forbids unknown keys, so a typo is an error that names the file, the dotted
+field and the bad value instead of a silently ignored setting.
+
+Example:
+    >>> from augment.config import load_config
+    >>> cfg = load_config("configs/digits.yaml", overrides=["train.kimg=2"])
+    >>> cfg.train.kimg
+    2.0
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from augment.errors import ConfigError
+
+SUPPORTED_SIZES = (8, 16, 28, 32, 64)
+DIFFAUG_POLICIES = ("translation", "cutout", "color")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SplitConfig(_Section):
+    """Stratified train/val/test split of the limited data (fractions per class)."""
+
+    val: float = Field(0.1, ge=0.0, lt=1.0)
+    test: float = Field(0.2, ge=0.0, lt=1.0)
+    #: When set, the test split instead takes this many real images per class from the images the
+    #: limit left out (disjoint from train/val): a larger, balanced test set for honest benchmarks.
+    test_per_class: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _fractions(self) -> SplitConfig:
+        if self.val + self.test >= 1.0:
+            raise ValueError(f"val + test must be < 1 (got {self.val} + {self.test})")
+        return self
+
+
+class ImbalanceConfig(_Section):
+    """Long-tail profile: class k keeps ``max_per_class * ratio ** (k / (K - 1))`` images."""
+
+    ratio: float = Field(..., gt=0.0, le=1.0)
+    max_per_class: int = Field(..., ge=2)
+    #: Class order of the tail (first = largest). Default: the source's class order.
+    order: list[str] | None = None
+
+
+class DataConfig(_Section):
+    source: Literal["digits", "fashion_mnist", "imagefolder", "csv"] = "digits"
+    #: Folder (fashion_mnist IDX files, imagefolder root) or manifest file (csv).
+    root: Path | None = None
+    image_size: int = 8
+    channels: Literal[1, 3] = 1
+    #: How to convert images whose mode does not match ``channels`` ("L" or "RGB"); None = error.
+    convert: Literal["L", "RGB"] | None = None
+    #: Restrict to (and order) these classes; None = every class of the source.
+    classes: list[str] | None = None
+    per_class: int | dict[str, int] | None = None
+    imbalance: ImbalanceConfig | None = None
+    split: SplitConfig = SplitConfig()
+
+    @field_validator("image_size")
+    @classmethod
+    def _size(cls, v: int) -> int:
+        if v not in SUPPORTED_SIZES:
+            raise ValueError(f"image_size must be one of {SUPPORTED_SIZES}, got {v}")
+        return v
+
+    @field_validator("per_class")
+    @classmethod
+    def _per_class(cls, v: int | dict[str, int] | None) -> int | dict[str, int] | None:
+        values = v.values() if isinstance(v, dict) else [v] if v is not None else []
+        for n in values:
+            if n < 1:
+                raise ValueError(f"per_class counts must be >= 1, got {n}")
+        return v
+
+    @model_validator(mode="after")
+    def _limits(self) -> DataConfig:
+        if self.per_class is not None and self.imbalance is not None:
+            raise ValueError("set either per_class or imbalance, not both")
+        if self.source in ("imagefolder", "csv") and self.root is None:
+            raise ValueError(f"source {self.source!r} needs data.root")
+        return self
+
+
+class ModelConfig(_Section):
+    z_dim: int = Field(64, ge=1)
+    g_channels: int = Field(64, ge=4)
+    d_channels: int = Field(64, ge=4)
+    #: Widest layer as a multiple of the base width (caps the cost of large images).
+    max_mult: int = Field(4, ge=1)
+
+
+class TrainConfig(_Section):
+    kimg: float = Field(50.0, gt=0)
+    batch_size: int = Field(64, ge=2)
+    loss: Literal["hinge", "nonsaturating"] = "hinge"
+    diffaug: list[Literal["translation", "cutout", "color"]] = ["translation", "cutout"]
+    lr_g: float = Field(2e-4, gt=0)
+    lr_d: float = Field(2e-4, gt=0)
+    betas: tuple[float, float] = (0.0, 0.99)
+    #: Half-life of the generator's EMA, in thousands of images shown.
+    ema_kimg: float = Field(1.0, ge=0)
+    snapshot_kimg: float = Field(10.0, gt=0)
+    #: Evaluate the EMA generator's fd_domain every this many kimg and keep the best (0 = off).
+    eval_kimg: float = Field(0.0, ge=0)
+    #: Stop at this wall-clock budget (minutes); None = no budget.
+    max_minutes: float | None = Field(None, gt=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    #: Torch intra-op threads; None = every core.
+    threads: int | None = Field(None, ge=1)
+
+
+class GenerateConfig(_Section):
+    #: balance: top every class up to the largest train class; per_class: N per class; total: a budget.
+    target: Literal["balance", "per_class", "total"] = "balance"
+    per_class: int | None = Field(None, ge=1)
+    total: int | None = Field(None, ge=1)
+    seed: int = Field(0, ge=0)
+    batch_size: int = Field(256, ge=1)
+
+    @model_validator(mode="after")
+    def _counts(self) -> GenerateConfig:
+        if self.target == "per_class" and self.per_class is None:
+            raise ValueError("target 'per_class' needs generate.per_class")
+        if self.target == "total" and self.total is None:
+            raise ValueError("target 'total' needs generate.total")
+        return self
+
+
+class EvaluateConfig(_Section):
+    extractor: Literal["domain", "inception"] = "domain"
+    inception_weights: Path | None = None
+    seeds: int = Field(3, ge=1)
+    regimes: list[Literal["real", "real+classic", "real+gan", "real+gan+classic", "gan-only"]] = [
+        "real",
+        "real+classic",
+        "real+gan",
+        "real+gan+classic",
+        "gan-only",
+    ]
+    classifier: Literal["smallcnn", "resnet18"] = "smallcnn"
+    steps: int = Field(500, ge=1)
+    batch_size: int = Field(128, ge=2)
+    #: Share of each batch drawn from synthetic images in the real+gan regimes.
+    synthetic_share: float = Field(0.5, ge=0.0, le=1.0)
+    #: Keep a synthetic image only if a real-trained classifier gives its class >= this probability.
+    confidence_threshold: float | None = Field(None, ge=0.0, le=1.0)
+    #: Choose synthetic_share/threshold on the validation split.
+    tune: bool = False
+    classic: list[str] = ["crop", "crop+flip", "crop+flip+affine"]
+    #: Synthetic images per class for the distance metrics.
+    samples_per_class: int = Field(200, ge=2)
+    workers: int = Field(1, ge=1)
+    dask_address: str | None = None
+
+
+class TrackingConfig(_Section):
+    enabled: bool = True
+    uri: str = "sqlite:///mlruns.db"
+    experiment: str = "gan-augment"
+    registered_model: str | None = None
+    promote_on: Literal["downstream", "fd_domain"] = "downstream"
+
+
+class OutputConfig(_Section):
+    root: Path = Path("runs")
+
+
+class Config(_Section):
+    name: str = "digits"
+    seed: int = Field(0, ge=0)
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    generate: GenerateConfig = GenerateConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    output: OutputConfig = OutputConfig()
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved config as plain YAML/JSON-able values."""
+        return json.loads(self.model_dump_json())
+
+    def flat(self) -> dict[str, Any]:
+        """Dotted keys -> values (for MLflow params)."""
+        out: dict[str, Any] = {}
+
+        def walk(prefix: str, value: Any) -> None:
+            if isinstance(value, dict):
+                for k, v in value.items():
+                    walk(f"{prefix}.{k}" if prefix else k, v)
+            else:
+                out[prefix] = value
+
+        walk("", self.to_dict())
+        return out
+
+
+def _parse_override(item: str, source: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise ConfigError(f"{source}: override {item!r} is not of the form a.b=value")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"{source}: override {item!r} has an empty field name")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str] | None, source: str = "--set") -> dict[str, Any]:
+    """Apply ``a.b=value`` overrides (values parsed as YAML) to a raw config mapping."""
+    for item in overrides or []:
+        path, value = _parse_override(item, source)
+        node = raw
+        for part in path[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"{source}: cannot set {'.'.join(path)}: {part!r} is not a section")
+            node = child
+        node[path[-1]] = value
+    return raw
+
+
+def _format_error(err: ValidationError, source: str, raw: dict[str, Any]) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"]) or "<root>"
+    msg = first["msg"]
+    if first["type"] == "extra_forbidden":
+        return f"{source}: unknown field '{loc}' (value {first['input']!r})"
+    value = first.get("input")
+    if isinstance(value, dict):  # model-level validators report the whole section
+        return f"{source}: {loc}: {msg.removeprefix('Value error, ')}"
+    return f"{source}: field '{loc}' has bad value {value!r}: {msg.removeprefix('Value error, ')}"
+
+
+def config_from_dict(raw: dict[str, Any], source: str = "<config>") -> Config:
+    """Validate a raw mapping; raises ConfigError naming ``source``, the field and the value."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: top level must be a mapping, got {type(raw).__name__}")
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_error(err, source, raw)) from None
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise ConfigError(f"{path}: not valid YAML{where}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(raw).__name__}")
+    return raw
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load a YAML config (or the defaults when ``path`` is None) and apply ``--set`` overrides.
+
+    Args:
+        path: YAML file; ``None`` uses the built-in defaults (the digits config).
+        overrides: ``["train.kimg=5", "data.per_class=50"]``; values are parsed as YAML.
+
+    Raises:
+        ConfigError: one line naming the file, the dotted field and the bad value.
+    """
+    raw = read_yaml(path) if path is not None else {}
+    source = str(path) if path is not None else "<defaults>"
+    apply_overrides(raw, overrides, source=f"{source} (--set)" if overrides else source)
+    return config_from_dict(raw, source)
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    """Write the fully resolved config (every field, defaults included)."""
+    from augment.io import atomic_write_text
+
+    atomic_write_text(Path(path), yaml.safe_dump(cfg.to_dict(), sort_keys=False))

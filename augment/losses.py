@@ -1,0 +1,68 @@
+"""Adversarial losses. The loss owns the recipe (as in EDM): it applies DiffAugment to every
+discriminator input, real and fake, and computes each player's term.
+
+Example:
+    >>> import torch
+    >>> from augment.models import ConditionalGenerator, ProjectionDiscriminator
+    >>> G = ConditionalGenerator(2, 8, 1, z_dim=8, width=8)
+    >>> D = ProjectionDiscriminator(2, 8, 1, width=8)
+    >>> loss = GanLoss("hinge", ["translation"])
+    >>> y = torch.tensor([0, 1])
+    >>> loss.discriminator(G, D, torch.zeros(2, 1, 8, 8), y, torch.randn(2, 8)).ndim
+    0
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from augment.diffaug import DiffAugment
+
+LOSSES = ("hinge", "nonsaturating")
+
+
+class GanLoss:
+    """Hinge (Lim & Ye 2017; Miyato et al. 2018) or non-saturating (Goodfellow et al. 2014) loss."""
+
+    def __init__(self, kind: str = "hinge", diffaug: Sequence[str] = ("translation", "cutout")) -> None:
+        if kind not in LOSSES:
+            raise ValueError(f"unknown loss {kind!r}; choose from {LOSSES}")
+        self.kind = kind
+        self.augment = DiffAugment(diffaug)
+
+    def discriminator(
+        self,
+        G: nn.Module,
+        D: nn.Module,
+        real: torch.Tensor,
+        labels: torch.Tensor,
+        z: torch.Tensor,
+        gen: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """D's loss on a real batch and fakes of the same labels (G gets no gradient)."""
+        with torch.no_grad():
+            fake = G(z, labels)
+        both = self.augment(torch.cat([real, fake]), gen)
+        logits = D(both, torch.cat([labels, labels]))
+        real_logits, fake_logits = logits.chunk(2)
+        if self.kind == "hinge":
+            return F.relu(1.0 - real_logits).mean() + F.relu(1.0 + fake_logits).mean()
+        return F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean()
+
+    def generator(
+        self,
+        G: nn.Module,
+        D: nn.Module,
+        labels: torch.Tensor,
+        z: torch.Tensor,
+        gen: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """G's loss: make D score augmented fakes as real."""
+        logits = D(self.augment(G(z, labels), gen), labels)
+        if self.kind == "hinge":
+            return -logits.mean()
+        return F.softplus(-logits).mean()

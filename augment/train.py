@@ -1,0 +1,350 @@
+"""The training loop: one flat function that reads top to bottom (after EDM's training_loop.py).
+
+Progress is counted in images shown to the discriminator (kimg), never in epochs. All randomness
+of a step (minibatch, latents, DiffAugment) comes from one ``torch.Generator`` whose state is part
+of the training state, so a resumed run continues exactly where the interrupted one stopped.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from augment import checkpoint
+from augment.config import Config, save_config
+from augment.data import PreparedData, load_data
+from augment.errors import CheckpointError, ConfigError
+from augment.io import atomic_save, atomic_write_text, ensure_dir, new_run_dir
+from augment.losses import GanLoss
+from augment.models import ConditionalGenerator, ProjectionDiscriminator
+
+log = logging.getLogger(__name__)
+
+MetricFn = Callable[[torch.nn.Module], dict[str, float]]
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when present, else CPU; asking for CUDA without one is a config error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device is 'cuda' but no CUDA device is available")
+    return torch.device(name)
+
+
+def set_threads(threads: int | None) -> None:
+    torch.set_num_threads(threads or len(os.sched_getaffinity(0)))
+
+
+def save_grid(G: torch.nn.Module, path: Path, num_classes: int, z_dim: int, per_row: int = 10) -> None:
+    """One row per class, fixed latents (the same every snapshot, so grids compare over training)."""
+    from torchvision.utils import save_image
+
+    device = next(G.parameters()).device
+    g = torch.Generator().manual_seed(123)
+    z = torch.randn(per_row * num_classes, z_dim, generator=g).to(device)
+    y = torch.arange(num_classes).repeat_interleave(per_row).to(device)
+    with torch.no_grad():
+        imgs = G(z, y).float().cpu()
+    atomic_save(path, lambda tmp: save_image(imgs * 0.5 + 0.5, tmp, nrow=per_row, format="png"))
+
+
+def training_loop(
+    *,
+    run_dir: Path,
+    data: PreparedData,
+    config: dict[str, Any],
+    seed: int = 0,
+    z_dim: int = 64,
+    g_channels: int = 64,
+    d_channels: int = 64,
+    max_mult: int = 4,
+    loss: str = "hinge",
+    diffaug: list[str] | tuple[str, ...] = ("translation", "cutout"),
+    total_kimg: float = 50.0,
+    batch_size: int = 64,
+    lr_g: float = 2e-4,
+    lr_d: float = 2e-4,
+    betas: tuple[float, float] = (0.0, 0.99),
+    ema_kimg: float = 1.0,
+    snapshot_kimg: float = 10.0,
+    eval_kimg: float = 0.0,
+    max_minutes: float | None = None,
+    device: torch.device | str = "cpu",
+    resume: bool = False,
+    progress: bool = True,
+    metric_fn: MetricFn | None = None,
+    best_metric: str = "fd_domain",
+    on_tick: Callable[[dict[str, float]], None] | None = None,
+) -> Path:
+    """Train a class-conditional GAN on ``data.train`` (val and test never reach it).
+
+    Returns the path of the snapshot the run hands on (best by ``best_metric`` when ``metric_fn``
+    is given, else the final one).
+    """
+    start_time = time.time()
+    device = torch.device(device)
+    run_dir = Path(run_dir)
+    state_path = run_dir / checkpoint.TRAINING_STATE
+    num_classes, image_size, channels = data.num_classes, data.train.images.shape[-1], data.train.images.shape[1]
+
+    # Load dataset: the whole (small) train split lives on the device as one tensor.
+    log.info("Loading dataset...")
+    images = data.train.as_float().to(device)
+    labels = data.train.labels.to(device)
+    class_counts = data.train.counts(num_classes)
+    log.info("%d training images, %d classes, %dx%dx%d", len(images), num_classes, channels, image_size, image_size)
+
+    # Construct networks.
+    log.info("Constructing networks...")
+    g_kwargs = dict(
+        num_classes=num_classes, image_size=image_size, channels=channels, z_dim=z_dim, width=g_channels,
+        max_mult=max_mult,
+    )
+    d_kwargs = dict(num_classes=num_classes, image_size=image_size, channels=channels, width=d_channels, max_mult=max_mult)
+    state = checkpoint.load(state_path, checkpoint.STATE_FORMAT) if resume else None
+    if state is not None:  # on resume the architecture comes from the checkpoint
+        if state["class_names"] != data.class_names:
+            raise CheckpointError(
+                f"{state_path}: trained on classes {state['class_names']}, the data now has {data.class_names}"
+            )
+        if state["data_fingerprint"] != data.fingerprint:
+            raise CheckpointError(
+                f"{state_path}: trained on data {state['data_fingerprint']}, the config now selects {data.fingerprint}"
+            )
+        g_kwargs, d_kwargs = dict(state["generator_kwargs"]), dict(state["discriminator_kwargs"])
+    torch.manual_seed(seed)
+    G = ConditionalGenerator(**g_kwargs).to(device).train()
+    D = ProjectionDiscriminator(**d_kwargs).to(device).train()
+    G_ema = copy.deepcopy(G).eval().requires_grad_(False)
+    fused = device.type in ("cuda", "cpu")
+    opt_G = torch.optim.Adam(G.parameters(), lr=lr_g, betas=betas, fused=fused)
+    opt_D = torch.optim.Adam(D.parameters(), lr=lr_d, betas=betas, fused=fused)
+    gen = torch.Generator(device).manual_seed(seed)
+    loss_fn = GanLoss(loss, diffaug)
+    cur_nimg = 0
+    best = {"value": float("inf"), "kimg": None}
+    if state is not None:
+        G.load_state_dict(state["G"])
+        D.load_state_dict(state["D"])
+        G_ema.load_state_dict(state["G_ema"])
+        opt_G.load_state_dict(state["opt_G"])
+        opt_D.load_state_dict(state["opt_D"])
+        gen.set_state(state["rng"])
+        cur_nimg = int(state["cur_nimg"])
+        best = dict(state.get("best", best))
+        log.info("Resuming from %s at %.1f kimg", state_path, cur_nimg / 1000)
+    log.info("G: %d params, D: %d params", sum(p.numel() for p in G.parameters()), sum(p.numel() for p in D.parameters()))
+
+    def snapshot(nimg: int, metrics: dict[str, float] | None = None) -> checkpoint.Snapshot:
+        return checkpoint.Snapshot(
+            generator_state={k: v.detach().cpu().clone() for k, v in G_ema.state_dict().items()},
+            generator_kwargs=g_kwargs,
+            class_names=list(data.class_names),
+            class_counts=class_counts,
+            config=config,
+            kimg=nimg / 1000,
+            data_fingerprint=data.fingerprint,
+            metrics=metrics or {},
+        )
+
+    def save_state(nimg: int) -> None:
+        checkpoint.save(
+            {
+                "format": checkpoint.STATE_FORMAT,
+                "G": G.state_dict(),
+                "D": D.state_dict(),
+                "G_ema": G_ema.state_dict(),
+                "opt_G": opt_G.state_dict(),
+                "opt_D": opt_D.state_dict(),
+                "rng": gen.get_state(),
+                "cur_nimg": nimg,
+                "best": best,
+                "generator_kwargs": g_kwargs,
+                "discriminator_kwargs": d_kwargs,
+                "class_names": list(data.class_names),
+                "data_fingerprint": data.fingerprint,
+                "config": config,
+            },
+            state_path,
+        )
+
+    # Train.
+    total_nimg = int(total_kimg * 1000)
+    snap_nimg = max(int(snapshot_kimg * 1000), 1)
+    eval_nimg = int(eval_kimg * 1000)
+    tick_nimg = min(1000, snap_nimg)
+    ema_beta = 0.5 ** (batch_size / (ema_kimg * 1000)) if ema_kimg > 0 else 0.0
+    g_params, ema_params = list(G.parameters()), list(G_ema.parameters())
+    g_bufs, ema_bufs = list(G.buffers()), list(G_ema.buffers())
+    loss_sum = torch.zeros(2, device=device)
+    loss_steps = 0
+    tick_start_nimg, tick_start_time = cur_nimg, time.time()
+    stats_path = run_dir / "stats.jsonl"
+    log.info("Training for %g kimg...", total_kimg)
+    bar = tqdm(total=total_kimg, initial=cur_nimg / 1000, unit="kimg", disable=not progress, dynamic_ncols=True,
+               bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} kimg [{elapsed}<{remaining}{postfix}]")
+    stop_reason = "done"
+    while cur_nimg < total_nimg:
+        # Discriminator step: a real minibatch and fakes of the same labels.
+        idx = torch.randint(len(images), (batch_size,), generator=gen, device=device)
+        real, y = images[idx], labels[idx]
+        z = torch.randn(batch_size, G.z_dim, generator=gen, device=device)
+        opt_D.zero_grad(set_to_none=True)
+        loss_D = loss_fn.discriminator(G, D, real, y, z, gen)
+        loss_D.backward()
+        opt_D.step()
+
+        # Generator step.
+        z = torch.randn(batch_size, G.z_dim, generator=gen, device=device)
+        opt_G.zero_grad(set_to_none=True)
+        loss_G = loss_fn.generator(G, D, y, z, gen)
+        loss_G.backward()
+        opt_G.step()
+
+        # Update EMA (parameters averaged, BatchNorm statistics copied).
+        with torch.no_grad():
+            torch._foreach_lerp_(ema_params, g_params, 1.0 - ema_beta)
+            for b_ema, b in zip(ema_bufs, g_bufs, strict=True):
+                b_ema.copy_(b)
+            loss_sum += torch.stack([loss_D.detach(), loss_G.detach()])  # no host sync per step
+        loss_steps += 1
+        prev_nimg, cur_nimg = cur_nimg, cur_nimg + batch_size
+        done = cur_nimg >= total_nimg
+        if max_minutes is not None and (time.time() - start_time) / 60 >= max_minutes and not done:
+            done, stop_reason = True, f"time budget of {max_minutes} min"
+
+        # Tick: log averaged losses and speed.
+        if done or cur_nimg // tick_nimg > prev_nimg // tick_nimg:
+            now = time.time()
+            ld, lg = (loss_sum / max(loss_steps, 1)).tolist()
+            tick = {
+                "kimg": cur_nimg / 1000,
+                "loss_D": ld,
+                "loss_G": lg,
+                "images_per_s": (cur_nimg - tick_start_nimg) / max(now - tick_start_time, 1e-9),
+                "elapsed_s": now - start_time,
+            }
+            loss_sum.zero_()
+            loss_steps = 0
+            tick_start_nimg, tick_start_time = cur_nimg, now
+            bar.set_postfix_str(f"img/s={tick['images_per_s']:.0f} D={ld:.3f} G={lg:.3f}", refresh=False)
+            bar.update(min(cur_nimg, total_nimg) / 1000 - bar.n)
+            with open(stats_path, "a") as fh:
+                fh.write(json.dumps(tick) + "\n")
+            if on_tick is not None:
+                on_tick(tick)
+
+        # Evaluate the EMA generator; keep the best snapshot (GANs degrade late in training).
+        if metric_fn is not None and eval_nimg > 0 and (done or cur_nimg // eval_nimg > prev_nimg // eval_nimg):
+            metrics = metric_fn(G_ema)
+            value = metrics[best_metric]
+            log.info("kimg %.1f: %s", cur_nimg / 1000, " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+            with open(run_dir / "metrics-train.jsonl", "a") as fh:
+                fh.write(json.dumps({"kimg": cur_nimg / 1000, **metrics}) + "\n")
+            if on_tick is not None:
+                on_tick({"kimg": cur_nimg / 1000, **metrics})
+            if value < best["value"]:
+                best = {"value": value, "kimg": cur_nimg / 1000}
+                checkpoint.save_snapshot(snapshot(cur_nimg, metrics), run_dir / checkpoint.BEST_SNAPSHOT)
+
+        # Snapshot: inference network, sample grid, training state (in that order: the state is
+        # written last, so a resumed run never skips a snapshot it had not finished).
+        if done or cur_nimg // snap_nimg > prev_nimg // snap_nimg:
+            kimg_tag = f"{cur_nimg // 1000:06d}"
+            checkpoint.save_snapshot(snapshot(cur_nimg), run_dir / f"network-snapshot-{kimg_tag}.pt")
+            save_grid(G_ema, run_dir / f"fakes-{kimg_tag}.png", num_classes, G.z_dim)
+            save_state(cur_nimg)
+        if done:
+            break
+    bar.close()
+
+    # Done.
+    checkpoint.save_snapshot(snapshot(cur_nimg), run_dir / checkpoint.FINAL_SNAPSHOT)
+    log.info("Stopped at %.1f kimg (%s) after %.1f s", cur_nimg / 1000, stop_reason, time.time() - start_time)
+    if best["kimg"] is not None:
+        log.info("Best %s %.4g at %.1f kimg", best_metric, best["value"], best["kimg"])
+        return run_dir / checkpoint.BEST_SNAPSHOT
+    return run_dir / checkpoint.FINAL_SNAPSHOT
+
+
+def latest_run_dir(root: Path, name: str) -> Path | None:
+    runs = sorted(p for p in Path(root).glob(f"*-{name}") if (p / checkpoint.TRAINING_STATE).is_file())
+    return runs[-1] if runs else None
+
+
+def prepare_run_dir(cfg: Config, out: Path | None = None, resume: bool = False) -> Path:
+    """The run directory: ``out`` if given, the latest run of this config when resuming, else a new one."""
+    if out is not None:
+        run_dir = ensure_dir(Path(out))
+        if resume and not (run_dir / checkpoint.TRAINING_STATE).is_file():
+            raise CheckpointError(f"{run_dir}: nothing to resume (no {checkpoint.TRAINING_STATE})")
+        return run_dir
+    if resume:
+        run_dir = latest_run_dir(cfg.output.root, cfg.name)
+        if run_dir is None:
+            raise CheckpointError(f"{cfg.output.root}: no run of {cfg.name!r} with a training state to resume")
+        return run_dir
+    return new_run_dir(cfg.output.root, cfg.name)
+
+
+def train(
+    cfg: Config,
+    *,
+    out: Path | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    data: PreparedData | None = None,
+    metric_fn: MetricFn | None = None,
+    on_tick: Callable[[dict[str, float]], None] | None = None,
+) -> tuple[Path, Path]:
+    """Train from a config. Returns ``(run_dir, snapshot_path)``.
+
+    Example:
+        >>> from augment.config import load_config
+        >>> cfg = load_config(None, ["train.kimg=0.128", "model.g_channels=8", "model.d_channels=8"])
+        >>> run_dir, snap = train(cfg, out=tmp_path / "run", progress=False)  # doctest: +SKIP
+    """
+    run_dir = prepare_run_dir(cfg, out, resume)
+    device = resolve_device(cfg.train.device)
+    set_threads(cfg.train.threads)
+    if data is None:
+        data = load_data(cfg.data, cfg.seed)
+    save_config(cfg, run_dir / "config.yaml")
+    atomic_write_text(run_dir / "data.json", json.dumps(data.summary(), indent=2))
+    snap = training_loop(
+        run_dir=run_dir,
+        data=data,
+        config=cfg.to_dict(),
+        seed=cfg.seed,
+        z_dim=cfg.model.z_dim,
+        g_channels=cfg.model.g_channels,
+        d_channels=cfg.model.d_channels,
+        max_mult=cfg.model.max_mult,
+        loss=cfg.train.loss,
+        diffaug=cfg.train.diffaug,
+        total_kimg=cfg.train.kimg,
+        batch_size=cfg.train.batch_size,
+        lr_g=cfg.train.lr_g,
+        lr_d=cfg.train.lr_d,
+        betas=cfg.train.betas,
+        ema_kimg=cfg.train.ema_kimg,
+        snapshot_kimg=cfg.train.snapshot_kimg,
+        eval_kimg=cfg.train.eval_kimg,
+        max_minutes=cfg.train.max_minutes,
+        device=device,
+        resume=resume,
+        progress=progress,
+        metric_fn=metric_fn,
+        on_tick=on_tick,
+    )
+    return run_dir, snap

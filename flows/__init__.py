@@ -1,0 +1,1 @@
+"""Prefect flows over the ``augment`` library, and the ``augment`` console command."""
