@@ -1,0 +1,69 @@
+"""Shared fixtures: tiny configs and one tiny trained run reused across test modules."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+# Offline, quiet, isolated: set before Prefect/MLflow/albumentations are imported anywhere.
+_HOME = tempfile.mkdtemp(prefix="augment-tests-")
+os.environ.setdefault("PREFECT_HOME", os.path.join(_HOME, "prefect"))
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from augment.config import Config, load_config  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+TINY = [
+    "data.source=digits",
+    "data.image_size=8",
+    "data.classes=['0','1','2']",
+    "data.imbalance=null",
+    "data.per_class=40",
+    "data.split.test_per_class=20",
+    "model.z_dim=8",
+    "model.g_channels=8",
+    "model.d_channels=8",
+    "train.kimg=0.256",
+    "train.batch_size=32",
+    "train.snapshot_kimg=0.128",
+    "train.device=cpu",
+    "evaluate.seeds=2",
+    "evaluate.steps=20",
+    "evaluate.samples_per_class=20",
+    "generate.batch_size=16",
+]
+
+
+def tiny_config(tmp_path: Path, *overrides: str) -> Config:
+    """A config that trains in about a second: 3 digit classes, 8x8, 8-channel networks."""
+    return load_config(
+        REPO / "configs" / "digits.yaml",
+        [*TINY, f"output.root={tmp_path / 'runs'}", f"tracking.uri=sqlite:///{tmp_path / 'mlruns.db'}", *overrides],
+    )
+
+
+@pytest.fixture
+def tiny_cfg(tmp_path: Path) -> Config:
+    return tiny_config(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A trained tiny run directory (read-only for tests: copy it before changing it)."""
+    from augment.train import train
+
+    tmp = tmp_path_factory.mktemp("tiny_run")
+    cfg = tiny_config(tmp)
+    run_dir, _ = train(cfg, out=tmp / "run", progress=False)
+    return run_dir
