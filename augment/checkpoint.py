@@ -43,11 +43,14 @@ def load(path: Path, expect_format: str | None = None) -> dict[str, Any]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else "unsupported object"
-        raise CheckpointError(
-            f"{path}: refused to load: the file contains pickled objects that weights_only loading "
-            f"does not allow ({first[:160]})"
-        ) from None
+        # torch's message buries the reason after "WeightsUnpickler error:"; surface only that.
+        reason = str(err).split("WeightsUnpickler error:", 1)[-1].strip().split("\n")[0].strip()
+        if "Unsupported global" in reason:
+            raise CheckpointError(
+                f"{path}: refused to load: it contains a pickled object that is not plain weights "
+                f"({reason[:160]}); checkpoints are loaded with weights_only=True and never unpickled"
+            ) from None
+        raise CheckpointError(f"{path}: not a readable checkpoint ({reason[:160] or 'unpickling failed'})") from None
     except (RuntimeError, EOFError, OSError, ValueError) as err:
         raise CheckpointError(f"{path}: not a readable checkpoint ({str(err).splitlines()[0][:160]})") from None
     if not isinstance(obj, dict) or (expect_format and obj.get("format") != expect_format):

@@ -24,3 +24,7 @@ class CheckpointError(AugmentError):
 
 class OutputError(AugmentError):
     """An output location cannot be written."""
+
+
+class TrackingError(AugmentError):
+    """The experiment tracking store (MLflow) is unreachable, unwritable or misconfigured."""

@@ -61,9 +61,7 @@ class PreparedData:
 
     def counts(self) -> dict[str, dict[str, int]]:
         """``{split: {class_name: count}}``."""
-        return {
-            s: dict(zip(self.class_names, self.split(s).counts(self.num_classes), strict=True)) for s in SPLITS
-        }
+        return {s: dict(zip(self.class_names, self.split(s).counts(self.num_classes), strict=True)) for s in SPLITS}
 
     def summary(self) -> dict:
         return {"class_names": self.class_names, "fingerprint": self.fingerprint, "counts": self.counts()}
@@ -127,9 +125,7 @@ def prepare(source: SourceData, cfg: DataConfig, seed: int) -> PreparedData:
         val = chosen[n_test : n_test + n_val]
         train = chosen[n_test + n_val :]
         if len(train) == 0:
-            raise DataError(
-                f"class {name!r} keeps {n} image(s), none left for training after the val/test split"
-            )
+            raise DataError(f"class {name!r} keeps {n} image(s), none left for training after the val/test split")
         parts["train"].append(train)
         parts["val"].append(val)
         parts["test"].append(test)

@@ -212,8 +212,7 @@ def load_image(path: Path, cfg: DataConfig) -> np.ndarray:
     arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
     if arr.shape[1:] != (cfg.image_size, cfg.image_size):
         raise DataError(
-            f"{path}: image is {arr.shape[2]}x{arr.shape[1]} but data.image_size={cfg.image_size} "
-            "(no silent resize)"
+            f"{path}: image is {arr.shape[2]}x{arr.shape[1]} but data.image_size={cfg.image_size} (no silent resize)"
         )
     return np.ascontiguousarray(arr)
 

@@ -1,0 +1,91 @@
+"""Models, losses and DiffAugment: shapes for every supported size, conditioning, recipes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from augment.diffaug import DiffAugment, cutout, translation
+from augment.losses import GanLoss
+from augment.models import ConditionalGenerator, ProjectionDiscriminator, layout
+
+
+@pytest.mark.parametrize("size", [8, 16, 28, 32, 64])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_shapes_and_range(size: int, channels: int) -> None:
+    G = ConditionalGenerator(4, size, channels, z_dim=8, width=8)
+    D = ProjectionDiscriminator(4, size, channels, width=8)
+    x = G(torch.randn(5, 8), torch.tensor([0, 1, 2, 3, 0]))
+    assert x.shape == (5, channels, size, size)
+    assert float(x.detach().abs().max()) <= 1.0
+    assert D(x, torch.zeros(5, dtype=torch.long)).shape == (5,)
+
+
+def test_unsupported_size_fails_loudly() -> None:
+    assert layout(28) == (7, 2) and layout(64) == (4, 4)
+    with pytest.raises(ValueError, match="not supported"):
+        layout(9)
+
+
+def test_generator_is_conditioned_on_class() -> None:
+    torch.manual_seed(0)
+    G = ConditionalGenerator(2, 8, 1, z_dim=8, width=8)
+    with torch.no_grad():
+        G.norm0.beta.weight[1] += 3.0  # make class 1 differ
+    G.eval()
+    z = torch.randn(1, 8)
+    assert not torch.allclose(G(z, torch.tensor([0])), G(z, torch.tensor([1])))
+
+
+def test_discriminator_projection_uses_label() -> None:
+    torch.manual_seed(0)
+    D = ProjectionDiscriminator(3, 8, 1, width=8).eval()
+    x = torch.randn(1, 1, 8, 8)
+    scores = [float(D(x, torch.tensor([c]))) for c in range(3)]
+    assert len(set(scores)) == 3
+
+
+def test_diffaug_translation_shifts_and_cutout_zeros() -> None:
+    x = torch.arange(64.0).view(1, 1, 8, 8) + 1
+    g = torch.Generator().manual_seed(0)
+    moved = translation(x.repeat(16, 1, 1, 1), g)
+    # every output is the input shifted by at most 1 pixel (0.125 * 8) with zero fill
+    assert set(moved.unique().tolist()) <= set(x.unique().tolist()) | {0.0}
+    assert any(not torch.equal(m, x[0]) for m in moved)
+    cut = cutout(x.repeat(16, 1, 1, 1), torch.Generator().manual_seed(1))
+    zeros = (cut == 0).flatten(1).sum(1)
+    assert int(zeros.max()) == 16 and int(zeros.min()) >= 1  # a 4x4 square, clipped at borders
+
+
+def test_diffaug_is_replayed_by_generator_state() -> None:
+    aug = DiffAugment(["color", "translation", "cutout"])
+    x = torch.randn(8, 3, 16, 16)
+    a = aug(x, torch.Generator().manual_seed(5))
+    b = aug(x, torch.Generator().manual_seed(5))
+    assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="unknown DiffAugment policy"):
+        DiffAugment(["rotate"])
+
+
+@pytest.mark.parametrize("kind", ["hinge", "nonsaturating"])
+def test_losses_values_at_known_logits(kind: str) -> None:
+    class ConstD(torch.nn.Module):
+        def __init__(self, value: float) -> None:
+            super().__init__()
+            self.value = torch.nn.Parameter(torch.tensor(value))
+
+        def forward(self, x, y):
+            return self.value.expand(x.shape[0])
+
+    G = ConditionalGenerator(2, 8, 1, z_dim=4, width=8)
+    loss = GanLoss(kind, [])
+    y = torch.tensor([0, 1])
+    d = loss.discriminator(G, ConstD(0.0), torch.zeros(2, 1, 8, 8), y, torch.randn(2, 4))
+    g = loss.generator(G, ConstD(0.0), y, torch.randn(2, 4))
+    if kind == "hinge":
+        assert d.item() == pytest.approx(2.0) and g.item() == pytest.approx(0.0)
+    else:
+        ln2 = torch.log(torch.tensor(2.0)).item()
+        assert d.item() == pytest.approx(2 * ln2) and g.item() == pytest.approx(ln2)
+    with pytest.raises(ValueError, match="unknown loss"):
+        GanLoss("wgan")

@@ -1,0 +1,119 @@
+"""Training: snapshots describe themselves, resume equals an uninterrupted run, budgets stop it."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+
+from augment import checkpoint
+from augment.errors import CheckpointError, ConfigError
+from augment.train import resolve_device, train
+from conftest import tiny_config
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return checkpoint.load(path, checkpoint.STATE_FORMAT)["G"]
+
+
+def test_run_dir_holds_snapshots_grids_config_and_stats(tiny_run: Path) -> None:
+    names = {p.name for p in tiny_run.iterdir()}
+    assert {"config.yaml", "data.json", "stats.jsonl", "training-state.pt", "network-final.pt"} <= names
+    assert {"network-snapshot-000000.pt", "fakes-000000.png"} <= names  # 0.128 kimg snapshots
+    snap = checkpoint.load_snapshot(tiny_run / "network-final.pt")
+    assert snap.class_names == ["0", "1", "2"]
+    assert snap.class_counts == [36, 36, 36]
+    assert snap.kimg == pytest.approx(0.256)
+    assert snap.config["train"]["kimg"] == 0.256
+    assert json.loads((tiny_run / "data.json").read_text())["fingerprint"] == snap.data_fingerprint
+    ticks = [json.loads(line) for line in (tiny_run / "stats.jsonl").read_text().splitlines()]
+    assert ticks[-1]["kimg"] == pytest.approx(0.256) and all(t["images_per_s"] > 0 for t in ticks)
+    G = snap.generator()
+    assert not G.training and G(torch.randn(2, 8), torch.tensor([0, 2])).shape == (2, 1, 8, 8)
+
+
+def test_resume_continues_to_the_same_weights(tmp_path: Path) -> None:
+    full_dir, _ = train(tiny_config(tmp_path, "train.kimg=0.384"), out=tmp_path / "full", progress=False)
+    part_dir, _ = train(tiny_config(tmp_path, "train.kimg=0.192"), out=tmp_path / "part", progress=False)
+    assert checkpoint.load(part_dir / "training-state.pt")["cur_nimg"] == 192
+    train(tiny_config(tmp_path, "train.kimg=0.384"), out=part_dir, resume=True, progress=False)
+    a, b = _weights(full_dir / "training-state.pt"), _weights(part_dir / "training-state.pt")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    ema_a = checkpoint.load_snapshot(full_dir / "network-final.pt").generator_state
+    ema_b = checkpoint.load_snapshot(part_dir / "network-final.pt").generator_state
+    assert all(torch.equal(ema_a[k], ema_b[k]) for k in ema_a)
+
+
+def test_same_seed_same_weights_other_seed_differs(tmp_path: Path) -> None:
+    a, _ = train(tiny_config(tmp_path, "train.kimg=0.064"), out=tmp_path / "a", progress=False)
+    b, _ = train(tiny_config(tmp_path, "train.kimg=0.064"), out=tmp_path / "b", progress=False)
+    c, _ = train(tiny_config(tmp_path, "train.kimg=0.064", "seed=1"), out=tmp_path / "c", progress=False)
+    wa, wb, wc = (_weights(d / "training-state.pt") for d in (a, b, c))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert not all(torch.equal(wa[k], wc[k]) for k in wa)
+
+
+def test_resume_refuses_other_data(tmp_path: Path, tiny_run: Path) -> None:
+    import shutil
+
+    run = shutil.copytree(tiny_run, tmp_path / "copy")
+    with pytest.raises(CheckpointError, match="trained on data"):
+        train(tiny_config(tmp_path, "data.per_class=30"), out=run, resume=True, progress=False)
+    with pytest.raises(CheckpointError, match="nothing to resume"):
+        train(tiny_config(tmp_path), out=tmp_path / "empty", resume=True, progress=False)
+
+
+def test_time_budget_stops_training(tmp_path: Path) -> None:
+    run, snap = train(
+        tiny_config(tmp_path, "train.kimg=1000", "train.max_minutes=0.02"), out=tmp_path / "r", progress=False
+    )
+    kimg = checkpoint.load_snapshot(snap).kimg
+    assert 0 < kimg < 1000
+
+
+def test_failed_save_leaves_no_partial_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    target = tmp_path / "network.pt"
+
+    def broken_save(obj, f, *args, **kwargs):
+        Path(f).write_bytes(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        checkpoint.save({"format": "x"}, target)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_loading_refuses_pickled_objects(tmp_path: Path) -> None:
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    path = tmp_path / "evil.pt"
+    with open(path, "wb") as fh:
+        pickle.dump({"format": checkpoint.SNAPSHOT_FORMAT, "payload": Evil()}, fh)
+    torch.save({"format": checkpoint.SNAPSHOT_FORMAT, "obj": Path("x")}, tmp_path / "obj.pt")
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+        checkpoint.load_snapshot(path)  # a plain pickle is not even parsed
+    with pytest.raises(CheckpointError, match="refused to load.*pathlib"):
+        checkpoint.load_snapshot(tmp_path / "obj.pt")
+    (tmp_path / "junk.pt").write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+        checkpoint.load_snapshot(tmp_path / "junk.pt")
+    torch.save({"format": "something-else"}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="expected a gan-augment/snapshot"):
+        checkpoint.load_snapshot(tmp_path / "other.pt")
+
+
+def test_device_resolution() -> None:
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="no CUDA device"):
+            resolve_device("cuda")
