@@ -99,6 +99,9 @@ class ModelConfig(_Section):
     d_channels: int = Field(64, ge=4)
     #: Widest layer as a multiple of the base width (caps the cost of large images).
     max_mult: int = Field(4, ge=1)
+    #: Spectral normalisation in the discriminator. Off by default: on 8x8 digits it left the
+    #: generator's classes collapsed to one image; R1 (train.r1_gamma) kept them diverse.
+    d_spectral_norm: bool = False
 
 
 class TrainConfig(_Section):
@@ -106,6 +109,8 @@ class TrainConfig(_Section):
     batch_size: int = Field(64, ge=2)
     loss: Literal["hinge", "nonsaturating"] = "hinge"
     diffaug: list[Literal["translation", "cutout", "color"]] = ["translation", "cutout"]
+    #: R1 gradient penalty on real images (0 = off).
+    r1_gamma: float = Field(0.1, ge=0)
     lr_g: float = Field(2e-4, gt=0)
     lr_d: float = Field(2e-4, gt=0)
     betas: tuple[float, float] = (0.0, 0.99)
@@ -139,7 +144,10 @@ class GenerateConfig(_Section):
 
 
 class EvaluateConfig(_Section):
+    #: Feature space of the distances: the run's domain CNN (fd_domain) or, in addition, the standard
+    #: InceptionV3 FID network from a local weights file (fid_inception).
     extractor: Literal["domain", "inception"] = "domain"
+    #: Local InceptionV3 FID weights (else $AUGMENT_INCEPTION_WEIGHTS); nothing is downloaded.
     inception_weights: Path | None = None
     seeds: int = Field(3, ge=1)
     regimes: list[Literal["real", "real+classic", "real+gan", "real+gan+classic", "gan-only"]] = [
@@ -150,19 +158,65 @@ class EvaluateConfig(_Section):
         "gan-only",
     ]
     classifier: Literal["smallcnn", "resnet18"] = "smallcnn"
+    #: Optimizer steps of every downstream classifier (equal in every regime).
     steps: int = Field(500, ge=1)
     batch_size: int = Field(128, ge=2)
+    lr: float = Field(2e-3, gt=0)
     #: Share of each batch drawn from synthetic images in the real+gan regimes.
     synthetic_share: float = Field(0.5, ge=0.0, le=1.0)
+    #: Classes of the synthetic part of a batch: balance = even out the real class imbalance.
+    synthetic_sampling: Literal["balance", "uniform"] = "balance"
+    #: Synthetic images generated per class for the downstream pool and the memorisation check.
+    synthetic_per_class: int = Field(500, ge=1)
     #: Keep a synthetic image only if a real-trained classifier gives its class >= this probability.
     confidence_threshold: float | None = Field(None, ge=0.0, le=1.0)
-    #: Choose synthetic_share/threshold on the validation split.
+    #: Choose synthetic_share/threshold on the validation split (never the test split).
     tune: bool = False
+    tune_shares: list[float] = [0.25, 0.5]
+    tune_thresholds: list[float | None] = [None, 0.8]
+    #: Classic baselines tried on the validation split; the best is the verdict's baseline.
     classic: list[str] = ["crop", "crop+flip", "crop+flip+affine"]
-    #: Synthetic images per class for the distance metrics.
+    #: Seeds of each validation-split selection cell (baseline choice, tuning).
+    select_seeds: int = Field(1, ge=1)
+    #: Synthetic (and real) images per class for the distance metrics (capped by the train split).
     samples_per_class: int = Field(200, ge=2)
+    #: Optimizer steps of the domain feature extractor (trained on the real train+val split).
+    extractor_steps: int = Field(1000, ge=1)
+    #: A synthetic image nearer its closest training image than this quantile of held-out real
+    #: images' nearest-training distances counts as a near-copy.
+    near_copy_quantile: float = Field(0.05, gt=0.0, lt=1.0)
+    #: Where the domain extractor is cached (by data fingerprint); None = RUN_DIR/cache.
+    cache_dir: Path | None = None
+    #: Torch intra-op threads of the downstream cells; None = leave the process setting.
+    threads: int | None = Field(None, ge=1)
     workers: int = Field(1, ge=1)
     dask_address: str | None = None
+
+    @field_validator("classic")
+    @classmethod
+    def _classic(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("give at least one classic policy (e.g. crop)")
+        for policy in v:
+            ops = policy.split("+")
+            bad = any(op not in ("crop", "flip", "affine") for op in ops) or len(set(ops)) != len(ops)
+            if policy != "none" and bad:
+                raise ValueError(f"bad classic policy {policy!r}: ops joined by '+' from crop, flip, affine, or 'none'")
+        return v
+
+    @field_validator("tune_shares")
+    @classmethod
+    def _shares(cls, v: list[float]) -> list[float]:
+        if not v or any(not 0.0 <= s <= 1.0 for s in v):
+            raise ValueError(f"tune_shares must be a non-empty list of values in [0, 1], got {v}")
+        return v
+
+    @field_validator("tune_thresholds")
+    @classmethod
+    def _thresholds(cls, v: list[float | None]) -> list[float | None]:
+        if not v or any(t is not None and not 0.0 <= t <= 1.0 for t in v):
+            raise ValueError(f"tune_thresholds must be a non-empty list of null or values in [0, 1], got {v}")
+        return v
 
 
 class TrackingConfig(_Section):

@@ -28,11 +28,16 @@ LOSSES = ("hinge", "nonsaturating")
 class GanLoss:
     """Hinge (Lim & Ye 2017; Miyato et al. 2018) or non-saturating (Goodfellow et al. 2014) loss."""
 
-    def __init__(self, kind: str = "hinge", diffaug: Sequence[str] = ("translation", "cutout")) -> None:
+    def __init__(
+        self, kind: str = "hinge", diffaug: Sequence[str] = ("translation", "cutout"), r1_gamma: float = 0.0
+    ) -> None:
         if kind not in LOSSES:
             raise ValueError(f"unknown loss {kind!r}; choose from {LOSSES}")
+        if r1_gamma < 0:
+            raise ValueError(f"r1_gamma must be >= 0, got {r1_gamma}")
         self.kind = kind
         self.augment = DiffAugment(diffaug)
+        self.r1_gamma = r1_gamma
 
     def discriminator(
         self,
@@ -43,15 +48,25 @@ class GanLoss:
         z: torch.Tensor,
         gen: torch.Generator | None = None,
     ) -> torch.Tensor:
-        """D's loss on a real batch and fakes of the same labels (G gets no gradient)."""
+        """D's loss on a real batch and fakes of the same labels (G gets no gradient).
+
+        Real and fake go through D in separate calls: D's minibatch-stddev layer must see groups
+        that are all real or all fake.
+        """
         with torch.no_grad():
             fake = G(z, labels)
-        both = self.augment(torch.cat([real, fake]), gen)
-        logits = D(both, torch.cat([labels, labels]))
-        real_logits, fake_logits = logits.chunk(2)
+        real_aug, fake_aug = self.augment(torch.cat([real, fake]), gen).chunk(2)
+        if self.r1_gamma > 0:
+            real_aug = real_aug.detach().requires_grad_(True)
+        real_logits, fake_logits = D(real_aug, labels), D(fake_aug, labels)
         if self.kind == "hinge":
-            return F.relu(1.0 - real_logits).mean() + F.relu(1.0 + fake_logits).mean()
-        return F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean()
+            loss = F.relu(1.0 - real_logits).mean() + F.relu(1.0 + fake_logits).mean()
+        else:
+            loss = F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean()
+        if self.r1_gamma > 0:  # R1 (Mescheder et al. 2018): penalise D's gradient on real images
+            (grad,) = torch.autograd.grad(real_logits.sum(), real_aug, create_graph=True)
+            loss = loss + 0.5 * self.r1_gamma * grad.square().sum(dim=(1, 2, 3)).mean()
+        return loss
 
     def generator(
         self,

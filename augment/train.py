@@ -68,7 +68,9 @@ def training_loop(
     g_channels: int = 64,
     d_channels: int = 64,
     max_mult: int = 4,
+    d_spectral_norm: bool = False,
     loss: str = "hinge",
+    r1_gamma: float = 0.1,
     diffaug: list[str] | tuple[str, ...] = ("translation", "cutout"),
     total_kimg: float = 50.0,
     batch_size: int = 64,
@@ -85,11 +87,19 @@ def training_loop(
     metric_fn: MetricFn | None = None,
     best_metric: str = "fd_domain",
     on_tick: Callable[[dict[str, float]], None] | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+    wrap: Callable[[torch.nn.Module], torch.nn.Module] | None = None,
 ) -> Path:
     """Train a class-conditional GAN on ``data.train`` (val and test never reach it).
 
     Returns the path of the snapshot the run hands on (best by ``best_metric`` when ``metric_fn``
     is given, else the final one).
+
+    Data parallel (see ``augment.distributed``): ``world_size`` processes each draw
+    ``batch_size // world_size`` images per step from their own random stream, ``wrap`` turns G and
+    D into DistributedDataParallel modules for the two players' steps, and only ``rank`` 0 writes
+    files or calls ``on_tick``/``metric_fn``.
     """
     start_time = time.time()
     device = torch.device(device)
@@ -110,7 +120,10 @@ def training_loop(
         num_classes=num_classes, image_size=image_size, channels=channels, z_dim=z_dim, width=g_channels,
         max_mult=max_mult,
     )
-    d_kwargs = dict(num_classes=num_classes, image_size=image_size, channels=channels, width=d_channels, max_mult=max_mult)
+    d_kwargs = dict(
+        num_classes=num_classes, image_size=image_size, channels=channels, width=d_channels, max_mult=max_mult,
+        spectral=d_spectral_norm,
+    )
     state = checkpoint.load(state_path, checkpoint.STATE_FORMAT) if resume else None
     if state is not None:  # on resume the architecture comes from the checkpoint
         if state["class_names"] != data.class_names:
@@ -129,8 +142,10 @@ def training_loop(
     fused = device.type in ("cuda", "cpu")
     opt_G = torch.optim.Adam(G.parameters(), lr=lr_g, betas=betas, fused=fused)
     opt_D = torch.optim.Adam(D.parameters(), lr=lr_d, betas=betas, fused=fused)
-    gen = torch.Generator(device).manual_seed(seed)
-    loss_fn = GanLoss(loss, diffaug)
+    gen = torch.Generator(device).manual_seed(seed + 1_000_003 * rank)  # rank 0: the single-process stream
+    G_step, D_step = (wrap(G), wrap(D)) if wrap is not None else (G, D)
+    is_main = rank == 0
+    loss_fn = GanLoss(loss, diffaug, r1_gamma)
     cur_nimg = 0
     best = {"value": float("inf"), "kimg": None}
     if state is not None:
@@ -140,6 +155,8 @@ def training_loop(
         opt_G.load_state_dict(state["opt_G"])
         opt_D.load_state_dict(state["opt_D"])
         gen.set_state(state["rng"])
+        if rank > 0:  # only rank 0's stream is saved; the others continue from a fresh, distinct one
+            gen.manual_seed(int(torch.randint(1 << 62, (1,), generator=gen)) + rank)
         cur_nimg = int(state["cur_nimg"])
         best = dict(state.get("best", best))
         log.info("Resuming from %s at %.1f kimg", state_path, cur_nimg / 1000)
@@ -183,7 +200,8 @@ def training_loop(
     snap_nimg = max(int(snapshot_kimg * 1000), 1)
     eval_nimg = int(eval_kimg * 1000)
     tick_nimg = min(1000, snap_nimg)
-    ema_beta = 0.5 ** (batch_size / (ema_kimg * 1000)) if ema_kimg > 0 else 0.0
+    step_nimg, batch_size = batch_size, batch_size // world_size  # images per step (all ranks), per rank
+    ema_beta = 0.5 ** (step_nimg / (ema_kimg * 1000)) if ema_kimg > 0 else 0.0
     g_params, ema_params = list(G.parameters()), list(G_ema.parameters())
     g_bufs, ema_bufs = list(G.buffers()), list(G_ema.buffers())
     loss_sum = torch.zeros(2, device=device)
@@ -200,14 +218,14 @@ def training_loop(
         real, y = images[idx], labels[idx]
         z = torch.randn(batch_size, G.z_dim, generator=gen, device=device)
         opt_D.zero_grad(set_to_none=True)
-        loss_D = loss_fn.discriminator(G, D, real, y, z, gen)
+        loss_D = loss_fn.discriminator(G_step, D_step, real, y, z, gen)
         loss_D.backward()
         opt_D.step()
 
         # Generator step.
         z = torch.randn(batch_size, G.z_dim, generator=gen, device=device)
         opt_G.zero_grad(set_to_none=True)
-        loss_G = loss_fn.generator(G, D, y, z, gen)
+        loss_G = loss_fn.generator(G_step, D_step, y, z, gen)
         loss_G.backward()
         opt_G.step()
 
@@ -218,7 +236,7 @@ def training_loop(
                 b_ema.copy_(b)
             loss_sum += torch.stack([loss_D.detach(), loss_G.detach()])  # no host sync per step
         loss_steps += 1
-        prev_nimg, cur_nimg = cur_nimg, cur_nimg + batch_size
+        prev_nimg, cur_nimg = cur_nimg, cur_nimg + step_nimg
         done = cur_nimg >= total_nimg
         if max_minutes is not None and (time.time() - start_time) / 60 >= max_minutes and not done:
             done, stop_reason = True, f"time budget of {max_minutes} min"
@@ -239,13 +257,16 @@ def training_loop(
             tick_start_nimg, tick_start_time = cur_nimg, now
             bar.set_postfix_str(f"img/s={tick['images_per_s']:.0f} D={ld:.3f} G={lg:.3f}", refresh=False)
             bar.update(min(cur_nimg, total_nimg) / 1000 - bar.n)
-            with open(stats_path, "a") as fh:
-                fh.write(json.dumps(tick) + "\n")
-            if on_tick is not None:
+            if is_main:
+                with open(stats_path, "a") as fh:
+                    fh.write(json.dumps(tick) + "\n")
+            if on_tick is not None and is_main:
                 on_tick(tick)
 
         # Evaluate the EMA generator; keep the best snapshot (GANs degrade late in training).
-        if metric_fn is not None and eval_nimg > 0 and (done or cur_nimg // eval_nimg > prev_nimg // eval_nimg):
+        if is_main and metric_fn is not None and eval_nimg > 0 and (
+            done or cur_nimg // eval_nimg > prev_nimg // eval_nimg
+        ):
             metrics = metric_fn(G_ema)
             value = metrics[best_metric]
             log.info("kimg %.1f: %s", cur_nimg / 1000, " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
@@ -259,7 +280,7 @@ def training_loop(
 
         # Snapshot: inference network, sample grid, training state (in that order: the state is
         # written last, so a resumed run never skips a snapshot it had not finished).
-        if done or cur_nimg // snap_nimg > prev_nimg // snap_nimg:
+        if is_main and (done or cur_nimg // snap_nimg > prev_nimg // snap_nimg):
             kimg_tag = f"{cur_nimg // 1000:06d}"
             checkpoint.save_snapshot(snapshot(cur_nimg), run_dir / f"network-snapshot-{kimg_tag}.pt")
             save_grid(G_ema, run_dir / f"fakes-{kimg_tag}.png", num_classes, G.z_dim)
@@ -269,7 +290,8 @@ def training_loop(
     bar.close()
 
     # Done.
-    checkpoint.save_snapshot(snapshot(cur_nimg), run_dir / checkpoint.FINAL_SNAPSHOT)
+    if is_main:
+        checkpoint.save_snapshot(snapshot(cur_nimg), run_dir / checkpoint.FINAL_SNAPSHOT)
     log.info("Stopped at %.1f kimg (%s) after %.1f s", cur_nimg / 1000, stop_reason, time.time() - start_time)
     if best["kimg"] is not None:
         log.info("Best %s %.4g at %.1f kimg", best_metric, best["value"], best["kimg"])
@@ -306,6 +328,7 @@ def train(
     data: PreparedData | None = None,
     metric_fn: MetricFn | None = None,
     on_tick: Callable[[dict[str, float]], None] | None = None,
+    **parallel: Any,
 ) -> tuple[Path, Path]:
     """Train from a config. Returns ``(run_dir, snapshot_path)``.
 
@@ -321,6 +344,11 @@ def train(
         data = load_data(cfg.data, cfg.seed)
     save_config(cfg, run_dir / "config.yaml")
     atomic_write_text(run_dir / "data.json", json.dumps(data.summary(), indent=2))
+    if metric_fn is None and cfg.train.eval_kimg > 0:
+        # Keep the best snapshot by fd_domain (against train+val; the test split stays unseen).
+        from augment.evaluate import make_metric_fn  # lazy: evaluation pulls in sklearn/scipy
+
+        metric_fn = make_metric_fn(data, cfg, cache_dir=cfg.evaluate.cache_dir or run_dir / "cache")
     snap = training_loop(
         run_dir=run_dir,
         data=data,
@@ -330,7 +358,9 @@ def train(
         g_channels=cfg.model.g_channels,
         d_channels=cfg.model.d_channels,
         max_mult=cfg.model.max_mult,
+        d_spectral_norm=cfg.model.d_spectral_norm,
         loss=cfg.train.loss,
+        r1_gamma=cfg.train.r1_gamma,
         diffaug=cfg.train.diffaug,
         total_kimg=cfg.train.kimg,
         batch_size=cfg.train.batch_size,
@@ -346,5 +376,6 @@ def train(
         progress=progress,
         metric_fn=metric_fn,
         on_tick=on_tick,
+        **parallel,  # rank / world_size / wrap from augment.distributed
     )
     return run_dir, snap

@@ -89,3 +89,25 @@ def test_losses_values_at_known_logits(kind: str) -> None:
         assert d.item() == pytest.approx(2 * ln2) and g.item() == pytest.approx(ln2)
     with pytest.raises(ValueError, match="unknown loss"):
         GanLoss("wgan")
+
+
+def test_minibatch_stddev_sees_diversity() -> None:
+    from augment.models.discriminator import minibatch_stddev
+
+    same = torch.ones(8, 3, 4, 4)
+    varied = torch.randn(8, 3, 4, 4)
+    assert minibatch_stddev(same).shape == (8, 4, 4, 4)
+    assert float(minibatch_stddev(same)[:, 3].max()) < 1e-3
+    assert float(minibatch_stddev(varied)[:, 3].min()) > 0.5
+
+
+def test_r1_penalty_adds_to_discriminator_loss() -> None:
+    torch.manual_seed(0)
+    G = ConditionalGenerator(2, 8, 1, z_dim=4, width=8)
+    D = ProjectionDiscriminator(2, 8, 1, width=8, spectral=False)
+    args = (G, D, torch.randn(4, 1, 8, 8), torch.tensor([0, 1, 0, 1]), torch.randn(4, 4))
+    plain = GanLoss("hinge", [], r1_gamma=0.0).discriminator(*args)
+    with_r1 = GanLoss("hinge", [], r1_gamma=10.0).discriminator(*args)
+    assert float(with_r1) > float(plain)
+    with pytest.raises(ValueError, match="r1_gamma"):
+        GanLoss("hinge", [], r1_gamma=-1)

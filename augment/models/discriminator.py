@@ -1,4 +1,4 @@
-"""Projection discriminator with spectral normalisation (Miyato & Koyama 2018)."""
+"""Projection discriminator (Miyato & Koyama 2018), spectral normalisation optional (R1 instead)."""
 
 from __future__ import annotations
 
@@ -9,19 +9,36 @@ from torch.nn.utils.parametrizations import spectral_norm
 from augment.models.generator import layout
 
 
+def _sn(module: nn.Module, enabled: bool) -> nn.Module:
+    return spectral_norm(module) if enabled else module
+
+
 class DownBlock(nn.Module):
     """A DCGAN down-sampling step: 4x4 convolution with stride 2, LeakyReLU."""
 
-    def __init__(self, cin: int, cout: int) -> None:
+    def __init__(self, cin: int, cout: int, sn: bool = True) -> None:
         super().__init__()
-        self.conv = spectral_norm(nn.Conv2d(cin, cout, 4, stride=2, padding=1))
+        self.conv = _sn(nn.Conv2d(cin, cout, 4, stride=2, padding=1), sn)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return nn.functional.leaky_relu(self.conv(x), 0.2)
 
 
+def minibatch_stddev(x: torch.Tensor, group_size: int = 4) -> torch.Tensor:
+    """Append the features' standard deviation over small groups of the batch as one channel
+    (StyleGAN's minibatch-stddev layer), so the discriminator can see a lack of diversity."""
+    n, c, h, w = x.shape
+    g = min(group_size, n)
+    while n % g:
+        g -= 1
+    y = x.view(g, n // g, c, h, w)
+    y = (y - y.mean(dim=0)).square().mean(dim=0).add(1e-8).sqrt()
+    y = y.mean(dim=(1, 2, 3)).view(n // g, 1, 1, 1).repeat(g, 1, h, w)
+    return torch.cat([x, y], dim=1)
+
+
 class ProjectionDiscriminator(nn.Module):
-    """Scores ``(image, class)``: ``psi(h) + <embed(y), h>`` with ``h`` the pooled features.
+    """Scores ``(image, class)``: ``psi(h) + <embed(y), h>`` with ``h`` the image's global features.
 
     Example:
         >>> d = ProjectionDiscriminator(num_classes=3, image_size=8, channels=1, width=16)
@@ -29,17 +46,29 @@ class ProjectionDiscriminator(nn.Module):
         torch.Size([2])
     """
 
-    def __init__(self, num_classes: int, image_size: int, channels: int, width: int = 64, max_mult: int = 4) -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        image_size: int,
+        channels: int,
+        width: int = 64,
+        max_mult: int = 4,
+        spectral: bool = True,
+    ) -> None:
         super().__init__()
+        sn = spectral
         self.num_classes, self.image_size, self.channels = num_classes, image_size, channels
         _, n_down = layout(image_size)
         widths = [width * min(2**i, max_mult) for i in range(n_down + 1)]
-        self.from_img = spectral_norm(nn.Conv2d(channels, widths[0], 3, padding=1))
-        self.blocks = nn.Sequential(*(DownBlock(widths[i], widths[i + 1]) for i in range(n_down)))
-        self.fc = spectral_norm(nn.Linear(widths[-1], 1))
-        self.embed = spectral_norm(nn.Embedding(num_classes, widths[-1]))
+        self.from_img = _sn(nn.Conv2d(channels, widths[0], 3, padding=1), sn)
+        self.blocks = nn.Sequential(*(DownBlock(widths[i], widths[i + 1], sn) for i in range(n_down)))
+        # A 3x3 convolution at the final resolution widens the receptive field to (most of) the
+        # image before sum pooling; minibatch stddev lets it see a lack of diversity.
+        self.head = _sn(nn.Conv2d(widths[-1] + 1, widths[-1], 3, padding=1), sn)
+        self.fc = _sn(nn.Linear(widths[-1], 1), sn)
+        self.embed = _sn(nn.Embedding(num_classes, widths[-1]), sn)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         h = nn.functional.leaky_relu(self.from_img(x), 0.2)
-        h = self.blocks(h).sum(dim=(2, 3))
+        h = nn.functional.leaky_relu(self.head(minibatch_stddev(self.blocks(h))), 0.2).sum(dim=(2, 3))
         return self.fc(h).squeeze(1) + (self.embed(y) * h).sum(dim=1)

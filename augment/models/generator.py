@@ -60,13 +60,17 @@ class ConditionalGenerator(nn.Module):
         start, n_up = layout(image_size)
         widths = [width * min(2 ** (n_up - i), max_mult) for i in range(n_up + 1)]
         self.start = start
-        self.fc = nn.Linear(z_dim, widths[0] * start * start, bias=False)
+        # The class enters twice: as an embedding concatenated to z (a strong signal from the first
+        # step; conditional BatchNorm gains alone start at 1 and move by ~lr per Adam step, so with
+        # a few thousand steps the generator would learn to ignore the class) and through CBN.
+        self.embed = nn.Embedding(num_classes, z_dim)
+        self.fc = nn.Linear(2 * z_dim, widths[0] * start * start, bias=False)
         self.norm0 = ConditionalBatchNorm2d(widths[0], num_classes)
         self.blocks = nn.ModuleList(UpBlock(widths[i], widths[i + 1], num_classes) for i in range(n_up))
         self.to_img = nn.Conv2d(widths[-1], channels, 3, padding=1)
 
     def forward(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        x = self.fc(z).view(z.shape[0], -1, self.start, self.start)
+        x = self.fc(torch.cat([z, self.embed(y)], dim=1)).view(z.shape[0], -1, self.start, self.start)
         x = torch.relu(self.norm0(x, y))
         for block in self.blocks:
             x = block(x, y)
