@@ -122,6 +122,10 @@ class TrainConfig(_Section):
     #: Stop at this wall-clock budget (minutes); None = no budget.
     max_minutes: float | None = Field(None, gt=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    #: bf16 autocast for the networks' matmuls/convolutions (weights and optimizer stay fp32).
+    precision: Literal["fp32", "bf16"] = "fp32"
+    #: NHWC memory layout for the networks.
+    channels_last: bool = False
     #: Torch intra-op threads; None = every core.
     threads: int | None = Field(None, ge=1)
 

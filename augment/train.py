@@ -82,6 +82,8 @@ def training_loop(
     eval_kimg: float = 0.0,
     max_minutes: float | None = None,
     device: torch.device | str = "cpu",
+    precision: str = "fp32",
+    channels_last: bool = False,
     resume: bool = False,
     progress: bool = True,
     metric_fn: MetricFn | None = None,
@@ -138,6 +140,13 @@ def training_loop(
     torch.manual_seed(seed)
     G = ConditionalGenerator(**g_kwargs).to(device).train()
     D = ProjectionDiscriminator(**d_kwargs).to(device).train()
+    if channels_last:  # NHWC convolutions (faster with bf16 on tensor cores and oneDNN/AMX)
+        G, D = G.to(memory_format=torch.channels_last), D.to(memory_format=torch.channels_last)
+        images = images.contiguous(memory_format=torch.channels_last)
+    if precision not in ("fp32", "bf16"):
+        raise ConfigError(f"train.precision must be fp32 or bf16, got {precision!r}")
+    # bf16 autocast: matmuls/convolutions in bf16, weights, optimizer and losses stay fp32.
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     G_ema = copy.deepcopy(G).eval().requires_grad_(False)
     fused = device.type in ("cuda", "cpu")
     opt_G = torch.optim.Adam(G.parameters(), lr=lr_g, betas=betas, fused=fused)
@@ -218,14 +227,16 @@ def training_loop(
         real, y = images[idx], labels[idx]
         z = torch.randn(batch_size, G.z_dim, generator=gen, device=device)
         opt_D.zero_grad(set_to_none=True)
-        loss_D = loss_fn.discriminator(G_step, D_step, real, y, z, gen)
+        with autocast:
+            loss_D = loss_fn.discriminator(G_step, D_step, real, y, z, gen)
         loss_D.backward()
         opt_D.step()
 
         # Generator step.
         z = torch.randn(batch_size, G.z_dim, generator=gen, device=device)
         opt_G.zero_grad(set_to_none=True)
-        loss_G = loss_fn.generator(G_step, D_step, y, z, gen)
+        with autocast:
+            loss_G = loss_fn.generator(G_step, D_step, y, z, gen)
         loss_G.backward()
         opt_G.step()
 
@@ -372,6 +383,8 @@ def train(
         eval_kimg=cfg.train.eval_kimg,
         max_minutes=cfg.train.max_minutes,
         device=device,
+        precision=cfg.train.precision,
+        channels_last=cfg.train.channels_last,
         resume=resume,
         progress=progress,
         metric_fn=metric_fn,

@@ -1,0 +1,174 @@
+"""Reliability: SIGKILL at random points and resume, fuzzed configs and manifests, safe loading."""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from augment import checkpoint
+from augment.config import Config, load_config
+from augment.config import DataConfig
+from augment.data import load_data
+from augment.errors import AugmentError, ConfigError, DataError
+from conftest import REPO, TINY
+
+KILL_SEED = 1234
+KILL_POINTS = 5
+
+
+def _train_cmd(run_dir: Path, resume: bool) -> list[str]:
+    sets = [*TINY, "train.kimg=3.2", "train.snapshot_kimg=0.064", "train.threads=1"]
+    cmd = [sys.executable, "-m", "flows.cli", "train", str(REPO / "configs" / "digits.yaml"), "--out", str(run_dir), "-q"]
+    for item in sets:
+        cmd += ["--set", item]
+    return cmd + (["--resume"] if resume else [])
+
+
+def _all_checkpoints_readable(run_dir: Path) -> int:
+    n = 0
+    for path in run_dir.glob("*.pt"):
+        fmt = checkpoint.STATE_FORMAT if path.name == checkpoint.TRAINING_STATE else checkpoint.SNAPSHOT_FORMAT
+        checkpoint.load(path, fmt)  # raises CheckpointError on a torn file
+        n += 1
+    return n
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_points_then_resume_matches_uninterrupted(tmp_path: Path) -> None:
+    env = {**os.environ, "TQDM_DISABLE": "1"}
+    ref = tmp_path / "reference"
+    subprocess.run(_train_cmd(ref, resume=False), check=True, env=env, cwd=REPO, timeout=600, capture_output=True)
+
+    run = tmp_path / "killed"
+    rng = random.Random(KILL_SEED)
+    survived = []
+    for point in range(KILL_POINTS):
+        resume = (run / checkpoint.TRAINING_STATE).is_file()
+        proc = subprocess.Popen(_train_cmd(run, resume), env=env, cwd=REPO, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE)
+        # wait until training has made 1-4 new snapshots, then kill at a random moment
+        start = checkpoint.load(run / checkpoint.TRAINING_STATE)["cur_nimg"] if resume else 0
+        before = start + 64 * rng.randint(1, 4) - 1
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            state = run / checkpoint.TRAINING_STATE
+            if state.is_file():
+                try:
+                    if checkpoint.load(state)["cur_nimg"] > before:
+                        break
+                except AugmentError:
+                    pass  # being replaced right now: rename is atomic, so retry
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0.0, 0.2))
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+        n = _all_checkpoints_readable(run)
+        survived.append((point, proc.returncode, checkpoint.load(run / checkpoint.TRAINING_STATE)["cur_nimg"], n))
+    # finish the run
+    res = subprocess.run(_train_cmd(run, resume=True), env=env, cwd=REPO, timeout=600, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert all(rc == -signal.SIGKILL for _, rc, _, _ in survived), survived  # every point was a real kill
+    a = checkpoint.load(ref / checkpoint.TRAINING_STATE)
+    b = checkpoint.load(run / checkpoint.TRAINING_STATE)
+    assert a["cur_nimg"] == b["cur_nimg"]
+    for part in ("G", "D", "G_ema"):
+        for key in a[part]:
+            assert torch.equal(a[part][key], b[part][key]), (part, key)
+    ema_a = checkpoint.load_snapshot(ref / checkpoint.FINAL_SNAPSHOT).generator_state
+    ema_b = checkpoint.load_snapshot(run / checkpoint.FINAL_SNAPSHOT).generator_state
+    assert all(torch.equal(ema_a[k], ema_b[k]) for k in ema_a)
+
+
+# --- fuzzing ----------------------------------------------------------------------------------
+
+_KEYS = ["name", "seed", "data", "model", "train", "generate", "evaluate", "tracking", "output", "source",
+         "image_size", "channels", "per_class", "kimg", "batch_size", "loss", "diffaug", "split", "val", "test",
+         "imbalance", "ratio", "bogus", "z_dim", "target", "root", "classes"]
+_scalars = st.one_of(
+    st.none(), st.booleans(), st.integers(-10**6, 10**6), st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=12), st.sampled_from(["hinge", "digits", "balance", "auto", "cpu", "[1, 2]", "1e-3"]),
+)
+_values = st.recursive(
+    _scalars,
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.sampled_from(_KEYS), inner, max_size=4)),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(raw=st.dictionaries(st.sampled_from(_KEYS), _values, max_size=6))
+def test_fuzzed_config_is_valid_or_one_line_error(tmp_path: Path, raw: dict) -> None:
+    path = tmp_path / "fuzz.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    try:
+        cfg = load_config(path)
+    except ConfigError as err:
+        msg = str(err)
+        assert msg.startswith(str(path)) and "\n" not in msg
+    else:
+        assert isinstance(cfg, Config)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(overrides=st.lists(st.text(max_size=30), max_size=3))
+def test_fuzzed_overrides_are_valid_or_one_line_error(overrides: list[str]) -> None:
+    try:
+        load_config(REPO / "configs" / "digits.yaml", overrides)
+    except ConfigError as err:
+        assert "\n" not in str(err)
+
+
+_cells = st.one_of(st.sampled_from(["a/0.png", "b/0.png", "a/1.png", "../x.png", "/etc/passwd", "a", "b", "c", ""]),
+                   st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=10))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    header=st.sampled_from(["path,label", "label,path", "path", "", "path,label,extra"]),
+    rows=st.lists(st.lists(_cells, min_size=0, max_size=3), max_size=6),
+    quote=st.booleans(),
+)
+def test_fuzzed_manifest_is_loaded_or_one_line_error(tmp_path: Path, header: str, rows: list, quote: bool) -> None:
+    import numpy as np
+    from PIL import Image
+
+    root = tmp_path / "m"
+    for name in ("a", "b"):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(2):
+            Image.fromarray(np.full((8, 8), 10 * i, np.uint8)).save(root / name / f"{i}.png")
+    text = header + "\n" + "\n".join(",".join(f'"{c}"' if quote else c for c in row) for row in rows)
+    (root / "manifest.csv").write_text(text)
+    try:
+        data = load_data(DataConfig(source="csv", root=root / "manifest.csv", split={"val": 0.0, "test": 0.0}), 0)
+    except DataError as err:
+        assert "\n" not in str(err)
+    except ConfigError as err:
+        assert "\n" not in str(err)
+    else:
+        assert len(data.train) >= 1 and set(data.class_names) <= {"a", "b", *[c for row in rows for c in row]}
+
+
+# --- safe loading -----------------------------------------------------------------------------
+
+
+def test_every_torch_load_uses_weights_only() -> None:
+    offenders = []
+    for path in [*REPO.joinpath("augment").rglob("*.py"), *REPO.joinpath("flows").rglob("*.py")]:
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if re.search(r"torch\.load\(", line) and "weights_only=True" not in line:
+                offenders.append(f"{path.relative_to(REPO)}:{n}")
+    assert offenders == []
