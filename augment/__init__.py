@@ -3,12 +3,21 @@
 Public API::
 
     from augment import load_config, load_data, train, Snapshot, load_snapshot
+    from augment import GanAugmenter, BalancedDataset, SyntheticDataset
 """
 
 import os
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations phones home otherwise
 
+from augment.augmenter import (  # noqa: E402
+    AugmentedDataset,
+    BalancedDataset,
+    GanAlbumentations,
+    GanAugmenter,
+    GanTransform,
+    SyntheticDataset,
+)
 from augment.checkpoint import Snapshot, find_snapshot, load_snapshot  # noqa: E402
 from augment.config import Config, load_config  # noqa: E402
 from augment.data import PreparedData, load_data  # noqa: E402
@@ -20,13 +29,19 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AugmentError",
+    "AugmentedDataset",
+    "BalancedDataset",
     "CheckpointError",
     "Config",
     "ConfigError",
     "DataError",
+    "GanAlbumentations",
+    "GanAugmenter",
+    "GanTransform",
     "OutputError",
     "PreparedData",
     "Snapshot",
+    "SyntheticDataset",
     "counts_to_generate",
     "find_snapshot",
     "load_config",
