@@ -22,9 +22,7 @@ $(VENV)/.installed-dev: $(VENV)/.installed
 	touch $@
 
 demo: $(VENV)/.installed
-	$(BIN)/augment train configs/digits.yaml --out runs/demo
-	$(BIN)/augment generate runs/demo
-	@echo "sample grid: runs/demo/generated/grid.png   manifest: runs/demo/generated/manifest.csv"
+	$(BIN)/augment run configs/digits.yaml
 
 test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest -q

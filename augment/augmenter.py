@@ -201,12 +201,17 @@ class GanAugmenter:
         model_uri: str,
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
+        tracking_uri: str | None = None,
         **kwargs: Any,
     ) -> GanAugmenter:
-        """Load the snapshot of a registered model, e.g. ``"models:/fashion-cgan@champion"``."""
+        """Load the snapshot of a registered model, e.g. ``"models:/fashion-cgan@champion"``.
+
+        ``tracking_uri`` defaults to ``MLFLOW_TRACKING_URI``, else ``sqlite:///mlruns.db``.
+        """
         from augment.tracking import download_snapshot  # only augment.tracking imports mlflow
 
-        return cls.from_checkpoint(download_snapshot(model_uri), device=device, dtype=dtype, **kwargs)
+        path = download_snapshot(model_uri, tracking_uri=tracking_uri)
+        return cls.from_checkpoint(path, device=device, dtype=dtype, **kwargs)
 
     # --- the generator and its pool ----------------------------------------------------------------
 

@@ -119,6 +119,28 @@ def generate(
     typer.echo(f"generated {sum(counts)} images ({per})\nmanifest: {manifest}\ngrid: {manifest.parent / 'grid.png'}")
 
 
+@app.command()
+@handle_errors
+def evaluate(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory written by `augment train`.")],
+    set_: SetOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Measure a trained run: fd_domain/KID with floors, PRDC, memorisation, downstream verdict."""
+    _setup_logging(quiet)
+    from augment.evaluate import evaluate_run
+
+    result = evaluate_run(run_dir, overrides=set_, progress=not quiet)
+    fd = result["fd_domain"]
+    value, floor = fd.get("fd_domain", float("nan")), fd.get("fd_domain_floor", float("nan"))
+    typer.echo(
+        f"fd_domain {value:.3f} (real-vs-real floor {floor:.3f}, "
+        f"{fd['n_synthetic']} synthetic / {fd['n_real']} real vs {fd['n_reference']} test images)"
+    )
+    typer.echo(result["verdict"])
+    typer.echo(f"report: {result['files']['report']}")
+
+
 @app.command("inspect-data")
 @handle_errors
 def inspect_data(
@@ -142,6 +164,183 @@ def inspect_data(
     for name in data.class_names:
         typer.echo(f"{name:<{width}}  " + "  ".join(f"{counts[s][name]:>6}" for s in SPLITS))
     typer.echo(f"{'total':<{width}}  " + "  ".join(f"{sum(counts[s].values()):>6}" for s in SPLITS))
+
+
+# ----------------------------------------------------------------------------------------------
+# Orchestration and tracking: the pipeline as a Prefect flow, schedules, the MLflow UI, comparison.
+
+
+def _check_tracking(cfg: Any) -> None:
+    """Fail in seconds, before Prefect starts, when the tracking store cannot be reached."""
+    if cfg.tracking.enabled:
+        from augment.tracking import check_reachable, resolve_uri
+
+        check_reachable(resolve_uri(cfg.tracking.uri))
+
+
+def _ui_hint(uri: str, experiment_id: str | None, run_id: str | None) -> str:
+    from augment.tracking import DEFAULT_URI
+
+    where = "augment ui" if uri == DEFAULT_URI else f"augment ui --uri '{uri}'"
+    if uri.startswith(("http://", "https://")):
+        base, where = uri.rstrip("/"), None
+    else:
+        base = "http://127.0.0.1:5000"
+    page = f"{base}/#/experiments/{experiment_id}/runs/{run_id}" if experiment_id and run_id else base
+    return f"MLflow UI: {where}  then open {page}" if where else f"MLflow UI: {page}"
+
+
+@app.command()
+@handle_errors
+def run(
+    config: ConfigArg,
+    set_: SetOpt = None,
+    force: Annotated[bool, typer.Option("--force", help="Retrain even when the data matches the champion's.")] = False,
+    skip_if_unchanged: Annotated[
+        bool, typer.Option("--skip-if-unchanged", help="Stop early when the data fingerprint equals the champion's.")
+    ] = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Run the whole pipeline (train, generate, evaluate, register) as a Prefect flow tracked in MLflow."""
+    _setup_logging(quiet)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # Prefect's API calls, one line per request
+    if quiet:
+        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    from augment.config import load_config
+
+    cfg = load_config(config, set_)
+    _check_tracking(cfg)
+    from flows.pipeline import pipeline
+
+    result = pipeline(config=str(config), overrides=list(set_ or []), force=force, skip_if_unchanged=skip_if_unchanged)
+    if result.get("skipped"):
+        typer.echo(f"skipped: {result['reason']}")
+        return
+    typer.echo(f"run directory: {result['run_dir']}\nreport: {result['report']}")
+    if result.get("verdict"):
+        typer.echo(f"verdict: {result['verdict']}")
+    promo = result.get("promotion")
+    if promo:
+        typer.echo(f"generator: {promo['model_uri']} -> {promo['alias']} ({promo['reason']})")
+    if result.get("mlflow_run_id"):
+        typer.echo(_ui_hint(result["tracking_uri"], result.get("experiment_id"), result["mlflow_run_id"]))
+
+
+@app.command()
+@handle_errors
+def serve(
+    config: ConfigArg,
+    cron: Annotated[str, typer.Option("--cron", help='Cron schedule, e.g. "0 3 * * *" (UTC unless --timezone).')],
+    set_: SetOpt = None,
+    name: Annotated[str | None, typer.Option("--name", help="Deployment name (default: the config's name).")] = None,
+    timezone: Annotated[str | None, typer.Option("--timezone", help="IANA time zone of the cron schedule.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Scheduled runs retrain even on unchanged data.")] = False,
+) -> None:
+    """Serve the pipeline as a scheduled Prefect deployment (blocks; Ctrl-C stops it).
+
+    Runs whose data fingerprint equals the champion's skip retraining unless --force. Point Prefect at a
+    server first (`prefect server start`, PREFECT_API_URL=http://127.0.0.1:4200/api).
+    """
+    _setup_logging(False)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    from augment.config import load_config
+
+    cfg = load_config(config, set_)
+    _check_tracking(cfg)
+    from prefect.settings import PREFECT_API_URL
+
+    if not PREFECT_API_URL.value():
+        typer.echo(
+            "warning: PREFECT_API_URL is not set: serving against a temporary Prefect server that lives only as "
+            "long as this process; for schedules you can see and trigger, run `prefect server start --host "
+            "127.0.0.1` and export PREFECT_API_URL=http://127.0.0.1:4200/api",
+            err=True,
+        )
+    from flows.serve import serve_pipeline
+
+    serve_pipeline(config, cron, overrides=list(set_ or []), name=name or cfg.name, timezone=timezone, force=force)
+
+
+@app.command()
+@handle_errors
+def ui(
+    config: Annotated[Path | None, typer.Argument(help="Use this config's tracking store.", show_default=False)] = None,
+    uri: Annotated[
+        str | None, typer.Option("--uri", help="Tracking store (default: MLFLOW_TRACKING_URI or sqlite:///mlruns.db).")
+    ] = None,
+    port: Annotated[int, typer.Option("--port", min=1, max=65535)] = 5000,
+) -> None:
+    """Start the MLflow UI on 127.0.0.1 against the pipeline's tracking store (Ctrl-C stops it)."""
+    from augment.tracking import check_reachable, resolve_uri
+
+    if uri is None and config is not None:
+        from augment.config import load_config
+
+        uri = load_config(config).tracking.uri
+    store = uri if uri is not None and config is None else resolve_uri(uri)
+    if store.startswith(("http://", "https://")):
+        fail(f"{store} is a tracking server already: open it in a browser")
+    check_reachable(store)
+    typer.echo(f"MLflow UI on http://127.0.0.1:{port} for {store} (Ctrl-C stops it)")
+    sys.stdout.flush()
+    # One worker and no job runner (GenAI judges): a dozen processes otherwise, on a laptop's cores.
+    os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+    # Become the UI process (exec): signals reach it directly and nothing is left behind on exit.
+    os.execv(
+        sys.executable,
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "ui",
+            "--backend-store-uri",
+            store,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+    )
+
+
+@app.command()
+@handle_errors
+def compare(
+    experiment: Annotated[
+        str | None, typer.Option("--experiment", help="Experiment name (default: gan-augment, or the config's).")
+    ] = None,
+    csv: Annotated[Path | None, typer.Option("--csv", help="Also write the table to this CSV file.")] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", help="Take the tracking store and experiment from this config.")
+    ] = None,
+    uri: Annotated[
+        str | None, typer.Option("--uri", help="Tracking store (default: MLFLOW_TRACKING_URI or sqlite:///mlruns.db).")
+    ] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, help="How many recent pipeline runs.")] = 20,
+) -> None:
+    """Print the recent pipeline runs side by side: data, fd_domain, downstream deltas, champion/challenger."""
+    import pandas as pd
+
+    from augment.tracking import compare_runs, resolve_uri
+
+    if config is not None:
+        from augment.config import load_config
+
+        tracking = load_config(config).tracking
+        uri, experiment = uri or tracking.uri, experiment or tracking.experiment
+    table = compare_runs(
+        resolve_uri(uri) if uri is None or config is not None else uri, experiment or "gan-augment", limit=limit
+    )
+    if table.empty:
+        typer.echo(f"no pipeline runs in experiment {experiment or 'gan-augment'!r}")
+        return
+    with pd.option_context("display.max_columns", None, "display.width", 250, "display.max_colwidth", 60):
+        typer.echo(table.to_string(index=False))
+    if csv is not None:
+        table.to_csv(csv, index=False)
+        typer.echo(f"wrote {csv}")
 
 
 def main() -> None:

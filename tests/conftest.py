@@ -67,3 +67,12 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     cfg = tiny_config(tmp)
     run_dir, _ = train(cfg, out=tmp / "run", progress=False)
     return run_dir
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """One temporary Prefect API (SQLite) for every flow test of the session (starts in ~12 s)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=60):
+        yield

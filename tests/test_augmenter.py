@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import pickle
-import sys
 import types
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from torchvision.transforms import v2
 import augment
 from augment import AugmentedDataset, BalancedDataset, GanAugmenter, SyntheticDataset
 from augment.augmenter import GanAlbumentations, GanTransform
-from augment.checkpoint import Snapshot, load_snapshot, save, save_snapshot
+from augment.checkpoint import Snapshot, load_snapshot, save
 from augment.errors import CheckpointError
 from augment.generate import sample, to_uint8
 from augment.models import ConditionalGenerator
@@ -132,17 +131,6 @@ def test_from_checkpoint_refuses_pickled_objects_and_checks_arguments(tmp_path: 
         GanAugmenter(gray, p=1.5)
     with pytest.raises(ValueError, match="dtype"):
         GanAugmenter(gray, dtype=torch.int64)
-
-
-def test_from_mlflow_loads_the_downloaded_snapshot(tmp_path: Path, gray: Snapshot, monkeypatch) -> None:
-    save_snapshot(gray, tmp_path / "network-final.pt")
-    asked = []
-    fake = types.ModuleType("augment.tracking")
-    fake.download_snapshot = lambda uri: asked.append(uri) or tmp_path / "network-final.pt"
-    monkeypatch.setitem(sys.modules, "augment.tracking", fake)
-    aug = GanAugmenter.from_mlflow("models:/toy@champion", p=1.0)
-    assert asked == ["models:/toy@champion"] and aug.class_names == ["a", "b", "c"]
-    assert is_class(aug(torch.zeros(1, 8, 8, dtype=torch.uint8), 2)[0], 2)
 
 
 def test_images_are_the_generate_images_of_the_same_seed(tiny_run: Path) -> None:

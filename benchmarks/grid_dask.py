@@ -1,0 +1,146 @@
+"""Wall time of the downstream regime x seed grid: sequential, as Prefect tasks on one thread, and on
+a local Dask cluster through prefect-dask's DaskTaskRunner (what ``evaluate.workers: N`` runs).
+
+The plan (data, synthetic pool, classic baseline chosen on the validation split) is built once and
+not timed; each mode then runs every (regime, seed) cell; at one intra-op thread per cell all modes must give
+identical numbers (a different thread count reorders float sums, which 500 steps amplify). "grid"
+is the time from the first submission to the last result; "with start-up" adds the task runner's
+start-up (Dask: scheduler and worker processes) and the flow-run bookkeeping.
+
+    flock /tmp/bench.lock .venv/bin/python benchmarks/grid_dask.py --config configs/digits.yaml --workers 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("TQDM_DISABLE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+from prefect import flow  # noqa: E402
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner  # noqa: E402
+
+from augment.checkpoint import find_snapshot, load_snapshot  # noqa: E402
+from augment.config import EvaluateConfig, load_config  # noqa: E402
+from augment.data import load_data  # noqa: E402
+from augment.evaluate import generate_uint8  # noqa: E402
+from augment.metrics import downstream  # noqa: E402
+from augment.train import train  # noqa: E402
+from benchmarks.common import append_results  # noqa: E402
+from flows.evaluate import prefect_map, task_runner_for  # noqa: E402
+
+Grid = list[tuple[str, int]]
+
+
+def strip(cells: list[dict]) -> list[dict]:
+    rows = [{k: v for k, v in c.items() if k != "seconds"} for c in cells]
+    return sorted(rows, key=lambda c: (c["regime"], c["seed"]))
+
+
+def sequential(plan: downstream.Plan, grid: Grid, threads: int) -> tuple[list[dict], float, float]:
+    torch.set_num_threads(threads)
+    start = time.perf_counter()
+    cells = [downstream.run_cell(plan, r, s) for r, s in grid]
+    elapsed = time.perf_counter() - start
+    return cells, elapsed, elapsed
+
+
+def timed_flow(plan: downstream.Plan, grid: Grid, runner: TaskRunner) -> tuple[list[dict], float, float]:
+    """Run the grid as Prefect tasks on ``runner``; returns (cells, grid seconds, total seconds)."""
+
+    @flow(name="grid-benchmark", task_runner=runner, validate_parameters=False)
+    def grid_flow() -> tuple[list[dict], float]:
+        start = time.perf_counter()
+        cells = prefect_map(functools.partial(downstream.run_grid_item, plan), grid)
+        return cells, time.perf_counter() - start
+
+    torch.set_num_threads(1)
+    start = time.perf_counter()
+    cells, grid_s = grid_flow()
+    return cells, grid_s, time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="configs/digits.yaml")
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--run-dir", type=Path, default=None, help="a trained run (default: train --kimg here)")
+    parser.add_argument("--kimg", type=float, default=2.0, help="GAN budget when training here (quality is moot)")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--repeat", type=int, default=2, help="runs per mode (best kept)")
+    parser.add_argument("--no-save", action="store_true", help="print only; do not append to RESULTS.md")
+    args = parser.parse_args()
+
+    cfg = load_config(args.config, args.overrides)
+    ev = cfg.evaluate
+    if args.run_dir is None:
+        short = load_config(args.config, [*args.overrides, f"train.kimg={args.kimg}", "train.eval_kimg=0"])
+        args.run_dir, _ = train(short, out=Path(tempfile.mkdtemp(prefix="grid-bench-")) / "run", progress=False)
+    snap = load_snapshot(find_snapshot(args.run_dir))
+    data = load_data(cfg.data, cfg.seed)
+    pool, labels = generate_uint8(snap.generator(), [ev.synthetic_per_class] * data.num_classes, cfg.generate.seed)
+    plan = downstream.prepare(data, pool, labels, ev, seed=cfg.seed)
+    grid = [(r, s) for r in plan.regimes for s in plan.seeds]
+
+    @flow(name="warm-up")
+    def warm_up() -> None:  # starts Prefect's temporary server outside the timings
+        return None
+
+    warm_up()
+    downstream.run_cell(plan, *grid[0])  # first-call costs (allocator, kernels) outside the timings
+    cores = torch.get_num_threads()
+    modes: dict[str, Callable[[], tuple[list[dict], float, float]]] = {
+        f"sequential, one process, {cores} torch threads": lambda: sequential(plan, grid, cores),
+        "sequential, one process, 1 torch thread": lambda: sequential(plan, grid, 1),
+        "Prefect tasks on 1 worker thread, 1 torch thread": lambda: timed_flow(
+            plan, grid, ThreadPoolTaskRunner(max_workers=1)
+        ),
+        f"Prefect + Dask LocalCluster, {args.workers} workers x 1 thread": lambda: timed_flow(
+            plan, grid, task_runner_for(EvaluateConfig(workers=args.workers))
+        ),
+    }
+    # Each mode `--repeat` times, interleaved, best time kept: the machine is shared and noisy.
+    best: dict[str, tuple[float, float]] = {}
+    results: dict[str, list[dict]] = {}
+    for _ in range(args.repeat):
+        for name, run in modes.items():
+            cells, grid_s, total_s = run()
+            old = best.get(name, (float("inf"), float("inf")))
+            best[name] = (min(old[0], grid_s), min(old[1], total_s))
+            results[name] = strip(cells)
+    torch.set_num_threads(cores)
+    # Cells are deterministic at a given intra-op thread count; a different count changes the order of
+    # float reductions (and 500 SGD steps amplify it), so equality is checked against 1-thread sequential.
+    one_thread = results[list(modes)[1]]
+    same = {name: cells == one_thread for name, cells in results.items()}
+    reference = min(best[name][0] for name in list(modes)[:2])
+
+    size = f"{cfg.data.image_size}x{cfg.data.image_size}"
+    table = "\n".join(
+        f"| {name} | {g:.1f} | {t:.1f} | {reference / g:.2f} | {'yes' if same[name] else 'no'} |"
+        for name, (g, t) in best.items()
+    )
+    body = (
+        f"Downstream grid of `{args.config}`: {len(grid)} cells ({len(plan.regimes)} regimes x "
+        f"{len(plan.seeds)} seeds), {ev.classifier}, {ev.steps} steps of batch {ev.batch_size}, "
+        f"{data.num_classes} classes at {size}; best of {args.repeat} interleaved runs per mode.\n\n"
+        "| mode | grid wall time (s) | with start-up (s) | speed-up vs best sequential "
+        "| same numbers as 1-thread sequential |\n"
+        "|---|---:|---:|---:|---|\n" + table + "\n"
+    )
+    print(body)
+    if not args.no_save:
+        append_results(f"Regime grid: sequential vs {args.workers} Dask workers", body)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,133 @@
+"""The ``evaluate`` flow: distances, memorisation and the downstream regime x seed grid as tasks.
+
+The grid's cells (and the validation-split selection cells) are Prefect tasks on the flow's task
+runner, chosen from the config by :func:`task_runner_for`:
+
+* ``evaluate.dask_address: tcp://scheduler:8786``: an existing Dask cluster (prefect-dask);
+* ``evaluate.workers: N`` (N > 1): a local Dask cluster of N single-threaded worker processes,
+  built for the flow run and torn down after it;
+* otherwise one worker thread (the cells run one after another).
+
+Every cell is deterministic given (plan, regime, seed), so all three give the same numbers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
+
+from augment.config import Config, EvaluateConfig
+from augment.tracking import Tracker, headline_metrics, metric_key
+from flows.tasks import call_task, log_artifacts_task
+
+
+def task_runner_for(ev: EvaluateConfig) -> TaskRunner:
+    """The task runner of the evaluate flow for an ``evaluate`` config section (see the module doc)."""
+    if ev.dask_address:
+        from prefect_dask import DaskTaskRunner
+
+        return DaskTaskRunner(address=ev.dask_address)
+    if ev.workers > 1:
+        from prefect_dask import DaskTaskRunner
+
+        # One thread per worker process: torch ops in a cell would otherwise fight over the cores.
+        # Workers report task states to this process's Prefect API (without it, each worker would
+        # start a temporary server of its own when no PREFECT_API_URL is configured).
+        api_url = _api_url()
+        env = {"OMP_NUM_THREADS": "1", **({"PREFECT_API_URL": api_url} if api_url else {})}
+        return DaskTaskRunner(
+            cluster_kwargs={
+                "n_workers": ev.workers,
+                "threads_per_worker": 1,
+                "processes": True,
+                "dashboard_address": None,
+                "env": env,
+            }
+        )
+    return ThreadPoolTaskRunner(max_workers=1)
+
+
+def _api_url() -> str | None:
+    """The Prefect API this process talks to: PREFECT_API_URL, or the temporary local server's."""
+    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED
+
+    if PREFECT_API_URL.value():
+        return PREFECT_API_URL.value()
+    if PREFECT_SERVER_EPHEMERAL_ENABLED.value():
+        from prefect.server.api.server import SubprocessASGIServer
+
+        server = SubprocessASGIServer()  # the process-wide singleton; already running inside a flow
+        return server.api_url if server.server_process is not None else None
+    return None
+
+
+def _cell_name(item: Any) -> str:
+    if isinstance(item, tuple) and len(item) == 2:
+        return f"downstream-{item[0]}-seed{item[1]}"
+    if isinstance(item, dict) and "regime" in item:
+        return f"select-{item.get('stage', 'cell')}-{item['regime']}-seed{item.get('seed')}"
+    return "cell"
+
+
+def prefect_map(fn: Callable[[Any], Any], items: Iterable[Any]) -> list[Any]:
+    """A ``map`` whose calls are Prefect tasks on the current flow's task runner (submitted together)."""
+    futures = [call_task.with_options(task_run_name=_cell_name(item)).submit(fn, item) for item in items]
+    return [f.result() for f in futures]
+
+
+@flow(name="evaluate", validate_parameters=False)
+def evaluate_flow(run_dir: str, overrides: list[str] | None = None) -> dict[str, Any]:
+    """Evaluate a trained run directory; writes ``RUN_DIR/eval/`` and returns the metrics."""
+    from augment.evaluate import evaluate_run
+
+    logger = get_run_logger()
+    result = evaluate_run(Path(run_dir), overrides=overrides, progress=False, map_fn=prefect_map)
+    logger.info("%s", result["downstream"]["verdict"]["text"])
+    return result
+
+
+def run_evaluate(run_dir: Path, cfg: Config, overrides: list[str] | None = None) -> dict[str, Any]:
+    """Run :func:`evaluate_flow` (as a subflow inside a flow) on the task runner ``cfg`` asks for."""
+    return evaluate_flow.with_options(task_runner=task_runner_for(cfg.evaluate))(str(run_dir), overrides)
+
+
+CELL_PARAMS = (
+    "regime",
+    "seed",
+    "steps",
+    "batch_size",
+    "synthetic_share",
+    "confidence_threshold",
+    "images_real",
+    "images_synthetic",
+)
+
+
+def log_cells(tracker: Tracker, parent: str, result: dict[str, Any]) -> None:
+    """One child run per downstream (regime, seed) cell: its settings as params, its scores as metrics."""
+    down = result.get("downstream") or {}
+    names = result.get("class_names") or []
+    for cell in down.get("cells") or []:
+        regime, seed = cell["regime"], cell["seed"]
+        with tracker.run(f"{regime} seed {seed}", kind="downstream", parent=parent, tags={"regime": regime}) as rid:
+            params = {k: cell.get(k) for k in CELL_PARAMS}
+            params.update(classifier=down.get("classifier"), classic_policy=down.get("classic_policy"))
+            tracker.log_params(rid, {k: v for k, v in params.items() if v is not None})
+            scores = {k: cell[k] for k in ("accuracy", "balanced_accuracy", "macro_f1", "seconds") if k in cell}
+            for name, recall in zip(names, cell.get("per_class_recall") or [], strict=False):
+                scores[f"recall.{metric_key(name)}"] = recall
+            tracker.log_metrics(rid, scores)
+
+
+def evaluate_stage(cfg: Config, run_dir: Path, tracker: Tracker, parent: str) -> tuple[dict[str, Any], Path]:
+    """Evaluate ``run_dir`` and log it under the pipeline run ``parent``; returns ``(metrics, report path)``."""
+    result = run_evaluate(run_dir, cfg)
+    log_cells(tracker, parent, result)
+    tracker.log_metrics(parent, headline_metrics(result))
+    eval_dir = Path(run_dir) / "eval"
+    log_artifacts_task(tracker, parent, [(p, "eval") for p in sorted(eval_dir.iterdir()) if p.is_file()])
+    return result, eval_dir / "report.md"

@@ -1,0 +1,248 @@
+"""The Prefect flows end to end under one prefect_test_harness, checked through the MLflow client
+against a real SQLite store: `augment run`, nested runs, curves, artifacts, the registry and its
+gate, skipping unchanged data, failures, `augment compare`."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+from typer.testing import CliRunner
+
+from augment.checkpoint import find_snapshot, load_snapshot
+from augment.config import Config, save_config
+from augment.errors import ConfigError
+from augment.tracking import CHALLENGER, CHAMPION, TAG_FINGERPRINT, TAG_KIND
+from conftest import tiny_config
+from flows.cli import app
+
+# A pipeline in about half a minute: a small extractor, a small pool, 2 regimes x 2 seeds of 10 steps.
+FAST = [
+    "evaluate.extractor_steps=30",
+    "evaluate.synthetic_per_class=20",
+    "evaluate.classic=['crop']",
+    "evaluate.regimes=['real+classic','real+gan']",
+    "evaluate.steps=10",
+    "evaluate.batch_size=32",
+    "tracking.experiment=flows-tests",
+]
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+
+def write_config(tmp: Path, *overrides: str) -> tuple[Path, Config]:
+    cfg = tiny_config(tmp, *FAST, *overrides)
+    path = tmp / "tiny.yaml"
+    save_config(cfg, path)
+    return path, cfg
+
+
+def client_for(cfg: Config) -> MlflowClient:
+    return MlflowClient(tracking_uri=cfg.tracking.uri, registry_uri=cfg.tracking.uri)
+
+
+def pipeline_runs(cfg: Config) -> list:
+    client = client_for(cfg)
+    exp = client.get_experiment_by_name(cfg.tracking.experiment)
+    return client.search_runs(
+        [exp.experiment_id], f"tags.`{TAG_KIND}` = 'pipeline'", order_by=["attributes.start_time ASC"]
+    )
+
+
+def augment(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """The real console command, reporting to the session's test Prefect API."""
+    from prefect.settings import PREFECT_API_URL
+
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
+    return subprocess.run(
+        [sys.executable, "-m", "flows.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
+
+
+@pytest.fixture(scope="module")
+def first(tmp_path_factory: pytest.TempPathFactory, prefect_harness) -> dict:
+    """`augment run CONFIG` once, through the console command."""
+    tmp = tmp_path_factory.mktemp("pipeline")
+    path, cfg = write_config(tmp)
+    result = augment("run", str(path), "--quiet", cwd=tmp)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return {"tmp": tmp, "path": path, "cfg": cfg, "output": result.stdout}
+
+
+def test_augment_run_prints_the_report_and_how_to_open_the_ui(first: dict):
+    out = first["output"]
+    report = next(line.split(": ", 1)[1] for line in out.splitlines() if line.startswith("report: "))
+    assert Path(report).is_file() and Path(report).name == "report.md"
+    assert "verdict: " in out
+    assert "generator: models:/digits-cgan/1 -> champion" in out
+    ui = next(line for line in out.splitlines() if line.startswith("MLflow UI: "))
+    assert "augment ui --uri 'sqlite:///" in ui and "http://127.0.0.1:5000/#/experiments/" in ui
+
+
+def test_mlflow_holds_the_parent_run_its_children_and_their_numbers(first: dict):
+    cfg = first["cfg"]
+    client = client_for(cfg)
+    [parent] = pipeline_runs(cfg)
+    assert parent.info.status == "FINISHED"
+    exp_id = parent.info.experiment_id
+    children = client.search_runs([exp_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    kinds = sorted(c.data.tags[TAG_KIND] for c in children)
+    assert kinds == ["downstream"] * 4 + ["generate", "train"]  # 2 regimes x 2 seeds
+    assert all(c.info.status == "FINISHED" for c in children)
+    cells = {
+        (c.data.params["regime"], c.data.params["seed"]) for c in children if c.data.tags[TAG_KIND] == "downstream"
+    }
+    assert cells == {("real+classic", "0"), ("real+classic", "1"), ("real+gan", "0"), ("real+gan", "1")}
+    cell = next(c for c in children if c.data.tags[TAG_KIND] == "downstream")
+    assert 0.0 <= cell.data.metrics["balanced_accuracy"] <= 1.0 and "recall.2" in cell.data.metrics
+
+    # Params from the flattened resolved config, data fingerprint and git commit as tags, dataset input.
+    assert parent.data.params["train.kimg"] == str(cfg.train.kimg)
+    assert parent.data.params["evaluate.regimes"] == '["real+classic", "real+gan"]'
+    metrics_json = json.loads((Path(parent.data.tags["run_dir"]) / "eval" / "metrics.json").read_text())
+    assert parent.data.tags[TAG_FINGERPRINT] == metrics_json["data_fingerprint"]
+    assert parent.data.tags["git_commit"]
+    assert parent.inputs.dataset_inputs[0].dataset.digest == metrics_json["data_fingerprint"]
+    assert json.loads(parent.data.tags["train_counts"]) == metrics_json["counts"]["train"]
+
+    # Headline metrics equal metrics.json; the training curve is stepped by images shown.
+    assert parent.data.metrics["fd_domain"] == pytest.approx(metrics_json["fd_domain"]["fd_domain"])
+    delta = metrics_json["downstream"]["deltas"]["real+gan"]["balanced_accuracy"]
+    assert parent.data.metrics["delta.real_gan"] == pytest.approx(delta["mean"])
+    train = next(c for c in children if c.data.tags[TAG_KIND] == "train")
+    curve = client.get_metric_history(train.info.run_id, "loss_D")
+    assert [m.step for m in curve] == [128, 256]
+
+    # Artifacts: config, sample grids over training, manifest, plots, metrics.json, report.md.
+    def names(run_id: str, path: str | None = None) -> set[str]:
+        return {Path(a.path).name for a in client.list_artifacts(run_id, path)}
+
+    assert {"config.yaml", "stats.jsonl", "data.json"} <= names(train.info.run_id)
+    assert names(train.info.run_id, "grids") == {"fakes-000000.png"}
+    generate = next(c for c in children if c.data.tags[TAG_KIND] == "generate")
+    assert {"manifest.csv", "grid.png"} <= names(generate.info.run_id)
+    evaluation = names(parent.info.run_id, "eval")
+    assert {"metrics.json", "report.md", "per_class.csv", "regimes.png"} <= evaluation
+
+
+def test_the_generator_is_registered_as_champion_and_the_report_says_so(first: dict):
+    cfg = first["cfg"]
+    client = client_for(cfg)
+    [parent] = pipeline_runs(cfg)
+    version = client.get_model_version_by_alias("digits-cgan", CHAMPION)
+    assert str(version.version) == "1"
+    assert version.tags["pipeline_run_id"] == parent.info.run_id
+    assert version.tags[TAG_FINGERPRINT] == parent.data.tags[TAG_FINGERPRINT]
+    assert version.tags["gate.metric"] == "downstream_delta"
+    assert parent.data.tags["model_alias"] == CHAMPION
+    report = Path(parent.data.tags["report"]).read_text()
+    assert "## Model registry" in report and "promoted to **champion**" in report
+    assert 'mlflow.pyfunc.load_model("models:/digits-cgan/1")' in report
+
+
+def test_unchanged_data_skips_retraining_unless_forced(first: dict):
+    from flows.pipeline import pipeline
+
+    cfg, path = first["cfg"], str(first["path"])
+    skipped = pipeline(config=path, skip_if_unchanged=True)
+    assert skipped["skipped"] is True and "skipping retraining" in skipped["reason"]
+    assert skipped["data_fingerprint"] in skipped["reason"]
+    assert len(pipeline_runs(cfg)) == 1, "a skipped run trains nothing and logs no pipeline run"
+
+    forced = pipeline(config=path, skip_if_unchanged=True, force=True)
+    assert forced["skipped"] is False
+    promotion = forced["promotion"]
+    # Same data, same seeds: the same score, which does not beat the champion.
+    assert (promotion["version"], promotion["alias"], promotion["promoted"]) == ("2", CHALLENGER, False)
+    assert "does not beat champion v1" in promotion["reason"]
+    report = Path(forced["report"]).read_text()
+    assert "kept as **challenger** (not promoted)" in report and "does not beat champion v1" in report
+    client = client_for(cfg)
+    assert str(client.get_model_version_by_alias("digits-cgan", CHAMPION).version) == "1"
+    assert str(client.get_model_version_by_alias("digits-cgan", CHALLENGER).version) == "2"
+
+
+def test_augment_compare_puts_the_runs_side_by_side(first: dict, tmp_path: Path):
+    out_csv = tmp_path / "runs.csv"
+    result = CliRunner().invoke(app, ["compare", "--config", str(first["path"]), "--csv", str(out_csv)])
+    assert result.exit_code == 0, result.output
+    assert "fingerprint" in result.output and "Δreal_gan (pts)" in result.output
+    with open(out_csv, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) >= 1 and rows[-1]["alias"] == CHAMPION  # oldest last: the first run's v1
+    assert rows[-1]["model"] == "digits-cgan v1" and rows[-1]["train_per_class"] == "0:36 1:36 2:36"
+    fps = {r["fingerprint"] for r in rows}
+    assert len(fps) == 1 and len(fps.pop()) == 16
+
+
+def test_a_failing_stage_marks_the_runs_failed_and_keeps_the_checkpoint(tmp_path: Path):
+    from flows.pipeline import pipeline
+
+    # fid_inception without its weights file fails in evaluation, after training succeeded.
+    path, cfg = write_config(tmp_path, "evaluate.extractor=inception", "tracking.experiment=failing")
+    with pytest.raises(ConfigError, match="inception"):
+        pipeline(config=str(path))
+    [parent] = pipeline_runs(cfg)
+    assert parent.info.status == "FAILED"
+    client = client_for(cfg)
+    children = client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    status = {c.data.tags[TAG_KIND]: c.info.status for c in children}
+    assert status == {"train": "FINISHED", "generate": "FINISHED"}
+    snapshot = load_snapshot(find_snapshot(Path(parent.data.tags["run_dir"])))
+    assert snapshot.generator() is not None and snapshot.kimg == pytest.approx(0.256)
+
+    # The same failure from the console command: exit code 2 and one line naming it.
+    result = augment("run", str(path), "-q", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert "inception" in result.stderr.strip().splitlines()[-1]
+
+
+def test_train_and_generate_flows_track_their_own_runs(tmp_path: Path):
+    from flows.generate import generate_flow
+    from flows.train import train_flow
+
+    path, cfg = write_config(
+        tmp_path, "tracking.experiment=stages", "generate.target=per_class", "generate.per_class=3"
+    )
+    trained = train_flow(config=str(path))
+    generated = generate_flow(run_dir=trained["run_dir"])
+    client = client_for(cfg)
+    t, g = client.get_run(trained["mlflow_run_id"]), client.get_run(generated["mlflow_run_id"])
+    assert (t.data.tags[TAG_KIND], t.info.status) == ("train", "FINISHED")
+    assert (g.data.tags[TAG_KIND], g.info.status) == ("generate", "FINISHED")
+    assert trained["model_uri"].startswith("models:/")
+    assert Path(generated["manifest"]).is_file() and generated["counts"] == [3, 3, 3]
+    assert g.data.metrics["images"] == 9.0 and g.data.metrics["images.1"] == 3.0
+
+
+def test_task_runner_follows_the_evaluate_config():
+    from prefect.task_runners import ThreadPoolTaskRunner
+    from prefect_dask import DaskTaskRunner
+
+    from augment.config import EvaluateConfig
+    from flows.evaluate import task_runner_for
+
+    assert isinstance(task_runner_for(EvaluateConfig()), ThreadPoolTaskRunner)
+    local = task_runner_for(EvaluateConfig(workers=2))
+    assert isinstance(local, DaskTaskRunner) and local.cluster_kwargs["n_workers"] == 2
+    remote = task_runner_for(EvaluateConfig(dask_address="tcp://10.0.0.1:8786"))
+    assert isinstance(remote, DaskTaskRunner) and remote.address == "tcp://10.0.0.1:8786"
+
+
+def test_io_tasks_retry_hiccups_but_not_bad_input():
+    from prefect.states import Failed
+
+    from augment.errors import DataError
+    from flows.tasks import _worth_retrying, load_data_task, log_artifacts_task, train_task
+
+    assert load_data_task.retries == log_artifacts_task.retries == 2
+    assert train_task.retries == 0, "compute is deterministic: a retry would fail the same way"
+    assert _worth_retrying(None, None, Failed(data=OSError("connection reset")))
+    assert not _worth_retrying(None, None, Failed(data=DataError("class '3' has no images")))

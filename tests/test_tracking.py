@@ -1,0 +1,315 @@
+"""augment.tracking against a real SQLite MLflow store: runs, statuses, params, curves, datasets,
+the pyfunc generator, the registry's promotion gate and download_snapshot."""
+
+from __future__ import annotations
+
+import math
+import socket
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from augment.checkpoint import find_snapshot, load_snapshot
+from augment.data import load_data
+from augment.errors import TrackingError
+from augment.generate import sample
+from augment.tracking import (
+    CHALLENGER,
+    CHAMPION,
+    TAG_COMMIT,
+    TAG_FINGERPRINT,
+    TAG_KIND,
+    Gate,
+    MlflowTracker,
+    NullTracker,
+    Tracker,
+    check_reachable,
+    decide_promotion,
+    download_snapshot,
+    gate_from_metrics,
+    headline_metrics,
+    make_tracker,
+    metric_key,
+    resolve_uri,
+)
+from conftest import tiny_config
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """One SQLite store per module (a fresh one costs ~6 s of migrations)."""
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlruns.db'}"
+
+
+@pytest.fixture(scope="module")
+def tracker(store: str) -> MlflowTracker:
+    return MlflowTracker(store, "tracking-tests")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# The gate (pure policy). -----------------------------------------------------------------------
+
+
+def test_decide_promotion_directions_and_reasons():
+    lower = Gate("fd_domain", 1.0, higher_is_better=False)
+    assert decide_promotion(lower, None) == (True, "first version with a fd_domain (1): no champion yet")
+    ok, why = decide_promotion(lower, Gate("fd_domain", 2.0, False), "3")
+    assert ok and "beats champion v3" in why and "lower is better" in why
+    ok, why = decide_promotion(Gate("fd_domain", 2.0, False), Gate("fd_domain", 1.0, False), "3")
+    assert not ok and "does not beat champion v3 (1)" in why
+    ok, why = decide_promotion(Gate("downstream_delta", 0.01, True), Gate("downstream_delta", 0.01, True), "1")
+    assert not ok, "a tie keeps the champion"
+    assert decide_promotion(Gate("downstream_delta", 0.02, True), Gate("downstream_delta", 0.01, True), "1")[0]
+    ok, why = decide_promotion(Gate("downstream_delta", None, True), None)
+    assert not ok and "no downstream_delta" in why
+    ok, why = decide_promotion(
+        Gate("downstream_delta", 0.02, True, (-0.01, 0.05)), Gate("downstream_delta", 0.0, True), "1"
+    )
+    assert ok and why == (
+        "downstream_delta 0.02 (95% CI [-0.01, 0.05]) beats champion v1 (0); higher is better; the champion's "
+        "value lies inside this run's interval, so the difference is not measurable"
+    )
+    ok, why = decide_promotion(Gate("downstream_delta", 0.5, True), Gate("fd_domain", 1.0, False), "2")
+    assert not ok and "not comparable" in why
+
+
+def test_gate_and_headline_metrics_read_the_evaluation_layout():
+    ci = {"mean": 0.03, "ci_low": -0.01, "ci_high": 0.07, "n": 3}
+    metrics = {
+        "fd_domain": {
+            "fd_domain": 4.5,
+            "fd_domain_floor": 1.5,
+            "kid_domain": 0.2,
+            "kid_domain_floor": 0.01,
+            "per_class": {"0": {"fd_domain": 9.0}, "a b": {"fd_domain": 3.0}},
+        },
+        "prdc": {"synthetic": {"precision": 0.7, "recall": 0.5}, "floor": {"precision": 0.95}},
+        "memorisation": {"near_copy_fraction": 0.0},
+        "downstream": {
+            "regimes": {"real+classic": {"balanced_accuracy": {"mean": 0.8}}},
+            "deltas": {
+                "real+gan": {"balanced_accuracy": ci, "per_class_recall": {"0": {"mean": 0.1}}},
+                "real+gan+classic": {"balanced_accuracy": {**ci, "mean": 0.05}},
+                "gan-only": {"balanced_accuracy": {**ci, "mean": 0.9}},
+            },
+            "verdict": {"regime": "real+gan"},
+        },
+    }
+    assert gate_from_metrics(metrics, "fd_domain") == Gate("fd_domain", 4.5, False)
+    # The best GAN regime counts; gan-only is not a candidate.
+    assert gate_from_metrics(metrics, "downstream") == Gate("downstream_delta", 0.05, True, (-0.01, 0.07))
+    assert gate_from_metrics({}, "downstream").value is None
+    assert headline_metrics(metrics) == {
+        "fd_domain": 4.5,
+        "fd_domain_floor": 1.5,
+        "kid_domain": 0.2,
+        "kid_domain_floor": 0.01,
+        "class/fd_domain.0": 9.0,
+        "class/fd_domain.a b": 3.0,
+        "precision": 0.7,
+        "recall": 0.5,
+        "precision_floor": 0.95,
+        "near_copy_fraction": 0.0,
+        "acc.real_classic": 0.8,
+        "delta.real_gan": 0.03,
+        "delta.real_gan.ci_low": -0.01,
+        "delta.real_gan.ci_high": 0.07,
+        "delta.real_gan_classic": 0.05,
+        "delta.real_gan_classic.ci_low": -0.01,
+        "delta.real_gan_classic.ci_high": 0.07,
+        "delta.gan-only": 0.9,
+        "delta.gan-only.ci_low": -0.01,
+        "delta.gan-only.ci_high": 0.07,
+        "class/recall_delta.0": 0.1,
+    }
+
+
+def test_metric_names_are_mlflow_safe():
+    assert metric_key("real+gan+classic") == "real_gan_classic"
+    assert metric_key("class/fd_domain.T-shirt/top") == "class/fd_domain.T-shirt/top"
+    assert metric_key("a:b(c)") == "a_b_c_"
+
+
+def test_resolve_uri_prefers_the_environment(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert resolve_uri("sqlite:///x.db") == "sqlite:///x.db"
+    assert resolve_uri(None) == "sqlite:///mlruns.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:1")
+    assert resolve_uri("sqlite:///x.db") == "http://127.0.0.1:1"
+
+
+def test_unreachable_server_fails_fast_with_one_line():
+    uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    start = time.time()
+    with pytest.raises(TrackingError) as err:
+        MlflowTracker(uri, "x")
+    assert time.time() - start < 15
+    message = str(err.value)
+    assert "\n" not in message and uri in message and "unreachable" in message
+
+
+def test_unusable_sqlite_store_is_a_tracking_error(tmp_path: Path):
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(TrackingError, match="cannot create"):
+        check_reachable(f"sqlite:///{tmp_path / 'file' / 'sub' / 'mlruns.db'}")
+
+
+def test_null_tracker_is_a_tracker_that_does_nothing():
+    t = make_tracker(False, "sqlite:///never.db", "x")
+    assert isinstance(t, NullTracker) and isinstance(t, Tracker)
+    with t.run("p", kind="pipeline") as rid:
+        t.log_metrics(rid, {"a": 1.0}, step=3)
+        assert t.log_generator(rid, Path("nope.pt")) is None
+        assert t.register("m", "n", Gate("fd_domain", 1.0, False), run_id=rid, data_fingerprint="f") is None
+    assert t.champion("n") is None
+    assert not Path("never.db").exists()
+
+
+# Runs against a real store. --------------------------------------------------------------------
+
+
+def test_runs_nest_log_params_curves_tags_and_the_dataset(tracker: MlflowTracker, tmp_path: Path):
+    cfg = tiny_config(tmp_path)
+    data = load_data(cfg.data, cfg.seed)
+    with tracker.run("pipeline", kind="pipeline", tags={TAG_FINGERPRINT: data.fingerprint}) as parent:
+        tracker.log_params(parent, cfg.flat())
+        tracker.log_dataset(parent, data, name="digits-train", source="digits")
+        with tracker.run("train", kind="train", parent=parent) as child:
+            for nimg, loss in [(128, 1.5), (256, 1.25)]:
+                tracker.log_metrics(child, {"loss_D": loss}, step=nimg)
+            (tmp_path / "grid.png").write_bytes(b"png")
+            tracker.log_artifact(child, tmp_path / "grid.png", "grids")
+    client = tracker.client
+    p, c = client.get_run(parent), client.get_run(child)
+    assert p.info.status == c.info.status == "FINISHED"
+    assert c.data.tags["mlflow.parentRunId"] == parent
+    assert p.data.tags[TAG_KIND] == "pipeline" and c.data.tags[TAG_KIND] == "train"
+    assert p.data.tags[TAG_FINGERPRINT] == data.fingerprint
+    assert p.data.tags[TAG_COMMIT] != ""
+    assert p.data.params["train.kimg"] == str(cfg.train.kimg)
+    assert p.data.params["data.classes"] == '["0", "1", "2"]'
+    assert len(p.data.params) == len(cfg.flat())
+    history = client.get_metric_history(child, "loss_D")
+    assert [(m.step, m.value) for m in history] == [(128, 1.5), (256, 1.25)]
+    [dataset_input] = p.inputs.dataset_inputs
+    assert dataset_input.dataset.digest == data.fingerprint and dataset_input.dataset.name == "digits-train"
+    assert [a.path for a in client.list_artifacts(child, "grids")] == ["grids/grid.png"]
+
+
+def test_a_failing_run_ends_failed_never_finished(tracker: MlflowTracker):
+    ids = {}
+    with pytest.raises(RuntimeError, match="boom"):
+        with tracker.run("pipeline", kind="pipeline") as parent:
+            ids["parent"] = parent
+            with tracker.run("train", kind="train", parent=parent) as child:
+                ids["child"] = child
+                raise RuntimeError("boom")
+    for run_id in ids.values():
+        assert tracker.client.get_run(run_id).info.status == "FAILED"
+
+
+# The generator as a pyfunc model, the registry and the gate. -----------------------------------
+
+
+@pytest.fixture(scope="module")
+def logged(tracker: MlflowTracker, tiny_run: Path) -> dict:
+    snapshot = find_snapshot(tiny_run)
+    with tracker.run("train", kind="train") as run_id:
+        model_uri = tracker.log_generator(run_id, snapshot)
+    return {"run_id": run_id, "model_uri": model_uri, "snapshot": snapshot}
+
+
+def test_generator_is_a_pyfunc_from_code_without_pickles(tracker: MlflowTracker, logged: dict):
+    import mlflow
+
+    local = Path(mlflow.artifacts.download_artifacts(logged["model_uri"]))
+    files = {p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file()}
+    assert not any(f.endswith((".pkl", ".pickle", ".cloudpickle")) for f in files), files
+    assert "generator_model.py" in files and "code/augment/tracking.py" in files
+    assert f"artifacts/{logged['snapshot'].name}" in files
+    mlmodel = mlflow.models.Model.load(str(local))
+    assert mlmodel.flavors["python_function"]["model_code_path"].endswith("generator_model.py")
+    requirements = (local / "requirements.txt").read_text().split()
+    assert any(r.startswith("torch==") for r in requirements) and any(r.startswith("mlflow==") for r in requirements)
+    inputs = mlmodel.signature.inputs.to_dict()
+    assert [(c["name"], c["type"]) for c in inputs] == [("label", "long"), ("seed", "long")]
+    assert list(mlmodel.signature.outputs.to_dict()[0]["tensor-spec"]["shape"]) == [-1, 1, 8, 8]
+    assert mlmodel.metadata["class_names"] == ["0", "1", "2"]
+
+
+def test_predict_returns_images_that_depend_only_on_label_and_seed(logged: dict):
+    import mlflow
+
+    model = mlflow.pyfunc.load_model(logged["model_uri"])
+    batch = model.predict({"label": [0, 1, 2, 2], "seed": [0, 0, 0, 7]})
+    assert batch.shape == (4, 1, 8, 8) and batch.dtype == np.float32
+    assert batch.min() >= 0.0 and batch.max() <= 1.0
+    alone = model.predict(pd.DataFrame({"label": [2], "seed": [7]}))
+    np.testing.assert_allclose(alone[0], batch[3], atol=1e-6)  # neither batch nor position matter
+    assert not np.allclose(batch[2], batch[3]), "different seeds give different images"
+    # The same image `augment generate --seed 0` writes as sample 7 of class 2.
+    snap = load_snapshot(logged["snapshot"])
+    expected = (sample(snap.generator(), torch.tensor([2]), torch.tensor([7]), seed=0) + 1) / 2
+    np.testing.assert_allclose(alone, expected.numpy(), atol=1e-6)
+    with pytest.raises(Exception, match="not a class"):
+        model.predict({"label": [3], "seed": [0]})
+
+
+def test_promotion_gate_moves_champion_only_when_beaten(tracker: MlflowTracker, logged: dict):
+    name = "gate-test-cgan"
+    kw = dict(run_id=logged["run_id"], data_fingerprint="fp1")
+    first = tracker.register(logged["model_uri"], name, Gate("fd_domain", 5.0, False), **kw)
+    assert (first.version, first.alias, first.promoted) == ("1", CHAMPION, True)
+    worse = tracker.register(logged["model_uri"], name, Gate("fd_domain", 6.0, False), **kw)
+    assert (worse.version, worse.alias, worse.promoted) == ("2", CHALLENGER, False)
+    assert "does not beat champion v1 (5)" in worse.reason
+    better = tracker.register(logged["model_uri"], name, Gate("fd_domain", 4.0, False), **kw)
+    assert (better.alias, better.promoted, better.champion_version) == (CHAMPION, True, "1")
+    client = tracker.client
+    assert str(client.get_model_version_by_alias(name, CHAMPION).version) == "3"
+    assert str(client.get_model_version_by_alias(name, CHALLENGER).version) == "2"
+    assert "does not beat" in client.get_model_version(name, "2").tags["promotion_reason"]
+    champion = tracker.champion(name)
+    assert champion.version == "3" and champion.data_fingerprint == "fp1"
+    assert champion.gate == Gate("fd_domain", 4.0, False)
+    assert math.isclose(float(client.get_model_version(name, "3").tags["gate.value"]), 4.0)
+
+
+def test_download_snapshot_returns_the_weights_file(tracker: MlflowTracker, logged: dict, tmp_path: Path):
+    name = "download-test-cgan"
+    tracker.register(
+        logged["model_uri"], name, Gate("fd_domain", 1.0, False), run_id=logged["run_id"], data_fingerprint="fp"
+    )
+    path = download_snapshot(f"models:/{name}@champion", tracking_uri=tracker.uri, dst=tmp_path / "dl")
+    assert path.suffix == ".pt" and path.is_relative_to(tmp_path / "dl")
+    snap = load_snapshot(path)
+    original = load_snapshot(logged["snapshot"])
+    assert snap.class_names == original.class_names
+    assert all(torch.equal(snap.generator_state[k], v) for k, v in original.generator_state.items())
+    with pytest.raises(TrackingError, match="no-such-model"):
+        download_snapshot("models:/no-such-model@champion", tracking_uri=tracker.uri)
+
+
+def test_augmenter_from_mlflow_serves_the_registered_generator(tracker: MlflowTracker, logged: dict) -> None:
+    from augment import GanAugmenter
+    from augment.generate import sample, to_uint8
+
+    name = "augmenter-test-cgan"
+    tracker.register(
+        logged["model_uri"], name, Gate("fd_domain", 1.0, False), run_id=logged["run_id"], data_fingerprint="fp"
+    )
+    aug = GanAugmenter.from_mlflow(f"models:/{name}@champion", tracking_uri=tracker.uri, p=1.0, seed=0)
+    original = load_snapshot(logged["snapshot"])
+    assert aug.class_names == original.class_names
+    got = aug.images(torch.tensor([0, 1]), torch.tensor([0, 3])).permute(0, 2, 3, 1).numpy()
+    want = to_uint8(sample(original.generator(), torch.tensor([0, 1]), torch.tensor([0, 3]), seed=0))
+    assert abs(got.astype(int) - want.astype(int)).max() <= 1
