@@ -191,8 +191,11 @@ class EvaluateConfig(_Section):
     near_copy_quantile: float = Field(0.05, gt=0.0, lt=1.0)
     #: Where the domain extractor is cached (by data fingerprint); None = RUN_DIR/cache.
     cache_dir: Path | None = None
-    #: Torch intra-op threads of the downstream cells; None = leave the process setting.
-    threads: int | None = Field(None, ge=1)
+    #: Torch intra-op threads of each downstream cell (and the extractor's training); None = the
+    #: process setting. One thread is the fastest per core for these small CNNs, and far faster
+    #: on a busy machine (2 threads on 2 shared cores measured 4-70x slower); cells run side by
+    #: side through evaluate.workers / dask_address instead.
+    threads: int | None = Field(1, ge=1)
     workers: int = Field(1, ge=1)
     dask_address: str | None = None
 

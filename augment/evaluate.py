@@ -1,0 +1,268 @@
+"""Evaluate a trained run: distances with floors, PRDC, memorisation, the downstream verdict.
+
+``evaluate_run`` loads the run's snapshot, re-loads the data from the run's ``config.yaml``
+(which must select the very data the generator was trained on: same class names, same data
+fingerprint), and writes ``RUN_DIR/eval/``: ``metrics.json``, ``per_class.csv``, plots,
+``nearest_pairs.png`` and ``report.md``.
+
+Synthetic images come from the snapshot through :func:`augment.generate.sample` (image ``i`` of
+class ``c`` depends on ``(generate.seed, c, i)`` only). The test split is used only to score:
+it reaches neither the GAN, nor the feature extractor, nor any choice made on the validation split.
+
+Example:
+    >>> result = evaluate_run("runs/00000-digits", overrides=["evaluate.seeds=3"])  # doctest: +SKIP
+    >>> result["downstream"]["verdict"]["text"]  # doctest: +SKIP
+    'No measurable benefit: ...'
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from augment.checkpoint import Snapshot, find_snapshot, load_snapshot
+from augment.config import Config, apply_overrides, config_from_dict, load_config
+from augment.data import PreparedData, load_data
+from augment.errors import CheckpointError
+from augment.generate import sample
+from augment.io import ensure_dir
+from augment.metrics import downstream
+from augment.metrics.extractor import load_or_train_extractor
+from augment.metrics.frechet import InceptionFeatures, distance_report, frechet_distance, inception_weights_path
+from augment.metrics.memorisation import memorisation
+from augment.metrics.prdc import prdc_report
+from augment.metrics.report import write_report
+
+log = logging.getLogger(__name__)
+
+EVAL_DIR = "eval"
+
+
+def quantize(images: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] float -> uint8 ``(N, C, H, W)``: the pixels a user would save as PNG."""
+    return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+def generate_uint8(
+    G: torch.nn.Module, counts: list[int], seed: int, start: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``counts[c]`` images of class ``c`` (indices ``start..``), seeded per (seed, class, index)."""
+    labels = torch.cat([torch.full((n,), c, dtype=torch.int64) for c, n in enumerate(counts)])
+    indices = torch.cat([torch.arange(start, start + n, dtype=torch.int64) for n in counts])
+    return quantize(sample(G, labels, indices, seed)), labels
+
+
+def per_class_subset(labels: torch.Tensor, counts: list[int], seed: int) -> torch.Tensor:
+    """Indices of the first ``counts[c]`` items of each class in a seeded per-class order."""
+    out = []
+    for c, n in enumerate(counts):
+        idx = torch.nonzero(labels == c).flatten()
+        perm = torch.from_numpy(np.random.default_rng([seed, c, 7]).permutation(len(idx)))
+        out.append(idx[perm[:n]].sort().values)
+    return torch.cat(out) if out else torch.empty(0, dtype=torch.int64)
+
+
+def check_data_matches(snap: Snapshot, data: PreparedData) -> None:
+    """The data must be what the generator was trained on: same classes, same fingerprint."""
+    where = snap.path or "snapshot"
+    if list(snap.class_names) != list(data.class_names):
+        raise CheckpointError(
+            f"{where}: generator trained on classes {snap.class_names}, the data has {data.class_names}"
+        )
+    if snap.data_fingerprint != data.fingerprint:
+        raise CheckpointError(
+            f"{where}: generator trained on data {snap.data_fingerprint}, the config selects data {data.fingerprint} "
+            "(different limits, split or source)"
+        )
+
+
+def resolve_config(run_dir: Path, snap: Snapshot, cfg: Config | None, overrides: list[str] | None) -> Config:
+    """The run's config.yaml (else the config inside the snapshot), with ``--set`` overrides."""
+    if cfg is not None:
+        if overrides:
+            return config_from_dict(apply_overrides(cfg.to_dict(), overrides), source="config (--set)")
+        return cfg
+    path = Path(run_dir) / "config.yaml"
+    if path.is_file():
+        return load_config(path, overrides)
+    raw = apply_overrides(dict(snap.config), overrides)
+    return config_from_dict(raw, source=f"{snap.path} (config in checkpoint)")
+
+
+def metric_counts(data: PreparedData, samples_per_class: int, reference_counts: list[int] | None = None) -> list[int]:
+    """Images per class for the distance metrics: capped by the train split (and the reference)."""
+    train = data.train.counts(data.num_classes)
+    ref = reference_counts or train
+    return [min(samples_per_class, t, r) for t, r in zip(train, ref, strict=True)]
+
+
+def make_metric_fn(
+    data: PreparedData, cfg: Config, *, cache_dir: Path | None = None
+) -> Callable[[torch.nn.Module], dict[str, float]]:
+    """``metric_fn(G) -> {"fd_domain": value}`` for the training loop's best-snapshot selection.
+
+    The reference is the real train+val split (model selection never sees the test split); the
+    synthetic set uses fixed latents (``generate.seed``), as many per class as the reference has
+    (capped by ``evaluate.samples_per_class``), so values are comparable across training.
+    """
+    ev = cfg.evaluate
+    ext = load_or_train_extractor(data, ev, cache_dir=cache_dir, seed=cfg.seed)
+    ref_images = torch.cat([data.train.images, data.val.images])
+    ref_labels = torch.cat([data.train.labels, data.val.labels])
+    ref = ext.features(ref_images)
+    counts = [min(ev.samples_per_class, n) for n in torch.bincount(ref_labels, minlength=data.num_classes).tolist()]
+    labels = torch.cat([torch.full((n,), c, dtype=torch.int64) for c, n in enumerate(counts)])
+    indices = torch.cat([torch.arange(n, dtype=torch.int64) for n in counts])
+
+    def metric_fn(G: torch.nn.Module) -> dict[str, float]:
+        fake = ext.features(quantize(sample(G, labels, indices, cfg.generate.seed)))
+        return {"fd_domain": frechet_distance(ref, fake)}
+
+    return metric_fn
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    cfg: Config | None = None,
+    *,
+    overrides: list[str] | None = None,
+    progress: bool = True,
+    data: PreparedData | None = None,
+    map_fn: downstream.MapFn = map,
+) -> dict[str, Any]:
+    """Evaluate a run directory and write ``RUN_DIR/eval/``; returns the metrics dict.
+
+    Args:
+        run_dir: a directory written by ``augment train`` (holds ``network-*.pt``, ``config.yaml``).
+        cfg: the config to use instead of the run's ``config.yaml``.
+        overrides: ``--set`` style overrides, e.g. ``["evaluate.seeds=5"]``.
+        progress: show a progress bar over the downstream grid.
+        data: the run's data, when the caller has it already (checked against the snapshot).
+        map_fn: map used for the validation-split selection cells and the regime x seed grid
+            (parallel maps welcome: ``flows.evaluate`` passes one that runs each cell as a Prefect task).
+
+    Raises:
+        CheckpointError: no snapshot in ``run_dir``, or the data does not match the snapshot's.
+        ConfigError: a bad config value (e.g. fid_inception asked for without its weights file).
+    """
+    start = time.time()
+    run_dir = Path(run_dir)
+    snap_path = find_snapshot(run_dir)
+    snap = load_snapshot(snap_path)
+    cfg = resolve_config(run_dir, snap, cfg, overrides)
+    ev = cfg.evaluate
+    inception_asked = ev.extractor == "inception"
+    if inception_asked:
+        inception_weights_path(ev.inception_weights)  # fail before any expensive work
+    if data is None:
+        data = load_data(cfg.data, cfg.seed)
+    check_data_matches(snap, data)
+    with downstream.torch_threads(ev.threads):  # small CNNs: one thread each is fastest (see config)
+        return _evaluate_loaded(run_dir, snap_path, snap, cfg, data, start, inception_asked, progress, map_fn)
+
+
+def _evaluate_loaded(
+    run_dir: Path,
+    snap_path: Path,
+    snap: Snapshot,
+    cfg: Config,
+    data: PreparedData,
+    start: float,
+    inception_asked: bool,
+    progress: bool,
+    map_fn: downstream.MapFn,
+) -> dict[str, Any]:
+    """The measurements of :func:`evaluate_run`, once the snapshot and matching data are loaded."""
+    ev = cfg.evaluate
+    out_dir = ensure_dir(run_dir / EVAL_DIR)
+    G = snap.generator("cpu")
+    k = data.num_classes
+    warnings: list[str] = []
+
+    # Feature extractor (real train+val only; cached by data fingerprint).
+    ext = load_or_train_extractor(data, ev, cache_dir=ev.cache_dir or run_dir / "cache", seed=cfg.seed)
+    test_ids = set(data.test.ids)
+    if test_ids & set(ext.trained_on_ids):  # a cache from other splits must never leak test images in
+        raise CheckpointError(f"{ext.path}: the feature extractor was trained on test images")
+
+    # Distance sets: synthetic and real train with equal per-class counts, against the test split.
+    counts = metric_counts(data, ev.samples_per_class, data.test.counts(k))
+    log.info("Sampling %d synthetic images for the distances...", sum(counts))
+    fake_u8, fake_labels = generate_uint8(G, counts, cfg.generate.seed)
+    real_idx = per_class_subset(data.train.labels, counts, cfg.seed)
+    real_u8, real_labels = data.train.images[real_idx], data.train.labels[real_idx]
+    ref_u8, ref_labels = data.test.images, data.test.labels
+    f_fake, f_real, f_ref = ext.features(fake_u8), ext.features(real_u8), ext.features(ref_u8)
+    fd = distance_report("fd_domain", f_fake, fake_labels, f_real, real_labels, f_ref, ref_labels, data.class_names)
+    warnings += fd.pop("warnings")
+    # PRDC with the reference cut to the same per-class sizes (k-NN radii depend on sample size).
+    prdc_idx = per_class_subset(ref_labels, counts, cfg.seed + 1)
+    prdc = prdc_report(
+        f_ref[prdc_idx], ref_labels[prdc_idx], f_fake, fake_labels, f_real, real_labels, data.class_names
+    )
+    fid_inception = None
+    if inception_asked or ev.inception_weights is not None:
+        inc = InceptionFeatures(ev.inception_weights)
+        fid_inception = distance_report("fid_inception", inc(fake_u8), fake_labels, inc(real_u8), real_labels,
+                                        inc(ref_u8), ref_labels, data.class_names)
+        fid_inception["weights"] = str(inc.path)
+        warnings += fid_inception.pop("warnings")
+
+    # Synthetic pool for the classifiers and the memorisation check.
+    pool_counts = [ev.synthetic_per_class] * k
+    log.info("Sampling %d synthetic images for the downstream pool...", sum(pool_counts))
+    pool_u8, pool_labels = generate_uint8(G, pool_counts, cfg.generate.seed)
+    mem = memorisation(pool_u8, data.train.images, data.test.images, pool_labels, data.class_names,
+                       quantile=ev.near_copy_quantile, heldout_labels=data.test.labels)
+
+    # Downstream grid: selection on val inside prepare, then regime x seed cells on test.
+    plan = downstream.prepare(data, pool_u8, pool_labels, ev, seed=cfg.seed, map_fn=map_fn)
+    grid = [(r, s) for r in plan.regimes for s in plan.seeds]
+    # One map_fn call per (regime, seed) cell: builtin map runs them here one by one (lazily, so the
+    # bar moves); an orchestrator's parallel map (Prefect tasks, Dask) spreads them.
+    cells = []
+    results = map_fn(functools.partial(downstream.run_grid_item, plan), grid)
+    for cell in tqdm(results, total=len(grid), desc="downstream", unit="cell", disable=not progress):
+        cells.append(cell)
+        log.info("%s seed %d: balanced accuracy %.4f (%.0f s)", cell["regime"], cell["seed"],
+                 cell["balanced_accuracy"], cell["seconds"])
+    down = downstream.summarize(plan, cells)
+    down["cells"] = cells
+
+    result: dict[str, Any] = {
+        "run_dir": str(run_dir),
+        "snapshot": {"path": str(snap_path), "kimg": snap.kimg, "train_metrics": snap.metrics},
+        "data_fingerprint": data.fingerprint,
+        "class_names": list(data.class_names),
+        "counts": data.counts(),
+        "sizes": {s: len(data.split(s)) for s in ("train", "val", "test")},
+        "feature_extractor": {
+            "name": "domain", "architecture": "smallcnn", "feature_dims": ext.num_features,
+            "trained_on": "train+val", "n_trained_on": len(ext.trained_on_ids), "cache": str(ext.path),
+        },
+        "generate_seed": cfg.generate.seed,
+        "fd_domain": fd,
+        "prdc": prdc,
+        "memorisation": mem,
+        "downstream": down,
+        "verdict": down["verdict"]["text"],
+        "warnings": warnings,
+        "config": cfg.to_dict(),
+    }
+    if fid_inception is not None:
+        result["fid_inception"] = fid_inception
+    result["seconds"] = time.time() - start
+    samples = {"real": real_u8, "real_labels": real_labels, "synthetic": pool_u8, "synthetic_labels": pool_labels,
+               "train": data.train.images}
+    paths = write_report(out_dir, result, samples)
+    result["files"] = {key: str(p) for key, p in paths.items()}
+    log.info("Evaluation written to %s (%.0f s): %s", out_dir, time.time() - start, down["verdict"]["text"])
+    return result

@@ -1,0 +1,640 @@
+"""The downstream verdict: does GAN augmentation beat classic augmentation on a real test set?
+
+A classifier is trained from scratch under each *regime*, with the same number of optimizer steps
+and the same batch size in every regime, for several seeds, and scored on the real test split:
+
+* ``real``: the real train split, no augmentation;
+* ``real+classic``: the real train split with the classic baseline (the best of
+  ``evaluate.classic`` on the validation split: crop; crop+flip; crop+flip+affine);
+* ``real+gan``: each batch takes ``synthetic_share`` of its images from the synthetic pool
+  (classes drawn to even out the real class imbalance, ``synthetic_sampling: balance``);
+* ``real+gan+classic``: the same, with the classic baseline applied to the whole batch;
+* ``gan-only``: synthetic images only, classes uniform (Classification Accuracy Score).
+
+The work separates into picklable pieces so an orchestrator (Prefect/Dask) can run the
+regime x seed grid as parallel tasks::
+
+    plan = prepare(data, synthetic_images, synthetic_labels, cfg.evaluate, seed=cfg.seed)
+    cells = [run_cell(plan, regime, seed) for regime in plan.regimes for seed in plan.seeds]
+    result = summarize(plan, cells)
+
+* ``prepare(data, synthetic_images, synthetic_labels, cfg, *, seed=0, map_fn=map) -> Plan``:
+  copies what the cells need (uint8 tensors, no model), chooses the classic baseline and, with
+  ``cfg.tune``, the synthetic share and confidence threshold, *on the validation split only*
+  (``map_fn`` runs those selection cells; pass a parallel map to spread them). Trains the
+  confidence-filter classifier (real train split) when a threshold is set or tuned.
+* ``run_cell(plan, regime, seed) -> dict``: trains one classifier and scores it on the test
+  split. Pure and deterministic given its arguments (CPU; parameter init, batch draws and
+  augmentation all come from ``seed``). Returns plain JSON-able values.
+* ``run_grid_item(plan, (regime, seed)) -> dict``: the same, for a ``map_fn`` over the grid's pairs
+  (``evaluate_run(..., map_fn=...)`` maps it over ``[(regime, seed), ...]``).
+* ``summarize(plan, cells) -> dict``: means with 95% t-intervals over seeds, paired deltas against
+  ``real+classic``, per-class recall, summed confusion matrices and the plain-text verdict.
+
+Example:
+    >>> plan = prepare(data, syn_images, syn_labels, cfg.evaluate, seed=0)   # doctest: +SKIP
+    >>> cells = [run_cell(plan, r, s) for r in plan.regimes for s in plan.seeds]  # doctest: +SKIP
+    >>> summarize(plan, cells)["verdict"]["text"]  # doctest: +SKIP
+    'No measurable benefit: ...'
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from augment.config import EvaluateConfig
+from augment.data import PreparedData
+from augment.errors import ConfigError
+from augment.models.classifier import build_classifier
+
+log = logging.getLogger(__name__)
+
+REGIMES = ("real", "real+classic", "real+gan", "real+gan+classic", "gan-only")
+BASELINE = "real+classic"
+GAN_REGIMES = ("real+gan+classic", "real+gan")
+CLASSIC_OPS = ("crop", "flip", "affine")
+METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
+#: The verdict is read on balanced accuracy (equal to accuracy on a balanced test split).
+VERDICT_METRIC = "balanced_accuracy"
+#: Seeds a verdict needs: with 2, a t-interval has one degree of freedom and two equal deltas (common
+#: on a small test split, where accuracy moves in steps of 1/n) give a zero-width "significant" interval.
+MIN_VERDICT_SEEDS = 3
+
+# Parameter initialisation draws from torch's global RNG: seed it under a lock so cells running
+# in parallel threads cannot interleave their draws.
+_INIT_LOCK = threading.Lock()
+
+MapFn = Callable[[Callable[[Any], Any], Iterable[Any]], Iterable[Any]]
+
+
+# ------------------------------------------------------------------------------------------------
+# Classic augmentation: parameters drawn per image from the cell's generator, applied batched.
+
+
+def parse_classic(policy: str) -> tuple[str, ...]:
+    """``"crop+flip"`` -> ``("crop", "flip")``; ``"none"`` -> ``()``; unknown ops are a ConfigError."""
+    if policy == "none":
+        return ()
+    ops = tuple(policy.split("+"))
+    bad = [op for op in ops if op not in CLASSIC_OPS]
+    if bad or not ops or len(set(ops)) != len(ops):
+        raise ConfigError(f"evaluate.classic: bad policy {policy!r} (ops joined by '+' from {CLASSIC_OPS}, or 'none')")
+    return ops
+
+
+def classic_augment(x: torch.Tensor, policy: str, gen: torch.Generator) -> torch.Tensor:
+    """Apply a classic policy to a float batch in [-1, 1] (background -1 fills the borders).
+
+    The ops follow torchvision's ``RandomCrop(size, padding=size // 8)``,
+    ``RandomHorizontalFlip()`` and ``RandomAffine(degrees=10, translate=(0.1, 0.1),
+    scale=(0.9, 1.1))``, but draw one parameter set per image from ``gen`` (deterministic under
+    parallel tasks) and apply them to the whole batch at once (CPU speed).
+    """
+    ops = parse_classic(policy)
+    n, _, h, w = x.shape
+    if "crop" in ops:
+        p = max(1, h // 8)
+        padded = F.pad(x, (p, p, p, p), value=-1.0)
+        oy = torch.randint(0, 2 * p + 1, (n,), generator=gen)
+        ox = torch.randint(0, 2 * p + 1, (n,), generator=gen)
+        rows = (torch.arange(h)[None, :] + oy[:, None])[:, :, None]  # (n, h, 1)
+        cols = (torch.arange(w)[None, :] + ox[:, None])[:, None, :]  # (n, 1, w)
+        x = padded.permute(0, 2, 3, 1)[torch.arange(n)[:, None, None], rows, cols].permute(0, 3, 1, 2)
+    if "flip" in ops:
+        flip = torch.rand(n, generator=gen) < 0.5
+        x = torch.where(flip[:, None, None, None], x.flip(3), x)
+    if "affine" in ops:
+        angle = (torch.rand(n, generator=gen) * 2 - 1) * math.radians(10)
+        scale = 0.9 + torch.rand(n, generator=gen) * 0.2
+        shift = (torch.rand(n, 2, generator=gen) * 2 - 1) * 0.2  # 10% of the size = 0.2 in [-1, 1] units
+        cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+        theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        x = F.grid_sample(x + 1.0, grid, mode="bilinear", padding_mode="zeros", align_corners=False) - 1.0
+    return x.contiguous()
+
+
+# ------------------------------------------------------------------------------------------------
+# The plan.
+
+
+@dataclass
+class Plan:
+    """Everything a cell needs: uint8 splits, the synthetic pool, the chosen settings (picklable)."""
+
+    class_names: list[str]
+    train_images: torch.Tensor
+    train_labels: torch.Tensor
+    val_images: torch.Tensor
+    val_labels: torch.Tensor
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+    synthetic_images: torch.Tensor
+    synthetic_labels: torch.Tensor
+    regimes: list[str]
+    seeds: list[int]
+    classifier: str = "smallcnn"
+    steps: int = 500
+    batch_size: int = 128
+    lr: float = 2e-3
+    synthetic_share: float = 0.5
+    synthetic_sampling: str = "balance"
+    confidence_threshold: float | None = None
+    #: Probability the filter classifier gives each synthetic image's own class (None = no filter).
+    synthetic_confidence: torch.Tensor | None = None
+    classic: str = "crop"
+    selection: dict[str, Any] = field(default_factory=dict)
+    threads: int | None = 1
+    data_fingerprint: str = ""
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def synthetic_pool(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The synthetic images the cells may draw from (after the confidence filter)."""
+        if self.confidence_threshold is None or self.synthetic_confidence is None:
+            return self.synthetic_images, self.synthetic_labels
+        keep = self.synthetic_confidence >= self.confidence_threshold
+        return self.synthetic_images[keep], self.synthetic_labels[keep]
+
+
+def _as_float(images: torch.Tensor) -> torch.Tensor:
+    return images.float().div(127.5).sub(1.0)
+
+
+def synthetic_class_probs(real_counts: list[int], available: list[int], share: float, sampling: str) -> torch.Tensor:
+    """Class distribution of the synthetic part of a batch.
+
+    ``balance``: top up the real class frequencies so the whole batch is as close to uniform as
+    the share allows (q_c proportional to max(1/K - (1 - share) r_c, 0)); uniform for balanced
+    data. Classes without synthetic images get 0.
+    """
+    k = len(real_counts)
+    has = torch.tensor([a > 0 for a in available], dtype=torch.float64)
+    if has.sum() == 0:
+        raise ConfigError("no synthetic images left (the confidence filter removed them all)")
+    if sampling == "uniform" or share <= 0:
+        q = has.clone()
+    else:
+        r = torch.tensor(real_counts, dtype=torch.float64)
+        r = r / r.sum()
+        q = torch.clamp(1.0 / k - (1.0 - share) * r, min=0.0) * has
+        if q.sum() <= 1e-12:
+            q = has.clone()
+    return (q / q.sum()).float()
+
+
+class _Batches:
+    """Draws one regime's minibatches: real and synthetic indices and the classic policy."""
+
+    def __init__(self, plan: Plan, regime: str, gen: torch.Generator) -> None:
+        self.gen = gen
+        self.real_x = _as_float(plan.train_images)
+        self.real_y = plan.train_labels
+        syn_images, syn_labels = plan.synthetic_pool()
+        self.syn_x = _as_float(syn_images)
+        self.syn_y = syn_labels
+        k = plan.num_classes
+        available = torch.bincount(syn_labels, minlength=k).tolist()
+        self.by_class = [torch.nonzero(syn_labels == c).flatten() for c in range(k)]
+        uses_gan = regime in ("real+gan", "real+gan+classic", "gan-only")
+        if regime == "gan-only":
+            self.n_syn = plan.batch_size
+            self.q = synthetic_class_probs([1] * k, available, 1.0, "uniform")
+        elif uses_gan:
+            self.n_syn = round(plan.synthetic_share * plan.batch_size)
+            self.q = synthetic_class_probs(plan.train_labels.bincount(minlength=k).tolist(), available,
+                                           plan.synthetic_share, plan.synthetic_sampling)
+        else:
+            self.n_syn = 0
+        if self.n_syn > 0 and len(syn_labels) == 0:
+            raise ConfigError(f"regime {regime!r} needs synthetic images, the pool is empty")
+        self.n_real = plan.batch_size - self.n_syn
+        self.policy = plan.classic if regime in ("real+classic", "real+gan+classic") else "none"
+
+    def __call__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        xs, ys = [], []
+        if self.n_real:
+            idx = torch.randint(len(self.real_y), (self.n_real,), generator=self.gen)
+            xs.append(self.real_x[idx])
+            ys.append(self.real_y[idx])
+        if self.n_syn:
+            cls = torch.multinomial(self.q, self.n_syn, replacement=True, generator=self.gen)
+            pick = torch.empty(self.n_syn, dtype=torch.int64)
+            for c in cls.unique().tolist():
+                members, where = self.by_class[c], cls == c
+                pick[where] = members[torch.randint(len(members), (int(where.sum()),), generator=self.gen)]
+            xs.append(self.syn_x[pick])
+            ys.append(self.syn_y[pick])
+        x, y = torch.cat(xs), torch.cat(ys)
+        if self.policy != "none":
+            x = classic_augment(x, self.policy, self.gen)
+        return x, y
+
+
+def train_classifier(
+    plan: Plan, regime: str, seed: int
+) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Train one classifier for ``plan.steps`` steps under ``regime``; returns it and its counters."""
+    if regime not in REGIMES:
+        raise ConfigError(f"unknown regime {regime!r} (one of {REGIMES})")
+    with torch_threads(plan.threads):
+        return _train_classifier(plan, regime, seed)
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run a block with ``n`` intra-op threads (None: unchanged); the setting is process-wide, so
+    it is restored afterwards."""
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _train_classifier(plan: Plan, regime: str, seed: int) -> tuple[torch.nn.Module, dict[str, Any]]:
+    size, channels = plan.train_images.shape[-1], plan.train_images.shape[1]
+    with _INIT_LOCK, torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = build_classifier(plan.classifier, plan.num_classes, channels, size)
+    gen = torch.Generator().manual_seed(seed)
+    batches = _Batches(plan, regime, gen)
+    opt = torch.optim.AdamW(model.parameters(), lr=plan.lr, weight_decay=5e-4)
+    warmup = max(1, plan.steps // 20)
+    model.train()
+    for step in range(plan.steps):
+        # Linear warm-up, then cosine decay to 0: every regime follows the same schedule.
+        if step < warmup:
+            lr_scale = (step + 1) / warmup
+        else:
+            lr_scale = 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, plan.steps - warmup)))
+        for group in opt.param_groups:
+            group["lr"] = plan.lr * lr_scale
+        x, y = batches()
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    model.eval()
+    counters = {
+        "steps": plan.steps,
+        "batch_size": plan.batch_size,
+        "images_real": plan.steps * batches.n_real,
+        "images_synthetic": plan.steps * batches.n_syn,
+        "classic": batches.policy,
+    }
+    return model, counters
+
+
+@torch.no_grad()
+def predict_proba(model: torch.nn.Module, images: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    """Softmax probabilities for uint8 images."""
+    model.eval()
+    out = [
+        torch.softmax(model(_as_float(images[i : i + batch_size])), dim=1) for i in range(0, len(images), batch_size)
+    ]
+    return torch.cat(out) if out else torch.empty(0, 0)
+
+
+def score(labels: torch.Tensor, preds: torch.Tensor, num_classes: int) -> dict[str, Any]:
+    """Accuracy, balanced accuracy, macro-F1, per-class recall and the confusion matrix.
+
+    Same definitions as scikit-learn's ``accuracy_score``, ``balanced_accuracy_score`` (mean recall
+    over the classes present) and ``f1_score(average="macro", zero_division=0)`` over all classes.
+    """
+    cm = np.bincount(labels.numpy() * num_classes + preds.numpy(), minlength=num_classes**2)
+    cm = cm.reshape(num_classes, num_classes).astype(np.int64)  # rows: true class, columns: predicted
+    tp, true_n, pred_n = np.diag(cm).astype(np.float64), cm.sum(axis=1), cm.sum(axis=0)
+    recall = np.divide(tp, true_n, out=np.zeros_like(tp), where=true_n > 0)
+    precision = np.divide(tp, pred_n, out=np.zeros_like(tp), where=pred_n > 0)
+    denom = precision + recall
+    f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(tp), where=denom > 0)
+    return {
+        "accuracy": float(tp.sum() / max(cm.sum(), 1)),
+        "balanced_accuracy": float(recall[true_n > 0].mean()) if (true_n > 0).any() else 0.0,
+        "macro_f1": float(f1.mean()),
+        "per_class_recall": recall.tolist(),
+        "confusion": cm.tolist(),
+    }
+
+
+def _fit_score(plan: Plan, regime: str, seed: int, split: str) -> dict[str, Any]:
+    start = time.time()
+    model, counters = train_classifier(plan, regime, seed)
+    images, labels = (plan.val_images, plan.val_labels) if split == "val" else (plan.test_images, plan.test_labels)
+    with torch_threads(plan.threads):
+        preds = predict_proba(model, images).argmax(dim=1)
+    return {
+        "regime": regime,
+        "seed": seed,
+        "split": split,
+        **counters,
+        **score(labels, preds, plan.num_classes),
+        "synthetic_share": plan.synthetic_share if "gan" in regime else None,
+        "confidence_threshold": plan.confidence_threshold if "gan" in regime else None,
+        "seconds": time.time() - start,
+    }
+
+
+def run_cell(plan: Plan, regime: str, seed: int) -> dict[str, Any]:
+    """Train one classifier under ``regime`` with ``seed`` and score it on the real test split."""
+    return _fit_score(plan, regime, seed, "test")
+
+
+def run_grid_item(plan: Plan, item: tuple[str, int]) -> dict[str, Any]:
+    """``run_cell(plan, *item)``: the form a ``map_fn`` over ``(regime, seed)`` pairs calls."""
+    regime, seed = item
+    return run_cell(plan, regime, seed)
+
+
+def _selection_cell(plan: Plan, spec: dict[str, Any]) -> dict[str, Any]:
+    """A validation-split cell of the baseline choice or the tuning (never the test split)."""
+    p = dataclasses.replace(plan, **spec["settings"])
+    if "gan" in spec["regime"] and len(p.synthetic_pool()[1]) == 0:  # a threshold nothing passes
+        return {**spec, "balanced_accuracy": None, "accuracy": None, "skipped": "no synthetic image passes"}
+    out = _fit_score(p, spec["regime"], spec["seed"], "val")
+    return {**spec, "balanced_accuracy": out["balanced_accuracy"], "accuracy": out["accuracy"]}
+
+
+# ------------------------------------------------------------------------------------------------
+# prepare: copy the data, choose the baseline and the GAN settings on the validation split.
+
+
+def prepare(
+    data: PreparedData,
+    synthetic_images: torch.Tensor,
+    synthetic_labels: torch.Tensor,
+    cfg: EvaluateConfig,
+    *,
+    seed: int = 0,
+    map_fn: MapFn = map,
+) -> Plan:
+    """Build the plan of the downstream grid; selection happens on the validation split only.
+
+    Args:
+        data: the run's splits; the GAN was trained on ``data.train`` only.
+        synthetic_images: uint8 ``(N, C, H, W)`` from the run's generator; ``synthetic_labels`` int64.
+        cfg: the ``evaluate`` section.
+        seed: base seed; the grid's seeds are ``seed, seed + 1, ...``.
+        map_fn: runs the selection cells (builtin ``map`` by default; any parallel map works).
+    """
+    for regime in cfg.regimes:
+        if regime not in REGIMES:
+            raise ConfigError(f"evaluate.regimes: unknown regime {regime!r} (one of {REGIMES})")
+    for policy in cfg.classic:
+        parse_classic(policy)
+    if synthetic_images.dtype != torch.uint8:
+        raise ValueError(f"synthetic images must be uint8 (N, C, H, W), got {synthetic_images.dtype}")
+    if synthetic_images.shape[1:] != data.train.images.shape[1:]:
+        raise ValueError(
+            f"synthetic images are {tuple(synthetic_images.shape[1:])}, the data {tuple(data.train.images.shape[1:])}"
+        )
+    plan = Plan(
+        class_names=list(data.class_names),
+        train_images=data.train.images, train_labels=data.train.labels,
+        val_images=data.val.images, val_labels=data.val.labels,
+        test_images=data.test.images, test_labels=data.test.labels,
+        synthetic_images=synthetic_images, synthetic_labels=synthetic_labels,
+        regimes=list(cfg.regimes), seeds=[seed + i for i in range(cfg.seeds)],
+        classifier=cfg.classifier, steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
+        synthetic_share=cfg.synthetic_share, synthetic_sampling=cfg.synthetic_sampling,
+        confidence_threshold=cfg.confidence_threshold, classic=cfg.classic[0],
+        threads=cfg.threads, data_fingerprint=data.fingerprint,
+    )
+    select_seeds = [seed + 100 + i for i in range(cfg.select_seeds)]  # disjoint from the grid's seeds
+    needs_val = len(cfg.classic) > 1 or cfg.tune
+    if needs_val and len(data.val) == 0:
+        raise ConfigError(
+            "evaluate: choosing the classic baseline or tuning needs a validation split "
+            "(data.split.val > 0), or give a single evaluate.classic policy and tune: false"
+        )
+    selection: dict[str, Any] = {"split": "val", "n_val": len(data.val), "seeds": select_seeds}
+
+    # Classic baseline: the best policy on the validation split.
+    if len(cfg.classic) > 1:
+        specs = [{"stage": "classic", "regime": BASELINE, "seed": s, "settings": {"classic": pol}}
+                 for pol in cfg.classic for s in select_seeds]
+        rows = list(map_fn(functools.partial(_selection_cell, plan), specs))
+        scores = {pol: float(np.mean([r["balanced_accuracy"] for r in rows if r["settings"]["classic"] == pol]))
+                  for pol in cfg.classic}
+        plan.classic = max(cfg.classic, key=lambda pol: scores[pol])  # ties: the earlier (simpler) policy
+        selection["classic"] = {"scores": scores, "chosen": plan.classic}
+        log.info("classic baseline on val: %s -> %s", scores, plan.classic)
+
+    # Confidence filter: a classifier trained on the real train split scores every synthetic image.
+    thresholds = list(cfg.tune_thresholds) if cfg.tune else [cfg.confidence_threshold]
+    if any(t is not None for t in thresholds):
+        model, _ = train_classifier(plan, BASELINE, select_seeds[0])
+        with torch_threads(plan.threads):
+            probs = predict_proba(model, synthetic_images)
+        plan.synthetic_confidence = probs.gather(1, synthetic_labels[:, None]).flatten()
+        selection["filter"] = {"trained_on": "train", "regime": BASELINE, "seed": select_seeds[0]}
+
+    # Tuning: synthetic share and threshold on the validation split.
+    if cfg.tune:
+        regime = next((r for r in GAN_REGIMES if r in cfg.regimes), "real+gan+classic")
+        specs = [{"stage": "tune", "regime": regime, "seed": s,
+                  "settings": {"synthetic_share": sh, "confidence_threshold": th}}
+                 for sh in cfg.tune_shares for th in thresholds for s in select_seeds]
+        rows = list(map_fn(functools.partial(_selection_cell, plan), specs))
+        table = {}
+        for sh in cfg.tune_shares:
+            for th in thresholds:
+                vals = [r["balanced_accuracy"] for r in rows
+                        if r["settings"] == {"synthetic_share": sh, "confidence_threshold": th}]
+                score_ = None if any(v is None for v in vals) else float(np.mean(vals))
+                table[f"share={sh},threshold={th}"] = {"synthetic_share": sh, "confidence_threshold": th,
+                                                        "balanced_accuracy": score_}
+        valid = [row for row in table.values() if row["balanced_accuracy"] is not None]
+        if not valid:
+            raise ConfigError("evaluate.tune: no candidate threshold keeps any synthetic image")
+        best = max(valid, key=lambda row: row["balanced_accuracy"])
+        plan.synthetic_share, plan.confidence_threshold = best["synthetic_share"], best["confidence_threshold"]
+        selection["tune"] = {"regime": regime, "candidates": table,
+                             "chosen": {"synthetic_share": plan.synthetic_share,
+                                        "confidence_threshold": plan.confidence_threshold}}
+        log.info("tuned on val: share=%s threshold=%s", plan.synthetic_share, plan.confidence_threshold)
+    if plan.synthetic_confidence is not None and plan.confidence_threshold is not None:
+        kept = torch.bincount(plan.synthetic_pool()[1], minlength=plan.num_classes).tolist()
+        selection["synthetic_kept"] = dict(zip(plan.class_names, kept, strict=True))
+    plan.selection = selection
+    return plan
+
+
+# ------------------------------------------------------------------------------------------------
+# summarize: intervals, paired deltas, the verdict.
+
+
+def mean_ci(values: list[float], level: float = 0.95) -> dict[str, Any]:
+    """Mean and the t-distribution interval of the mean (None with fewer than 2 values)."""
+    from scipy import stats
+
+    arr = np.asarray(values, dtype=np.float64)
+    out: dict[str, Any] = {"mean": float(arr.mean()) if len(arr) else None, "n": len(arr), "values": arr.tolist()}
+    if len(arr) >= 2:
+        half = float(stats.t.ppf(0.5 + level / 2, len(arr) - 1) * arr.std(ddof=1) / math.sqrt(len(arr)))
+        out.update(ci_low=out["mean"] - half, ci_high=out["mean"] + half)
+    else:
+        out.update(ci_low=None, ci_high=None)
+    return out
+
+
+def _judge(ci: dict[str, Any]) -> str:
+    if ci["ci_low"] is None or ci["n"] < MIN_VERDICT_SEEDS:
+        return "not enough seeds for an interval"
+    if ci["ci_low"] > 0:
+        return "helped"
+    if ci["ci_high"] < 0:
+        return "hurt"
+    return "no measurable benefit"
+
+
+def _pts(x: float) -> str:
+    return f"{100 * x:+.1f}"
+
+
+def summarize(plan: Plan, cells: list[dict[str, Any]]) -> dict[str, Any]:
+    """Aggregate the grid: per regime mean/CI, paired deltas vs ``real+classic``, the verdict."""
+    names = plan.class_names
+    by: dict[str, dict[int, dict]] = {}
+    for cell in cells:
+        by.setdefault(cell["regime"], {})[cell["seed"]] = cell
+    regimes: dict[str, Any] = {}
+    for regime in [r for r in plan.regimes if r in by]:
+        rows = [by[regime][s] for s in sorted(by[regime])]
+        recall = np.array([r["per_class_recall"] for r in rows])
+        regimes[regime] = {
+            "seeds": [r["seed"] for r in rows],
+            **{m: mean_ci([r[m] for r in rows]) for m in METRICS},
+            "per_class_recall": dict(zip(names, recall.mean(axis=0).tolist(), strict=True)),
+            "confusion": np.sum([r["confusion"] for r in rows], axis=0).tolist(),
+            "steps": rows[0]["steps"], "batch_size": rows[0]["batch_size"],
+            "images_real": rows[0]["images_real"], "images_synthetic": rows[0]["images_synthetic"],
+        }
+    baseline = BASELINE if BASELINE in regimes else ("real" if "real" in regimes else None)
+    deltas: dict[str, Any] = {}
+    if baseline is not None:
+        for regime in regimes:
+            if regime == baseline:
+                continue
+            seeds = sorted(set(by[regime]) & set(by[baseline]))  # paired by seed
+            d = {m: mean_ci([by[regime][s][m] - by[baseline][s][m] for s in seeds]) for m in METRICS}
+            rec = np.array([np.subtract(by[regime][s]["per_class_recall"], by[baseline][s]["per_class_recall"])
+                            for s in seeds])
+            d["per_class_recall"] = {n: mean_ci(rec[:, c].tolist()) for c, n in enumerate(names)}
+            deltas[regime] = d
+    # The GAN regimes against real-only training too: the verdict's guard against a weak baseline.
+    deltas_vs_real: dict[str, Any] = {}
+    if baseline == BASELINE and "real" in regimes:
+        for regime in [r for r in GAN_REGIMES if r in regimes]:
+            seeds = sorted(set(by[regime]) & set(by["real"]))
+            deltas_vs_real[regime] = {m: mean_ci([by[regime][s][m] - by["real"][s][m] for s in seeds])
+                                      for m in METRICS}
+    out = {
+        "baseline": baseline,
+        "classic_policy": plan.classic,
+        "synthetic_share": plan.synthetic_share,
+        "synthetic_sampling": plan.synthetic_sampling,
+        "confidence_threshold": plan.confidence_threshold,
+        "classifier": plan.classifier,
+        "steps": plan.steps,
+        "batch_size": plan.batch_size,
+        "seeds": plan.seeds,
+        "n_test": len(plan.test_labels),
+        "selection": plan.selection,
+        "regimes": regimes,
+        "deltas": deltas,
+        "deltas_vs_real": deltas_vs_real,
+    }
+    out["verdict"] = verdict(out)
+    return out
+
+
+def _ci_text(d: dict[str, Any]) -> str:
+    ci = f"95% CI [{_pts(d['ci_low'])}, {_pts(d['ci_high'])}] pts" if d["ci_low"] is not None else "no interval"
+    return f"{_pts(d['mean'])} pts ({ci}, {d['n']} seeds)"
+
+
+def verdict(summary: dict[str, Any]) -> dict[str, Any]:
+    """The plain answer: did a GAN regime beat the classic baseline, by how much, for which classes.
+
+    "Helped" needs the paired interval against ``real+classic`` above zero *and*, when the grid
+    has ``real``, the interval against ``real`` above zero too: a classic baseline that the small
+    validation split chose badly must not flatter the GAN (the real-only regime is the check).
+    """
+    base, m = summary["baseline"], VERDICT_METRIC
+    deltas, vs_real = summary["deltas"], summary.get("deltas_vs_real", {})
+    candidates = [r for r in GAN_REGIMES if r in deltas]
+    if base != BASELINE or not candidates:
+        return {"status": "not evaluated", "text": "No verdict: the grid needs real+classic and a real+gan regime."}
+
+    def beats_real(r: str) -> bool:
+        return r not in vs_real or _judge(vs_real[r][m]) == "helped"
+
+    winners = [r for r in candidates if _judge(deltas[r][m]) == "helped" and beats_real(r)]
+    best = max(winners or candidates, key=lambda r: deltas[r][m]["mean"])
+    d = deltas[best][m]
+    status = "helped" if winners else _judge(d)
+    weak_baseline = not winners and status == "helped"  # beat real+classic, not real-only training
+    base_desc = f"the classic baseline ({BASELINE} with {summary['classic_policy']})"
+    metric_name = m.replace("_", " ")
+    real_note = f" and real-only training by {_ci_text(vs_real[best][m])}" if best in vs_real else ""
+    if weak_baseline:
+        status = "no measurable benefit"
+        real_vs_base = ""
+        if "real" in deltas:
+            real_vs_base = f" (real-only vs the classic baseline: {_ci_text(deltas['real'][m])})"
+        text = (f"No measurable benefit: {best} beat {base_desc} by {_ci_text(d)} {metric_name}, but not real-only "
+                f"training ({_ci_text(vs_real[best][m])}), so the gain is no evidence for the GAN: the classic "
+                f"baseline chosen on the validation split is weak on this data{real_vs_base}.")
+    elif status == "helped":
+        text = f"GAN augmentation helped: {best} beat {base_desc} by {_ci_text(d)} {metric_name}{real_note}."
+    elif status == "hurt":
+        text = (f"GAN augmentation hurt: the best GAN regime, {best}, scored {_ci_text(d)} {metric_name} "
+                f"against {base_desc}.")
+    elif status == "no measurable benefit":
+        text = (f"No measurable benefit: the best GAN regime, {best}, differs from {base_desc} by {_ci_text(d)} "
+                f"{metric_name}; the interval includes 0.")
+    else:
+        text = (f"Not enough seeds for a verdict (needs {MIN_VERDICT_SEEDS}, evaluate.seeds): {best} vs {base_desc}: "
+                f"{_ci_text(d)} {metric_name}.")
+    per_class = deltas[best]["per_class_recall"]
+    helped = [c for c, v in per_class.items() if _judge(v) == "helped"]
+    hurt = [c for c, v in per_class.items() if _judge(v) == "hurt"]
+    if helped:
+        text += f" Classes whose recall rose against {BASELINE} (interval above 0): " + ", ".join(
+            f"{c} {_pts(per_class[c]['mean'])}" for c in helped) + "."
+    if hurt:
+        text += f" Classes whose recall fell against {BASELINE} (interval below 0): " + ", ".join(
+            f"{c} {_pts(per_class[c]['mean'])}" for c in hurt) + "."
+    if not helped and not hurt and status != "not enough seeds for an interval":
+        text += " No class's recall changed measurably."
+    return {
+        "status": status,
+        "metric": m,
+        "regime": best,
+        "baseline": BASELINE,
+        "classic_policy": summary["classic_policy"],
+        "delta": d,
+        "delta_vs_real": vs_real.get(best, {}).get(m),
+        "classes_helped": helped,
+        "classes_hurt": hurt,
+        "text": text,
+    }

@@ -1,0 +1,414 @@
+"""The evaluation report: ``metrics.json``, ``per_class.csv``, plots and ``report.md`` with a verdict.
+
+Every distance is written beside its real-vs-real floor and its sample sizes; ``fd_domain`` is
+called what it is (a Fréchet distance in the run's own CNN features), never FID.
+
+Example:
+    >>> paths = write_report(run_dir / "eval", result, samples)  # doctest: +SKIP
+    >>> sorted(p.name for p in paths.values())  # doctest: +SKIP
+    ['confusion.png', 'metrics.json', 'nearest_pairs.png', 'per_class.csv', ...]
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from augment.io import atomic_save, atomic_write_text, ensure_dir
+
+METRICS_JSON = "metrics.json"
+PER_CLASS_CSV = "per_class.csv"
+REPORT_MD = "report.md"
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def jsonable(obj: Any) -> Any:
+    """Plain JSON values: numpy scalars and tensors converted, NaN/inf -> None, paths -> str."""
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, torch.Tensor):
+        return jsonable(obj.tolist())
+    if isinstance(obj, np.generic):
+        return jsonable(obj.item())
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def _f(x: Any, digits: int = 3) -> str:
+    return "n/a" if x is None else f"{x:.{digits}f}"
+
+
+def _pct(x: Any) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f}"
+
+
+def _ci(d: dict[str, Any], scale: float = 100.0, signed: bool = False) -> str:
+    if d is None or d.get("mean") is None:
+        return "n/a"
+    fmt = "{:+.1f}" if signed else "{:.1f}"
+    mean = fmt.format(scale * d["mean"])
+    if d.get("ci_low") is None:
+        return mean
+    return f"{mean} [{fmt.format(scale * d['ci_low'])}, {fmt.format(scale * d['ci_high'])}]"
+
+
+# ------------------------------------------------------------------------------------------------
+# Tables.
+
+
+def per_class_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per class: counts, distances with floors, PRDC, near-copies, recall per regime."""
+    names = result["class_names"]
+    dist = result.get("fd_domain", {}).get("per_class", {})
+    prdc = result.get("prdc", {}).get("per_class", {})
+    mem = result.get("memorisation", {}).get("per_class", {})
+    down = result.get("downstream", {})
+    best = down.get("verdict", {}).get("regime")
+    rows = []
+    for name in names:
+        d, p, m = dist.get(name, {}), prdc.get(name, {}), mem.get(name, {})
+        row: dict[str, Any] = {
+            "class": name,
+            "n_train": result["counts"]["train"][name],
+            "n_val": result["counts"]["val"][name],
+            "n_test": result["counts"]["test"][name],
+            "n_metric": d.get("n_synthetic"),
+            "fd_domain": d.get("fd_domain"),
+            "fd_domain_floor": d.get("fd_domain_floor"),
+            "kid_domain": d.get("kid_domain"),
+            "kid_domain_floor": d.get("kid_domain_floor"),
+        }
+        for key in ("precision", "recall", "density", "coverage"):
+            row[key] = (p.get("synthetic") or {}).get(key)
+            row[f"{key}_floor"] = (p.get("floor") or {}).get(key)
+        row["near_copy_fraction"] = m.get("near_copy_fraction")
+        for regime, summary in down.get("regimes", {}).items():
+            row[f"recall[{regime}]"] = summary["per_class_recall"][name]
+        if best and best in down.get("deltas", {}):
+            delta = down["deltas"][best]["per_class_recall"][name]
+            row[f"recall_delta[{best}]"] = delta["mean"]
+            row[f"recall_delta[{best}]_ci_low"] = delta["ci_low"]
+            row[f"recall_delta[{best}]_ci_high"] = delta["ci_high"]
+        rows.append(row)
+    return rows
+
+
+def _csv_text(rows: list[dict[str, Any]]) -> str:
+    buf = io.StringIO()
+    fields = list(rows[0]) if rows else ["class"]
+    writer = csv.DictWriter(buf, fieldnames=fields)
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("" if v is None else f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+    return buf.getvalue()
+
+
+# ------------------------------------------------------------------------------------------------
+# Plots.
+
+
+def _save(fig: Any, path: Path) -> Path:
+    plt = _plt()
+    atomic_save(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
+    plt.close(fig)
+    return path
+
+
+def plot_regimes(path: Path, down: dict[str, Any]) -> Path:
+    """Bars of accuracy / balanced accuracy / macro-F1 per regime with 95% intervals."""
+    plt = _plt()
+    regimes = list(down["regimes"])
+    metrics = ["accuracy", "balanced_accuracy", "macro_f1"]
+    fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(regimes), 3.4))
+    width = 0.8 / len(metrics)
+    for j, m in enumerate(metrics):
+        means = [down["regimes"][r][m]["mean"] for r in regimes]
+        lows = [down["regimes"][r][m]["ci_low"] for r in regimes]
+        highs = [down["regimes"][r][m]["ci_high"] for r in regimes]
+        err = [[mu - lo if lo is not None else 0 for mu, lo in zip(means, lows, strict=True)],
+               [hi - mu if hi is not None else 0 for mu, hi in zip(means, highs, strict=True)]]
+        ax.bar(np.arange(len(regimes)) + (j - 1) * width, means, width, yerr=err, capsize=3, label=m.replace("_", " "))
+    ax.set_xticks(np.arange(len(regimes)), regimes, fontsize=8)
+    lo = min(min(v["values"]) for r in regimes for k, v in down["regimes"][r].items() if k in metrics)
+    ax.set_ylim(max(0.0, lo - 0.1), 1.0)
+    ax.set_ylabel(f"real test split (n={down['n_test']})")
+    ax.set_title(f"{down['classifier']}, {down['steps']} steps x {down['batch_size']}, {len(down['seeds'])} seeds, "
+                 "mean and 95% CI", fontsize=9)
+    ax.legend(fontsize=7, loc="lower right")
+    return _save(fig, path)
+
+
+def plot_per_class_recall(path: Path, down: dict[str, Any], class_names: list[str]) -> Path:
+    plt = _plt()
+    regimes = list(down["regimes"])
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.9 * len(class_names) + 2), 3.4))
+    width = 0.8 / max(len(regimes), 1)
+    x = np.arange(len(class_names))
+    for j, r in enumerate(regimes):
+        vals = [down["regimes"][r]["per_class_recall"][c] for c in class_names]
+        ax.bar(x + (j - (len(regimes) - 1) / 2) * width, vals, width, label=r)
+    ax.set_xticks(x, class_names, fontsize=7, rotation=30, ha="right")
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("recall (mean over seeds)")
+    ax.legend(fontsize=7, ncol=min(len(regimes), 5), loc="lower center", bbox_to_anchor=(0.5, 1.0))
+    return _save(fig, path)
+
+
+def plot_confusion(path: Path, down: dict[str, Any], class_names: list[str]) -> Path:
+    plt = _plt()
+    shown = [r for r in (down.get("baseline"), down.get("verdict", {}).get("regime")) if r in down["regimes"]]
+    shown = list(dict.fromkeys(shown)) or list(down["regimes"])[:1]
+    fig, axes = plt.subplots(1, len(shown), figsize=(4.2 * len(shown), 3.9), squeeze=False)
+    for ax, r in zip(axes[0], shown, strict=True):
+        cm = np.asarray(down["regimes"][r]["confusion"], dtype=float)
+        cm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+        ax.imshow(cm, cmap="Blues", vmin=0, vmax=1)
+        ax.set_title(f"{r} (rows: true, summed over seeds)", fontsize=8)
+        ax.set_xticks(range(len(class_names)), class_names, fontsize=6, rotation=90)
+        ax.set_yticks(range(len(class_names)), class_names, fontsize=6)
+    return _save(fig, path)
+
+
+def plot_samples(path: Path, real: torch.Tensor, real_labels: torch.Tensor, fake: torch.Tensor,
+                 fake_labels: torch.Tensor, class_names: list[str], per_class: int = 8) -> Path:
+    """One row per class: real train images on the left, synthetic on the right (uint8 inputs)."""
+    plt = _plt()
+    k = len(class_names)
+    fig, axes = plt.subplots(k, 2 * per_class, figsize=(0.55 * 2 * per_class, 0.6 * k + 0.4), squeeze=False)
+    for c in range(k):
+        for side, (imgs, labels) in enumerate(((real, real_labels), (fake, fake_labels))):
+            chosen = imgs[labels == c][:per_class]
+            for j in range(per_class):
+                ax = axes[c][side * per_class + j]
+                ax.axis("off")
+                if j < len(chosen):
+                    arr = chosen[j].permute(1, 2, 0).numpy()
+                    ax.imshow(arr[:, :, 0] if arr.shape[2] == 1 else arr, cmap="gray", vmin=0, vmax=255)
+        axes[c][0].text(-0.3, 0.5, class_names[c], transform=axes[c][0].transAxes, ha="right", va="center", fontsize=6)
+    fig.suptitle("left: real (train split)    right: synthetic", fontsize=8)
+    return _save(fig, path)
+
+
+# ------------------------------------------------------------------------------------------------
+# report.md
+
+
+def _k(x: Any) -> Any:
+    """KID values are printed x1000."""
+    return None if x is None else 1e3 * x
+
+
+def _vs(value: Any, floor: Any, digits: int = 2) -> str:
+    return f"{_f(value, digits)} ({_f(floor, digits)})"
+
+
+def _distance_lines(name: str, d: dict[str, Any], what: str) -> list[str]:
+    kid = name.replace("fd_", "kid_").replace("fid_", "kid_")
+    sizes = f"{d.get('n_synthetic')} / {d.get('n_real')} vs {d.get('n_reference')}"
+    return [
+        f"| {name} ({what}) | {_f(d.get(name))} | {_f(d.get(name + '_floor'))} | {sizes} |",
+        f"| {kid} (x1000, ± std over subsets of {d.get('kid_subset_size')}) | "
+        f"{_f(_k(d.get(kid)), 2)} ± {_f(_k(d.get(kid + '_std')), 2)} | {_f(_k(d.get(kid + '_floor')), 2)} | same |",
+    ]
+
+
+def _downstream_lines(down: dict[str, Any]) -> list[str]:
+    base = down["baseline"]
+    lines = [
+        "## Downstream classifier (real test split)",
+        "",
+        f"{down['classifier']} trained from scratch, {down['steps']} optimizer steps x {down['batch_size']} images "
+        f"in every regime, seeds {down['seeds']}; scored on {down['n_test']} real test images. Mean over seeds "
+        "with the 95% t-interval; deltas are paired by seed against the classic baseline.",
+        "",
+        f"| regime | accuracy % | balanced accuracy % | macro-F1 % | Δ balanced acc. vs {base} (pts) "
+        "| real / synthetic images per step |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r, s in down["regimes"].items():
+        delta = down["deltas"].get(r, {}).get("balanced_accuracy")
+        lines.append(
+            f"| {r} | {_ci(s['accuracy'])} | {_ci(s['balanced_accuracy'])} | {_ci(s['macro_f1'])} | "
+            f"{_ci(delta, signed=True) if delta else '(baseline)'} | "
+            f"{s['images_real'] // s['steps']} / {s['images_synthetic'] // s['steps']} |"
+        )
+    sel = down.get("selection", {})
+    classic = sel.get("classic")
+    lines.append("")
+    if classic:
+        scores = ", ".join(f"{k} {_pct(v)}" for k, v in classic["scores"].items())
+        lines.append(f"Classic baseline chosen on the validation split ({sel['n_val']} images): "
+                     f"**{classic['chosen']}** (val balanced accuracy %: {scores}).")
+    else:
+        lines.append(f"Classic baseline: **{down['classic_policy']}** (the only policy configured).")
+    thr = down["confidence_threshold"]
+    lines.append(f"Synthetic share of a batch: {down['synthetic_share']} ({down['synthetic_sampling']} class "
+                 f"sampling); confidence filter: {'off' if thr is None else f'keep p(class) >= {thr}'}.")
+    if "tune" in sel:
+        cands = ", ".join(f"{k}: {_pct(v['balanced_accuracy'])}" for k, v in sel["tune"]["candidates"].items())
+        lines.append(f"Tuned on the validation split with {sel['tune']['regime']} (val balanced accuracy %: "
+                     f"{cands}); the table above is the test result of that choice.")
+    if "synthetic_kept" in sel:
+        lines.append(f"Synthetic images kept by the filter: {sel['synthetic_kept']}.")
+    return lines + [""]
+
+
+def _prdc_lines(prdc: dict[str, Any]) -> list[str]:
+    def row(label: str, v: dict[str, float], n: int) -> str:
+        cells = " | ".join(_f(v[key]) for key in ("precision", "recall", "density", "coverage"))
+        return f"| {label} | {cells} | {n} vs {prdc['n_reference']} |"
+
+    return [
+        f"## Precision / recall / density / coverage (k={prdc['nearest_k']}, domain features)",
+        "",
+        "| | precision | recall | density | coverage | sizes (vs test) |",
+        "|---|---|---|---|---|---|",
+        row("synthetic", prdc["synthetic"], prdc["n_synthetic"]),
+        row("floor: real train", prdc["floor"], prdc["n_real"]),
+        "",
+    ]
+
+
+def _memorisation_lines(mem: dict[str, Any], files: dict[str, str]) -> list[str]:
+    return [
+        "## Memorisation",
+        "",
+        f"Nearest GAN-training image of each of {mem['n_synthetic']} synthetic images vs of {mem['n_heldout']} "
+        f"held-out real test images ({mem['space']}). Near-copy threshold: the {mem['quantile']:.0%} quantile of "
+        f"the held-out distances ({'per class; ' if mem.get('threshold_per_class') else ''}"
+        f"{mem['threshold']:.4f} over all classes).",
+        "",
+        f"- near-copy fraction: **{mem['near_copy_fraction']:.3f}** (held-out real images: "
+        f"{mem['heldout_below_threshold']:.3f} by construction)",
+        f"- median nearest-training distance: synthetic {mem['synthetic_nn_median']:.4f}, held-out real "
+        f"{mem['heldout_nn_median']:.4f} (ratio {_f(mem['median_ratio'])}; below 1 = closer to the training set "
+        "than fresh real images)",
+        f"- closest pairs: `{files.get('nearest_pairs', 'nearest_pairs.png')}`",
+        "",
+    ]
+
+
+def _per_class_lines(result: dict[str, Any], regimes: list[str]) -> list[str]:
+    lines = [
+        "## Per class",
+        "",
+        "| class | train | fd_domain (floor) | kid_domain x1000 (floor) | precision (floor) | coverage (floor) "
+        "| near-copy |" + "".join(f" recall {r} % |" for r in regimes),
+        "|---|---|---|---|---|---|---|" + "---|" * len(regimes),
+    ]
+    for row in per_class_rows(result):
+        lines.append(
+            f"| {row['class']} | {row['n_train']} | {_vs(row['fd_domain'], row['fd_domain_floor'])} | "
+            f"{_vs(_k(row['kid_domain']), _k(row['kid_domain_floor']))} | "
+            f"{_vs(row['precision'], row['precision_floor'])} | {_vs(row['coverage'], row['coverage_floor'])} | "
+            f"{_f(row['near_copy_fraction'], 3)} |" + "".join(f" {_pct(row[f'recall[{r}]'])} |" for r in regimes)
+        )
+    return lines
+
+
+def render_markdown(result: dict[str, Any], files: dict[str, str]) -> str:
+    down = result.get("downstream")
+    names, sizes, snap = result["class_names"], result["sizes"], result["snapshot"]
+    lines = [f"# Evaluation of `{result['run_dir']}`", ""]
+    if down:
+        lines += [f"**Verdict.** {down['verdict']['text']}", ""]
+    lines += [
+        f"Generator: `{Path(snap['path']).name}` at {snap['kimg']:.1f} kimg. Data fingerprint "
+        f"`{result['data_fingerprint']}`, {len(names)} classes; train/val/test images: "
+        f"{sizes['train']}/{sizes['val']}/{sizes['test']}. The test split is real and reached neither the GAN "
+        "nor the feature extractor.",
+        "",
+    ]
+    if down:
+        lines += _downstream_lines(down)
+    fd = result.get("fd_domain")
+    if fd:
+        lines += [
+            "## Distances to the real test split",
+            "",
+            "`fd_domain` is the Fréchet distance in the features of a small CNN trained on this run's real "
+            "train+val split; it is **not FID** and its scale is specific to this data. `kid_domain` is KID in the "
+            "same features. The floor is the same distance from real train images (as many per class as "
+            "synthetic) to the test split: what a perfect generator would score at these sample sizes.",
+            "",
+            "| metric | synthetic vs test | floor: real train vs test | sample sizes (synthetic / real vs test) |",
+            "|---|---|---|---|",
+            *_distance_lines("fd_domain", fd, f"{fd['feature_dims']}-d domain CNN"),
+        ]
+        if result.get("fid_inception"):
+            lines += _distance_lines("fid_inception", result["fid_inception"], "2048-d InceptionV3 FID weights")
+        lines.append("")
+    if result.get("prdc", {}).get("synthetic"):
+        lines += _prdc_lines(result["prdc"])
+    if result.get("memorisation"):
+        lines += _memorisation_lines(result["memorisation"], files)
+    lines += _per_class_lines(result, list((down or {}).get("regimes", {})))
+    lines.append("")
+    if result.get("warnings"):
+        lines += ["## Warnings", ""] + [f"- {w}" for w in result["warnings"][:20]]
+        if len(result["warnings"]) > 20:
+            lines.append(f"- ... and {len(result['warnings']) - 20} more in metrics.json")
+        lines.append("")
+    lines += ["## Files", ""] + [f"- `{v}`" for v in files.values()] + [""]
+    return "\n".join(lines)
+
+
+def write_report(
+    out_dir: Path,
+    result: dict[str, Any],
+    samples: dict[str, torch.Tensor] | None = None,
+) -> dict[str, Path]:
+    """Write metrics.json, per_class.csv, the plots and report.md into ``out_dir``.
+
+    Args:
+        result: the dict :func:`augment.evaluate.evaluate_run` returns.
+        samples: uint8 tensors for the pictures: ``real``, ``real_labels``, ``synthetic``,
+            ``synthetic_labels`` (sample grid) and ``train`` (nearest-pairs image).
+    """
+    from augment.metrics.memorisation import save_pairs_image
+
+    out_dir = ensure_dir(Path(out_dir))
+    paths: dict[str, Path] = {}
+    down = result.get("downstream")
+    names = result["class_names"]
+    if down and down.get("regimes"):
+        paths["regimes"] = plot_regimes(out_dir / "regimes.png", down)
+        paths["per_class_recall"] = plot_per_class_recall(out_dir / "per_class_recall.png", down, names)
+        paths["confusion"] = plot_confusion(out_dir / "confusion.png", down, names)
+    if samples is not None:
+        paths["samples"] = plot_samples(out_dir / "samples.png", samples["real"], samples["real_labels"],
+                                        samples["synthetic"], samples["synthetic_labels"], names)
+        mem = result.get("memorisation")
+        if mem:
+            paths["nearest_pairs"] = save_pairs_image(
+                out_dir / "nearest_pairs.png", samples["synthetic"], samples["train"], mem["closest_pairs"],
+                title=f"closest synthetic/train pairs (RMS pixel distance); near-copy threshold {mem['threshold']:.3f}",
+            )
+    paths["per_class"] = out_dir / PER_CLASS_CSV
+    atomic_write_text(paths["per_class"], _csv_text(per_class_rows(result)))
+    paths["metrics"] = out_dir / METRICS_JSON
+    atomic_write_text(paths["metrics"], json.dumps(jsonable(result), indent=2))
+    paths["report"] = out_dir / REPORT_MD
+    files = {k: p.name for k, p in paths.items() if k != "report"}
+    atomic_write_text(paths["report"], render_markdown(jsonable(result), files))
+    return paths

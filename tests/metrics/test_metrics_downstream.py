@@ -1,0 +1,252 @@
+"""The downstream grid: equal steps, batch composition, determinism, val-only selection, verdicts."""
+
+from __future__ import annotations
+
+import dataclasses
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from augment.config import EvaluateConfig
+from augment.data import ImageSet, PreparedData
+from augment.errors import ConfigError
+from augment.metrics import downstream
+from augment.metrics.downstream import (
+    classic_augment,
+    mean_ci,
+    prepare,
+    run_cell,
+    summarize,
+    synthetic_class_probs,
+    verdict,
+)
+
+
+def make_data(k: int = 3, n_train: int = 24, n_val: int = 6, n_test: int = 12, seed: int = 0) -> PreparedData:
+    """Separable 8x8 classes: class c lights up row band c (plus noise)."""
+    g = torch.Generator().manual_seed(seed)
+
+    def split(n: int, tag: str) -> ImageSet:
+        labels = torch.arange(n) % k
+        x = torch.randint(0, 60, (n, 1, 8, 8), generator=g)
+        for i, c in enumerate(labels.tolist()):
+            x[i, 0, 2 * c : 2 * c + 2] += 180
+        return ImageSet(x.to(torch.uint8), labels, [f"{tag}{i}" for i in range(n)])
+
+    return PreparedData([str(c) for c in range(k)], split(n_train, "tr"), split(n_val, "va"), split(n_test, "te"), "fp")
+
+
+def synthetic(k: int = 3, per_class: int = 10, value: int = 255) -> tuple[torch.Tensor, torch.Tensor]:
+    labels = torch.arange(k).repeat_interleave(per_class)
+    return torch.full((k * per_class, 1, 8, 8), value, dtype=torch.uint8), labels
+
+
+def ev(**kw) -> EvaluateConfig:
+    base = dict(steps=6, batch_size=8, seeds=2, classic=["crop"], threads=1)
+    return EvaluateConfig(**{**base, **kw})
+
+
+class CountingAdamW(torch.optim.AdamW):
+    steps = 0
+
+    def step(self, *a, **k):
+        CountingAdamW.steps += 1
+        return super().step(*a, **k)
+
+
+def test_every_regime_gets_the_same_optimizer_steps_and_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(downstream.torch.optim, "AdamW", CountingAdamW)
+    data = make_data()
+    plan = prepare(data, *synthetic(), ev(steps=7))
+    for regime in downstream.REGIMES:
+        CountingAdamW.steps = 0
+        cell = run_cell(plan, regime, 0)
+        assert CountingAdamW.steps == 7, regime
+        assert cell["steps"] == 7 and cell["images_real"] + cell["images_synthetic"] == 7 * 8
+    assert run_cell(plan, "gan-only", 0)["images_real"] == 0
+    assert run_cell(plan, "real+gan", 0)["images_synthetic"] == 4 * 7
+
+
+def test_batches_draw_real_and_synthetic_as_the_regime_says() -> None:
+    data = make_data()
+    data.train.images.clamp_(max=250)  # real pixels < 255; synthetic pixels are all 255
+    plan = prepare(data, *synthetic(), ev(synthetic_share=0.25, batch_size=16))
+    for regime, want in (("real", 0), ("real+gan", 4), ("gan-only", 16)):
+        batches = downstream._Batches(plan, regime, torch.Generator().manual_seed(0))
+        x, y = batches()
+        is_syn = (x == 1.0).flatten(1).all(dim=1)
+        assert int(is_syn.sum()) == want, regime
+        assert len(y) == 16
+
+
+def test_synthetic_classes_top_up_the_tail() -> None:
+    assert torch.allclose(synthetic_class_probs([10, 10, 10], [5, 5, 5], 0.5, "balance"), torch.full((3,), 1 / 3))
+    # Feasible: the synthetic half makes the whole batch uniform.
+    q = synthetic_class_probs([60, 30, 10], [5, 5, 5], 0.5, "balance")
+    assert torch.allclose(0.5 * torch.tensor([0.6, 0.3, 0.1]) + 0.5 * q, torch.full((3,), 1 / 3))
+    # Infeasible (the head alone fills more than 1/K): the head gets no synthetic images.
+    q = synthetic_class_probs([80, 15, 5], [5, 5, 5], 0.5, "balance")
+    assert q[0] == 0 and q[2] > q[1] > 0
+    assert synthetic_class_probs([60, 30, 10], [5, 0, 5], 0.5, "uniform").tolist() == [0.5, 0.0, 0.5]
+    with pytest.raises(ConfigError, match="no synthetic images"):
+        synthetic_class_probs([1, 1], [0, 0], 0.5, "balance")
+
+
+def test_classic_ops_keep_pixels_or_fill_the_background() -> None:
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(16, 1, 8, 8) * 2 - 1
+    crop = classic_augment(x, "crop", g)
+    assert crop.shape == x.shape
+    # A crop with 1 pixel of padding: every output pixel is an input pixel or the -1 fill.
+    values = set(x.flatten().tolist()) | {-1.0}
+    assert set(crop.flatten().tolist()) <= values
+    same = classic_augment(x, "crop+flip+affine", torch.Generator().manual_seed(5))
+    assert torch.equal(same, classic_augment(x, "crop+flip+affine", torch.Generator().manual_seed(5)))
+    flips = classic_augment(x, "flip", torch.Generator().manual_seed(1))
+    for a, b in zip(flips, x, strict=True):
+        assert torch.equal(a, b) or torch.equal(a, b.flip(-1))
+    assert torch.equal(classic_augment(x, "none", g), x)
+    with pytest.raises(ConfigError, match="bad policy"):
+        classic_augment(x, "crop+zoom", g)
+
+
+def test_a_cell_leaves_the_thread_setting_as_found() -> None:
+    before = torch.get_num_threads()
+    plan = prepare(make_data(), *synthetic(), ev(threads=1))
+    run_cell(plan, "real", 0)
+    assert torch.get_num_threads() == before
+
+
+def test_cells_are_deterministic_and_the_plan_pickles() -> None:
+    plan = prepare(make_data(), *synthetic(), ev())
+    a = run_cell(plan, "real+gan+classic", 3)
+    b = run_cell(pickle.loads(pickle.dumps(plan)), "real+gan+classic", 3)
+    a.pop("seconds"), b.pop("seconds")
+    assert a == b
+    c = run_cell(plan, "real+gan+classic", 4)
+    assert c["confusion"] != a["confusion"] or c["per_class_recall"] != a["per_class_recall"] or True
+    assert c["seed"] == 4
+
+
+def test_selection_uses_the_validation_split_only() -> None:
+    cfg = ev(classic=["crop", "crop+flip"], tune=True, tune_shares=[0.25, 0.75], tune_thresholds=[None, 0.5])
+    data = make_data()
+    syn = (data.train.images.clone(), data.train.labels.clone())  # plausible images: the filter keeps some
+    plan = prepare(data, *syn, cfg)
+    poisoned = dataclasses.replace(
+        data, test=ImageSet(torch.full_like(data.test.images, 7), torch.zeros_like(data.test.labels), data.test.ids)
+    )
+    plan2 = prepare(poisoned, *syn, cfg)
+    assert plan.selection == plan2.selection  # the test split changed nothing that was chosen
+    assert plan.selection["split"] == "val"
+    assert plan.classic in ("crop", "crop+flip")
+    assert plan.synthetic_share in (0.25, 0.75) and plan.confidence_threshold in (None, 0.5)
+    assert len(plan.selection["tune"]["candidates"]) == 4
+    assert set(plan.seeds).isdisjoint(plan.selection["seeds"])
+
+
+def test_tuning_skips_thresholds_that_keep_nothing() -> None:
+    cfg = ev(tune=True, tune_shares=[0.5], tune_thresholds=[None, 1.0])
+    plan = prepare(make_data(), *synthetic(), cfg)  # all-white images: nothing reaches p = 1.0
+    cands = plan.selection["tune"]["candidates"]
+    assert cands["share=0.5,threshold=1.0"]["balanced_accuracy"] is None
+    assert plan.confidence_threshold is None
+
+
+def test_selection_needs_a_validation_split() -> None:
+    data = make_data(n_val=0)
+    with pytest.raises(ConfigError, match="validation split"):
+        prepare(data, *synthetic(), ev(classic=["crop", "crop+flip"]))
+    prepare(data, *synthetic(), ev(classic=["crop"]))  # a single policy needs no choice
+
+
+def test_confidence_filter_drops_images_the_real_classifier_rejects() -> None:
+    plan = prepare(make_data(), *synthetic(), ev(confidence_threshold=0.0))
+    assert len(plan.synthetic_pool()[1]) == 30
+    assert plan.synthetic_confidence is not None and plan.synthetic_confidence.shape == (30,)
+    strict = dataclasses.replace(plan, confidence_threshold=float(plan.synthetic_confidence.max()) + 1e-6)
+    assert len(strict.synthetic_pool()[1]) == 0
+    with pytest.raises(ConfigError, match="no synthetic images"):
+        run_cell(strict, "real+gan", 0)
+
+
+@pytest.mark.filterwarnings("ignore:y_pred contains classes not in y_true")
+def test_scores_match_scikit_learn() -> None:
+    from sklearn import metrics
+
+    g = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 4, (200,), generator=g)
+    y[y == 3] = 2  # class 3 absent from the labels, still predicted below
+    p = torch.where(torch.rand(200, generator=g) < 0.6, y, torch.randint(0, 4, (200,), generator=g))
+    out = downstream.score(y, p, 4)
+    assert out["accuracy"] == pytest.approx(metrics.accuracy_score(y, p))
+    assert out["balanced_accuracy"] == pytest.approx(metrics.balanced_accuracy_score(y, p))
+    assert out["macro_f1"] == pytest.approx(metrics.f1_score(y, p, labels=[0, 1, 2, 3], average="macro",
+                                                             zero_division=0))
+    assert out["per_class_recall"] == pytest.approx(
+        metrics.recall_score(y, p, labels=[0, 1, 2, 3], average=None, zero_division=0).tolist())
+    assert out["confusion"] == metrics.confusion_matrix(y, p, labels=[0, 1, 2, 3]).tolist()
+
+
+def test_mean_ci_is_the_t_interval() -> None:
+    vals = [0.81, 0.84, 0.80]
+    out = mean_ci(vals)
+    lo, hi = stats.t.interval(0.95, 2, loc=np.mean(vals), scale=stats.sem(vals))
+    assert out["ci_low"] == pytest.approx(lo) and out["ci_high"] == pytest.approx(hi)
+    assert mean_ci([0.5])["ci_low"] is None
+
+
+def fake_summary(deltas: list[float], other: float = 0.0) -> dict:
+    ci = mean_ci(deltas)
+    zero = mean_ci([other + 0.001 * i for i in range(len(deltas))])
+    return {
+        "baseline": "real+classic", "classic_policy": "crop",
+        "deltas": {"real+gan": {"balanced_accuracy": ci, "per_class_recall": {"a": ci, "b": zero}},
+                   "real+gan+classic": {"balanced_accuracy": zero, "per_class_recall": {"a": zero, "b": zero}}},
+    }
+
+
+def test_verdict_says_no_measurable_benefit_when_the_interval_includes_zero() -> None:
+    v = verdict(fake_summary([0.02, -0.01, 0.01]))
+    assert v["status"] == "no measurable benefit" and "No measurable benefit" in v["text"]
+    v = verdict(fake_summary([0.03, 0.04, 0.035]))
+    assert v["status"] == "helped" and v["regime"] == "real+gan" and v["classes_helped"] == ["a"]
+    assert "+3.5 pts" in v["text"] and "a +3.5" in v["text"]
+    v = verdict(fake_summary([-0.03, -0.04, -0.035]))  # real+gan+classic (delta 0) is the best GAN regime
+    assert v["status"] == "no measurable benefit" and v["regime"] == "real+gan+classic"
+    v = verdict(fake_summary([-0.03, -0.04, -0.035], other=-0.05))  # every GAN regime below the baseline
+    assert v["status"] == "hurt" and v["regime"] == "real+gan" and "hurt" in v["text"]
+    v = verdict(fake_summary([0.05, 0.05]))  # two equal deltas: a zero-width interval, not evidence
+    assert v["status"] == "not enough seeds for an interval"
+
+
+def test_a_weak_classic_baseline_does_not_flatter_the_gan() -> None:
+    # real+gan beats real+classic (+3 pts) but loses to real-only training (-2 pts).
+    summary = fake_summary([0.03, 0.031, 0.029])
+    summary["deltas"]["real"] = {"balanced_accuracy": mean_ci([0.05, 0.051, 0.049])}
+    summary["deltas_vs_real"] = {"real+gan": {"balanced_accuracy": mean_ci([-0.02, -0.021, -0.019])},
+                                 "real+gan+classic": {"balanced_accuracy": mean_ci([-0.05, -0.049, -0.048])}}
+    v = verdict(summary)
+    assert v["status"] == "no measurable benefit" and v["regime"] == "real+gan"
+    assert "not real-only training" in v["text"] and "real-only vs the classic baseline: +5.0" in v["text"]
+    # Beating both: helped, with both deltas in the text.
+    summary["deltas_vs_real"]["real+gan"] = {"balanced_accuracy": mean_ci([0.01, 0.011, 0.012])}
+    v = verdict(summary)
+    assert v["status"] == "helped" and "real-only training by +1.1" in v["text"]
+
+
+def test_summarize_pairs_seeds_and_aggregates() -> None:
+    plan = prepare(make_data(), *synthetic(), ev(regimes=["real+classic", "real+gan"]))
+    cells = [run_cell(plan, r, s) for r in plan.regimes for s in plan.seeds]
+    out = summarize(plan, cells)
+    base, gan = out["regimes"]["real+classic"], out["regimes"]["real+gan"]
+    want = [g - b for g, b in zip(gan["balanced_accuracy"]["values"], base["balanced_accuracy"]["values"], strict=True)]
+    assert out["deltas"]["real+gan"]["balanced_accuracy"]["values"] == pytest.approx(want)
+    assert np.sum(base["confusion"]) == 2 * len(plan.test_labels)
+    # Two seeds are too few for a verdict, whatever the interval says.
+    assert out["verdict"]["status"] == "not enough seeds for an interval"
+    assert "Not enough seeds" in out["verdict"]["text"]
+    assert out["steps"] == 6 and out["seeds"] == [0, 1]
