@@ -119,11 +119,19 @@ def training_loop(
     # Construct networks.
     log.info("Constructing networks...")
     g_kwargs = dict(
-        num_classes=num_classes, image_size=image_size, channels=channels, z_dim=z_dim, width=g_channels,
+        num_classes=num_classes,
+        image_size=image_size,
+        channels=channels,
+        z_dim=z_dim,
+        width=g_channels,
         max_mult=max_mult,
     )
     d_kwargs = dict(
-        num_classes=num_classes, image_size=image_size, channels=channels, width=d_channels, max_mult=max_mult,
+        num_classes=num_classes,
+        image_size=image_size,
+        channels=channels,
+        width=d_channels,
+        max_mult=max_mult,
         spectral=d_spectral_norm,
     )
     state = checkpoint.load(state_path, checkpoint.STATE_FORMAT) if resume else None
@@ -169,7 +177,9 @@ def training_loop(
         cur_nimg = int(state["cur_nimg"])
         best = dict(state.get("best", best))
         log.info("Resuming from %s at %.1f kimg", state_path, cur_nimg / 1000)
-    log.info("G: %d params, D: %d params", sum(p.numel() for p in G.parameters()), sum(p.numel() for p in D.parameters()))
+    log.info(
+        "G: %d params, D: %d params", sum(p.numel() for p in G.parameters()), sum(p.numel() for p in D.parameters())
+    )
 
     def snapshot(nimg: int, metrics: dict[str, float] | None = None) -> checkpoint.Snapshot:
         return checkpoint.Snapshot(
@@ -218,8 +228,14 @@ def training_loop(
     tick_start_nimg, tick_start_time = cur_nimg, time.time()
     stats_path = run_dir / "stats.jsonl"
     log.info("Training for %g kimg...", total_kimg)
-    bar = tqdm(total=total_kimg, initial=cur_nimg / 1000, unit="kimg", disable=not progress, dynamic_ncols=True,
-               bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} kimg [{elapsed}<{remaining}{postfix}]")
+    bar = tqdm(
+        total=total_kimg,
+        initial=cur_nimg / 1000,
+        unit="kimg",
+        disable=not progress,
+        dynamic_ncols=True,
+        bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} kimg [{elapsed}<{remaining}{postfix}]",
+    )
     stop_reason = "done"
     while cur_nimg < total_nimg:
         # Discriminator step: a real minibatch and fakes of the same labels.
@@ -275,8 +291,11 @@ def training_loop(
                 on_tick(tick)
 
         # Evaluate the EMA generator; keep the best snapshot (GANs degrade late in training).
-        if is_main and metric_fn is not None and eval_nimg > 0 and (
-            done or cur_nimg // eval_nimg > prev_nimg // eval_nimg
+        if (
+            is_main
+            and metric_fn is not None
+            and eval_nimg > 0
+            and (done or cur_nimg // eval_nimg > prev_nimg // eval_nimg)
         ):
             metrics = metric_fn(G_ema)
             value = metrics[best_metric]

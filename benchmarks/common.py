@@ -35,14 +35,19 @@ def machine() -> str:
 
 def git_commit() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              check=False).stdout.strip() or "unknown"
+        return (
+            subprocess.run(
+                ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
+            ).stdout.strip()
+            or "unknown"
+        )
     except OSError:
         return "unknown"
 
 
-def matmul_peak_gflops(n: int = 1024, seconds: float = 2.0, device: str = "cpu",
-                       dtype: torch.dtype = torch.float32) -> float:
+def matmul_peak_gflops(
+    n: int = 1024, seconds: float = 2.0, device: str = "cpu", dtype: torch.dtype = torch.float32
+) -> float:
     """Measured fp32 (or ``dtype``) matmul throughput of this machine, right now, in GFLOP/s."""
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)

@@ -29,8 +29,16 @@ OUT = Path(__file__).resolve().parent / "out"
 
 def seconds_per_kimg(data: PreparedData, kimg: float, width: int = 32) -> float:
     with tempfile.TemporaryDirectory() as tmp:
-        training_loop(run_dir=Path(tmp), data=data, config={}, g_channels=width, d_channels=width,
-                      total_kimg=kimg, snapshot_kimg=kimg * 10, progress=False)
+        training_loop(
+            run_dir=Path(tmp),
+            data=data,
+            config={},
+            g_channels=width,
+            d_channels=width,
+            total_kimg=kimg,
+            snapshot_kimg=kimg * 10,
+            progress=False,
+        )
         ticks = [json.loads(line) for line in (Path(tmp) / "stats.jsonl").read_text().splitlines()]
     rates = sorted(t["images_per_s"] for t in (ticks[1:] or ticks))
     return 1000.0 / rates[len(rates) // 2]
@@ -51,9 +59,17 @@ def evaluate_seconds(overrides: list[str]) -> float:
     from augment.evaluate import evaluate_run
 
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = load_config("configs/fashion_mnist.yaml", [*overrides, "train.kimg=0.256", f"output.root={tmp}",
-                                                          "evaluate.seeds=1", "evaluate.regimes=[real,real+gan]",
-                                                          "evaluate.classic=[crop]"])
+        cfg = load_config(
+            "configs/fashion_mnist.yaml",
+            [
+                *overrides,
+                "train.kimg=0.256",
+                f"output.root={tmp}",
+                "evaluate.seeds=1",
+                "evaluate.regimes=[real,real+gan]",
+                "evaluate.classic=[crop]",
+            ],
+        )
         run_dir, _ = train(cfg, progress=False)
         start = time.perf_counter()
         evaluate_run(run_dir, progress=False)
@@ -73,8 +89,7 @@ def main() -> None:
     ap.add_argument("--skip-eval", action="store_true")
     args = ap.parse_args()
     set_threads(None)
-    rows: dict[str, list[tuple[int, float, float | None]]] = {"images per class": [], "image size": [],
-                                                               "classes": []}
+    rows: dict[str, list[tuple[int, float, float | None]]] = {"images per class": [], "image size": [], "classes": []}
     base = ["data.split.test_per_class=200", "data.split.val=0.1"]
     for n in args.per_class:
         data = load_data(load_config("configs/fashion_mnist.yaml", [f"data.per_class={n}", *base]).data, 0)
@@ -84,8 +99,18 @@ def main() -> None:
     for size in args.sizes:
         rows["image size"].append((size, seconds_per_kimg(random_data(10, 100, size, 3), args.kimg), None))
         print(rows["image size"][-1], flush=True)
-    fm_classes = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
-                  "Ankle boot"]
+    fm_classes = [
+        "T-shirt/top",
+        "Trouser",
+        "Pullover",
+        "Dress",
+        "Coat",
+        "Sandal",
+        "Shirt",
+        "Sneaker",
+        "Bag",
+        "Ankle boot",
+    ]
     for k in args.classes:
         sets = ["data.per_class=100", f"data.classes={json.dumps(fm_classes[:k])}", *base]
         data = load_data(load_config("configs/fashion_mnist.yaml", sets).data, 0)
@@ -112,8 +137,10 @@ def main() -> None:
         ax.set_xlabel(axis)
         ax.legend(fontsize=8)
         ax.grid(True, which="both", alpha=0.3)
-        lines.append(f"| {axis} | {', '.join(map(str, xs))} | {', '.join(f'{v:.2f}' for v in tr)} | "
-                     f"{fit(xs, tr):.2f} | {ev_txt} | {ev_exp} |")
+        lines.append(
+            f"| {axis} | {', '.join(map(str, xs))} | {', '.join(f'{v:.2f}' for v in tr)} | "
+            f"{fit(xs, tr):.2f} | {ev_txt} | {ev_exp} |"
+        )
     fig.suptitle("gan-augment cost scaling (log-log)")
     fig.tight_layout()
     OUT.mkdir(exist_ok=True)

@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, TensorDataset
 from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.flop_counter import flop_registry
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -36,8 +36,9 @@ def networks(cfg, data, device):
     num_classes, size, ch = data.num_classes, cfg.data.image_size, cfg.data.channels
     torch.manual_seed(cfg.seed)
     G = ConditionalGenerator(num_classes, size, ch, cfg.model.z_dim, cfg.model.g_channels, cfg.model.max_mult)
-    D = ProjectionDiscriminator(num_classes, size, ch, cfg.model.d_channels, cfg.model.max_mult,
-                                spectral=cfg.model.d_spectral_norm)
+    D = ProjectionDiscriminator(
+        num_classes, size, ch, cfg.model.d_channels, cfg.model.max_mult, spectral=cfg.model.d_spectral_norm
+    )
     return G.to(device).train(), D.to(device).train()
 
 
@@ -75,11 +76,24 @@ def project_loop(cfg, data, device, kimg: float, precision: str = "fp32", channe
     """Images/s of augment.train.training_loop (median over ticks after the first)."""
     with tempfile.TemporaryDirectory() as tmp:
         training_loop(
-            run_dir=Path(tmp), data=data, config=cfg.to_dict(), seed=cfg.seed, z_dim=cfg.model.z_dim,
-            g_channels=cfg.model.g_channels, d_channels=cfg.model.d_channels, max_mult=cfg.model.max_mult,
-            d_spectral_norm=cfg.model.d_spectral_norm, loss=cfg.train.loss, r1_gamma=cfg.train.r1_gamma,
-            diffaug=cfg.train.diffaug, total_kimg=kimg, batch_size=cfg.train.batch_size,
-            snapshot_kimg=kimg * 10, device=device, precision=precision, channels_last=channels_last,
+            run_dir=Path(tmp),
+            data=data,
+            config=cfg.to_dict(),
+            seed=cfg.seed,
+            z_dim=cfg.model.z_dim,
+            g_channels=cfg.model.g_channels,
+            d_channels=cfg.model.d_channels,
+            max_mult=cfg.model.max_mult,
+            d_spectral_norm=cfg.model.d_spectral_norm,
+            loss=cfg.train.loss,
+            r1_gamma=cfg.train.r1_gamma,
+            diffaug=cfg.train.diffaug,
+            total_kimg=kimg,
+            batch_size=cfg.train.batch_size,
+            snapshot_kimg=kimg * 10,
+            device=device,
+            precision=precision,
+            channels_last=channels_last,
             progress=False,
         )
         ticks = [json.loads(line) for line in (Path(tmp) / "stats.jsonl").read_text().splitlines()]
@@ -138,8 +152,10 @@ def main() -> None:
     rows = []
     variants = [("project loop, fp32", dict()), ("project loop, fp32, channels_last", dict(channels_last=True))]
     if device.type == "cuda" or torch.backends.cpu.get_cpu_capability() in ("AVX512", "AMX"):
-        variants += [("project loop, bf16 autocast", dict(precision="bf16")),
-                     ("project loop, bf16 autocast, channels_last", dict(precision="bf16", channels_last=True))]
+        variants += [
+            ("project loop, bf16 autocast", dict(precision="bf16")),
+            ("project loop, bf16 autocast, channels_last", dict(precision="bf16", channels_last=True)),
+        ]
     plain = plain_loop(cfg, data, device, args.kimg)
     rows.append(("plain loop (DataLoader, eager, unfused Adam), fp32", plain))
     for name, kw in variants:

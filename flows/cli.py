@@ -107,13 +107,15 @@ def generate(
     snap = load_snapshot(find_snapshot(run_dir))
     gcfg = config_from_dict(snap.config, source=f"{run_dir} (config in checkpoint)").generate
     target = "per_class" if per_class else "total" if total else gcfg.target
-    counts = counts_to_generate(
-        snap.class_counts, target, per_class or gcfg.per_class, total or gcfg.total
-    )
+    counts = counts_to_generate(snap.class_counts, target, per_class or gcfg.per_class, total or gcfg.total)
     seed = gcfg.seed if seed is None else seed
     manifest = write_samples(
-        snap, out or Path(run_dir) / "generated", counts, seed=seed,
-        batch_size=batch_size or gcfg.batch_size, progress=not quiet,
+        snap,
+        out or Path(run_dir) / "generated",
+        counts,
+        seed=seed,
+        batch_size=batch_size or gcfg.batch_size,
+        progress=not quiet,
     )
     per = ", ".join(f"{n}: {c}" for n, c in zip(snap.class_names, counts, strict=True))
     typer.echo(f"generated {sum(counts)} images ({per})\nmanifest: {manifest}\ngrid: {manifest.parent / 'grid.png'}")

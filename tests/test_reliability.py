@@ -18,8 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from augment import checkpoint
-from augment.config import Config, load_config
-from augment.config import DataConfig
+from augment.config import Config, DataConfig, load_config
 from augment.data import load_data
 from augment.errors import AugmentError, ConfigError, DataError
 from conftest import REPO, TINY
@@ -30,7 +29,16 @@ KILL_POINTS = 5
 
 def _train_cmd(run_dir: Path, resume: bool) -> list[str]:
     sets = [*TINY, "train.kimg=3.2", "train.snapshot_kimg=0.064", "train.threads=1"]
-    cmd = [sys.executable, "-m", "flows.cli", "train", str(REPO / "configs" / "digits.yaml"), "--out", str(run_dir), "-q"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "flows.cli",
+        "train",
+        str(REPO / "configs" / "digits.yaml"),
+        "--out",
+        str(run_dir),
+        "-q",
+    ]
     for item in sets:
         cmd += ["--set", item]
     return cmd + (["--resume"] if resume else [])
@@ -56,8 +64,9 @@ def test_sigkill_at_random_points_then_resume_matches_uninterrupted(tmp_path: Pa
     survived = []
     for point in range(KILL_POINTS):
         resume = (run / checkpoint.TRAINING_STATE).is_file()
-        proc = subprocess.Popen(_train_cmd(run, resume), env=env, cwd=REPO, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE)
+        proc = subprocess.Popen(
+            _train_cmd(run, resume), env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
         # wait until training has made 1-4 new snapshots, then kill at a random moment
         start = checkpoint.load(run / checkpoint.TRAINING_STATE)["cur_nimg"] if resume else 0
         before = start + 64 * rng.randint(1, 4) - 1
@@ -94,12 +103,42 @@ def test_sigkill_at_random_points_then_resume_matches_uninterrupted(tmp_path: Pa
 
 # --- fuzzing ----------------------------------------------------------------------------------
 
-_KEYS = ["name", "seed", "data", "model", "train", "generate", "evaluate", "tracking", "output", "source",
-         "image_size", "channels", "per_class", "kimg", "batch_size", "loss", "diffaug", "split", "val", "test",
-         "imbalance", "ratio", "bogus", "z_dim", "target", "root", "classes"]
+_KEYS = [
+    "name",
+    "seed",
+    "data",
+    "model",
+    "train",
+    "generate",
+    "evaluate",
+    "tracking",
+    "output",
+    "source",
+    "image_size",
+    "channels",
+    "per_class",
+    "kimg",
+    "batch_size",
+    "loss",
+    "diffaug",
+    "split",
+    "val",
+    "test",
+    "imbalance",
+    "ratio",
+    "bogus",
+    "z_dim",
+    "target",
+    "root",
+    "classes",
+]
 _scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(-10**6, 10**6), st.floats(allow_nan=True, allow_infinity=True),
-    st.text(max_size=12), st.sampled_from(["hinge", "digits", "balance", "auto", "cpu", "[1, 2]", "1e-3"]),
+    st.none(),
+    st.booleans(),
+    st.integers(-(10**6), 10**6),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=12),
+    st.sampled_from(["hinge", "digits", "balance", "auto", "cpu", "[1, 2]", "1e-3"]),
 )
 _values = st.recursive(
     _scalars,
@@ -131,8 +170,10 @@ def test_fuzzed_overrides_are_valid_or_one_line_error(overrides: list[str]) -> N
         assert "\n" not in str(err)
 
 
-_cells = st.one_of(st.sampled_from(["a/0.png", "b/0.png", "a/1.png", "../x.png", "/etc/passwd", "a", "b", "c", ""]),
-                   st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=10))
+_cells = st.one_of(
+    st.sampled_from(["a/0.png", "b/0.png", "a/1.png", "../x.png", "/etc/passwd", "a", "b", "c", ""]),
+    st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=10),
+)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
