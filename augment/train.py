@@ -349,6 +349,33 @@ def prepare_run_dir(cfg: Config, out: Path | None = None, resume: bool = False) 
     return new_run_dir(cfg.output.root, cfg.name)
 
 
+def loop_kwargs(cfg: Config) -> dict[str, Any]:
+    """The keyword arguments of :func:`training_loop` that a config decides."""
+    return dict(
+        config=cfg.to_dict(),
+        seed=cfg.seed,
+        z_dim=cfg.model.z_dim,
+        g_channels=cfg.model.g_channels,
+        d_channels=cfg.model.d_channels,
+        max_mult=cfg.model.max_mult,
+        d_spectral_norm=cfg.model.d_spectral_norm,
+        loss=cfg.train.loss,
+        r1_gamma=cfg.train.r1_gamma,
+        diffaug=cfg.train.diffaug,
+        total_kimg=cfg.train.kimg,
+        batch_size=cfg.train.batch_size,
+        lr_g=cfg.train.lr_g,
+        lr_d=cfg.train.lr_d,
+        betas=cfg.train.betas,
+        ema_kimg=cfg.train.ema_kimg,
+        snapshot_kimg=cfg.train.snapshot_kimg,
+        eval_kimg=cfg.train.eval_kimg,
+        max_minutes=cfg.train.max_minutes,
+        precision=cfg.train.precision,
+        channels_last=cfg.train.channels_last,
+    )
+
+
 def train(
     cfg: Config,
     *,
@@ -382,28 +409,8 @@ def train(
     snap = training_loop(
         run_dir=run_dir,
         data=data,
-        config=cfg.to_dict(),
-        seed=cfg.seed,
-        z_dim=cfg.model.z_dim,
-        g_channels=cfg.model.g_channels,
-        d_channels=cfg.model.d_channels,
-        max_mult=cfg.model.max_mult,
-        d_spectral_norm=cfg.model.d_spectral_norm,
-        loss=cfg.train.loss,
-        r1_gamma=cfg.train.r1_gamma,
-        diffaug=cfg.train.diffaug,
-        total_kimg=cfg.train.kimg,
-        batch_size=cfg.train.batch_size,
-        lr_g=cfg.train.lr_g,
-        lr_d=cfg.train.lr_d,
-        betas=cfg.train.betas,
-        ema_kimg=cfg.train.ema_kimg,
-        snapshot_kimg=cfg.train.snapshot_kimg,
-        eval_kimg=cfg.train.eval_kimg,
-        max_minutes=cfg.train.max_minutes,
+        **loop_kwargs(cfg),
         device=device,
-        precision=cfg.train.precision,
-        channels_last=cfg.train.channels_last,
         resume=resume,
         progress=progress,
         metric_fn=metric_fn,

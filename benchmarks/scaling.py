@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from augment.config import load_config  # noqa: E402
 from augment.data import ImageSet, PreparedData, load_data  # noqa: E402
+from augment.data.sources import FASHION_CLASSES  # noqa: E402
 from augment.train import set_threads, train, training_loop  # noqa: E402
 from benchmarks.common import append_results  # noqa: E402
 
@@ -99,20 +100,8 @@ def main() -> None:
     for size in args.sizes:
         rows["image size"].append((size, seconds_per_kimg(random_data(10, 100, size, 3), args.kimg), None))
         print(rows["image size"][-1], flush=True)
-    fm_classes = [
-        "T-shirt/top",
-        "Trouser",
-        "Pullover",
-        "Dress",
-        "Coat",
-        "Sandal",
-        "Shirt",
-        "Sneaker",
-        "Bag",
-        "Ankle boot",
-    ]
     for k in args.classes:
-        sets = ["data.per_class=100", f"data.classes={json.dumps(fm_classes[:k])}", *base]
+        sets = ["data.per_class=100", f"data.classes={json.dumps(FASHION_CLASSES[:k])}", *base]
         data = load_data(load_config("configs/fashion_mnist.yaml", sets).data, 0)
         ev = None if args.skip_eval else evaluate_seconds(sets)
         rows["classes"].append((k, seconds_per_kimg(data, args.kimg), ev))

@@ -28,7 +28,7 @@ from augment.config import load_config  # noqa: E402
 from augment.data import load_data  # noqa: E402
 from augment.losses import GanLoss  # noqa: E402
 from augment.models import ConditionalGenerator, ProjectionDiscriminator  # noqa: E402
-from augment.train import resolve_device, set_threads, training_loop  # noqa: E402
+from augment.train import loop_kwargs, resolve_device, set_threads, training_loop  # noqa: E402
 from benchmarks.common import append_results, matmul_peak_gflops  # noqa: E402
 
 
@@ -75,27 +75,9 @@ def step_flops(cfg, data, device) -> float:
 def project_loop(cfg, data, device, kimg: float, precision: str = "fp32", channels_last: bool = False) -> float:
     """Images/s of augment.train.training_loop (median over ticks after the first)."""
     with tempfile.TemporaryDirectory() as tmp:
-        training_loop(
-            run_dir=Path(tmp),
-            data=data,
-            config=cfg.to_dict(),
-            seed=cfg.seed,
-            z_dim=cfg.model.z_dim,
-            g_channels=cfg.model.g_channels,
-            d_channels=cfg.model.d_channels,
-            max_mult=cfg.model.max_mult,
-            d_spectral_norm=cfg.model.d_spectral_norm,
-            loss=cfg.train.loss,
-            r1_gamma=cfg.train.r1_gamma,
-            diffaug=cfg.train.diffaug,
-            total_kimg=kimg,
-            batch_size=cfg.train.batch_size,
-            snapshot_kimg=kimg * 10,
-            device=device,
-            precision=precision,
-            channels_last=channels_last,
-            progress=False,
-        )
+        kwargs = loop_kwargs(cfg) | dict(total_kimg=kimg, snapshot_kimg=kimg * 10, eval_kimg=0, max_minutes=None)
+        kwargs |= dict(precision=precision, channels_last=channels_last)
+        training_loop(run_dir=Path(tmp), data=data, device=device, progress=False, **kwargs)
         ticks = [json.loads(line) for line in (Path(tmp) / "stats.jsonl").read_text().splitlines()]
     rates = sorted(t["images_per_s"] for t in ticks[1:-1] or ticks)
     return rates[len(rates) // 2]
