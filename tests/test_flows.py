@@ -246,3 +246,33 @@ def test_io_tasks_retry_hiccups_but_not_bad_input():
     assert train_task.retries == 0, "compute is deterministic: a retry would fail the same way"
     assert _worth_retrying(None, None, Failed(data=OSError("connection reset")))
     assert not _worth_retrying(None, None, Failed(data=DataError("class '3' has no images")))
+
+
+@pytest.mark.slow
+def test_two_pipelines_at_once_share_the_store_and_the_output_root(tmp_path: Path):
+    """Two `augment run` started together against one SQLite store and one output root: both finish,
+    in separate run directories, with their metrics (SQLite busy handling), none marked FAILED."""
+    from prefect.settings import PREFECT_API_URL
+
+    path, cfg = write_config(tmp_path, "tracking.experiment=concurrent-tests")
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "flows.cli", "run", str(path), "--quiet"],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    outputs = [p.communicate(timeout=900)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    run_dirs = sorted(p.name for p in (tmp_path / "runs").iterdir() if p.is_dir())
+    assert run_dirs == ["00000-digits", "00001-digits"]
+    runs = pipeline_runs(cfg)
+    assert len(runs) == 2 and {r.info.status for r in runs} == {"FINISHED"}
+    for run in runs:
+        assert "fd_domain" in run.data.metrics and any(k.startswith("delta.") for k in run.data.metrics)
+    assert {r.data.tags.get("mlflow.runName") for r in runs} != {None}
