@@ -229,3 +229,10 @@ def test_csv_needs_header(tmp_path: Path) -> None:
     (tmp_path / "m.csv").write_text("a.png,cat\n")
     with pytest.raises(DataError, match="header 'path,label'"):
         load_data(DataConfig(source="csv", root=tmp_path / "m.csv"), 0)
+
+
+def test_csv_path_with_nul_byte_is_named(tmp_path: Path) -> None:
+    root = _folder(tmp_path / "imgs")
+    (root / "m.csv").write_text("path,label\ncat/0.png,cat\nbad\x00name.png,cat\n")
+    with pytest.raises(DataError, match="line 3: path .* is not a valid file name"):
+        load_data(DataConfig(source="csv", root=root / "m.csv", split={"val": 0, "test": 0}), 0)

@@ -270,7 +270,10 @@ def _load_csv(cfg: DataConfig) -> SourceData:
     for rel, label, line in rows:
         if label not in index:
             raise DataError(f"{manifest} line {line}: label {label!r} is not one of the classes {names}")
-        path = (base / rel).resolve()
+        try:
+            path = (base / rel).resolve()
+        except (ValueError, OSError):  # e.g. an embedded NUL byte
+            raise DataError(f"{manifest} line {line}: path {rel!r} is not a valid file name") from None
         if not path.is_relative_to(base):
             raise DataError(f"{manifest} line {line}: path {rel!r} points outside the manifest's folder {base}")
         if not path.is_file():
