@@ -7,7 +7,7 @@ export NO_ALBUMENTATIONS_UPDATE := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export MLFLOW_HTTP_REQUEST_MAX_RETRIES ?= 1
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint clean
 
 # The venv, the package (editable) and its pinned dependencies.
 $(VENV)/.installed: pyproject.toml constraints.txt
