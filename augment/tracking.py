@@ -134,6 +134,28 @@ def _sqlite_path(uri: str) -> Path | None:
     return Path(urllib.parse.unquote(uri[len("sqlite:///") :]))
 
 
+@contextlib.contextmanager
+def _store_init_lock(uri: str) -> Iterator[None]:
+    """Serialise the first use of a SQLite store across processes.
+
+    MLflow creates a fresh SQLite store's tables on first use; two pipelines starting together on a
+    new store both see it empty and the second fails with "table already exists". An exclusive
+    ``flock`` on ``<db>.lock`` makes the second wait until the first has created the tables.
+    """
+    db = _sqlite_path(uri)
+    if db is None:
+        yield
+        return
+    import fcntl
+
+    with open(f"{db}.lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def check_reachable(uri: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
     """Raise :class:`TrackingError` (one line) unless the tracking store at ``uri`` can be used.
 
@@ -444,10 +466,11 @@ class MlflowTracker(_RunContext):
         if check:
             check_reachable(uri)
         use_uri(uri)  # the fluent API (used only to log and register the model) reads the global URIs
-        self.client = MlflowClient(tracking_uri=uri, registry_uri=uri)
         self.experiment_name = experiment
         try:
-            self.experiment_id = self._experiment(experiment)
+            with _store_init_lock(uri):
+                self.client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+                self.experiment_id = self._experiment(experiment)
         except MlflowException as err:
             raise TrackingError(f"tracking store {uri}: {_first_line(err)}") from None
         self._commit = git_commit()

@@ -313,3 +313,20 @@ def test_augmenter_from_mlflow_serves_the_registered_generator(tracker: MlflowTr
     got = aug.images(torch.tensor([0, 1]), torch.tensor([0, 3])).permute(0, 2, 3, 1).numpy()
     want = to_uint8(sample(original.generator(), torch.tensor([0, 1]), torch.tensor([0, 3]), seed=0))
     assert abs(got.astype(int) - want.astype(int)).max() <= 1
+
+
+def test_processes_racing_on_a_fresh_sqlite_store_all_get_it(tmp_path: Path) -> None:
+    """MLflow creates a new SQLite store's tables on first use; without a lock, the second of two
+    processes starting together fails with 'table already exists'."""
+    import subprocess
+    import sys
+
+    uri = f"sqlite:///{tmp_path / 'fresh.db'}"
+    code = "import sys; from augment.tracking import MlflowTracker; print(MlflowTracker(sys.argv[1], 'race').experiment_id)"
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code, uri], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(3)
+    ]
+    results = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], [err[-300:] for _, err in results]
+    assert len({out.strip() for out, _ in results}) == 1  # one experiment, seen by all three
