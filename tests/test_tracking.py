@@ -322,7 +322,10 @@ def test_processes_racing_on_a_fresh_sqlite_store_all_get_it(tmp_path: Path) -> 
     import sys
 
     uri = f"sqlite:///{tmp_path / 'fresh.db'}"
-    code = "import sys; from augment.tracking import MlflowTracker; print(MlflowTracker(sys.argv[1], 'race').experiment_id)"
+    code = (
+        "import sys; from augment.tracking import MlflowTracker; "
+        "print(MlflowTracker(sys.argv[1], 'race').experiment_id)"
+    )
     procs = [
         subprocess.Popen([sys.executable, "-c", code, uri], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for _ in range(3)
