@@ -8,13 +8,13 @@ training state); the others only compute.
 
 Run it on one machine with 4 GPUs::
 
-    torchrun --standalone --nproc_per_node=4 -m augment.distributed configs/fashion_mnist.yaml --out runs/ddp
+    torchrun --standalone --nproc_per_node=4 -m flows.ddp configs/fashion_mnist.yaml --out runs/ddp
 
 or on several machines (same command on each, ``--node_rank`` 0..N-1, a shared filesystem for
 ``--out``)::
 
     torchrun --nnodes=2 --nproc_per_node=8 --node_rank=0 --rdzv_backend=c10d \\
-        --rdzv_endpoint=HOST:29500 -m augment.distributed CONFIG --out /shared/runs/ddp
+        --rdzv_endpoint=HOST:29500 -m flows.ddp CONFIG --out /shared/runs/ddp
 
 ``--resume`` continues from the training state; rank 0's random stream is restored exactly, the
 other ranks continue from fresh streams (their states are not saved). ``train.max_minutes`` is
@@ -23,20 +23,18 @@ refused: ranks that stopped at different steps would wait for each other forever
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
 import os
-import sys
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from augment.config import Config, load_config
-from augment.errors import AugmentError, ConfigError
+from augment.config import Config
+from augment.errors import ConfigError
 from augment.io import atomic_write_text, new_run_dir
 from augment.train import train
 
@@ -94,44 +92,3 @@ def run(cfg: Config, out: Path | None = None, resume: bool = False) -> Path:
         info = {"world_size": world, "backend": dist.get_backend(), "digests": gathered}
         atomic_write_text(run_dir / "ddp.json", json.dumps(info, indent=2))
     return run_dir
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="torchrun ... -m augment.distributed", description=__doc__.splitlines()[0])
-    parser.add_argument("config")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="a.b=v")
-    parser.add_argument("--out", type=Path, default=None)
-    parser.add_argument("--resume", action="store_true")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s rank%(rank)s %(levelname)s %(name)s: %(message)s")
-    try:
-        cfg = load_config(args.config, args.overrides)
-    except AugmentError as err:
-        print(f"error: {str(err).splitlines()[0]}", file=sys.stderr)
-        return 2
-    dist.init_process_group(backend=backend_for(cfg))
-    rank = dist.get_rank()
-    old_factory = logging.getLogRecordFactory()
-
-    def factory(*a: object, **k: object) -> logging.LogRecord:
-        record = old_factory(*a, **k)
-        record.rank = rank
-        return record
-
-    logging.setLogRecordFactory(factory)
-    if rank != 0:
-        logging.getLogger().setLevel(logging.WARNING)
-    try:
-        run_dir = run(cfg, args.out, args.resume)
-        if rank == 0:
-            print(f"run directory: {run_dir}")
-        return 0
-    except AugmentError as err:
-        print(f"error: {str(err).splitlines()[0]}", file=sys.stderr)
-        return 2
-    finally:
-        dist.destroy_process_group()
-
-
-if __name__ == "__main__":
-    sys.exit(main())

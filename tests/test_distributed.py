@@ -24,7 +24,7 @@ def torchrun(tmp_path: Path, out: Path, *extra: str, resume: bool = False) -> su
         "--standalone",
         "--nproc_per_node=2",
         "-m",
-        "augment.distributed",
+        "flows.ddp",
         str(REPO / "configs" / "digits.yaml"),
         "--out",
         str(out),
