@@ -10,14 +10,6 @@ import os
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations phones home otherwise
 
-from augment.augmenter import (  # noqa: E402
-    AugmentedDataset,
-    BalancedDataset,
-    GanAlbumentations,
-    GanAugmenter,
-    GanTransform,
-    SyntheticDataset,
-)
 from augment.checkpoint import Snapshot, find_snapshot, load_snapshot  # noqa: E402
 from augment.config import Config, load_config  # noqa: E402
 from augment.data import PreparedData, load_data  # noqa: E402
@@ -26,6 +18,26 @@ from augment.generate import counts_to_generate, sample, write_samples  # noqa: 
 from augment.train import train  # noqa: E402
 
 __version__ = "0.1.0"
+
+# The augmenter pulls in albumentations and torchvision's v2 transforms: import it on first use, so
+# training, generation and evaluation (and `import augment`) run where only torch is installed.
+_AUGMENTER = (
+    "AugmentedDataset",
+    "BalancedDataset",
+    "GanAlbumentations",
+    "GanAugmenter",
+    "GanTransform",
+    "SyntheticDataset",
+)
+
+
+def __getattr__(name: str) -> object:
+    if name in _AUGMENTER:
+        from augment import augmenter
+
+        return getattr(augmenter, name)
+    raise AttributeError(f"module 'augment' has no attribute {name!r}")
+
 
 __all__ = [
     "AugmentError",
