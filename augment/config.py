@@ -104,6 +104,26 @@ class ModelConfig(_Section):
     d_spectral_norm: bool = False
 
 
+class CudaTrainConfig(_Section):
+    """Settings that replace the CPU ones when training runs on CUDA.
+
+    A batch of 64 leaves an H100 launch-bound (a few thousand images/s); these defaults were chosen
+    with ``benchmarks/train_throughput.py`` and ``benchmarks/time_to_quality.py`` (RESULTS.md).
+    """
+
+    batch_size: int = Field(512, ge=2)
+    #: None = the CPU setting (train.lr_g / train.lr_d).
+    lr_g: float | None = Field(None, gt=0)
+    lr_d: float | None = Field(None, gt=0)
+    precision: Literal["fp32", "bf16"] = "bf16"
+    channels_last: bool = True
+    #: torch.compile the two networks for the adversarial steps.
+    compile: bool = True
+    #: R1 every this many D steps (scaled up to match): double backward does not go through
+    #: torch.compile, so the R1 pass runs eagerly and is kept rare (lazy regularisation).
+    r1_interval: int = Field(16, ge=1)
+
+
 class TrainConfig(_Section):
     kimg: float = Field(50.0, gt=0)
     batch_size: int = Field(64, ge=2)
@@ -111,6 +131,8 @@ class TrainConfig(_Section):
     diffaug: list[Literal["translation", "cutout", "color"]] = ["translation", "cutout"]
     #: R1 gradient penalty on real images (0 = off).
     r1_gamma: float = Field(0.1, ge=0)
+    #: Apply R1 every this many D steps, scaled by the interval (lazy regularisation, StyleGAN2).
+    r1_interval: int = Field(1, ge=1)
     lr_g: float = Field(2e-4, gt=0)
     lr_d: float = Field(2e-4, gt=0)
     betas: tuple[float, float] = (0.0, 0.99)
@@ -126,8 +148,12 @@ class TrainConfig(_Section):
     precision: Literal["fp32", "bf16"] = "fp32"
     #: NHWC memory layout for the networks.
     channels_last: bool = False
+    #: torch.compile the networks for the adversarial steps (the R1 pass stays eager).
+    compile: bool = False
     #: Torch intra-op threads; None = every core.
     threads: int | None = Field(None, ge=1)
+    #: Replaces batch_size, lr, precision, channels_last, compile and r1_interval on CUDA.
+    cuda: CudaTrainConfig = CudaTrainConfig()
 
 
 class GenerateConfig(_Section):
@@ -196,6 +222,9 @@ class EvaluateConfig(_Section):
     #: on a busy machine (2 threads on 2 shared cores measured 4-70x slower); cells run side by
     #: side through evaluate.workers / dask_address instead.
     threads: int | None = Field(1, ge=1)
+    #: Where the extractor, generator and downstream classifiers run (auto = CUDA when present).
+    #: Batch draws and augmentation parameters come from CPU generators on every device.
+    device: Literal["auto", "cpu", "cuda"] = "auto"
     workers: int = Field(1, ge=1)
     dask_address: str | None = None
 

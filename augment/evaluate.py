@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 from augment.checkpoint import Snapshot, find_snapshot, load_snapshot
 from augment.config import Config, apply_overrides, config_from_dict, load_config
 from augment.data import PreparedData, load_data
+from augment.devices import resolve_device
 from augment.errors import CheckpointError
 from augment.generate import sample
 from augment.io import ensure_dir
@@ -105,16 +106,17 @@ def metric_counts(data: PreparedData, samples_per_class: int, reference_counts: 
 
 
 def make_metric_fn(
-    data: PreparedData, cfg: Config, *, cache_dir: Path | None = None
+    data: PreparedData, cfg: Config, *, cache_dir: Path | None = None, device: torch.device | str = "cpu"
 ) -> Callable[[torch.nn.Module], dict[str, float]]:
     """``metric_fn(G) -> {"fd_domain": value}`` for the training loop's best-snapshot selection.
 
     The reference is the real train+val split (model selection never sees the test split); the
     synthetic set uses fixed latents (``generate.seed``), as many per class as the reference has
-    (capped by ``evaluate.samples_per_class``), so values are comparable across training.
+    (capped by ``evaluate.samples_per_class``), so values are comparable across training. The
+    extractor runs on ``device`` (the training device).
     """
     ev = cfg.evaluate
-    ext = load_or_train_extractor(data, ev, cache_dir=cache_dir, seed=cfg.seed)
+    ext = load_or_train_extractor(data, ev, cache_dir=cache_dir, seed=cfg.seed, device=device)
     ref_images = torch.cat([data.train.images, data.val.images])
     ref_labels = torch.cat([data.train.labels, data.val.labels])
     ref = ext.features(ref_images)
@@ -183,12 +185,13 @@ def _evaluate_loaded(
     """The measurements of :func:`evaluate_run`, once the snapshot and matching data are loaded."""
     ev = cfg.evaluate
     out_dir = ensure_dir(run_dir / EVAL_DIR)
-    G = snap.generator("cpu")
+    device = resolve_device(ev.device, "evaluate.device")
+    G = snap.generator(device)
     k = data.num_classes
     warnings: list[str] = []
 
     # Feature extractor (real train+val only; cached by data fingerprint).
-    ext = load_or_train_extractor(data, ev, cache_dir=ev.cache_dir or run_dir / "cache", seed=cfg.seed)
+    ext = load_or_train_extractor(data, ev, cache_dir=ev.cache_dir or run_dir / "cache", seed=cfg.seed, device=device)
     test_ids = set(data.test.ids)
     if test_ids & set(ext.trained_on_ids):  # a cache from other splits must never leak test images in
         raise CheckpointError(f"{ext.path}: the feature extractor was trained on test images")
@@ -211,8 +214,16 @@ def _evaluate_loaded(
     fid_inception = None
     if inception_asked or ev.inception_weights is not None:
         inc = InceptionFeatures(ev.inception_weights)
-        fid_inception = distance_report("fid_inception", inc(fake_u8), fake_labels, inc(real_u8), real_labels,
-                                        inc(ref_u8), ref_labels, data.class_names)
+        fid_inception = distance_report(
+            "fid_inception",
+            inc(fake_u8),
+            fake_labels,
+            inc(real_u8),
+            real_labels,
+            inc(ref_u8),
+            ref_labels,
+            data.class_names,
+        )
         fid_inception["weights"] = str(inc.path)
         warnings += fid_inception.pop("warnings")
 
@@ -220,11 +231,18 @@ def _evaluate_loaded(
     pool_counts = [ev.synthetic_per_class] * k
     log.info("Sampling %d synthetic images for the downstream pool...", sum(pool_counts))
     pool_u8, pool_labels = generate_uint8(G, pool_counts, cfg.generate.seed)
-    mem = memorisation(pool_u8, data.train.images, data.test.images, pool_labels, data.class_names,
-                       quantile=ev.near_copy_quantile, heldout_labels=data.test.labels)
+    mem = memorisation(
+        pool_u8,
+        data.train.images,
+        data.test.images,
+        pool_labels,
+        data.class_names,
+        quantile=ev.near_copy_quantile,
+        heldout_labels=data.test.labels,
+    )
 
     # Downstream grid: selection on val inside prepare, then regime x seed cells on test.
-    plan = downstream.prepare(data, pool_u8, pool_labels, ev, seed=cfg.seed, map_fn=map_fn)
+    plan = downstream.prepare(data, pool_u8, pool_labels, ev, seed=cfg.seed, map_fn=map_fn, device=device)
     grid = [(r, s) for r in plan.regimes for s in plan.seeds]
     # One map_fn call per (regime, seed) cell: builtin map runs them here one by one (lazily, so the
     # bar moves); an orchestrator's parallel map (Prefect tasks, Dask) spreads them.
@@ -232,8 +250,13 @@ def _evaluate_loaded(
     results = map_fn(functools.partial(downstream.run_grid_item, plan), grid)
     for cell in tqdm(results, total=len(grid), desc="downstream", unit="cell", disable=not progress):
         cells.append(cell)
-        log.info("%s seed %d: balanced accuracy %.4f (%.0f s)", cell["regime"], cell["seed"],
-                 cell["balanced_accuracy"], cell["seconds"])
+        log.info(
+            "%s seed %d: balanced accuracy %.4f (%.0f s)",
+            cell["regime"],
+            cell["seed"],
+            cell["balanced_accuracy"],
+            cell["seconds"],
+        )
     down = downstream.summarize(plan, cells)
     down["cells"] = cells
 
@@ -245,8 +268,12 @@ def _evaluate_loaded(
         "counts": data.counts(),
         "sizes": {s: len(data.split(s)) for s in ("train", "val", "test")},
         "feature_extractor": {
-            "name": "domain", "architecture": "smallcnn", "feature_dims": ext.num_features,
-            "trained_on": "train+val", "n_trained_on": len(ext.trained_on_ids), "cache": str(ext.path),
+            "name": "domain",
+            "architecture": "smallcnn",
+            "feature_dims": ext.num_features,
+            "trained_on": "train+val",
+            "n_trained_on": len(ext.trained_on_ids),
+            "cache": str(ext.path),
         },
         "generate_seed": cfg.generate.seed,
         "fd_domain": fd,
@@ -260,8 +287,13 @@ def _evaluate_loaded(
     if fid_inception is not None:
         result["fid_inception"] = fid_inception
     result["seconds"] = time.time() - start
-    samples = {"real": real_u8, "real_labels": real_labels, "synthetic": pool_u8, "synthetic_labels": pool_labels,
-               "train": data.train.images}
+    samples = {
+        "real": real_u8,
+        "real_labels": real_labels,
+        "synthetic": pool_u8,
+        "synthetic_labels": pool_labels,
+        "train": data.train.images,
+    }
     paths = write_report(out_dir, result, samples)
     result["files"] = {key: str(p) for key, p in paths.items()}
     log.info("Evaluation written to %s (%.0f s): %s", out_dir, time.time() - start, down["verdict"]["text"])

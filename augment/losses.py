@@ -47,25 +47,40 @@ class GanLoss:
         labels: torch.Tensor,
         z: torch.Tensor,
         gen: torch.Generator | None = None,
+        *,
+        r1: bool = True,
+        r1_scale: float = 1.0,
+        D_r1: nn.Module | None = None,
     ) -> torch.Tensor:
         """D's loss on a real batch and fakes of the same labels (G gets no gradient).
 
         Real and fake go through D in separate calls: D's minibatch-stddev layer must see groups
         that are all real or all fake.
+
+        R1 is added when ``r1`` is true (lazy regularisation passes ``r1`` on every N-th step
+        with ``r1_scale=N``). By default the penalty reuses the real forward pass; with ``D_r1``
+        (an eager twin of a compiled ``D``: double backward does not go through torch.compile) it
+        runs a separate forward of the same augmented reals.
         """
         with torch.no_grad():
             fake = G(z, labels)
         real_aug, fake_aug = self.augment(torch.cat([real, fake]), gen).chunk(2)
-        if self.r1_gamma > 0:
+        do_r1 = self.r1_gamma > 0 and r1
+        if do_r1 and D_r1 is None:
             real_aug = real_aug.detach().requires_grad_(True)
         real_logits, fake_logits = D(real_aug, labels), D(fake_aug, labels)
         if self.kind == "hinge":
             loss = F.relu(1.0 - real_logits).mean() + F.relu(1.0 + fake_logits).mean()
         else:
             loss = F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean()
-        if self.r1_gamma > 0:  # R1 (Mescheder et al. 2018): penalise D's gradient on real images
-            (grad,) = torch.autograd.grad(real_logits.sum(), real_aug, create_graph=True)
-            loss = loss + 0.5 * self.r1_gamma * grad.square().sum(dim=(1, 2, 3)).mean()
+        if do_r1:  # R1 (Mescheder et al. 2018): penalise D's gradient on real images
+            if D_r1 is None:
+                x, logits = real_aug, real_logits
+            else:
+                x = real_aug.detach().requires_grad_(True)
+                logits = D_r1(x, labels)
+            (grad,) = torch.autograd.grad(logits.sum(), x, create_graph=True)
+            loss = loss + 0.5 * self.r1_gamma * r1_scale * grad.square().sum(dim=(1, 2, 3)).mean()
         return loss
 
     def generator(

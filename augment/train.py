@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from augment import checkpoint
 from augment.config import Config, save_config
 from augment.data import PreparedData, load_data
+from augment.devices import resolve_device
 from augment.errors import CheckpointError, ConfigError
 from augment.io import atomic_save, atomic_write_text, ensure_dir, new_run_dir
 from augment.losses import GanLoss
@@ -30,15 +31,6 @@ from augment.models import ConditionalGenerator, ProjectionDiscriminator
 log = logging.getLogger(__name__)
 
 MetricFn = Callable[[torch.nn.Module], dict[str, float]]
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when present, else CPU; asking for CUDA without one is a config error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device is 'cuda' but no CUDA device is available")
-    return torch.device(name)
 
 
 def set_threads(threads: int | None) -> None:
@@ -84,6 +76,8 @@ def training_loop(
     device: torch.device | str = "cpu",
     precision: str = "fp32",
     channels_last: bool = False,
+    compile: bool = False,
+    r1_interval: int = 1,
     resume: bool = False,
     progress: bool = True,
     metric_fn: MetricFn | None = None,
@@ -102,6 +96,11 @@ def training_loop(
     ``batch_size // world_size`` images per step from their own random stream, ``wrap`` turns G and
     D into DistributedDataParallel modules for the two players' steps, and only ``rank`` 0 writes
     files or calls ``on_tick``/``metric_fn``.
+
+    ``compile`` runs the adversarial steps through ``torch.compile``d networks (the eager modules
+    keep the parameters, EMA and checkpoints); the R1 pass then runs eagerly every ``r1_interval``
+    D steps. On CUDA the loop never waits for the device between ticks: losses accumulate on the
+    device and are read once a tick.
     """
     start_time = time.time()
     device = torch.device(device)
@@ -134,16 +133,8 @@ def training_loop(
         max_mult=max_mult,
         spectral=d_spectral_norm,
     )
-    state = checkpoint.load(state_path, checkpoint.STATE_FORMAT) if resume else None
+    state = load_resumable(state_path, data) if resume else None
     if state is not None:  # on resume the architecture comes from the checkpoint
-        if state["class_names"] != data.class_names:
-            raise CheckpointError(
-                f"{state_path}: trained on classes {state['class_names']}, the data now has {data.class_names}"
-            )
-        if state["data_fingerprint"] != data.fingerprint:
-            raise CheckpointError(
-                f"{state_path}: trained on data {state['data_fingerprint']}, the config now selects {data.fingerprint}"
-            )
         g_kwargs, d_kwargs = dict(state["generator_kwargs"]), dict(state["discriminator_kwargs"])
     torch.manual_seed(seed)
     G = ConditionalGenerator(**g_kwargs).to(device).train()
@@ -161,6 +152,12 @@ def training_loop(
     opt_D = torch.optim.Adam(D.parameters(), lr=lr_d, betas=betas, fused=fused)
     gen = torch.Generator(device).manual_seed(seed + 1_000_003 * rank)  # rank 0: the single-process stream
     G_step, D_step = (wrap(G), wrap(D)) if wrap is not None else (G, D)
+    D_r1 = None  # eager D for the R1 pass when the adversarial passes are compiled
+    if compile:
+        D_r1 = D_step
+        G_step, D_step = torch.compile(G_step), torch.compile(D_step)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
     is_main = rank == 0
     loss_fn = GanLoss(loss, diffaug, r1_gamma)
     cur_nimg = 0
@@ -218,8 +215,10 @@ def training_loop(
     total_nimg = int(total_kimg * 1000)
     snap_nimg = max(int(snapshot_kimg * 1000), 1)
     eval_nimg = int(eval_kimg * 1000)
-    tick_nimg = min(1000, snap_nimg)
     step_nimg, batch_size = batch_size, batch_size // world_size  # images per step (all ranks), per rank
+    # A tick reads the losses back (a host sync): every kimg on the CPU, every 64 steps on a GPU.
+    tick_nimg = min(max(1000, 64 * step_nimg if device.type == "cuda" else 0), snap_nimg)
+    eval_seconds = 0.0
     ema_beta = 0.5 ** (step_nimg / (ema_kimg * 1000)) if ema_kimg > 0 else 0.0
     g_params, ema_params = list(G.parameters()), list(G_ema.parameters())
     g_bufs, ema_bufs = list(G.buffers()), list(G_ema.buffers())
@@ -243,8 +242,9 @@ def training_loop(
         real, y = images[idx], labels[idx]
         z = torch.randn(batch_size, G.z_dim, generator=gen, device=device)
         opt_D.zero_grad(set_to_none=True)
+        r1_now = (cur_nimg // step_nimg) % r1_interval == 0  # lazy R1: every r1_interval-th D step
         with autocast:
-            loss_D = loss_fn.discriminator(G_step, D_step, real, y, z, gen)
+            loss_D = loss_fn.discriminator(G_step, D_step, real, y, z, gen, r1=r1_now, r1_scale=r1_interval, D_r1=D_r1)
         loss_D.backward()
         opt_D.step()
 
@@ -297,11 +297,15 @@ def training_loop(
             and eval_nimg > 0
             and (done or cur_nimg // eval_nimg > prev_nimg // eval_nimg)
         ):
+            eval_start = time.time()
             metrics = metric_fn(G_ema)
+            eval_seconds += time.time() - eval_start
             value = metrics[best_metric]
             log.info("kimg %.1f: %s", cur_nimg / 1000, " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+            # Wall time with and without the evaluations themselves (for time-to-quality curves).
+            timing = {"elapsed_s": time.time() - start_time, "train_s": time.time() - start_time - eval_seconds}
             with open(run_dir / "metrics-train.jsonl", "a") as fh:
-                fh.write(json.dumps({"kimg": cur_nimg / 1000, **metrics}) + "\n")
+                fh.write(json.dumps({"kimg": cur_nimg / 1000, **metrics, **timing}) + "\n")
             if on_tick is not None:
                 on_tick({"kimg": cur_nimg / 1000, **metrics})
             if value < best["value"]:
@@ -329,6 +333,20 @@ def training_loop(
     return run_dir / checkpoint.FINAL_SNAPSHOT
 
 
+def load_resumable(state_path: Path, data: PreparedData) -> dict[str, Any]:
+    """The training state at ``state_path``, checked to belong to ``data`` (same classes, same images)."""
+    state = checkpoint.load(state_path, checkpoint.STATE_FORMAT)
+    if state["class_names"] != data.class_names:
+        raise CheckpointError(
+            f"{state_path}: trained on classes {state['class_names']}, the data now has {data.class_names}"
+        )
+    if state["data_fingerprint"] != data.fingerprint:
+        raise CheckpointError(
+            f"{state_path}: trained on data {state['data_fingerprint']}, the config now selects {data.fingerprint}"
+        )
+    return state
+
+
 def latest_run_dir(root: Path, name: str) -> Path | None:
     runs = sorted(p for p in Path(root).glob(f"*-{name}") if (p / checkpoint.TRAINING_STATE).is_file())
     return runs[-1] if runs else None
@@ -349,9 +367,11 @@ def prepare_run_dir(cfg: Config, out: Path | None = None, resume: bool = False) 
     return new_run_dir(cfg.output.root, cfg.name)
 
 
-def loop_kwargs(cfg: Config) -> dict[str, Any]:
-    """The keyword arguments of :func:`training_loop` that a config decides."""
-    return dict(
+def loop_kwargs(cfg: Config, device: torch.device | str = "cpu") -> dict[str, Any]:
+    """The keyword arguments of :func:`training_loop` that a config decides (on ``device``: on
+    CUDA, ``train.cuda`` replaces the batch size, learning rates, precision, layout, compile and
+    R1 interval)."""
+    kwargs = dict(
         config=cfg.to_dict(),
         seed=cfg.seed,
         z_dim=cfg.model.z_dim,
@@ -373,7 +393,21 @@ def loop_kwargs(cfg: Config) -> dict[str, Any]:
         max_minutes=cfg.train.max_minutes,
         precision=cfg.train.precision,
         channels_last=cfg.train.channels_last,
+        compile=cfg.train.compile,
+        r1_interval=cfg.train.r1_interval,
     )
+    if torch.device(device).type == "cuda":
+        gpu = cfg.train.cuda
+        kwargs.update(
+            batch_size=gpu.batch_size,
+            lr_g=gpu.lr_g or cfg.train.lr_g,
+            lr_d=gpu.lr_d or cfg.train.lr_d,
+            precision=gpu.precision,
+            channels_last=gpu.channels_last,
+            compile=gpu.compile,
+            r1_interval=gpu.r1_interval,
+        )
+    return kwargs
 
 
 def train(
@@ -394,22 +428,24 @@ def train(
         >>> cfg = load_config(None, ["train.kimg=0.128", "model.g_channels=8", "model.d_channels=8"])
         >>> run_dir, snap = train(cfg, out=tmp_path / "run", progress=False)  # doctest: +SKIP
     """
-    run_dir = prepare_run_dir(cfg, out, resume)
     device = resolve_device(cfg.train.device)
     set_threads(cfg.train.threads)
-    if data is None:
+    if data is None:  # bad data fails before a run directory exists
         data = load_data(cfg.data, cfg.seed)
+    run_dir = prepare_run_dir(cfg, out, resume)
+    if resume:  # a refused resume leaves the run's config.yaml and data.json as they were
+        load_resumable(run_dir / checkpoint.TRAINING_STATE, data)
     save_config(cfg, run_dir / "config.yaml")
     atomic_write_text(run_dir / "data.json", json.dumps(data.summary(), indent=2))
     if metric_fn is None and cfg.train.eval_kimg > 0:
         # Keep the best snapshot by fd_domain (against train+val; the test split stays unseen).
         from augment.evaluate import make_metric_fn  # lazy: evaluation pulls in sklearn/scipy
 
-        metric_fn = make_metric_fn(data, cfg, cache_dir=cfg.evaluate.cache_dir or run_dir / "cache")
+        metric_fn = make_metric_fn(data, cfg, cache_dir=cfg.evaluate.cache_dir or run_dir / "cache", device=device)
     snap = training_loop(
         run_dir=run_dir,
         data=data,
-        **loop_kwargs(cfg),
+        **loop_kwargs(cfg, device),
         device=device,
         resume=resume,
         progress=progress,

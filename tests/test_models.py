@@ -111,3 +111,24 @@ def test_r1_penalty_adds_to_discriminator_loss() -> None:
     assert float(with_r1) > float(plain)
     with pytest.raises(ValueError, match="r1_gamma"):
         GanLoss("hinge", [], r1_gamma=-1)
+
+
+def test_r1_on_an_eager_twin_equals_the_same_pass_and_lazy_r1_scales() -> None:
+    """The compiled path computes R1 through a separate eager forward (``D_r1``): same value.
+    Lazy R1 skips the penalty on off steps and multiplies it by the interval on the others."""
+    torch.manual_seed(0)
+    G = ConditionalGenerator(2, 8, 1, z_dim=4, width=8)
+    D = ProjectionDiscriminator(2, 8, 1, width=8, spectral=False)
+    args = (G, D, torch.randn(4, 1, 8, 8), torch.tensor([0, 1, 0, 1]), torch.randn(4, 4))
+    loss = GanLoss("hinge", ["translation"], r1_gamma=10.0)
+
+    def run(**kw: object) -> float:
+        return float(loss.discriminator(*args, torch.Generator().manual_seed(1), **kw))
+
+    plain = float(
+        GanLoss("hinge", ["translation"], r1_gamma=0.0).discriminator(*args, torch.Generator().manual_seed(1))
+    )
+    same_pass, twin = run(), run(D_r1=D)
+    assert twin == pytest.approx(same_pass, rel=1e-6) and same_pass > plain
+    assert run(r1=False) == pytest.approx(plain, rel=1e-6)
+    assert run(r1_scale=4.0) - plain == pytest.approx(4 * (same_pass - plain), rel=1e-5)

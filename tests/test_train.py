@@ -117,3 +117,51 @@ def test_device_resolution() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="no CUDA device"):
             resolve_device("cuda")
+
+
+def test_cuda_section_replaces_cpu_settings_only_on_cuda(tmp_path: Path) -> None:
+    from augment.train import loop_kwargs
+
+    cfg = tiny_config(tmp_path, "train.cuda.batch_size=256", "train.cuda.lr_d=1e-3", "train.cuda.r1_interval=8")
+    cpu, gpu = loop_kwargs(cfg, "cpu"), loop_kwargs(cfg, "cuda")  # pure config logic: no GPU needed
+    assert (cpu["batch_size"], cpu["lr_d"], cpu["compile"], cpu["r1_interval"], cpu["precision"]) == (
+        32,
+        2e-4,
+        False,
+        1,
+        "fp32",
+    )
+    assert (gpu["batch_size"], gpu["lr_d"], gpu["lr_g"], gpu["compile"], gpu["r1_interval"], gpu["precision"]) == (
+        256,
+        1e-3,
+        2e-4,
+        True,
+        8,
+        "bf16",
+    )
+    assert gpu["channels_last"] is True and cpu["channels_last"] is False
+
+
+def test_lazy_r1_is_resumed_on_the_same_steps(tmp_path: Path) -> None:
+    """Lazy R1 counts D steps from the images shown, so a resumed run applies it on the same steps."""
+    sets = ("train.r1_interval=3",)
+    full_dir, _ = train(tiny_config(tmp_path, "train.kimg=0.256", *sets), out=tmp_path / "full", progress=False)
+    part_dir, _ = train(tiny_config(tmp_path, "train.kimg=0.128", *sets), out=tmp_path / "part", progress=False)
+    train(tiny_config(tmp_path, "train.kimg=0.256", *sets), out=part_dir, resume=True, progress=False)
+    a, b = _weights(full_dir / "training-state.pt"), _weights(part_dir / "training-state.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    eager, _ = train(tiny_config(tmp_path, "train.kimg=0.256"), out=tmp_path / "every", progress=False)
+    c = _weights(eager / "training-state.pt")
+    assert not all(torch.equal(a[k], c[k]) for k in a)  # the interval does change training
+
+
+@pytest.mark.slow
+def test_compiled_training_follows_the_eager_run(tmp_path: Path) -> None:
+    """torch.compile (inductor on the CPU here) trains the same model: after 2 steps the weights
+    agree with the eager loop to float rounding (the R1 pass runs eagerly in both)."""
+    sets = ("train.kimg=0.064", "train.r1_interval=2")
+    eager, _ = train(tiny_config(tmp_path, *sets), out=tmp_path / "eager", progress=False)
+    compiled, _ = train(tiny_config(tmp_path, *sets, "train.compile=true"), out=tmp_path / "compiled", progress=False)
+    a, b = _weights(eager / "training-state.pt"), _weights(compiled / "training-state.pt")
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-3, atol=1e-4, msg=k)

@@ -159,6 +159,8 @@ class Plan:
     selection: dict[str, Any] = field(default_factory=dict)
     threads: int | None = 1
     data_fingerprint: str = ""
+    #: Where the classifiers train and predict ("cpu" or "cuda"); batches are drawn on the CPU.
+    device: str = "cpu"
 
     @property
     def num_classes(self) -> int:
@@ -217,8 +219,12 @@ class _Batches:
             self.q = synthetic_class_probs([1] * k, available, 1.0, "uniform")
         elif uses_gan:
             self.n_syn = round(plan.synthetic_share * plan.batch_size)
-            self.q = synthetic_class_probs(plan.train_labels.bincount(minlength=k).tolist(), available,
-                                           plan.synthetic_share, plan.synthetic_sampling)
+            self.q = synthetic_class_probs(
+                plan.train_labels.bincount(minlength=k).tolist(),
+                available,
+                plan.synthetic_share,
+                plan.synthetic_sampling,
+            )
         else:
             self.n_syn = 0
         if self.n_syn > 0 and len(syn_labels) == 0:
@@ -246,9 +252,7 @@ class _Batches:
         return x, y
 
 
-def train_classifier(
-    plan: Plan, regime: str, seed: int
-) -> tuple[torch.nn.Module, dict[str, Any]]:
+def train_classifier(plan: Plan, regime: str, seed: int) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Train one classifier for ``plan.steps`` steps under ``regime``; returns it and its counters."""
     if regime not in REGIMES:
         raise ConfigError(f"unknown regime {regime!r} (one of {REGIMES})")
@@ -274,6 +278,8 @@ def _train_classifier(plan: Plan, regime: str, seed: int) -> tuple[torch.nn.Modu
     with _INIT_LOCK, torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = build_classifier(plan.classifier, plan.num_classes, channels, size)
+    device = torch.device(plan.device)
+    model.to(device)
     gen = torch.Generator().manual_seed(seed)
     batches = _Batches(plan, regime, gen)
     opt = torch.optim.AdamW(model.parameters(), lr=plan.lr, weight_decay=5e-4)
@@ -288,6 +294,7 @@ def _train_classifier(plan: Plan, regime: str, seed: int) -> tuple[torch.nn.Modu
         for group in opt.param_groups:
             group["lr"] = plan.lr * lr_scale
         x, y = batches()
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         loss = F.cross_entropy(model(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -305,10 +312,12 @@ def _train_classifier(plan: Plan, regime: str, seed: int) -> tuple[torch.nn.Modu
 
 @torch.no_grad()
 def predict_proba(model: torch.nn.Module, images: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
-    """Softmax probabilities for uint8 images."""
+    """Softmax probabilities for uint8 images (on the CPU, whatever the model's device)."""
     model.eval()
+    device = next(model.parameters()).device
     out = [
-        torch.softmax(model(_as_float(images[i : i + batch_size])), dim=1) for i in range(0, len(images), batch_size)
+        torch.softmax(model(_as_float(images[i : i + batch_size].to(device))), dim=1).float().cpu()
+        for i in range(0, len(images), batch_size)
     ]
     return torch.cat(out) if out else torch.empty(0, 0)
 
@@ -385,6 +394,7 @@ def prepare(
     *,
     seed: int = 0,
     map_fn: MapFn = map,
+    device: torch.device | str = "cpu",
 ) -> Plan:
     """Build the plan of the downstream grid; selection happens on the validation split only.
 
@@ -394,6 +404,7 @@ def prepare(
         cfg: the ``evaluate`` section.
         seed: base seed; the grid's seeds are ``seed, seed + 1, ...``.
         map_fn: runs the selection cells (builtin ``map`` by default; any parallel map works).
+        device: where the classifiers train ("cpu" or "cuda").
     """
     for regime in cfg.regimes:
         if regime not in REGIMES:
@@ -408,15 +419,27 @@ def prepare(
         )
     plan = Plan(
         class_names=list(data.class_names),
-        train_images=data.train.images, train_labels=data.train.labels,
-        val_images=data.val.images, val_labels=data.val.labels,
-        test_images=data.test.images, test_labels=data.test.labels,
-        synthetic_images=synthetic_images, synthetic_labels=synthetic_labels,
-        regimes=list(cfg.regimes), seeds=[seed + i for i in range(cfg.seeds)],
-        classifier=cfg.classifier, steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
-        synthetic_share=cfg.synthetic_share, synthetic_sampling=cfg.synthetic_sampling,
-        confidence_threshold=cfg.confidence_threshold, classic=cfg.classic[0],
-        threads=cfg.threads, data_fingerprint=data.fingerprint,
+        train_images=data.train.images,
+        train_labels=data.train.labels,
+        val_images=data.val.images,
+        val_labels=data.val.labels,
+        test_images=data.test.images,
+        test_labels=data.test.labels,
+        synthetic_images=synthetic_images,
+        synthetic_labels=synthetic_labels,
+        regimes=list(cfg.regimes),
+        seeds=[seed + i for i in range(cfg.seeds)],
+        classifier=cfg.classifier,
+        steps=cfg.steps,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        synthetic_share=cfg.synthetic_share,
+        synthetic_sampling=cfg.synthetic_sampling,
+        confidence_threshold=cfg.confidence_threshold,
+        classic=cfg.classic[0],
+        threads=cfg.threads,
+        data_fingerprint=data.fingerprint,
+        device=str(device),
     )
     select_seeds = [seed + 100 + i for i in range(cfg.select_seeds)]  # disjoint from the grid's seeds
     needs_val = len(cfg.classic) > 1 or cfg.tune
@@ -429,11 +452,16 @@ def prepare(
 
     # Classic baseline: the best policy on the validation split.
     if len(cfg.classic) > 1:
-        specs = [{"stage": "classic", "regime": BASELINE, "seed": s, "settings": {"classic": pol}}
-                 for pol in cfg.classic for s in select_seeds]
+        specs = [
+            {"stage": "classic", "regime": BASELINE, "seed": s, "settings": {"classic": pol}}
+            for pol in cfg.classic
+            for s in select_seeds
+        ]
         rows = list(map_fn(functools.partial(_selection_cell, plan), specs))
-        scores = {pol: float(np.mean([r["balanced_accuracy"] for r in rows if r["settings"]["classic"] == pol]))
-                  for pol in cfg.classic}
+        scores = {
+            pol: float(np.mean([r["balanced_accuracy"] for r in rows if r["settings"]["classic"] == pol]))
+            for pol in cfg.classic
+        }
         plan.classic = max(cfg.classic, key=lambda pol: scores[pol])  # ties: the earlier (simpler) policy
         selection["classic"] = {"scores": scores, "chosen": plan.classic}
         log.info("classic baseline on val: %s -> %s", scores, plan.classic)
@@ -450,26 +478,42 @@ def prepare(
     # Tuning: synthetic share and threshold on the validation split.
     if cfg.tune:
         regime = next((r for r in GAN_REGIMES if r in cfg.regimes), "real+gan+classic")
-        specs = [{"stage": "tune", "regime": regime, "seed": s,
-                  "settings": {"synthetic_share": sh, "confidence_threshold": th}}
-                 for sh in cfg.tune_shares for th in thresholds for s in select_seeds]
+        specs = [
+            {
+                "stage": "tune",
+                "regime": regime,
+                "seed": s,
+                "settings": {"synthetic_share": sh, "confidence_threshold": th},
+            }
+            for sh in cfg.tune_shares
+            for th in thresholds
+            for s in select_seeds
+        ]
         rows = list(map_fn(functools.partial(_selection_cell, plan), specs))
         table = {}
         for sh in cfg.tune_shares:
             for th in thresholds:
-                vals = [r["balanced_accuracy"] for r in rows
-                        if r["settings"] == {"synthetic_share": sh, "confidence_threshold": th}]
+                vals = [
+                    r["balanced_accuracy"]
+                    for r in rows
+                    if r["settings"] == {"synthetic_share": sh, "confidence_threshold": th}
+                ]
                 score_ = None if any(v is None for v in vals) else float(np.mean(vals))
-                table[f"share={sh},threshold={th}"] = {"synthetic_share": sh, "confidence_threshold": th,
-                                                        "balanced_accuracy": score_}
+                table[f"share={sh},threshold={th}"] = {
+                    "synthetic_share": sh,
+                    "confidence_threshold": th,
+                    "balanced_accuracy": score_,
+                }
         valid = [row for row in table.values() if row["balanced_accuracy"] is not None]
         if not valid:
             raise ConfigError("evaluate.tune: no candidate threshold keeps any synthetic image")
         best = max(valid, key=lambda row: row["balanced_accuracy"])
         plan.synthetic_share, plan.confidence_threshold = best["synthetic_share"], best["confidence_threshold"]
-        selection["tune"] = {"regime": regime, "candidates": table,
-                             "chosen": {"synthetic_share": plan.synthetic_share,
-                                        "confidence_threshold": plan.confidence_threshold}}
+        selection["tune"] = {
+            "regime": regime,
+            "candidates": table,
+            "chosen": {"synthetic_share": plan.synthetic_share, "confidence_threshold": plan.confidence_threshold},
+        }
         log.info("tuned on val: share=%s threshold=%s", plan.synthetic_share, plan.confidence_threshold)
     if plan.synthetic_confidence is not None and plan.confidence_threshold is not None:
         kept = torch.bincount(plan.synthetic_pool()[1], minlength=plan.num_classes).tolist()
@@ -525,8 +569,10 @@ def summarize(plan: Plan, cells: list[dict[str, Any]]) -> dict[str, Any]:
             **{m: mean_ci([r[m] for r in rows]) for m in METRICS},
             "per_class_recall": dict(zip(names, recall.mean(axis=0).tolist(), strict=True)),
             "confusion": np.sum([r["confusion"] for r in rows], axis=0).tolist(),
-            "steps": rows[0]["steps"], "batch_size": rows[0]["batch_size"],
-            "images_real": rows[0]["images_real"], "images_synthetic": rows[0]["images_synthetic"],
+            "steps": rows[0]["steps"],
+            "batch_size": rows[0]["batch_size"],
+            "images_real": rows[0]["images_real"],
+            "images_synthetic": rows[0]["images_synthetic"],
         }
     baseline = BASELINE if BASELINE in regimes else ("real" if "real" in regimes else None)
     deltas: dict[str, Any] = {}
@@ -536,8 +582,9 @@ def summarize(plan: Plan, cells: list[dict[str, Any]]) -> dict[str, Any]:
                 continue
             seeds = sorted(set(by[regime]) & set(by[baseline]))  # paired by seed
             d = {m: mean_ci([by[regime][s][m] - by[baseline][s][m] for s in seeds]) for m in METRICS}
-            rec = np.array([np.subtract(by[regime][s]["per_class_recall"], by[baseline][s]["per_class_recall"])
-                            for s in seeds])
+            rec = np.array(
+                [np.subtract(by[regime][s]["per_class_recall"], by[baseline][s]["per_class_recall"]) for s in seeds]
+            )
             d["per_class_recall"] = {n: mean_ci(rec[:, c].tolist()) for c, n in enumerate(names)}
             deltas[regime] = d
     # The GAN regimes against real-only training too: the verdict's guard against a weak baseline.
@@ -545,8 +592,7 @@ def summarize(plan: Plan, cells: list[dict[str, Any]]) -> dict[str, Any]:
     if baseline == BASELINE and "real" in regimes:
         for regime in [r for r in GAN_REGIMES if r in regimes]:
             seeds = sorted(set(by[regime]) & set(by["real"]))
-            deltas_vs_real[regime] = {m: mean_ci([by[regime][s][m] - by["real"][s][m] for s in seeds])
-                                      for m in METRICS}
+            deltas_vs_real[regime] = {m: mean_ci([by[regime][s][m] - by["real"][s][m] for s in seeds]) for m in METRICS}
     out = {
         "baseline": baseline,
         "classic_policy": plan.classic,
@@ -601,29 +647,43 @@ def verdict(summary: dict[str, Any]) -> dict[str, Any]:
         real_vs_base = ""
         if "real" in deltas:
             real_vs_base = f" (real-only vs the classic baseline: {_ci_text(deltas['real'][m])})"
-        text = (f"No measurable benefit: {best} beat {base_desc} by {_ci_text(d)} {metric_name}, but not real-only "
-                f"training ({_ci_text(vs_real[best][m])}), so the gain is no evidence for the GAN: the classic "
-                f"baseline chosen on the validation split is weak on this data{real_vs_base}.")
+        text = (
+            f"No measurable benefit: {best} beat {base_desc} by {_ci_text(d)} {metric_name}, but not real-only "
+            f"training ({_ci_text(vs_real[best][m])}), so the gain is no evidence for the GAN: the classic "
+            f"baseline chosen on the validation split is weak on this data{real_vs_base}."
+        )
     elif status == "helped":
         text = f"GAN augmentation helped: {best} beat {base_desc} by {_ci_text(d)} {metric_name}{real_note}."
     elif status == "hurt":
-        text = (f"GAN augmentation hurt: the best GAN regime, {best}, scored {_ci_text(d)} {metric_name} "
-                f"against {base_desc}.")
+        text = (
+            f"GAN augmentation hurt: the best GAN regime, {best}, scored {_ci_text(d)} {metric_name} "
+            f"against {base_desc}."
+        )
     elif status == "no measurable benefit":
-        text = (f"No measurable benefit: the best GAN regime, {best}, differs from {base_desc} by {_ci_text(d)} "
-                f"{metric_name}; the interval includes 0.")
+        text = (
+            f"No measurable benefit: the best GAN regime, {best}, differs from {base_desc} by {_ci_text(d)} "
+            f"{metric_name}; the interval includes 0."
+        )
     else:
-        text = (f"Not enough seeds for a verdict (needs {MIN_VERDICT_SEEDS}, evaluate.seeds): {best} vs {base_desc}: "
-                f"{_ci_text(d)} {metric_name}.")
+        text = (
+            f"Not enough seeds for a verdict (needs {MIN_VERDICT_SEEDS}, evaluate.seeds): {best} vs {base_desc}: "
+            f"{_ci_text(d)} {metric_name}."
+        )
     per_class = deltas[best]["per_class_recall"]
     helped = [c for c, v in per_class.items() if _judge(v) == "helped"]
     hurt = [c for c, v in per_class.items() if _judge(v) == "hurt"]
     if helped:
-        text += f" Classes whose recall rose against {BASELINE} (interval above 0): " + ", ".join(
-            f"{c} {_pts(per_class[c]['mean'])}" for c in helped) + "."
+        text += (
+            f" Classes whose recall rose against {BASELINE} (interval above 0): "
+            + ", ".join(f"{c} {_pts(per_class[c]['mean'])}" for c in helped)
+            + "."
+        )
     if hurt:
-        text += f" Classes whose recall fell against {BASELINE} (interval below 0): " + ", ".join(
-            f"{c} {_pts(per_class[c]['mean'])}" for c in hurt) + "."
+        text += (
+            f" Classes whose recall fell against {BASELINE} (interval below 0): "
+            + ", ".join(f"{c} {_pts(per_class[c]['mean'])}" for c in hurt)
+            + "."
+        )
     if not helped and not hurt and status != "not enough seeds for an interval":
         text += " No class's recall changed measurably."
     return {

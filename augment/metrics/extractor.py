@@ -59,8 +59,14 @@ class DomainExtractor:
 
 
 def _settings(cfg: EvaluateConfig, seed: int) -> dict:
-    return {"arch": "smallcnn", "steps": cfg.extractor_steps, "batch_size": cfg.batch_size, "lr": cfg.lr,
-            "seed": seed, "augment": "crop"}
+    return {
+        "arch": "smallcnn",
+        "steps": cfg.extractor_steps,
+        "batch_size": cfg.batch_size,
+        "lr": cfg.lr,
+        "seed": seed,
+        "augment": "crop",
+    }
 
 
 def cache_path(cache_dir: Path, fingerprint: str, cfg: EvaluateConfig, seed: int) -> Path:
@@ -68,7 +74,9 @@ def cache_path(cache_dir: Path, fingerprint: str, cfg: EvaluateConfig, seed: int
     return Path(cache_dir) / f"extractor-{fingerprint}-{key}.pt"
 
 
-def train_extractor(data: PreparedData, cfg: EvaluateConfig, seed: int = 0) -> DomainExtractor:
+def train_extractor(
+    data: PreparedData, cfg: EvaluateConfig, seed: int = 0, device: torch.device | str = "cpu"
+) -> DomainExtractor:
     """Train the extractor on ``data.train`` + ``data.val`` (the test split never reaches it)."""
     images = torch.cat([data.train.images, data.val.images])
     labels = torch.cat([data.train.labels, data.val.labels])
@@ -77,12 +85,23 @@ def train_extractor(data: PreparedData, cfg: EvaluateConfig, seed: int = 0) -> D
     empty = ImageSet(images[:0], labels[:0], [])
     plan = downstream.Plan(
         class_names=list(data.class_names),
-        train_images=images, train_labels=labels,
-        val_images=empty.images, val_labels=empty.labels,
-        test_images=empty.images, test_labels=empty.labels,
-        synthetic_images=empty.images, synthetic_labels=empty.labels,
-        regimes=["real+classic"], seeds=[seed], classifier="smallcnn",
-        steps=cfg.extractor_steps, batch_size=cfg.batch_size, lr=cfg.lr, classic="crop", threads=cfg.threads,
+        train_images=images,
+        train_labels=labels,
+        val_images=empty.images,
+        val_labels=empty.labels,
+        test_images=empty.images,
+        test_labels=empty.labels,
+        synthetic_images=empty.images,
+        synthetic_labels=empty.labels,
+        regimes=["real+classic"],
+        seeds=[seed],
+        classifier="smallcnn",
+        steps=cfg.extractor_steps,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        classic="crop",
+        threads=cfg.threads,
+        device=str(device),
     )
     log.info("Training the domain extractor on %d train+val images (%d steps)...", len(labels), cfg.extractor_steps)
     net, _ = downstream.train_classifier(plan, "real+classic", seed)
@@ -112,22 +131,32 @@ def load_extractor(path: Path) -> DomainExtractor:
         net.load_state_dict(obj["state"])
     except (KeyError, TypeError, RuntimeError) as err:
         raise CheckpointError(f"{path}: not a usable domain extractor ({str(err).splitlines()[0][:160]})") from None
-    return DomainExtractor(net=net.eval().requires_grad_(False), fingerprint=str(obj["fingerprint"]),
-                           trained_on_ids=list(obj["trained_on_ids"]), path=Path(path))
+    return DomainExtractor(
+        net=net.eval().requires_grad_(False),
+        fingerprint=str(obj["fingerprint"]),
+        trained_on_ids=list(obj["trained_on_ids"]),
+        path=Path(path),
+    )
 
 
 def load_or_train_extractor(
-    data: PreparedData, cfg: EvaluateConfig, cache_dir: Path | None = None, seed: int = 0
+    data: PreparedData,
+    cfg: EvaluateConfig,
+    cache_dir: Path | None = None,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
 ) -> DomainExtractor:
-    """The cached extractor for this data fingerprint and these settings, else a freshly trained one."""
+    """The cached extractor for this data fingerprint and these settings, else a freshly trained one
+    (on ``device``; the cache file holds CPU tensors)."""
     path = cache_path(cache_dir, data.fingerprint, cfg, seed) if cache_dir is not None else None
     if path is not None and path.is_file():
         ext = load_extractor(path)
         if ext.fingerprint != data.fingerprint:
             raise CheckpointError(f"{path}: extractor trained on data {ext.fingerprint}, not {data.fingerprint}")
         log.info("Domain extractor from cache %s", path)
+        ext.net.to(device)
         return ext
-    ext = train_extractor(data, cfg, seed)
+    ext = train_extractor(data, cfg, seed, device)
     if path is not None:
         save_extractor(ext, path, _settings(cfg, seed))
         ext.path = path
