@@ -163,6 +163,14 @@ class GenerateConfig(_Section):
     total: int | None = Field(None, ge=1)
     seed: int = Field(0, ge=0)
     batch_size: int = Field(256, ge=1)
+    #: Images per shard (a contiguous index range of one class), the unit of work a generation
+    #: worker takes. A multiple of batch_size recomputes nothing at shard edges.
+    shard_size: int = Field(5120, ge=1)
+    #: N > 1: shards run on a local Dask cluster of N single-threaded worker processes.
+    workers: int = Field(1, ge=1)
+    #: An existing Dask scheduler (tcp://host:8786) for the shards; its workers must share the
+    #: output filesystem (they write the PNGs into the staging folder beside the output folder).
+    dask_address: str | None = None
 
     @model_validator(mode="after")
     def _counts(self) -> GenerateConfig:

@@ -19,7 +19,10 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -110,6 +113,97 @@ def class_dirname(label: int, name: str) -> str:
     return f"{label:03d}-" + (re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "class")
 
 
+@dataclass(frozen=True)
+class ShardSpec:
+    """One unit of generation work: samples ``start .. stop-1`` of class ``label`` into ``staging``.
+
+    Picklable (plain fields and the snapshot's tensors), so a Dask worker can take it. ``count`` is
+    the class's total: the batch an image is computed in is its class's aligned block
+    ``[k * batch_size, min((k + 1) * batch_size, count))``, never the shard's own range, so a shard
+    writes bit for bit the PNGs an unsharded run writes, whatever the shard boundaries.
+    """
+
+    snapshot: Snapshot
+    staging: Path
+    label: int
+    start: int
+    stop: int
+    count: int
+    seed: int = 0
+    batch_size: int = 256
+    device: str = "cpu"
+
+    @property
+    def name(self) -> str:
+        return f"shard-{self.label:03d}-{self.start:06d}-{self.stop:06d}"
+
+
+def plan_shards(
+    snapshot: Snapshot,
+    staging: Path,
+    counts: list[int],
+    shard_size: int,
+    seed: int = 0,
+    batch_size: int = 256,
+    device: str | torch.device = "cpu",
+) -> list[ShardSpec]:
+    """Contiguous index ranges of ``shard_size`` images (the last of a class may be shorter), class by class.
+
+    Example:
+        >>> [(s.label, s.start, s.stop) for s in plan_shards(None, Path("x"), [5, 0, 2], 3)]
+        [(0, 0, 3), (0, 3, 5), (2, 0, 2)]
+    """
+    if shard_size < 1:
+        raise ConfigError(f"generate.shard_size must be >= 1, got {shard_size}")
+    if batch_size < 1:
+        raise ConfigError(f"generate.batch_size must be >= 1, got {batch_size}")
+    return [
+        ShardSpec(snapshot, Path(staging), c, start, min(start + shard_size, n), n, seed, batch_size, str(device))
+        for c, n in enumerate(counts)
+        for start in range(0, n, shard_size)
+    ]
+
+
+def _rel_path(label: int, class_name: str, seed: int, index: int) -> str:
+    return f"images/{class_dirname(label, class_name)}/{seed:04d}-{index:06d}.png"
+
+
+def write_shard(spec: ShardSpec) -> list[dict[str, Any]]:
+    """Write the shard's PNGs into ``spec.staging``; returns its manifest rows in index order.
+
+    The class folders must exist already (:func:`write_samples` makes them): a worker that does
+    not see them is on another filesystem, which is an error, never a silent write elsewhere.
+    """
+    name = spec.snapshot.class_names[spec.label]
+    folder = spec.staging / "images" / class_dirname(spec.label, name)
+    if not folder.is_dir():
+        raise OutputError(
+            f"{folder}: staging folder not found on this worker (generation workers must share the output filesystem)"
+        )
+    rows = []
+    for idx, images in shard_batches(spec, spec.snapshot.generator(spec.device)):
+        for arr, i in zip(to_uint8(images), idx.tolist(), strict=True):
+            rel = _rel_path(spec.label, name, spec.seed, i)
+            (spec.staging / rel).write_bytes(_png_bytes(arr))
+            rows.append({"path": rel, "label": spec.label, "class_name": name, "seed": spec.seed, "index": i})
+    return rows
+
+
+def shard_batches(spec: ShardSpec, G: torch.nn.Module) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The shard's ``(indices, images in [-1, 1])``, batch by batch.
+
+    Each image is computed in its class's aligned batch (see :class:`ShardSpec`): a batch's
+    composition changes the last bits of a convolution's output (and, rarely, a PNG pixel), so
+    a shard that starts or ends inside a batch computes the whole batch and keeps its part.
+    """
+    bs = spec.batch_size
+    for block in range(spec.start // bs * bs, spec.stop, bs):
+        idx = torch.arange(block, min(block + bs, spec.count), dtype=torch.int64)
+        images = sample(G, torch.full_like(idx, spec.label), idx, spec.seed, bs)
+        keep = (idx >= spec.start) & (idx < spec.stop)
+        yield idx[keep], images[keep]
+
+
 def write_samples(
     snapshot: Snapshot,
     out_dir: Path,
@@ -118,37 +212,54 @@ def write_samples(
     batch_size: int = 256,
     device: str | torch.device = "cpu",
     progress: bool = True,
+    shard_size: int | None = None,
+    map_fn: Callable[..., Iterable[list[dict[str, Any]]]] = map,
 ) -> Path:
     """Write ``counts[c]`` images of every class, ``manifest.csv`` and ``grid.png`` to ``out_dir``.
 
-    The set is built in a temporary sibling folder and renamed into place when complete, so an
-    interrupted generation never leaves a folder that looks finished.
+    The set is built in a temporary sibling folder (``.NAME.partial-*``) and renamed into place
+    when complete, so an interrupted generation never leaves a folder that looks finished. The
+    work is cut into shards of ``shard_size`` images (``None``: one per class) that
+    ``map_fn(write_shard, shards)`` runs: the builtin ``map`` in this process, or a parallel map
+    (Prefect tasks on Dask: ``flows/generate.py``) whose workers see the staging folder. The
+    output is the same bytes for every shard size and map. ``map_fn`` should return only after
+    every call has ended (or the cleanup of a failed run may race with running shards).
+
+    Example:
+        >>> snap = load_snapshot("runs/00000-digits/network-final.pt")  # doctest: +SKIP
+        >>> write_samples(snap, "runs/00000-digits/generated", [0, 6, 3], shard_size=4)  # doctest: +SKIP
+        PosixPath('runs/00000-digits/generated/manifest.csv')
     """
     out_dir = Path(out_dir)
     if len(counts) != len(snapshot.class_names):
         raise ConfigError(f"{len(counts)} class counts for {len(snapshot.class_names)} classes")
-    parent = ensure_dir(out_dir.parent)
+    # Built and planned before anything is written or shown: a checkpoint of another architecture or
+    # a bad shard_size fails with its one error, no progress bar and no folder.
+    G = snapshot.generator(device)
+    shards = plan_shards(
+        snapshot, out_dir, counts, max([*counts, 1]) if shard_size is None else shard_size, seed, batch_size, device
+    )
+    # Absolute: Dask workers (of another working directory) write into the staging folder.
+    parent = ensure_dir(out_dir.parent).absolute()
     try:
         tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=parent))
     except OSError as err:
         raise OutputError(f"cannot write to {parent}: {err.strerror or err}") from None
     try:
-        G = snapshot.generator(device)
-        labels = torch.cat([torch.full((n,), c, dtype=torch.int64) for c, n in enumerate(counts)])
-        indices = torch.cat([torch.arange(n, dtype=torch.int64) for n in counts])
-        rows = []
+        shards = [replace(s, staging=tmp) for s in shards]
         for c, name in enumerate(snapshot.class_names):
             (tmp / "images" / class_dirname(c, name)).mkdir(parents=True, exist_ok=True)
-        bar = tqdm(total=len(labels), unit="img", disable=not progress, desc="generate")
-        for start in range(0, len(labels), batch_size):
-            y, idx = labels[start : start + batch_size], indices[start : start + batch_size]
-            arrays = to_uint8(sample(G, y, idx, seed, batch_size))
-            for arr, c, i in zip(arrays, y.tolist(), idx.tolist(), strict=True):
-                rel = f"images/{class_dirname(c, snapshot.class_names[c])}/{seed:04d}-{i:06d}.png"
-                (tmp / rel).write_bytes(_png_bytes(arr))
-                rows.append({"path": rel, "label": c, "class_name": snapshot.class_names[c], "seed": seed, "index": i})
-            bar.update(len(y))
+        rows = []
+        bar = tqdm(total=sum(counts), unit="img", disable=not progress, desc="generate")
+        for shard_rows in map_fn(write_shard, shards):
+            rows.extend(shard_rows)
+            bar.update(len(shard_rows))
         bar.close()
+        # Shards may finish in any order: the manifest is sorted by (class, index), as one pass writes it.
+        rows.sort(key=lambda r: (r["label"], r["index"]))
+        expected = ((c, i) for c, n in enumerate(counts) for i in range(n))
+        if len(rows) != sum(counts) or any((r["label"], r["index"]) != e for r, e in zip(rows, expected, strict=True)):
+            raise RuntimeError(f"the shards returned {len(rows)} manifest rows for {sum(counts)} images, not each once")
         with open(tmp / MANIFEST, "w", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=MANIFEST_FIELDS)
             writer.writeheader()
@@ -160,7 +271,7 @@ def write_samples(
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    log.info("wrote %d images to %s", sum(counts), out_dir)
+    log.info("wrote %d images to %s (%d shards)", sum(counts), out_dir, len(shards))
     return out_dir / MANIFEST
 
 

@@ -94,6 +94,17 @@ def generate(
     seed: Annotated[int | None, typer.Option("--seed", min=0, help="Sampling seed (default: generate.seed).")] = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size", min=1)] = None,
     out: Annotated[Path | None, typer.Option("--out", help="Output folder (default: RUN_DIR/generated).")] = None,
+    shard_size: Annotated[
+        int | None, typer.Option("--shard-size", min=1, help="Images per shard (default: generate.shard_size).")
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option("--workers", min=1, help="N > 1: shards on a local Dask cluster of N processes (a Prefect flow)."),
+    ] = None,
+    dask_address: Annotated[
+        str | None,
+        typer.Option("--dask-address", help="Shards on this Dask scheduler; its workers must share the output folder."),
+    ] = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Generate class-balanced synthetic images (PNG, manifest.csv, grid.png) from a trained run."""
@@ -104,19 +115,29 @@ def generate(
 
     if per_class is not None and total is not None:
         fail("give --per-class or --total, not both")
-    snap = load_snapshot(find_snapshot(run_dir))
+    snapshot = find_snapshot(run_dir)
+    snap = load_snapshot(snapshot)
     gcfg = config_from_dict(snap.config, source=f"{run_dir} (config in checkpoint)").generate
     target = "per_class" if per_class else "total" if total else gcfg.target
     counts = counts_to_generate(snap.class_counts, target, per_class or gcfg.per_class, total or gcfg.total)
-    seed = gcfg.seed if seed is None else seed
-    manifest = write_samples(
-        snap,
-        out or Path(run_dir) / "generated",
-        counts,
-        seed=seed,
-        batch_size=batch_size or gcfg.batch_size,
-        progress=not quiet,
+    g = gcfg.model_copy(
+        update={
+            "seed": gcfg.seed if seed is None else seed,
+            "batch_size": batch_size or gcfg.batch_size,
+            "shard_size": shard_size or gcfg.shard_size,
+            "workers": workers or gcfg.workers,
+            "dask_address": dask_address or gcfg.dask_address,
+        }
     )
+    out_dir = out or Path(run_dir) / "generated"
+    if g.workers > 1 or g.dask_address:
+        from flows.generate import run_generate
+
+        manifest = run_generate(snapshot, out_dir, counts, g)
+    else:
+        manifest = write_samples(
+            snap, out_dir, counts, seed=g.seed, batch_size=g.batch_size, progress=not quiet, shard_size=g.shard_size
+        )
     per = ", ".join(f"{n}: {c}" for n, c in zip(snap.class_names, counts, strict=True))
     typer.echo(f"generated {sum(counts)} images ({per})\nmanifest: {manifest}\ngrid: {manifest.parent / 'grid.png'}")
 

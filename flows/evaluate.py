@@ -1,7 +1,7 @@
 """The ``evaluate`` flow: distances, memorisation and the downstream regime x seed grid as tasks.
 
 The grid's cells (and the validation-split selection cells) are Prefect tasks on the flow's task
-runner, chosen from the config by :func:`task_runner_for`:
+runner, chosen from the config by :func:`flows.tasks.task_runner_for`:
 
 * ``evaluate.dask_address: tcp://scheduler:8786``: an existing Dask cluster (prefect-dask);
 * ``evaluate.workers: N`` (N > 1): a local Dask cluster of N single-threaded worker processes,
@@ -18,51 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
-from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
-from augment.config import Config, EvaluateConfig
+from augment.config import Config
 from augment.tracking import Tracker, headline_metrics, metric_key
-from flows.tasks import call_task, log_artifacts_task
-
-
-def task_runner_for(ev: EvaluateConfig) -> TaskRunner:
-    """The task runner of the evaluate flow for an ``evaluate`` config section (see the module doc)."""
-    if ev.dask_address:
-        from prefect_dask import DaskTaskRunner
-
-        return DaskTaskRunner(address=ev.dask_address)
-    if ev.workers > 1:
-        from prefect_dask import DaskTaskRunner
-
-        # One thread per worker process: torch ops in a cell would otherwise fight over the cores.
-        # Workers report task states to this process's Prefect API (without it, each worker would
-        # start a temporary server of its own when no PREFECT_API_URL is configured).
-        api_url = _api_url()
-        env = {"OMP_NUM_THREADS": "1", **({"PREFECT_API_URL": api_url} if api_url else {})}
-        return DaskTaskRunner(
-            cluster_kwargs={
-                "n_workers": ev.workers,
-                "threads_per_worker": 1,
-                "processes": True,
-                "dashboard_address": None,
-                "env": env,
-            }
-        )
-    return ThreadPoolTaskRunner(max_workers=1)
-
-
-def _api_url() -> str | None:
-    """The Prefect API this process talks to: PREFECT_API_URL, or the temporary local server's."""
-    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED
-
-    if PREFECT_API_URL.value():
-        return PREFECT_API_URL.value()
-    if PREFECT_SERVER_EPHEMERAL_ENABLED.value():
-        from prefect.server.api.server import SubprocessASGIServer
-
-        server = SubprocessASGIServer()  # the process-wide singleton; already running inside a flow
-        return server.api_url if server.server_process is not None else None
-    return None
+from flows.tasks import call_task, log_artifacts_task, task_runner_for
 
 
 def _cell_name(item: Any) -> str:

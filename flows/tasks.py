@@ -1,9 +1,9 @@
-"""Prefect tasks: a few lines each over ``augment.*``.
+"""Prefect tasks: a few lines each over ``augment.*``, and the task runner a config section asks for.
 
-Retries only where a retry can help (reading data, writing to the tracking store); training,
-generation and the downstream cells are deterministic computations, so a retry would fail the
-same way. No task caches across runs (``NO_CACHE``): their inputs are large tensors and every
-pipeline run is meant to recompute.
+Retries only where a retry can help (reading data, writing to the tracking store, a generation
+shard's PNG writes to a shared filesystem); training and the downstream cells are deterministic
+computations, so a retry would fail the same way. No task caches across runs (``NO_CACHE``):
+their inputs are large tensors and every pipeline run is meant to recompute.
 """
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ from typing import Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
-from augment.checkpoint import load_snapshot
-from augment.config import Config
+from augment.config import Config, EvaluateConfig, GenerateConfig
 from augment.data import PreparedData, load_data
 from augment.errors import AugmentError
-from augment.generate import counts_to_generate, write_samples
+from augment.generate import ShardSpec
 from augment.train import train
 
 log = logging.getLogger(__name__)
@@ -32,6 +32,63 @@ def _worth_retrying(task: Any, task_run: Any, state: Any) -> bool:
 
 
 IO_RETRIES = dict(retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=_worth_retrying)
+
+
+def _os_error(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry a filesystem hiccup (OSError), not bad input or a bug."""
+    return isinstance(getattr(state, "data", None), OSError)
+
+
+SHARD_RETRIES = dict(retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=_os_error)
+
+
+def task_runner_for(section: EvaluateConfig | GenerateConfig) -> TaskRunner:
+    """The task runner of a flow whose tasks fan out, from its config section's ``workers`` / ``dask_address``.
+
+    * ``dask_address: tcp://scheduler:8786``: an existing Dask cluster (prefect-dask);
+    * ``workers: N`` (N > 1): a local Dask cluster of N single-threaded worker processes, built
+      for the flow run and torn down after it;
+    * otherwise one worker thread (the tasks run one after another).
+    """
+    if section.dask_address:
+        from prefect_dask import DaskTaskRunner
+
+        return DaskTaskRunner(address=section.dask_address)
+    if section.workers > 1:
+        from prefect_dask import DaskTaskRunner
+
+        # One thread per worker process: torch ops in a task would otherwise fight over the cores.
+        # Workers report task states to this process's Prefect API (without it, each worker would
+        # start a temporary server of its own when no PREFECT_API_URL is configured).
+        api_url = _api_url()
+        env = {"OMP_NUM_THREADS": "1", **({"PREFECT_API_URL": api_url} if api_url else {})}
+        return DaskTaskRunner(
+            cluster_kwargs={
+                "n_workers": section.workers,
+                "threads_per_worker": 1,
+                "processes": True,
+                "dashboard_address": None,
+                "env": env,
+            }
+        )
+    return ThreadPoolTaskRunner(max_workers=1)
+
+
+def _api_url() -> str | None:
+    """The Prefect API this process talks to: PREFECT_API_URL, or the temporary local server's."""
+    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED
+
+    if PREFECT_API_URL.value():
+        return PREFECT_API_URL.value()
+    if PREFECT_SERVER_EPHEMERAL_ENABLED.value():
+        from prefect.server.api.server import SubprocessASGIServer
+
+        # The process-wide singleton that Prefect's client starts on first use. Start it now if no flow
+        # has yet (a flow called from the command line): else each Dask worker would start its own.
+        server = SubprocessASGIServer()
+        server.start()
+        return server.api_url
+    return None
 
 
 @task(name="load-data", cache_policy=NO_CACHE, **IO_RETRIES)
@@ -52,14 +109,10 @@ def train_task(
     return train(cfg, out=run_dir, resume=resume, progress=False, data=data, on_tick=on_tick)
 
 
-@task(name="generate", cache_policy=NO_CACHE)
-def generate_task(snapshot_path: Path, out_dir: Path, cfg: Config) -> tuple[Path, list[int]]:
-    """Write the class-balancing synthetic set; returns ``(manifest_path, per-class counts)``."""
-    snap = load_snapshot(snapshot_path)
-    g = cfg.generate
-    counts = counts_to_generate(snap.class_counts, g.target, g.per_class, g.total)
-    manifest = write_samples(snap, out_dir, counts, seed=g.seed, batch_size=g.batch_size, progress=False)
-    return manifest, counts
+@task(name="generate-shard", cache_policy=NO_CACHE, **SHARD_RETRIES)
+def generate_shard_task(fn: Callable[[ShardSpec], list[dict[str, Any]]], spec: ShardSpec) -> list[dict[str, Any]]:
+    """One shard of a synthetic set (``augment.generate.write_shard``): PNGs into the staging folder, rows back."""
+    return fn(spec)
 
 
 @task(name="downstream-cell", task_run_name="downstream-{regime}-seed{seed}", cache_policy=NO_CACHE)

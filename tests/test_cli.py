@@ -52,6 +52,21 @@ def test_train_generate_inspect(tmp_path: Path) -> None:
     assert res.returncode == 0 and "fingerprint" in res.stdout and "total" in res.stdout
 
 
+def test_generate_in_shards_writes_the_one_pass_set(tiny_run: Path, tmp_path: Path) -> None:
+    from test_generate import files
+
+    from augment.checkpoint import load_snapshot
+    from augment.generate import write_samples
+
+    res = augment(
+        "generate", str(tiny_run), "--per-class", "5", "--shard-size", "2", "--out", str(tmp_path / "g"), "-q"
+    )
+    assert res.returncode == 0, res.stderr
+    snap = load_snapshot(tiny_run / "network-final.pt")
+    one_pass = write_samples(snap, tmp_path / "one", [5, 5, 5], batch_size=16, progress=False).parent
+    assert files(tmp_path / "g") == files(one_pass)
+
+
 def test_resume_via_cli(tmp_path: Path) -> None:
     cfg = REPO / "configs" / "digits.yaml"
     assert augment("train", str(cfg), *_sets(tmp_path), "--set", "train.kimg=0.064", "-q").returncode == 0

@@ -236,6 +236,50 @@ def test_task_runner_follows_the_evaluate_config():
     assert isinstance(remote, DaskTaskRunner) and remote.address == "tcp://10.0.0.1:8786"
 
 
+def test_task_runner_follows_the_generate_config():
+    from prefect.task_runners import ThreadPoolTaskRunner
+    from prefect_dask import DaskTaskRunner
+
+    from augment.config import GenerateConfig
+    from flows.tasks import task_runner_for
+
+    assert isinstance(task_runner_for(GenerateConfig()), ThreadPoolTaskRunner)
+    local = task_runner_for(GenerateConfig(workers=3))
+    assert isinstance(local, DaskTaskRunner) and local.cluster_kwargs["n_workers"] == 3
+    assert local.cluster_kwargs["threads_per_worker"] == 1 and local.cluster_kwargs["processes"] is True
+    remote = task_runner_for(GenerateConfig(dask_address="tcp://10.0.0.1:8786"))
+    assert isinstance(remote, DaskTaskRunner) and remote.address == "tcp://10.0.0.1:8786"
+
+
+@pytest.mark.slow
+def test_generate_flow_shards_on_two_dask_workers_write_the_one_pass_set(tiny_run: Path, tmp_path: Path):
+    """Each shard a Prefect task on a 2-process Dask LocalCluster: the same bytes as one pass in this process."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
+    from test_generate import files
+
+    from augment.generate import write_samples
+    from flows.generate import generate_flow
+
+    snap = load_snapshot(find_snapshot(tiny_run))
+    batch = snap.config["generate"]["batch_size"]
+    reference = write_samples(snap, tmp_path / "one", [7, 7, 7], batch_size=batch, progress=False).parent
+    overrides = [
+        "tracking.enabled=false",
+        "generate.target=per_class",
+        "generate.per_class=7",
+        "generate.shard_size=4",
+        "generate.workers=2",
+    ]
+    result = generate_flow(run_dir=str(tiny_run), out=str(tmp_path / "dask"), overrides=overrides)
+    assert result["counts"] == [7, 7, 7] and result["manifest"] == str(tmp_path / "dask" / "manifest.csv")
+    assert files(tmp_path / "dask") == files(reference)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dask", "one"]  # no staging folder left
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_="-000004-000007")))
+    assert {r.name for r in runs} >= {f"shard-{c:03d}-000004-000007" for c in range(3)}  # one task per shard
+
+
 def test_io_tasks_retry_hiccups_but_not_bad_input():
     from prefect.states import Failed
 

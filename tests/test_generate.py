@@ -1,8 +1,10 @@
-"""Generation: balanced counts, images fixed by (seed, class, index), manifest, grid, atomic output."""
+"""Generation: balanced counts, images fixed by (seed, class, index), manifest, grid, atomic output,
+shards that write the same bytes as one pass and never leave a set a later run would trust."""
 
 from __future__ import annotations
 
 import csv
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +13,17 @@ import torch
 from PIL import Image
 
 from augment.checkpoint import load_snapshot
-from augment.errors import ConfigError
-from augment.generate import counts_to_generate, latents, read_generated, sample, write_samples
+from augment.errors import ConfigError, OutputError
+from augment.generate import (
+    class_dirname,
+    counts_to_generate,
+    latents,
+    plan_shards,
+    read_generated,
+    sample,
+    shard_batches,
+    write_samples,
+)
 
 
 def test_counts_balance_per_class_total() -> None:
@@ -78,3 +89,101 @@ def test_interrupted_generation_leaves_previous_output(tiny_run: Path, tmp_path:
         write_samples(snap, tmp_path / "gen", [5, 5, 5], progress=False)
     assert len(list(csv.DictReader(open(tmp_path / "gen" / "manifest.csv")))) == 3
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gen"]
+
+
+# --- shards ---------------------------------------------------------------------------------------
+
+
+def files(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` by relative path, with its bytes."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_shards_are_contiguous_index_ranges_of_one_class() -> None:
+    shards = plan_shards(None, Path("staging"), [7, 0, 5], shard_size=3, seed=2, batch_size=4)
+    assert [(s.label, s.start, s.stop, s.count) for s in shards] == [
+        (0, 0, 3, 7),
+        (0, 3, 6, 7),
+        (0, 6, 7, 7),
+        (2, 0, 3, 5),
+        (2, 3, 5, 5),
+    ]
+    assert shards[1].name == "shard-000-000003-000006" and {(s.seed, s.batch_size) for s in shards} == {(2, 4)}
+    with pytest.raises(ConfigError, match="shard_size"):
+        plan_shards(None, Path("staging"), [7], shard_size=0)
+
+
+def test_a_shard_computes_every_image_in_its_unsharded_batch() -> None:
+    """Bit-exact floats, not only equal PNGs: the last bits of a convolution depend on the batch's
+    composition (a shard computing only its own range differs by ~1e-7 here), which would flip a
+    pixel now and then at scale."""
+    from augment.checkpoint import Snapshot
+    from augment.models.generator import ConditionalGenerator
+
+    torch.manual_seed(0)
+    kwargs = dict(num_classes=2, image_size=8, channels=1, z_dim=64, width=64)
+    G = ConditionalGenerator(**kwargs).eval()
+    for m in G.modules():  # trained-looking normalisation statistics
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.normal_()
+            m.running_var.uniform_(0.5, 2.0)
+    snap = Snapshot(G.state_dict(), kwargs, ["a", "b"], [1, 1], {}, 0.0, "none")
+
+    def images(shard_size: int) -> torch.Tensor:
+        shards = plan_shards(snap, Path("unused"), [23, 9], shard_size, seed=5, batch_size=8)
+        return torch.cat([x for s in shards for _, x in shard_batches(s, G)])
+
+    whole = images(23)
+    assert whole.shape == (32, 1, 8, 8)
+    for shard_size in (1, 3, 5, 8):
+        assert torch.equal(images(shard_size), whole), shard_size
+
+
+def test_sharded_generation_writes_the_unsharded_bytes(tiny_run: Path, tmp_path: Path) -> None:
+    snap = load_snapshot(tiny_run / "network-final.pt")
+    counts = [7, 0, 5]  # an empty class; batch 4 and shards of 3 or 5 cut the classes at other places
+    kw = dict(seed=1, batch_size=4, progress=False)
+    reference = files(write_samples(snap, tmp_path / "one", counts, **kw).parent)
+    assert len([f for f in reference if f.endswith(".png")]) == 12 + 1  # 12 samples and the grid
+    for shard_size in (1, 3, 5, 100):
+        out = tmp_path / f"shards-{shard_size}"
+        assert files(write_samples(snap, out, counts, shard_size=shard_size, **kw).parent) == reference, shard_size
+
+    # shards that finish in reverse order (as on a cluster) give the same manifest
+    def reverse_map(fn, shards):
+        return reversed([fn(s) for s in shards])
+
+    out = tmp_path / "reversed"
+    assert files(write_samples(snap, out, counts, shard_size=2, map_fn=reverse_map, **kw).parent) == reference
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging folder left behind
+
+
+def test_interrupted_sharded_generation_is_never_trusted(tiny_run: Path, tmp_path: Path) -> None:
+    snap = load_snapshot(tiny_run / "network-final.pt")
+
+    def map_losing_a_folder(fn, shards):
+        """Two shards write their PNGs, then the third runs where the staging folder is gone (a worker
+        without the shared filesystem) and raises, as any failing shard does."""
+        shards = list(shards)
+        rows = [fn(s) for s in shards[:2]]
+        third = shards[2]
+        shutil.rmtree(third.staging / "images" / class_dirname(third.label, snap.class_names[third.label]))
+        return [*rows, fn(third), *(fn(s) for s in shards[3:])]
+
+    # No earlier set: nothing appears that looks finished, and reading it says so.
+    out = tmp_path / "gen"
+    with pytest.raises(OutputError, match="must share the output filesystem"):
+        write_samples(snap, out, [4, 4, 4], shard_size=2, map_fn=map_losing_a_folder, progress=False)
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(OutputError, match="no manifest.csv"):
+        read_generated(out)
+
+    # An earlier set: it stays, byte for byte.
+    earlier = files(write_samples(snap, out, [1, 2, 1], progress=False).parent)
+    with pytest.raises(OutputError):
+        write_samples(snap, out, [4, 4, 4], shard_size=2, map_fn=map_losing_a_folder, progress=False)
+    assert files(out) == earlier and [p.name for p in tmp_path.iterdir()] == ["gen"]
+
+    # The next complete run replaces it.
+    write_samples(snap, out, [4, 4, 4], shard_size=2, progress=False)
+    assert read_generated(out)[1].tolist() == [0] * 4 + [1] * 4 + [2] * 4
