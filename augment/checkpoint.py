@@ -13,6 +13,7 @@ Both hold only tensors and plain containers, so loading never unpickles code.
 from __future__ import annotations
 
 import pickle
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,7 +42,10 @@ def load(path: Path, expect_format: str | None = None) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # A plain pickle.dump (protocol 4) makes torch warn before the checks below name the problem in one line.
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         # torch's message buries the reason after "WeightsUnpickler error:"; surface only that.
         reason = str(err).split("WeightsUnpickler error:", 1)[-1].strip().split("\n")[0].strip()

@@ -388,7 +388,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     """
     raw = read_yaml(path) if path is not None else {}
     source = str(path) if path is not None else "<defaults>"
-    apply_overrides(raw, overrides, source=f"{source} (--set)" if overrides else source)
+    if overrides:
+        import copy
+
+        config_from_dict(copy.deepcopy(raw), source)  # the file alone: its own errors name the file
+        source = f"{source} (--set)"
+    apply_overrides(raw, overrides, source=source)
     return config_from_dict(raw, source)
 
 

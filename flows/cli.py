@@ -6,21 +6,53 @@ Heavy imports (torch, Prefect, MLflow) happen inside the commands so ``augment -
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from typer.core import TyperGroup
+
+try:  # typer 0.2x vendors its own click
+    from typer._click.exceptions import NoArgsIsHelpError, UsageError
+except ImportError:  # pragma: no cover - typer on the click package
+    from click.exceptions import NoArgsIsHelpError, UsageError
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
+
+@contextlib.contextmanager
+def _one_line_usage_errors() -> Iterator[None]:
+    try:
+        yield
+    except NoArgsIsHelpError:
+        raise  # `augment` alone prints the help
+    except UsageError as err:
+        hint = f" (see '{err.ctx.command_path} --help')" if err.ctx is not None else ""
+        fail(" ".join(err.format_message().split()) + hint)
+
+
+class _Group(TyperGroup):
+    """Usage errors (unknown option, bad option value, missing argument) are bad input too: one line, exit 2."""
+
+    def make_context(self, *args: Any, **kwargs: Any) -> Any:
+        with _one_line_usage_errors():
+            return super().make_context(*args, **kwargs)
+
+    def invoke(self, ctx: Any) -> Any:
+        with _one_line_usage_errors():  # a subcommand parses its arguments in here
+            return super().invoke(ctx)
+
+
 app = typer.Typer(
     name="augment",
+    cls=_Group,
     help="Train a class-conditional GAN on a small labelled dataset, generate balanced synthetic "
     "images and measure honestly whether they help.",
     no_args_is_help=True,

@@ -1,0 +1,552 @@
+"""README's bad-input table, row by row, through the real `augment` command (issue #8).
+
+Every row builds one bad input in ``tmp_path``, runs the command a user would run (default flags,
+not ``-q``) and asserts the contract of the README's "Bad input" section: exit code 2; exactly one
+non-empty line of output (stdout and stderr together, no traceback, no warning, no progress bar)
+that names the file, field or value; and nothing a later run would trust: no file is created or
+changed (no ``network-*.pt`` or ``training-state.pt``, no ``generated/`` folder, no
+``eval/metrics.json``, no rewritten ``config.yaml``, no tracking store). The one exception to "one
+line": INFO progress records of stages that finished before the bad input was found (``augment
+evaluate`` logs the data it loaded, then finds the checkpoint does not match); ``-q`` drops them.
+
+Rows run in this process through typer's CliRunner (one torch import for the whole table) with the
+root logger reset, so the command's own ``logging.basicConfig`` prints to the captured stderr exactly
+as in a fresh process. Rows for ``augment run`` run as a subprocess: that command's MLflow and Prefect
+logging is only honest in a fresh process, and the unreachable-server row is timed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import pickle
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import traceback
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+from typer.testing import CliRunner
+
+from augment import checkpoint
+from conftest import REPO, tiny_config
+from flows.cli import app
+
+
+@dataclass
+class Bad:
+    """One bad input, built: the command line and what its one line of output must contain."""
+
+    args: list[str]
+    expect: list[str]
+    process: bool = False  # run as `python -m flows.cli` in a fresh process
+    within_s: float | None = None
+
+
+# --- building blocks --------------------------------------------------------------------------
+
+
+def _png(path: Path, value: int, size: int = 8, mode: str = "L") -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    shape = (size, size) if mode == "L" else (size, size, 3)
+    Image.fromarray(np.full(shape, value, dtype=np.uint8)).convert(mode).save(path)
+
+
+def _folder(tmp: Path) -> Path:
+    """A valid image folder: classes a and b, 6 grayscale 8x8 PNGs each."""
+    root = tmp / "imgs"
+    for c, name in enumerate("ab"):
+        for i in range(6):
+            _png(root / name / f"{i}.png", 40 * c + 10 * i)
+    return root
+
+
+def _manifest(tmp: Path, extra: str = "") -> Path:
+    """A valid CSV manifest over :func:`_folder`'s images, plus ``extra`` lines (line 14 onwards)."""
+    root = _folder(tmp)
+    rows = "".join(f"{name}/{i}.png,{name}\n" for name in "ab" for i in range(6))
+    (root / "m.csv").write_text("path,label\n" + rows + extra)
+    return root / "m.csv"
+
+
+def _config(tmp: Path, *overrides: str, edit: Callable[[dict], None] | None = None) -> Path:
+    """The tiny config (conftest's TINY) plus ``overrides`` as a YAML file; ``edit`` breaks the raw mapping."""
+    raw = tiny_config(tmp, *overrides).to_dict()
+    if edit is not None:
+        edit(raw)
+    path = tmp / "bad.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def _imagefolder_train(tmp: Path, root: Path, *overrides: str, command: str = "train") -> list[str]:
+    sets = ["data.source=imagefolder", f"data.root={root}", "data.classes=null", "data.per_class=null"]
+    sets += ["data.split.test_per_class=null", *overrides]
+    return [command, str(_config(tmp, *sets))]
+
+
+def _csv_train(tmp: Path, manifest: Path, *overrides: str) -> list[str]:
+    sets = ["data.source=csv", f"data.root={manifest}", "data.classes=[a,b]", "data.per_class=null"]
+    return ["train", str(_config(tmp, *sets, "data.split.test_per_class=null", *overrides))]
+
+
+def _run_copy(tmp: Path, tiny_run: Path) -> Path:
+    """A private copy of the session's tiny trained run (3 digit classes, 8-channel networks)."""
+    return Path(shutil.copytree(tiny_run, tmp / "run"))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# --- the rows ---------------------------------------------------------------------------------
+# Each builder gets tmp_path and a getter of the session's tiny trained run (trained only when a row
+# asks for it) and returns a Bad.
+
+RunGetter = Callable[[], Path]
+Builder = Callable[[Path, RunGetter], Bad]
+
+
+def corrupt_png(tmp: Path, _: RunGetter) -> Bad:
+    root = _folder(tmp)
+    (root / "a" / "3.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really a png")
+    return Bad(_imagefolder_train(tmp, root), [f"{root / 'a' / '3.png'}: corrupt or unreadable image"])
+
+
+def truncated_png(tmp: Path, _: RunGetter) -> Bad:
+    root = _folder(tmp)
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (8, 8), dtype=np.uint8)).save(root / "b" / "2.png")
+    data = (root / "b" / "2.png").read_bytes()
+    (root / "b" / "2.png").write_bytes(data[: len(data) // 2])
+    return Bad(_imagefolder_train(tmp, root), [f"{root / 'b' / '2.png'}: corrupt or unreadable image"])
+
+
+def text_file_in_class(tmp: Path, _: RunGetter) -> Bad:
+    root = _folder(tmp)
+    (root / "a" / "notes.txt").write_text("labelled by hand on Monday")
+    return Bad(_imagefolder_train(tmp, root), [f"{root / 'a' / 'notes.txt'}: not an image file"])
+
+
+def text_named_jpg(tmp: Path, _: RunGetter) -> Bad:
+    root = _folder(tmp)
+    (root / "b" / "photo.jpg").write_text("this is not a JPEG")
+    return Bad(_imagefolder_train(tmp, root), [f"{root / 'b' / 'photo.jpg'}: corrupt or unreadable image"])
+
+
+def empty_class_folder(tmp: Path, _: RunGetter) -> Bad:
+    root = _folder(tmp)
+    (root / "c").mkdir()
+    return Bad(_imagefolder_train(tmp, root), [str(root / "c"), "class 'c' is empty"])
+
+
+def imagefolder_class_not_in_folders(tmp: Path, _: RunGetter) -> Bad:
+    root = _folder(tmp)
+    args = _imagefolder_train(tmp, root, "data.classes=[a,zebra]")
+    return Bad(args, [str(root), "class 'zebra' has no folder"])
+
+
+def too_few_images_for_limit(tmp: Path, _: RunGetter) -> Bad:
+    root = _folder(tmp)
+    return Bad(_imagefolder_train(tmp, root, "data.per_class=50"), ["class 'a' has 6 images but the limit asks for 50"])
+
+
+def too_few_images_for_split(tmp: Path, _: RunGetter) -> Bad:
+    root = _folder(tmp)
+    args = _imagefolder_train(tmp, root, "data.per_class=2", "data.split.val=0.4", "data.split.test=0.4")
+    return Bad(args, ["class 'a' keeps 2 image(s), none left for training"])
+
+
+def csv_label_not_in_classes(tmp: Path, _: RunGetter) -> Bad:
+    manifest = _manifest(tmp, "a/0.png,zebra\n")
+    return Bad(_csv_train(tmp, manifest), [f"{manifest} line 14: label 'zebra' is not one of the classes ['a', 'b']"])
+
+
+def csv_missing_file(tmp: Path, _: RunGetter) -> Bad:
+    manifest = _manifest(tmp, "a/missing.png,a\n")
+    return Bad(_csv_train(tmp, manifest), [f"{manifest} line 14: file 'a/missing.png' does not exist"])
+
+
+def csv_relative_path_escapes_root(tmp: Path, _: RunGetter) -> Bad:
+    _png(tmp / "outside.png", 7)
+    manifest = _manifest(tmp, "../../outside.png,a\n")
+    return Bad(_csv_train(tmp, manifest), [f"{manifest} line 14: path '../../outside.png' points outside"])
+
+
+def csv_absolute_path_outside_root(tmp: Path, _: RunGetter) -> Bad:
+    _png(tmp / "outside.png", 7)
+    manifest = _manifest(tmp, f"{tmp / 'outside.png'},b\n")
+    return Bad(_csv_train(tmp, manifest), [f"{manifest} line 14: path '{tmp / 'outside.png'}' points outside"])
+
+
+def csv_class_without_images(tmp: Path, _: RunGetter) -> Bad:
+    manifest = _manifest(tmp)
+    return Bad(_csv_train(tmp, manifest, "data.classes=[a,b,c]"), [f"{manifest}: class 'c' has no images"])
+
+
+def gray_rgb_mix_without_convert(tmp: Path, _: RunGetter) -> Bad:
+    root = _folder(tmp)
+    _png(root / "b" / "color.png", 90, mode="RGB")
+    expect = f"{root / 'b' / 'color.png'}: image mode RGB but data.channels=1 expects L; set data.convert"
+    return Bad(_imagefolder_train(tmp, root, command="inspect-data"), [expect])
+
+
+def wrong_image_size(tmp: Path, _: RunGetter) -> Bad:
+    root = _folder(tmp)
+    _png(root / "a" / "big.png", 90, size=16)
+    return Bad(_imagefolder_train(tmp, root), [f"{root / 'a' / 'big.png'}: image is 16x16 but data.image_size=8"])
+
+
+def source_size_differs_from_config(tmp: Path, _: RunGetter) -> Bad:
+    return Bad(["inspect-data", str(_config(tmp, "data.image_size=16"))], ["8x8 images", "data.image_size=16"])
+
+
+def missing_dataset(tmp: Path, _: RunGetter) -> Bad:
+    where = tmp / "nowhere"
+    args = ["inspect-data", str(_config(tmp, "data.source=fashion_mnist", f"data.root={where}", "data.image_size=28"))]
+    return Bad(args, [str(where), "dataset-fashion-mnist"])
+
+
+def config_unknown_top_level_key(tmp: Path, _: RunGetter) -> Bad:
+    path = _config(tmp, edit=lambda raw: raw.update(trian={"kimg": 1}))
+    return Bad(["train", str(path)], [str(path), "unknown field 'trian'"])
+
+
+def config_unknown_section_key(tmp: Path, _: RunGetter) -> Bad:
+    path = _config(tmp, edit=lambda raw: raw["train"].update(kimgs=1))
+    return Bad(["train", str(path)], [str(path), "unknown field 'train.kimgs' (value 1)"])
+
+
+def config_unknown_key_via_set(tmp: Path, _: RunGetter) -> Bad:
+    path = _config(tmp)
+    return Bad(
+        ["train", str(path), "--set", "model.zdim=16"], [f"{path} (--set)", "unknown field 'model.zdim' (value 16)"]
+    )
+
+
+def config_string_for_int(tmp: Path, _: RunGetter) -> Bad:
+    path = _config(tmp, edit=lambda raw: raw["train"].update(batch_size="sixty-four"))
+    return Bad(["train", str(path)], [str(path), "field 'train.batch_size' has bad value 'sixty-four'"])
+
+
+def config_negative_kimg(tmp: Path, _: RunGetter) -> Bad:
+    path = _config(tmp, edit=lambda raw: raw["train"].update(kimg=-1))
+    return Bad(["train", str(path)], [str(path), "field 'train.kimg' has bad value -1"])
+
+
+def config_unknown_enum(tmp: Path, _: RunGetter) -> Bad:
+    path = _config(tmp, edit=lambda raw: raw["train"].update(loss="wasserstein"))
+    return Bad(["train", str(path)], [str(path), "field 'train.loss' has bad value 'wasserstein'"])
+
+
+def config_unsupported_image_size(tmp: Path, _: RunGetter) -> Bad:
+    path = _config(tmp, edit=lambda raw: raw["data"].update(image_size=12))
+    return Bad(["inspect-data", str(path)], [str(path), "'data.image_size' has bad value 12"])
+
+
+def config_not_yaml(tmp: Path, _: RunGetter) -> Bad:
+    path = tmp / "broken.yaml"
+    path.write_text("name: x\ntrain: {kimg: 1\n")
+    return Bad(["train", str(path)], [str(path), "not valid YAML"])
+
+
+def config_file_missing(tmp: Path, _: RunGetter) -> Bad:
+    return Bad(["train", str(tmp / "nope.yaml")], [f"{tmp / 'nope.yaml'}: config file not found"])
+
+
+def evaluate_bad_value_via_set(tmp: Path, tiny_run: RunGetter) -> Bad:
+    run = _run_copy(tmp, tiny_run())
+    args = ["evaluate", str(run), "--set", "evaluate.seeds=0"]
+    return Bad(args, [str(run / "config.yaml"), "field 'evaluate.seeds' has bad value 0"])
+
+
+def option_out_of_range(tmp: Path, tiny_run: RunGetter) -> Bad:
+    run = _run_copy(tmp, tiny_run())
+    return Bad(
+        ["generate", str(run), "--per-class", "0"], ["Invalid value for '--per-class'", "augment generate --help"]
+    )
+
+
+def unknown_option(tmp: Path, _: RunGetter) -> Bad:
+    return Bad(["train", str(_config(tmp)), "--sett", "train.kimg=1"], ["No such option: --sett", "--set"])
+
+
+def per_class_and_total(tmp: Path, tiny_run: RunGetter) -> Bad:
+    run = _run_copy(tmp, tiny_run())
+    return Bad(["generate", str(run), "--per-class", "3", "--total", "9"], ["--per-class or --total, not both"])
+
+
+def _edit_snapshot(run: Path, change: Callable[[dict], None]) -> Path:
+    path = run / checkpoint.FINAL_SNAPSHOT
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    change(obj)
+    torch.save(obj, path)
+    return path
+
+
+def checkpoint_other_architecture_generate(tmp: Path, tiny_run: RunGetter) -> Bad:
+    run = _run_copy(tmp, tiny_run())
+    path = _edit_snapshot(run, lambda obj: obj["generator_kwargs"].update(width=16))  # trained with 8
+    return Bad(["generate", str(run)], [f"{path}: generator weights do not match its architecture"])
+
+
+def checkpoint_other_architecture_evaluate(tmp: Path, tiny_run: RunGetter) -> Bad:
+    run = _run_copy(tmp, tiny_run())
+    path = _edit_snapshot(run, lambda obj: obj["generator_kwargs"].update(z_dim=16))  # trained with 8
+    return Bad(["evaluate", str(run)], [f"{path}: generator weights do not match its architecture"])
+
+
+def checkpoint_other_classes_evaluate(tmp: Path, tiny_run: RunGetter) -> Bad:
+    run = _run_copy(tmp, tiny_run())
+    args = ["evaluate", str(run), "--set", "data.classes=['0','1','3']"]
+    expect = f"{run / checkpoint.FINAL_SNAPSHOT}: generator trained on classes ['0', '1', '2'], the data has"
+    return Bad(args, [expect])
+
+
+def checkpoint_other_classes_resume(tmp: Path, tiny_run: RunGetter) -> Bad:
+    run = _run_copy(tmp, tiny_run())
+    args = ["train", str(_config(tmp, "data.classes=['0','1','3']")), "--out", str(run), "--resume"]
+    return Bad(args, [f"{run / checkpoint.TRAINING_STATE}: trained on classes ['0', '1', '2']"])
+
+
+def checkpoint_with_pickled_object(tmp: Path, tiny_run: RunGetter) -> Bad:
+    run = _run_copy(tmp, tiny_run())
+    torch.save({"format": checkpoint.SNAPSHOT_FORMAT, "generator": torch.nn.Linear(2, 2)}, run / "network-final.pt")
+    return Bad(["generate", str(run)], [f"{run / 'network-final.pt'}: refused to load", "torch.nn.modules.linear"])
+
+
+def checkpoint_plain_pickle(tmp: Path, tiny_run: RunGetter) -> Bad:
+    run = _run_copy(tmp, tiny_run())
+    (run / "network-final.pt").write_bytes(pickle.dumps({"generator": [1, 2, 3]}))
+    return Bad(["generate", str(run)], [f"{run / 'network-final.pt'}: not a readable checkpoint"])
+
+
+def checkpoint_random_bytes(tmp: Path, tiny_run: RunGetter) -> Bad:
+    run = _run_copy(tmp, tiny_run())
+    (run / "network-final.pt").write_bytes(np.random.default_rng(0).bytes(4096))
+    return Bad(["generate", str(run)], [f"{run / 'network-final.pt'}: not a readable checkpoint"])
+
+
+def checkpoint_plain_state_dict(tmp: Path, tiny_run: RunGetter) -> Bad:
+    run = _run_copy(tmp, tiny_run())
+    torch.save({"weight": torch.zeros(2)}, run / "network-final.pt")
+    return Bad(["generate", str(run)], [f"{run / 'network-final.pt'}: expected a {checkpoint.SNAPSHOT_FORMAT}"])
+
+
+def training_state_random_bytes(tmp: Path, tiny_run: RunGetter) -> Bad:
+    run = _run_copy(tmp, tiny_run())
+    (run / checkpoint.TRAINING_STATE).write_bytes(np.random.default_rng(1).bytes(4096))
+    args = ["train", str(run / "config.yaml"), "--out", str(run), "--resume"]  # resume with the run's own config
+    return Bad(args, [f"{run / checkpoint.TRAINING_STATE}: not a readable checkpoint"])
+
+
+def run_without_checkpoint(tmp: Path, _: RunGetter) -> Bad:
+    (tmp / "empty-run").mkdir()
+    return Bad(["generate", str(tmp / "empty-run")], [f"{tmp / 'empty-run'}: no generator checkpoint"])
+
+
+def output_root_under_a_file(tmp: Path, _: RunGetter) -> Bad:
+    (tmp / "afile").write_text("a regular file, not a folder")
+    path = _config(tmp, f"output.root={tmp / 'afile' / 'sub'}")
+    return Bad(["train", str(path)], [f"cannot create output directory {tmp / 'afile' / 'sub'}"])
+
+
+def out_option_under_a_file(tmp: Path, _: RunGetter) -> Bad:
+    (tmp / "afile").write_text("a regular file, not a folder")
+    return Bad(["train", str(_config(tmp)), "--out", str(tmp / "afile" / "run")], [str(tmp / "afile" / "run")])
+
+
+def output_dir_read_only(tmp: Path, _: RunGetter) -> Bad:
+    locked = tmp / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    return Bad(["train", str(_config(tmp, f"output.root={locked / 'runs'}"))], [str(locked / "runs")])
+
+
+def generate_out_under_a_file(tmp: Path, tiny_run: RunGetter) -> Bad:
+    run = _run_copy(tmp, tiny_run())
+    (tmp / "afile").write_text("a regular file, not a folder")
+    out = tmp / "afile" / "sub" / "generated"
+    return Bad(["generate", str(run), "--out", str(out)], [str(tmp / "afile" / "sub")])
+
+
+def evaluate_output_blocked(tmp: Path, tiny_run: RunGetter) -> Bad:
+    run = _run_copy(tmp, tiny_run())
+    (run / "eval").write_text("a regular file where the eval folder goes")
+    return Bad(["evaluate", str(run)], [str(run / "eval")])
+
+
+def tracking_store_unwritable(tmp: Path, _: RunGetter) -> Bad:
+    (tmp / "afile").write_text("a regular file, not a folder")
+    uri = f"sqlite:///{tmp / 'afile' / 'mlruns.db'}"
+    return Bad(["run", str(_config(tmp, f"tracking.uri={uri}"))], [f"tracking store {uri}"], process=True)
+
+
+def tracking_server_unreachable(tmp: Path, _: RunGetter) -> Bad:
+    uri = f"http://127.0.0.1:{_free_port()}"
+    path = _config(tmp, f"tracking.uri={uri}")
+    return Bad(["run", str(path)], [f"MLflow tracking server {uri} is unreachable"], process=True, within_s=15)
+
+
+_ROOT = pytest.mark.skipif(os.geteuid() == 0, reason="root ignores permission bits (the under-a-file rows cover it)")
+
+ROWS = [
+    # image folders
+    pytest.param(corrupt_png, id="corrupt-png"),
+    pytest.param(truncated_png, id="truncated-png"),
+    pytest.param(text_file_in_class, id="non-image-file-in-class"),
+    pytest.param(text_named_jpg, id="text-file-named-jpg"),
+    pytest.param(empty_class_folder, id="empty-class-folder"),
+    pytest.param(imagefolder_class_not_in_folders, id="imagefolder-class-list-names-missing-class"),
+    pytest.param(too_few_images_for_limit, id="class-too-small-for-limit"),
+    pytest.param(too_few_images_for_split, id="class-too-small-for-split"),
+    pytest.param(gray_rgb_mix_without_convert, id="gray-rgb-mix-without-convert"),
+    pytest.param(wrong_image_size, id="wrong-image-size"),
+    pytest.param(source_size_differs_from_config, id="source-size-differs-from-config"),
+    pytest.param(missing_dataset, id="missing-dataset"),
+    # CSV manifests
+    pytest.param(csv_label_not_in_classes, id="csv-label-outside-class-list"),
+    pytest.param(csv_missing_file, id="csv-missing-file"),
+    pytest.param(csv_relative_path_escapes_root, id="csv-path-escapes-root"),
+    pytest.param(csv_absolute_path_outside_root, id="csv-absolute-path-outside-root"),
+    pytest.param(csv_class_without_images, id="csv-class-without-images"),
+    # config files, --set and options
+    pytest.param(config_unknown_top_level_key, id="config-unknown-top-level-key"),
+    pytest.param(config_unknown_section_key, id="config-unknown-section-key"),
+    pytest.param(config_unknown_key_via_set, id="config-unknown-key-via-set"),
+    pytest.param(config_string_for_int, id="config-string-for-int"),
+    pytest.param(config_negative_kimg, id="config-negative-kimg"),
+    pytest.param(config_unknown_enum, id="config-unknown-enum"),
+    pytest.param(config_unsupported_image_size, id="config-unsupported-image-size"),
+    pytest.param(config_not_yaml, id="config-not-yaml"),
+    pytest.param(config_file_missing, id="config-file-missing"),
+    pytest.param(evaluate_bad_value_via_set, id="evaluate-bad-value-via-set"),
+    pytest.param(option_out_of_range, id="option-out-of-range"),
+    pytest.param(unknown_option, id="unknown-option"),
+    pytest.param(per_class_and_total, id="generate-per-class-and-total"),
+    # checkpoints
+    pytest.param(checkpoint_other_architecture_generate, id="checkpoint-other-architecture-generate"),
+    pytest.param(checkpoint_other_architecture_evaluate, id="checkpoint-other-architecture-evaluate"),
+    pytest.param(checkpoint_other_classes_evaluate, id="checkpoint-other-classes-evaluate"),
+    pytest.param(checkpoint_other_classes_resume, id="checkpoint-other-classes-resume"),
+    pytest.param(checkpoint_with_pickled_object, id="checkpoint-with-pickled-object"),
+    pytest.param(checkpoint_plain_pickle, id="checkpoint-plain-pickle"),
+    pytest.param(checkpoint_random_bytes, id="checkpoint-random-bytes"),
+    pytest.param(checkpoint_plain_state_dict, id="checkpoint-plain-state-dict"),
+    pytest.param(training_state_random_bytes, id="training-state-random-bytes"),
+    pytest.param(run_without_checkpoint, id="run-without-checkpoint"),
+    # output locations
+    pytest.param(output_root_under_a_file, id="output-root-under-a-file"),
+    pytest.param(out_option_under_a_file, id="out-option-under-a-file"),
+    pytest.param(output_dir_read_only, id="output-dir-read-only", marks=_ROOT),
+    pytest.param(generate_out_under_a_file, id="generate-out-under-a-file"),
+    pytest.param(evaluate_output_blocked, id="evaluate-output-blocked"),
+    # tracking
+    pytest.param(tracking_store_unwritable, id="tracking-store-unwritable"),
+    pytest.param(tracking_server_unreachable, id="tracking-server-unreachable"),
+]
+
+
+# --- running a row ----------------------------------------------------------------------------
+
+
+def _invoke_in_process(args: list[str]) -> tuple[int, str]:
+    """`augment ARGS` through CliRunner, with the logging and warnings a fresh process would have."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    root.handlers.clear()  # so the command's logging.basicConfig writes to the captured stderr
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.resetwarnings()
+            warnings.simplefilter("default")
+            for category in (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning):
+                warnings.simplefilter("ignore", category)  # Python's defaults outside __main__
+            result = CliRunner().invoke(app, args)
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+    output = result.output + "".join(f"{w.filename}:{w.lineno}: {w.category.__name__}: {w.message}\n" for w in caught)
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        output += "Traceback (in process):\n" + "".join(traceback.format_exception(result.exception))
+    return result.exit_code, output
+
+
+def _invoke_process(args: list[str], cwd: Path) -> tuple[int, str]:
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"} | {"PYTHONPATH": str(REPO)}
+    res = subprocess.run(
+        [sys.executable, "-m", "flows.cli", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=120
+    )
+    return res.returncode, res.stdout + res.stderr
+
+
+# A record of the CLI's logging format (flows/cli.py:_setup_logging) at INFO level: progress, not an error.
+INFO_RECORD = re.compile(r"^\d\d:\d\d:\d\d INFO [\w.]+: ")
+
+
+def _files(root: Path) -> dict[str, str]:
+    """Every file under ``root`` and a hash of its bytes (an identical rewrite is no change)."""
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("*") if p.is_file()
+    }
+
+
+@pytest.mark.parametrize("build", ROWS)
+def test_bad_input_is_one_line_exit_2_and_leaves_nothing_to_trust(
+    build: Builder, tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bad = build(tmp_path, lambda: request.getfixturevalue("tiny_run"))
+    monkeypatch.chdir(tmp_path)  # anything written relative to the working directory lands under tmp_path
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # it would override tracking.uri
+    before = _files(tmp_path)
+
+    start = time.time()
+    code, output = _invoke_process(bad.args, tmp_path) if bad.process else _invoke_in_process(bad.args)
+    elapsed = time.time() - start
+
+    lines = [line for line in output.splitlines() if line.strip() and not INFO_RECORD.match(line)]
+    assert code == 2 and len(lines) == 1, f"exit code {code}, {len(lines)} lines:\n{output}"
+    assert lines[0].startswith("error: ") and "Traceback" not in output, output
+    for part in bad.expect:
+        assert part in lines[0], f"{part!r} not in {lines[0]!r}"
+    if bad.within_s is not None:
+        assert elapsed < bad.within_s, f"took {elapsed:.1f} s"
+
+    # Nothing a later run would trust: no file created or changed (checkpoints, generated/, eval/,
+    # config.yaml of an existing run, a tracking store); at most empty folders.
+    after = _files(tmp_path)
+    created = sorted(set(after) - set(before))
+    changed = sorted(p for p in set(after) & set(before) if after[p] != before[p])
+    assert not created and not changed, f"created {created}, changed {changed}"
+    assert not [p for p in tmp_path.rglob("*") if p.is_dir() and ".partial-" in p.name]
+
+
+@pytest.mark.parametrize(
+    ("make", "classes"),
+    [
+        (lambda tmp: _imagefolder_train(tmp, _folder(tmp))[1], ["a", "b"]),
+        (lambda tmp: _csv_train(tmp, _manifest(tmp))[1], ["a", "b"]),
+        (lambda tmp: str(_config(tmp)), ["0", "1", "2"]),
+    ],
+    ids=["imagefolder", "csv-manifest", "tiny-config"],
+)
+def test_the_rows_start_from_good_inputs(make: Callable[[Path], str], classes: list[str], tmp_path: Path) -> None:
+    """The folder, manifest and config the rows break are accepted as they are: each row fails for its own reason."""
+    code, output = _invoke_in_process(["inspect-data", make(tmp_path), "--json"])
+    assert code == 0, output
+    summary = json.loads(output)
+    assert summary["class_names"] == classes and all(n > 0 for n in summary["counts"]["train"].values())
