@@ -214,6 +214,9 @@ class EvaluateConfig(_Section):
     tune_thresholds: list[float | None] = [None, 0.8]
     #: Classic baselines tried on the validation split; the best is the verdict's baseline.
     classic: list[str] = ["crop", "crop+flip", "crop+flip+affine"]
+    #: torch: a vectorised re-implementation of the torchvision ops (fast, the default);
+    #: torchvision: torchvision's v2 RandomCrop / RandomHorizontalFlip / RandomAffine, image by image.
+    classic_backend: Literal["torch", "torchvision"] = "torch"
     #: Seeds of each validation-split selection cell (baseline choice, tuning).
     select_seeds: int = Field(1, ge=1)
     #: Synthetic (and real) images per class for the distance metrics (capped by the train split).

@@ -95,14 +95,54 @@ def parse_classic(policy: str) -> tuple[str, ...]:
     return ops
 
 
-def classic_augment(x: torch.Tensor, policy: str, gen: torch.Generator) -> torch.Tensor:
+CLASSIC_BACKENDS = ("torch", "torchvision")
+
+
+def torchvision_policy(policy: str, size: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The classic policy as a torchvision v2 pipeline for one float image in [-1, 1] (fill -1)."""
+    from torchvision.transforms import v2
+
+    ops = parse_classic(policy)
+    steps: list[Callable[[torch.Tensor], torch.Tensor]] = []
+    if "crop" in ops:
+        steps.append(v2.RandomCrop(size, padding=max(1, size // 8), fill=-1.0))
+    if "flip" in ops:
+        steps.append(v2.RandomHorizontalFlip())
+    if "affine" in ops:
+        steps.append(
+            v2.RandomAffine(
+                degrees=10,
+                translate=(0.1, 0.1),
+                scale=(0.9, 1.1),
+                fill=-1.0,
+                interpolation=v2.InterpolationMode.BILINEAR,
+            )
+        )
+    return v2.Compose(steps)
+
+
+def classic_augment(x: torch.Tensor, policy: str, gen: torch.Generator, backend: str = "torch") -> torch.Tensor:
     """Apply a classic policy to a float batch in [-1, 1] (background -1 fills the borders).
 
-    The ops follow torchvision's ``RandomCrop(size, padding=size // 8)``,
+    ``backend="torch"`` (the default): the ops follow torchvision's ``RandomCrop(size, padding=size // 8)``,
     ``RandomHorizontalFlip()`` and ``RandomAffine(degrees=10, translate=(0.1, 0.1),
     scale=(0.9, 1.1))``, but draw one parameter set per image from ``gen`` (deterministic under
     parallel tasks) and apply them to the whole batch at once (CPU speed).
+
+    ``backend="torchvision"``: those very torchvision v2 transforms, image by image (much slower
+    on these small images); their random draws come from torch's global RNG, seeded from ``gen``
+    under a lock, so a cell stays reproducible when cells run in threads.
     """
+    if backend == "torchvision":
+        if not parse_classic(policy):
+            return x
+        transform = torchvision_policy(policy, x.shape[-1])
+        seed = int(torch.randint(1 << 62, (1,), generator=gen))
+        with _INIT_LOCK, torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return torch.stack([transform(img) for img in x])
+    if backend != "torch":
+        raise ConfigError(f"unknown classic backend {backend!r} (one of {CLASSIC_BACKENDS})")
     ops = parse_classic(policy)
     n, _, h, w = x.shape
     if "crop" in ops:
@@ -156,6 +196,8 @@ class Plan:
     #: Probability the filter classifier gives each synthetic image's own class (None = no filter).
     synthetic_confidence: torch.Tensor | None = None
     classic: str = "crop"
+    #: "torch" (vectorised, the default) or "torchvision" (the v2 transforms themselves, per image).
+    classic_backend: str = "torch"
     selection: dict[str, Any] = field(default_factory=dict)
     threads: int | None = 1
     data_fingerprint: str = ""
@@ -231,6 +273,7 @@ class _Batches:
             raise ConfigError(f"regime {regime!r} needs synthetic images, the pool is empty")
         self.n_real = plan.batch_size - self.n_syn
         self.policy = plan.classic if regime in ("real+classic", "real+gan+classic") else "none"
+        self.backend = plan.classic_backend
 
     def __call__(self) -> tuple[torch.Tensor, torch.Tensor]:
         xs, ys = [], []
@@ -248,7 +291,7 @@ class _Batches:
             ys.append(self.syn_y[pick])
         x, y = torch.cat(xs), torch.cat(ys)
         if self.policy != "none":
-            x = classic_augment(x, self.policy, self.gen)
+            x = classic_augment(x, self.policy, self.gen, self.backend)
         return x, y
 
 
@@ -437,6 +480,7 @@ def prepare(
         synthetic_sampling=cfg.synthetic_sampling,
         confidence_threshold=cfg.confidence_threshold,
         classic=cfg.classic[0],
+        classic_backend=cfg.classic_backend,
         threads=cfg.threads,
         data_fingerprint=data.fingerprint,
         device=str(device),
@@ -596,6 +640,7 @@ def summarize(plan: Plan, cells: list[dict[str, Any]]) -> dict[str, Any]:
     out = {
         "baseline": baseline,
         "classic_policy": plan.classic,
+        "classic_backend": plan.classic_backend,
         "synthetic_share": plan.synthetic_share,
         "synthetic_sampling": plan.synthetic_sampling,
         "confidence_threshold": plan.confidence_threshold,

@@ -184,10 +184,12 @@ def test_scores_match_scikit_learn() -> None:
     out = downstream.score(y, p, 4)
     assert out["accuracy"] == pytest.approx(metrics.accuracy_score(y, p))
     assert out["balanced_accuracy"] == pytest.approx(metrics.balanced_accuracy_score(y, p))
-    assert out["macro_f1"] == pytest.approx(metrics.f1_score(y, p, labels=[0, 1, 2, 3], average="macro",
-                                                             zero_division=0))
+    assert out["macro_f1"] == pytest.approx(
+        metrics.f1_score(y, p, labels=[0, 1, 2, 3], average="macro", zero_division=0)
+    )
     assert out["per_class_recall"] == pytest.approx(
-        metrics.recall_score(y, p, labels=[0, 1, 2, 3], average=None, zero_division=0).tolist())
+        metrics.recall_score(y, p, labels=[0, 1, 2, 3], average=None, zero_division=0).tolist()
+    )
     assert out["confusion"] == metrics.confusion_matrix(y, p, labels=[0, 1, 2, 3]).tolist()
 
 
@@ -203,9 +205,12 @@ def fake_summary(deltas: list[float], other: float = 0.0) -> dict:
     ci = mean_ci(deltas)
     zero = mean_ci([other + 0.001 * i for i in range(len(deltas))])
     return {
-        "baseline": "real+classic", "classic_policy": "crop",
-        "deltas": {"real+gan": {"balanced_accuracy": ci, "per_class_recall": {"a": ci, "b": zero}},
-                   "real+gan+classic": {"balanced_accuracy": zero, "per_class_recall": {"a": zero, "b": zero}}},
+        "baseline": "real+classic",
+        "classic_policy": "crop",
+        "deltas": {
+            "real+gan": {"balanced_accuracy": ci, "per_class_recall": {"a": ci, "b": zero}},
+            "real+gan+classic": {"balanced_accuracy": zero, "per_class_recall": {"a": zero, "b": zero}},
+        },
     }
 
 
@@ -227,8 +232,10 @@ def test_a_weak_classic_baseline_does_not_flatter_the_gan() -> None:
     # real+gan beats real+classic (+3 pts) but loses to real-only training (-2 pts).
     summary = fake_summary([0.03, 0.031, 0.029])
     summary["deltas"]["real"] = {"balanced_accuracy": mean_ci([0.05, 0.051, 0.049])}
-    summary["deltas_vs_real"] = {"real+gan": {"balanced_accuracy": mean_ci([-0.02, -0.021, -0.019])},
-                                 "real+gan+classic": {"balanced_accuracy": mean_ci([-0.05, -0.049, -0.048])}}
+    summary["deltas_vs_real"] = {
+        "real+gan": {"balanced_accuracy": mean_ci([-0.02, -0.021, -0.019])},
+        "real+gan+classic": {"balanced_accuracy": mean_ci([-0.05, -0.049, -0.048])},
+    }
     v = verdict(summary)
     assert v["status"] == "no measurable benefit" and v["regime"] == "real+gan"
     assert "not real-only training" in v["text"] and "real-only vs the classic baseline: +5.0" in v["text"]
@@ -250,3 +257,32 @@ def test_summarize_pairs_seeds_and_aggregates() -> None:
     assert out["verdict"]["status"] == "not enough seeds for an interval"
     assert "Not enough seeds" in out["verdict"]["text"]
     assert out["steps"] == 6 and out["seeds"] == [0, 1]
+
+
+@pytest.mark.parametrize("backend", ["torch", "torchvision"])
+def test_both_classic_backends_crop_flip_and_replay(backend: str) -> None:
+    """The vectorised ops and torchvision's v2 transforms obey the same contract: a crop is a
+    window of the -1-padded image, a flip mirrors, and the same generator state replays."""
+    x = torch.rand(12, 1, 8, 8) * 2 - 1
+    padded = torch.nn.functional.pad(x, (1, 1, 1, 1), value=-1.0)
+    crop = classic_augment(x, "crop", torch.Generator().manual_seed(3), backend)
+    for out, src in zip(crop, padded, strict=True):
+        windows = [src[:, i : i + 8, j : j + 8] for i in range(3) for j in range(3)]
+        assert any(torch.equal(out, w) for w in windows)
+    flips = classic_augment(x, "flip", torch.Generator().manual_seed(1), backend)
+    assert all(torch.equal(a, b) or torch.equal(a, b.flip(-1)) for a, b in zip(flips, x, strict=True))
+    assert any(not torch.equal(a, b) for a, b in zip(flips, x, strict=True))  # 12 coin flips, not all heads
+    once = classic_augment(x, "crop+flip+affine", torch.Generator().manual_seed(5), backend)
+    assert torch.equal(once, classic_augment(x, "crop+flip+affine", torch.Generator().manual_seed(5), backend))
+    assert once.min() >= -1.0 - 1e-6 and once.max() <= 1.0 + 1e-6
+
+
+def test_the_torchvision_backend_runs_the_grid_with_equal_steps() -> None:
+    plan = prepare(make_data(), *synthetic(), ev(classic_backend="torchvision"))
+    assert plan.classic_backend == "torchvision"
+    cells = [run_cell(plan, r, 0) for r in ("real+classic", "real+gan+classic")]
+    assert [c["steps"] for c in cells] == [6, 6] and all(c["classic"] == "crop" for c in cells)
+    again = run_cell(plan, "real+classic", 0)
+    assert again["confusion"] == cells[0]["confusion"]  # reproducible through the global-RNG seeding
+    with pytest.raises(ConfigError, match="unknown classic backend"):
+        classic_augment(torch.zeros(2, 1, 8, 8), "crop", torch.Generator(), "albumentations")
