@@ -78,3 +78,11 @@ def append_results(title: str, body: str) -> None:
     )
     with open(RESULTS, "a") as fh:
         fh.write(text)
+
+
+def publish(title: str, lines: list[str], dry_run: bool = False) -> None:
+    """Print a benchmark's table and (unless ``dry_run``) append it to RESULTS.md under ``title``."""
+    table = "\n".join(lines)
+    print(table)
+    if not dry_run:
+        append_results(title, table)

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# The GPU rows of benchmarks/RESULTS.md, in three parts that each fit one 10-minute call on a lent
+# GPU machine (PyTorch preinstalled there; pydantic carried as wheels in .whl, the Fashion-MNIST IDX
+# files in .gpu/fashion). Each part leaves OUT/partN.tar.gz: logs, the rows it appended to
+# RESULTS.md, result JSON files and plots.
+#
+#   benchmarks/run_gpu.sh 1 "$OUT"   # train_throughput + time_to_quality (long tail)
+#   benchmarks/run_gpu.sh 2 "$OUT"   # evaluate_fashion --gpu: fm100 (and the long tail, if time allows)
+#   benchmarks/run_gpu.sh 3 "$OUT"   # evaluate_fashion --gpu long tail, generate_throughput, DDP on NCCL
+#   benchmarks/run_gpu.sh 4 "$OUT"   # time_to_quality (long tail) at batch 2048
+set -uo pipefail
+part=$1
+out=$2
+if [ -d .whl ]; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+    export PYTHONPATH=/tmp/site
+fi
+export PYTHONUNBUFFERED=1
+root=${FASHION_ROOT:-.gpu/fashion}
+lt=(--set data.per_class=null --set "data.imbalance={ratio: 0.1, max_per_class: 100}")
+logs=$out/logs
+mkdir -p "$logs"
+before=$(wc -l < benchmarks/RESULTS.md)
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv | tee "$logs/gpu.txt"
+python3 -c "import torch, pydantic; print('torch', torch.__version__, torch.cuda.get_device_name(0), 'pydantic', pydantic.VERSION)"
+case $part in
+1)
+    timeout 260 python3 benchmarks/train_throughput.py --config configs/fashion_mnist.yaml --set "data.root=$root" \
+        --set train.device=cuda --steps 300 2>&1 | tee "$logs/train_throughput.log"
+    timeout 280 python3 benchmarks/time_to_quality.py --config configs/fashion_mnist.yaml --set "data.root=$root" \
+        --set train.device=cuda --set evaluate.device=cuda "${lt[@]}" --label longtail --minutes 3 --eval-kimg 150 \
+        2>&1 | tee "$logs/time_to_quality.log"
+    ;;
+2)
+    timeout 560 python3 benchmarks/evaluate_fashion.py --gpu --profiles fm100 longtail --out /tmp/bench_gpu \
+        --set "data.root=$root" 2>&1 | tee "$logs/evaluate_fashion.log"
+    ;;
+3)
+    timeout 370 python3 benchmarks/evaluate_fashion.py --gpu --profiles longtail --out /tmp/bench_gpu \
+        --set "data.root=$root" 2>&1 | tee "$logs/evaluate_fashion.log"
+    if [ -f benchmarks/generate_throughput.py ]; then
+        timeout 80 python3 benchmarks/generate_throughput.py --device cuda --config configs/fashion_mnist.yaml \
+            --set "data.root=$root" 2>&1 | tee "$logs/generate_throughput.log"
+    fi
+    timeout 80 torchrun --standalone --nproc-per-node 1 -m flows.ddp configs/digits.yaml --set train.device=cuda \
+        --set train.kimg=20 --out /tmp/ddp_run 2>&1 | tail -20 | tee "$logs/ddp.log"
+    ;;
+4)
+    timeout 170 python3 benchmarks/time_to_quality.py --config configs/fashion_mnist.yaml --set "data.root=$root" \
+        --set train.device=cuda --set evaluate.device=cuda --set train.cuda.batch_size=2048 "${lt[@]}" \
+        --label longtail_b2048 --minutes 2 --eval-kimg 300 2>&1 | tee "$logs/time_to_quality.log"
+    ;;
+esac
+tail -n +"$((before + 1))" benchmarks/RESULTS.md > "$logs/results_rows.md"
+cp -r benchmarks/results "$logs/" 2>/dev/null
+cp docs/time_to_quality_*_cuda.png "$logs/" 2>/dev/null
+for d in /tmp/bench_gpu/*/eval; do [ -d "$d" ] && cp "$d/report.md" "$logs/report_$(basename "$(dirname "$d")").md"; done
+tar -czf "$out/part$part.tar.gz" -C "$out" logs && rm -rf "$logs"
+echo "part $part done"
