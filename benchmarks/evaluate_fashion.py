@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # augment/, where it is not installed (a GPU box running the script)
 # `python -m flows.cli` is the `augment` console command, run from REPO (so a frozen copy of the
 # tree can be benchmarked while the working tree changes).
 AUGMENT = [sys.executable, "-m", "flows.cli"]
@@ -229,15 +230,9 @@ def main() -> None:
             print(f"wrote {out}", flush=True)
 
 
-def _ci(d: dict, signed: bool = False) -> str:
-    fmt = "{:+.1f}" if signed else "{:.1f}"
-    s = fmt.format(100 * d["mean"])
-    if d.get("ci_low") is not None:
-        s += f" [{fmt.format(100 * d['ci_low'])}, {fmt.format(100 * d['ci_high'])}]"
-    return s
-
-
 def render(name: str, res: dict) -> str:
+    from augment.metrics.report import regime_table
+
     m = res["metrics"]
     down, fd, prdc, mem = m["downstream"], m["fd_domain"], m["prdc"], m["memorisation"]
     gen = f"generate {res['generate_s']:.0f} s, " if res.get("generate_s") is not None else ""
@@ -248,15 +243,8 @@ def render(name: str, res: dict) -> str:
         f"snapshot {Path(m['snapshot']['path']).name} at {m['snapshot']['kimg']:.1f} kimg; "
         f"train/val/test {m['sizes']['train']}/{m['sizes']['val']}/{m['sizes']['test']}",
         "",
-        "| regime | accuracy % | balanced acc. % | macro-F1 % | Δ bal. acc. vs real+classic (pts) |",
-        "|---|---|---|---|---|",
+        *regime_table(down),
     ]
-    for r, s in down["regimes"].items():
-        d = down["deltas"].get(r, {}).get("balanced_accuracy")
-        lines.append(
-            f"| {r} | {_ci(s['accuracy'])} | {_ci(s['balanced_accuracy'])} | {_ci(s['macro_f1'])} | "
-            f"{_ci(d, True) if d else 'baseline'} |"
-        )
     sel = down["selection"].get("classic", {})
     lines += [
         "",

@@ -232,16 +232,10 @@ def _distance_lines(name: str, d: dict[str, Any], what: str) -> list[str]:
     ]
 
 
-def _downstream_lines(down: dict[str, Any]) -> list[str]:
-    base = down["baseline"]
+def regime_table(down: dict[str, Any]) -> list[str]:
+    """The regime x metric table (markdown rows) of a downstream summary: means, 95% intervals, deltas."""
     lines = [
-        "## Downstream classifier (real test split)",
-        "",
-        f"{down['classifier']} trained from scratch, {down['steps']} optimizer steps x {down['batch_size']} images "
-        f"in every regime, seeds {down['seeds']}; scored on {down['n_test']} real test images. Mean over seeds "
-        "with the 95% t-interval; deltas are paired by seed against the classic baseline.",
-        "",
-        f"| regime | accuracy % | balanced accuracy % | macro-F1 % | Δ balanced acc. vs {base} (pts) "
+        f"| regime | accuracy % | balanced accuracy % | macro-F1 % | Δ balanced acc. vs {down['baseline']} (pts) "
         "| real / synthetic images per step |",
         "|---|---|---|---|---|---|",
     ]
@@ -252,6 +246,19 @@ def _downstream_lines(down: dict[str, Any]) -> list[str]:
             f"{_ci(delta, signed=True) if delta else '(baseline)'} | "
             f"{s['images_real'] // s['steps']} / {s['images_synthetic'] // s['steps']} |"
         )
+    return lines
+
+
+def _downstream_lines(down: dict[str, Any]) -> list[str]:
+    lines = [
+        "## Downstream classifier (real test split)",
+        "",
+        f"{down['classifier']} trained from scratch, {down['steps']} optimizer steps x {down['batch_size']} images "
+        f"in every regime, seeds {down['seeds']}; scored on {down['n_test']} real test images. Mean over seeds "
+        "with the 95% t-interval; deltas are paired by seed against the classic baseline.",
+        "",
+        *regime_table(down),
+    ]
     sel = down.get("selection", {})
     classic = sel.get("classic")
     lines.append("")
