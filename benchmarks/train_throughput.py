@@ -139,6 +139,7 @@ def variants(cfg, device) -> list[tuple[str, dict]]:
         out = [
             ("project loop, fp32", dict(batch_size=b)),
             ("project loop, fp32, channels_last", dict(batch_size=b, channels_last=True)),
+            ("project loop, fp32, lazy R1", dict(batch_size=b, r1_interval=16)),
         ]
         if torch.backends.cpu.get_cpu_capability() in ("AVX512", "AMX"):
             out += [
@@ -146,6 +147,10 @@ def variants(cfg, device) -> list[tuple[str, dict]]:
                 (
                     "project loop, bf16 autocast, channels_last",
                     dict(batch_size=b, precision="bf16", channels_last=True),
+                ),
+                (
+                    "project loop, bf16 autocast, channels_last, lazy R1",
+                    dict(batch_size=b, precision="bf16", channels_last=True, r1_interval=16),
                 ),
             ]
         return out
