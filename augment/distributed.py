@@ -91,4 +91,7 @@ def run(cfg: Config, out: Path | None = None, resume: bool = False) -> Path:
     if rank == 0:
         info = {"world_size": world, "backend": dist.get_backend(), "digests": gathered}
         atomic_write_text(run_dir / "ddp.json", json.dumps(info, indent=2))
+    # Leave together: a rank that tears its process group down while another is still busy can
+    # abort in gloo's worker threads ("terminate called without an active exception").
+    dist.barrier()
     return run_dir

@@ -7,6 +7,7 @@ process group and logging, and turns bad input into one line and exit code 2.
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import sys
 from pathlib import Path
@@ -52,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {str(err).splitlines()[0]}", file=sys.stderr)
         return 2
     finally:
+        # The DDP wrappers' reducers hold the process group: free them while it is still alive.
+        gc.collect()
         dist.destroy_process_group()
 
 
