@@ -7,6 +7,9 @@ Example:
 
 from __future__ import annotations
 
+import ctypes
+import sys
+
 import torch
 
 from augment.errors import ConfigError
@@ -19,3 +22,28 @@ def resolve_device(name: str, field: str = "train.device") -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"{field} is 'cuda' but no CUDA device is available")
     return torch.device(name)
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters (malloc.h)
+
+
+def keep_freed_memory(mmap_threshold: int = 32 << 20, trim_threshold: int = 256 << 20) -> bool:
+    """Let glibc's malloc reuse freed blocks instead of handing each back to the OS.
+
+    A CPU training step allocates and frees the same multi-megabyte activations every step; by
+    default glibc serves blocks over its (adaptive) mmap threshold with fresh ``mmap`` pages, so
+    each step pays page faults to touch them again (about 8% of a Fashion-MNIST step on the
+    2-core benchmark machine). Blocks up to ``mmap_threshold`` (32 MiB, glibc's maximum) now come
+    from the heap, which keeps up to ``trim_threshold`` bytes of free memory. The same fix as
+    running under jemalloc or tcmalloc, without a preload. Returns False where it does not apply
+    (not Linux/glibc); process-wide and harmless to repeat.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(_M_MMAP_THRESHOLD, mmap_threshold)) and bool(
+            libc.mallopt(_M_TRIM_THRESHOLD, trim_threshold)
+        )
+    except (OSError, AttributeError):  # musl and others: no mallopt
+        return False

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from augment import checkpoint
 from augment.config import Config, save_config
 from augment.data import PreparedData, load_data
-from augment.devices import resolve_device
+from augment.devices import keep_freed_memory, resolve_device
 from augment.errors import CheckpointError, ConfigError
 from augment.io import atomic_save, atomic_write_text, ensure_dir, new_run_dir
 from augment.losses import GanLoss
@@ -104,6 +104,8 @@ def training_loop(
     """
     start_time = time.time()
     device = torch.device(device)
+    if device.type == "cpu":
+        keep_freed_memory()
     run_dir = Path(run_dir)
     state_path = run_dir / checkpoint.TRAINING_STATE
     num_classes, image_size, channels = data.num_classes, data.train.images.shape[-1], data.train.images.shape[1]

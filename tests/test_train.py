@@ -119,6 +119,40 @@ def test_device_resolution() -> None:
             resolve_device("cuda")
 
 
+HEAP_PROBE = """
+import sys, torch
+from augment.devices import keep_freed_memory
+if sys.argv[1] == "keep":
+    assert keep_freed_memory()
+block = torch.empty(24 << 20, dtype=torch.uint8)  # kept alive: freed, an mmap block is unmapped
+ptr = block.data_ptr()
+for line in open("/proc/self/maps"):
+    fields = line.split()
+    lo, hi = (int(v, 16) for v in fields[0].split("-"))
+    if lo <= ptr < hi:
+        print(fields[5] if len(fields) > 5 else "anonymous")
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs Linux /proc")
+def test_cpu_training_keeps_freed_activations_in_the_heap(tmp_path: Path) -> None:
+    """keep_freed_memory raises glibc's mmap threshold: a 24 MiB activation comes from the heap
+    (reused step after step) instead of fresh mmap pages (page faults every step). Each case runs in
+    a fresh interpreter because the setting is process-wide."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    def where(mode: str) -> str:
+        out = subprocess.run([sys.executable, "-c", HEAP_PROBE, mode], cwd=REPO, capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr[-2000:]
+        return out.stdout.strip()
+
+    assert where("default") == "anonymous"
+    assert where("keep") == "[heap]"
+
+
 def test_cuda_section_replaces_cpu_settings_only_on_cuda(tmp_path: Path) -> None:
     from augment.train import loop_kwargs
 
