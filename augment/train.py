@@ -155,9 +155,15 @@ def training_loop(
     gen = torch.Generator(device).manual_seed(seed + 1_000_003 * rank)  # rank 0: the single-process stream
     G_step, D_step = (wrap(G), wrap(D)) if wrap is not None else (G, D)
     D_r1 = None  # eager D for the R1 pass when the adversarial passes are compiled
+    # The G step needs gradients through D, not of D's weights: it runs D frozen and unwrapped
+    # (no DDP all-reduce for gradients nobody uses), as StyleGAN2-ADA's phases do.
+    D_frozen: torch.nn.Module = D
     if compile:
         D_r1 = D_step
         G_step, D_step = torch.compile(G_step), torch.compile(D_step)
+        D_frozen = D_step if wrap is None else torch.compile(D)
+    elif wrap is None:
+        D_frozen = D_step
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     is_main = rank == 0
@@ -253,9 +259,11 @@ def training_loop(
         # Generator step.
         z = torch.randn(batch_size, G.z_dim, generator=gen, device=device)
         opt_G.zero_grad(set_to_none=True)
+        D.requires_grad_(False)
         with autocast:
-            loss_G = loss_fn.generator(G_step, D_step, y, z, gen)
+            loss_G = loss_fn.generator(G_step, D_frozen, y, z, gen)
         loss_G.backward()
+        D.requires_grad_(True)
         opt_G.step()
 
         # Update EMA (parameters averaged, BatchNorm statistics copied).

@@ -153,3 +153,25 @@ def test_folded_upsample_conv_is_interpolate_then_conv(shape: tuple[int, int, in
     torch.testing.assert_close(gw, gw_ref, rtol=0, atol=1e-12)
     # A wrong fold (taps not summed) is caught: the check above is not vacuous.
     assert not torch.allclose(upsample_conv3x3(x, w.flip(2)), ref)
+
+
+def test_generator_step_with_frozen_discriminator_gives_the_same_generator_gradients() -> None:
+    """The training loop runs the G step with D's weights frozen (their gradients are never used):
+    G's gradients are the same, and D's weights get none."""
+    torch.manual_seed(0)
+    G = ConditionalGenerator(3, 8, 1, z_dim=8, width=8)
+    D = ProjectionDiscriminator(3, 8, 1, width=8, spectral=False)
+    loss = GanLoss("hinge", ["translation", "cutout"])
+    y, z = torch.tensor([0, 1, 2, 1]), torch.randn(4, 8)
+
+    def g_grads(frozen: bool) -> list[torch.Tensor]:
+        G.zero_grad(set_to_none=True)
+        D.zero_grad(set_to_none=True)
+        D.requires_grad_(not frozen)
+        loss.generator(G, D, y, z, torch.Generator().manual_seed(1)).backward()
+        D.requires_grad_(True)
+        assert all((p.grad is None) == frozen for p in D.parameters())
+        return [p.grad.clone() for p in G.parameters()]
+
+    for a, b in zip(g_grads(False), g_grads(True), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
