@@ -145,16 +145,18 @@ def classic_augment(x: torch.Tensor, policy: str, gen: torch.Generator, backend:
         raise ConfigError(f"unknown classic backend {backend!r} (one of {CLASSIC_BACKENDS})")
     ops = parse_classic(policy)
     n, _, h, w = x.shape
+    dev = x.device  # parameters are drawn on the CPU from ``gen``, the pixels stay where they are
     if "crop" in ops:
         p = max(1, h // 8)
         padded = F.pad(x, (p, p, p, p), value=-1.0)
         oy = torch.randint(0, 2 * p + 1, (n,), generator=gen)
         ox = torch.randint(0, 2 * p + 1, (n,), generator=gen)
-        rows = (torch.arange(h)[None, :] + oy[:, None])[:, :, None]  # (n, h, 1)
-        cols = (torch.arange(w)[None, :] + ox[:, None])[:, None, :]  # (n, 1, w)
-        x = padded.permute(0, 2, 3, 1)[torch.arange(n)[:, None, None], rows, cols].permute(0, 3, 1, 2)
+        rows = (torch.arange(h)[None, :] + oy[:, None])[:, :, None].to(dev)  # (n, h, 1)
+        cols = (torch.arange(w)[None, :] + ox[:, None])[:, None, :].to(dev)  # (n, 1, w)
+        batch = torch.arange(n, device=dev)[:, None, None]
+        x = padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)
     if "flip" in ops:
-        flip = torch.rand(n, generator=gen) < 0.5
+        flip = (torch.rand(n, generator=gen) < 0.5).to(dev)
         x = torch.where(flip[:, None, None, None], x.flip(3), x)
     if "affine" in ops:
         angle = (torch.rand(n, generator=gen) * 2 - 1) * math.radians(10)
@@ -162,7 +164,7 @@ def classic_augment(x: torch.Tensor, policy: str, gen: torch.Generator, backend:
         shift = (torch.rand(n, 2, generator=gen) * 2 - 1) * 0.2  # 10% of the size = 0.2 in [-1, 1] units
         cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
         theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
-        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        grid = F.affine_grid(theta.to(dev, x.dtype), list(x.shape), align_corners=False)
         x = F.grid_sample(x + 1.0, grid, mode="bilinear", padding_mode="zeros", align_corners=False) - 1.0
     return x.contiguous()
 
@@ -245,13 +247,15 @@ def synthetic_class_probs(real_counts: list[int], available: list[int], share: f
 class _Batches:
     """Draws one regime's minibatches: real and synthetic indices and the classic policy."""
 
-    def __init__(self, plan: Plan, regime: str, gen: torch.Generator) -> None:
-        self.gen = gen
-        self.real_x = _as_float(plan.train_images)
-        self.real_y = plan.train_labels
+    def __init__(self, plan: Plan, regime: str, gen: torch.Generator, device: torch.device | str = "cpu") -> None:
+        # The images live on ``device`` (one copy per cell); the draws stay on the CPU generator,
+        # so a batch is the same on every device and only small index tensors cross over.
+        self.gen, self.device = gen, torch.device(device)
+        self.real_x = _as_float(plan.train_images).to(self.device)
+        self.real_y = plan.train_labels.to(self.device)
         syn_images, syn_labels = plan.synthetic_pool()
-        self.syn_x = _as_float(syn_images)
-        self.syn_y = syn_labels
+        self.syn_x = _as_float(syn_images).to(self.device)
+        self.syn_y = syn_labels.to(self.device)
         k = plan.num_classes
         available = torch.bincount(syn_labels, minlength=k).tolist()
         self.by_class = [torch.nonzero(syn_labels == c).flatten() for c in range(k)]
@@ -278,7 +282,7 @@ class _Batches:
     def __call__(self) -> tuple[torch.Tensor, torch.Tensor]:
         xs, ys = [], []
         if self.n_real:
-            idx = torch.randint(len(self.real_y), (self.n_real,), generator=self.gen)
+            idx = torch.randint(len(self.real_y), (self.n_real,), generator=self.gen).to(self.device)
             xs.append(self.real_x[idx])
             ys.append(self.real_y[idx])
         if self.n_syn:
@@ -287,6 +291,7 @@ class _Batches:
             for c in cls.unique().tolist():
                 members, where = self.by_class[c], cls == c
                 pick[where] = members[torch.randint(len(members), (int(where.sum()),), generator=self.gen)]
+            pick = pick.to(self.device)
             xs.append(self.syn_x[pick])
             ys.append(self.syn_y[pick])
         x, y = torch.cat(xs), torch.cat(ys)
@@ -324,7 +329,7 @@ def _train_classifier(plan: Plan, regime: str, seed: int) -> tuple[torch.nn.Modu
     device = torch.device(plan.device)
     model.to(device)
     gen = torch.Generator().manual_seed(seed)
-    batches = _Batches(plan, regime, gen)
+    batches = _Batches(plan, regime, gen, device)
     opt = torch.optim.AdamW(model.parameters(), lr=plan.lr, weight_decay=5e-4)
     warmup = max(1, plan.steps // 20)
     model.train()
@@ -336,8 +341,7 @@ def _train_classifier(plan: Plan, regime: str, seed: int) -> tuple[torch.nn.Modu
             lr_scale = 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, plan.steps - warmup)))
         for group in opt.param_groups:
             group["lr"] = plan.lr * lr_scale
-        x, y = batches()
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        x, y = batches()  # already on the device
         loss = F.cross_entropy(model(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -82,6 +82,25 @@ def test_batches_draw_real_and_synthetic_as_the_regime_says() -> None:
         assert len(y) == 16
 
 
+def test_batches_are_assembled_on_the_classifiers_device() -> None:
+    """On a GPU the images stay on the device and only the CPU generator's small draws cross over.
+    The meta device stands in for CUDA here: like CUDA it refuses any op that mixes its tensors
+    with CPU ones, so a CPU tensor left in the batch path fails this test. Meta tensors hold no
+    values; that the draws are the same on every device shows in the generators staying in step."""
+    data = make_data()
+    plan = prepare(data, *synthetic(), ev(synthetic_share=0.25, batch_size=16, classic=["crop+flip+affine"]))
+    for regime in downstream.REGIMES:
+        cpu = downstream._Batches(plan, regime, torch.Generator().manual_seed(3))
+        meta = downstream._Batches(plan, regime, torch.Generator().manual_seed(3), "meta")
+        for _ in range(2):
+            (xc, yc), (xm, ym) = cpu(), meta()
+            assert xm.device.type == ym.device.type == "meta", regime
+            assert xm.shape == xc.shape == (16, 1, 8, 8) and xm.dtype == xc.dtype
+            assert ym.shape == yc.shape == (16,)
+        # Same number of draws from the generator on both devices: the streams are still in step.
+        assert torch.equal(cpu.gen.get_state(), meta.gen.get_state()), regime
+
+
 def test_synthetic_classes_top_up_the_tail() -> None:
     assert torch.allclose(synthetic_class_probs([10, 10, 10], [5, 5, 5], 0.5, "balance"), torch.full((3,), 1 / 3))
     # Feasible: the synthetic half makes the whole batch uniform.
