@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -69,6 +71,7 @@ def step_flops(cfg, data, device, batch: int, r1: bool = True) -> float:
     y = data.train.labels[idx].to(device)
     with CountFlops() as counter:
         loss.discriminator(G, D, real, y, torch.randn(batch, G.z_dim, device=device), r1=r1).backward()
+        D.requires_grad_(False)  # the useful work of a G step: no gradient of D's weights
         loss.generator(G, D, y, torch.randn(batch, G.z_dim, device=device)).backward()
     return float(counter.total)
 
@@ -136,41 +139,76 @@ def variants(cfg, device) -> list[tuple[str, dict]]:
     """The loops to time: (label, training_loop overrides)."""
     b = cfg.train.batch_size
     if device.type != "cuda":
+        # Every switch explicit (a config may set any of them), then the config as it ships.
+        fp32 = dict(batch_size=b, precision="fp32", channels_last=False, r1_interval=1)
+        bf16 = fp32 | dict(precision="bf16")
         out = [
-            ("project loop, fp32", dict(batch_size=b)),
-            ("project loop, fp32, channels_last", dict(batch_size=b, channels_last=True)),
-            ("project loop, fp32, lazy R1", dict(batch_size=b, r1_interval=16)),
+            ("project loop, fp32", fp32),
+            ("project loop, fp32, channels_last", fp32 | dict(channels_last=True)),
+            ("project loop, fp32, lazy R1", fp32 | dict(r1_interval=16)),
         ]
         if torch.backends.cpu.get_cpu_capability() in ("AVX512", "AMX"):
             out += [
-                ("project loop, bf16 autocast", dict(batch_size=b, precision="bf16")),
-                (
-                    "project loop, bf16 autocast, channels_last",
-                    dict(batch_size=b, precision="bf16", channels_last=True),
-                ),
+                ("project loop, bf16 autocast", bf16),
+                ("project loop, bf16 autocast, channels_last", bf16 | dict(channels_last=True)),
                 (
                     "project loop, bf16 autocast, channels_last, lazy R1",
-                    dict(batch_size=b, precision="bf16", channels_last=True, r1_interval=16),
+                    bf16 | dict(channels_last=True, r1_interval=16),
                 ),
             ]
+        t = cfg.train
+        out.append(
+            (
+                f"project loop, the config's settings ({t.precision}, channels_last {str(t.channels_last).lower()}, "
+                f"R1 every {t.r1_interval})",
+                dict(batch_size=b, precision=t.precision, channels_last=t.channels_last, r1_interval=t.r1_interval),
+            )
+        )
         return out
+    plain = dict(precision="fp32", channels_last=False, compile=False, r1_interval=1)  # then switched on
     fast = dict(precision="bf16", channels_last=True)
     lazy = dict(compile=True, r1_interval=cfg.train.cuda.r1_interval)
-    out = [("project loop, fp32", dict(batch_size=b))]
+    out = [("project loop, fp32", plain | dict(batch_size=b))]
     for batch in (512, 2048):
         out += [
-            (f"project loop, fp32, batch {batch}", dict(batch_size=batch)),
-            (f"project loop, bf16, channels_last, batch {batch}", dict(batch_size=batch, **fast)),
+            (f"project loop, fp32, batch {batch}", plain | dict(batch_size=batch)),
+            (f"project loop, bf16, channels_last, batch {batch}", plain | dict(batch_size=batch, **fast)),
             (
                 f"project loop, bf16, channels_last, lazy R1, batch {batch}",
-                dict(batch_size=batch, **fast, r1_interval=lazy["r1_interval"]),
+                plain | dict(batch_size=batch, **fast, r1_interval=lazy["r1_interval"]),
             ),
             (
                 f"project loop, bf16, channels_last, torch.compile + lazy R1, batch {batch}",
-                dict(batch_size=batch, **fast, **lazy),
+                plain | dict(batch_size=batch, **fast, **lazy),
             ),
         ]
     return out
+
+
+def measurements(cfg, device) -> list[tuple[str, dict]]:
+    """Every timed loop, the plain yardstick(s) first: (label, overrides; ``plain_batch`` marks a plain loop)."""
+    plain_batches = sorted({cfg.train.batch_size} | ({512} if device.type == "cuda" else set()))
+    plain = [
+        (f"plain loop (DataLoader, eager, unfused Adam), fp32, batch {pb}", {"plain_batch": pb}) for pb in plain_batches
+    ]
+    return plain + variants(cfg, device)
+
+
+def measure_one(args, label: str) -> float:
+    """Child process: time one loop and return its images/s (a fresh process per measurement, so
+    process-wide settings of one loop, e.g. the project loop's allocator tuning, never reach another)."""
+    cfg = load_config(args.config, args.set)
+    device = resolve_device(cfg.train.device)
+    set_threads(cfg.train.threads)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = False  # the fp32 rows and the fp32 peak are true fp32
+        torch.backends.cudnn.allow_tf32 = False
+    data = load_data(cfg.data, cfg.seed)
+    steps = args.steps or max(1, 4000 // cfg.train.batch_size)
+    kw = dict(measurements(cfg, device))[label]
+    if "plain_batch" in kw:
+        return plain_loop(cfg, data, device, steps, kw["plain_batch"])
+    return project_loop(cfg, data, device, steps, **kw)
 
 
 def main() -> None:
@@ -184,31 +222,55 @@ def main() -> None:
         help="training steps per measurement (default: 4 kimg at the config's batch size)",
     )
     ap.add_argument("--only", default=None, help="run only the variants whose label contains this text")
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="rounds of all loops, interleaved (plain, project, ..., plain, ...); the table shows the median",
+    )
     ap.add_argument("--no-results", action="store_true", help="print only, do not append to RESULTS.md")
+    ap.add_argument("--measure", default=None, help=argparse.SUPPRESS)  # internal: one loop, in a child
     args = ap.parse_args()
+    if args.measure is not None:
+        print(json.dumps({"images_per_s": measure_one(args, args.measure)}))
+        return
     cfg = load_config(args.config, args.set)
     device = resolve_device(cfg.train.device)
     set_threads(cfg.train.threads)
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = False  # the fp32 rows and the fp32 peak are true fp32
-        torch.backends.cudnn.allow_tf32 = False
     data = load_data(cfg.data, cfg.seed)
     steps = args.steps or max(1, 4000 // cfg.train.batch_size)
     n = 4096 if device.type == "cuda" else 1024
     peak = matmul_peak_gflops(n=n, device=device.type)
     peak_bf16 = matmul_peak_gflops(n=n, device=device.type, dtype=torch.bfloat16)
-    todo = [v for v in variants(cfg, device) if args.only is None or args.only in v[0]]
-    plain_batches = sorted({cfg.train.batch_size} | ({512} if device.type == "cuda" else set()))
+    todo = [
+        (label, kw)
+        for label, kw in measurements(cfg, device)
+        if "plain_batch" in kw or args.only is None or args.only in label
+    ]
+    rates: dict[str, list[float]] = {label: [] for label, _ in todo}
+    base = [sys.executable, __file__, "--config", args.config, *(f"--set={v}" for v in args.set)]
+    base += ["--steps", str(args.steps)] if args.steps else []
+    for r in range(args.rounds):
+        for label, _ in todo:
+            out = subprocess.run([*base, "--measure", label], capture_output=True, text=True)
+            if out.returncode != 0:
+                sys.exit(f"error: measuring {label!r} failed:\n{out.stderr[-2000:]}")
+            rates[label].append(json.loads(out.stdout.strip().splitlines()[-1])["images_per_s"])
+            print(f"round {r + 1}/{args.rounds}: {label}: {rates[label][-1]:.0f} images/s", flush=True)
     rows = []
-    for pb in plain_batches:
-        rate = plain_loop(cfg, data, device, steps, pb)
-        rows.append((f"plain loop (DataLoader, eager, unfused Adam), fp32, batch {pb}", rate, pb, 1, "fp32"))
-        print(rows[-1], flush=True)
+    for label, kw in todo:
+        batch = kw.get("plain_batch", kw.get("batch_size"))
+        rows.append(
+            (
+                label,
+                statistics.median(rates[label]),
+                min(rates[label]),
+                max(rates[label]),
+                batch,
+                kw.get("r1_interval", 1),
+            )
+        )
     plain = rows[0][1]
-    for name, kw in todo:
-        rate = project_loop(cfg, data, device, steps, **kw)
-        rows.append((name, rate, kw["batch_size"], kw.get("r1_interval", 1), kw.get("precision", "fp32")))
-        print(rows[-1], flush=True)
     peak_after = matmul_peak_gflops(n=n, device=device.type)
     mean_peak = (peak + peak_after) / 2
     flops_cache: dict[tuple[int, int], float] = {}
@@ -219,21 +281,24 @@ def main() -> None:
         f"matmul peak measured in the same run ({n}x{n}): fp32 {peak:.0f} GFLOP/s before, {peak_after:.0f} after; "
         f"bf16 {peak_bf16:.0f} GFLOP/s",
         "FLOPs per real image: torch.utils.flop_counter formulas over one D step + one G step (R1 included, "
-        "divided by its interval when lazy)",
+        "divided by its interval when lazy; the G step's useful work, without gradients of D's weights, which "
+        "the plain loop computes and discards)",
+        f"{args.rounds} interleaved rounds, each loop in a fresh process: images/s is the median, with the "
+        "range over rounds; the ratio is of medians",
         "",
-        "| loop | batch | real images/s | MFLOP/image | GFLOP/s | of fp32 peak | of bf16 peak | vs plain (batch "
-        f"{cfg.train.batch_size}) |",
+        "| loop | batch | real images/s (range) | MFLOP/image | GFLOP/s | of fp32 peak | of bf16 peak | vs plain "
+        f"(batch {cfg.train.batch_size}) |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for name, rate, batch, r1_interval, _precision in rows:
+    for name, rate, lo, hi, batch, r1_interval in rows:
         key = (batch, r1_interval)
         if key not in flops_cache:
             flops_cache[key] = flops_per_image(cfg, data, device, batch, r1_interval)
         per_img = flops_cache[key]
         gflops = rate * per_img / 1e9
         lines.append(
-            f"| {name} | {batch} | {rate:.0f} | {per_img / 1e6:.1f} | {gflops:.1f} | {gflops / mean_peak:.2f} | "
-            f"{gflops / peak_bf16:.2f} | {rate / plain:.2f}x |"
+            f"| {name} | {batch} | {rate:,.0f} ({lo:,.0f}-{hi:,.0f}) | {per_img / 1e6:.1f} | {gflops:.1f} | "
+            f"{gflops / mean_peak:.2f} | {gflops / peak_bf16:.2f} | {rate / plain:.2f}x |"
         )
     publish(f"train_throughput: {cfg.name} on {device.type}", lines, dry_run=args.no_results)
 
