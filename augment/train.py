@@ -162,8 +162,6 @@ def training_loop(
         D_r1 = D_step
         G_step, D_step = torch.compile(G_step), torch.compile(D_step)
         D_frozen = D_step if wrap is None else torch.compile(D)
-    elif wrap is None:
-        D_frozen = D_step
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     is_main = rank == 0
