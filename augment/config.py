@@ -115,7 +115,7 @@ class CudaTrainConfig(_Section):
     #: None = the CPU setting (train.lr_g / train.lr_d).
     lr_g: float | None = Field(None, gt=0)
     lr_d: float | None = Field(None, gt=0)
-    precision: Literal["fp32", "bf16"] = "bf16"
+    precision: Literal["auto", "fp32", "bf16"] = "bf16"
     channels_last: bool = True
     #: torch.compile the two networks for the adversarial steps.
     compile: bool = True
@@ -144,8 +144,9 @@ class TrainConfig(_Section):
     #: Stop at this wall-clock budget (minutes); None = no budget.
     max_minutes: float | None = Field(None, gt=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    #: bf16 autocast for the networks' matmuls/convolutions (weights and optimizer stay fp32).
-    precision: Literal["fp32", "bf16"] = "fp32"
+    #: bf16 autocast for the networks' matmuls/convolutions (weights and optimizer stay fp32);
+    #: auto = bf16 where the device computes bf16 natively (CPU with AMX or AVX512-BF16), else fp32.
+    precision: Literal["auto", "fp32", "bf16"] = "fp32"
     #: NHWC memory layout for the networks.
     channels_last: bool = False
     #: torch.compile the networks for the adversarial steps (the R1 pass stays eager).

@@ -24,6 +24,26 @@ def resolve_device(name: str, field: str = "train.device") -> torch.device:
     return torch.device(name)
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes bf16 in hardware: a CUDA GPU that supports it, or a CPU with
+    AMX tiles or AVX512-BF16 (elsewhere oneDNN emulates bf16, slower than fp32)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        probes = (getattr(torch.cpu, name, None) for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"))
+        return any(probe() for probe in probes if probe is not None)
+    return False
+
+
+def resolve_precision(name: str, device: torch.device, field: str = "train.precision") -> str:
+    """``auto`` -> ``bf16`` where ``device`` has native bf16 (:func:`native_bf16`), else ``fp32``."""
+    if name == "auto":
+        return "bf16" if native_bf16(torch.device(device)) else "fp32"
+    if name not in ("fp32", "bf16"):
+        raise ConfigError(f"{field} must be auto, fp32 or bf16, got {name!r}")
+    return name
+
+
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters (malloc.h)
 
 

@@ -22,8 +22,8 @@ from tqdm.auto import tqdm
 from augment import checkpoint
 from augment.config import Config, save_config
 from augment.data import PreparedData, load_data
-from augment.devices import keep_freed_memory, resolve_device
-from augment.errors import CheckpointError, ConfigError
+from augment.devices import keep_freed_memory, resolve_device, resolve_precision
+from augment.errors import CheckpointError
 from augment.io import atomic_save, atomic_write_text, ensure_dir, new_run_dir
 from augment.losses import GanLoss
 from augment.models import ConditionalGenerator, ProjectionDiscriminator
@@ -144,8 +144,8 @@ def training_loop(
     if channels_last:  # NHWC convolutions (faster with bf16 on tensor cores and oneDNN/AMX)
         G, D = G.to(memory_format=torch.channels_last), D.to(memory_format=torch.channels_last)
         images = images.contiguous(memory_format=torch.channels_last)
-    if precision not in ("fp32", "bf16"):
-        raise ConfigError(f"train.precision must be fp32 or bf16, got {precision!r}")
+    precision = resolve_precision(precision, device)
+    log.info("Training on %s in %s%s", device, precision, ", channels_last" if channels_last else "")
     # bf16 autocast: matmuls/convolutions in bf16, weights, optimizer and losses stay fp32.
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     G_ema = copy.deepcopy(G).eval().requires_grad_(False)
@@ -378,7 +378,7 @@ def prepare_run_dir(cfg: Config, out: Path | None = None, resume: bool = False) 
 def loop_kwargs(cfg: Config, device: torch.device | str = "cpu") -> dict[str, Any]:
     """The keyword arguments of :func:`training_loop` that a config decides (on ``device``: on
     CUDA, ``train.cuda`` replaces the batch size, learning rates, precision, layout, compile and
-    R1 interval)."""
+    R1 interval; ``precision: auto`` comes back as the ``fp32`` or ``bf16`` that ``device`` gets)."""
     kwargs = dict(
         config=cfg.to_dict(),
         seed=cfg.seed,
@@ -404,7 +404,8 @@ def loop_kwargs(cfg: Config, device: torch.device | str = "cpu") -> dict[str, An
         compile=cfg.train.compile,
         r1_interval=cfg.train.r1_interval,
     )
-    if torch.device(device).type == "cuda":
+    device = torch.device(device)
+    if device.type == "cuda":
         gpu = cfg.train.cuda
         kwargs.update(
             batch_size=gpu.batch_size,
@@ -415,6 +416,7 @@ def loop_kwargs(cfg: Config, device: torch.device | str = "cpu") -> dict[str, An
             compile=gpu.compile,
             r1_interval=gpu.r1_interval,
         )
+    kwargs["precision"] = resolve_precision(kwargs["precision"], device)
     return kwargs
 
 

@@ -119,6 +119,45 @@ def test_device_resolution() -> None:
             resolve_device("cuda")
 
 
+def _cpuinfo_flags() -> set[str]:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+@pytest.mark.skipif(not Path("/proc/cpuinfo").exists(), reason="needs Linux /proc")
+def test_precision_auto_is_bf16_exactly_where_the_cpu_computes_it(tmp_path: Path) -> None:
+    """``precision: auto`` picks bf16 on a CPU with AMX tiles or AVX512-BF16 (read here from the
+    kernel's CPU flags, not from torch) and fp32 elsewhere; explicit values pass through."""
+    from augment.devices import resolve_precision
+    from augment.train import loop_kwargs
+
+    cpu = torch.device("cpu")
+    native = bool(_cpuinfo_flags() & {"amx_tile", "avx512_bf16"})
+    assert resolve_precision("auto", cpu) == ("bf16" if native else "fp32")
+    assert resolve_precision("fp32", cpu) == "fp32" and resolve_precision("bf16", cpu) == "bf16"
+    assert resolve_precision("auto", torch.device("meta")) == "fp32"
+    with pytest.raises(ConfigError, match="train.precision must be auto, fp32 or bf16, got 'fp16'"):
+        resolve_precision("fp16", cpu)
+    kwargs = loop_kwargs(tiny_config(tmp_path, "train.precision=auto"), "cpu")
+    assert kwargs["precision"] == ("bf16" if native else "fp32")
+
+
+def test_bf16_training_is_reproducible_and_differs_from_fp32(tmp_path: Path) -> None:
+    """bf16 autocast on the CPU: the same seed gives the same weights; it is not silently fp32."""
+    sets = ("train.kimg=0.064", "train.channels_last=true")
+    a, _ = train(tiny_config(tmp_path, *sets, "train.precision=bf16"), out=tmp_path / "a", progress=False)
+    b, _ = train(tiny_config(tmp_path, *sets, "train.precision=bf16"), out=tmp_path / "b", progress=False)
+    c, _ = train(tiny_config(tmp_path, *sets, "train.precision=fp32"), out=tmp_path / "c", progress=False)
+    wa, wb, wc = (_weights(d / "training-state.pt") for d in (a, b, c))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert {w.dtype for w in wa.values() if w.is_floating_point()} == {torch.float32}  # weights stay fp32
+    assert not all(torch.equal(wa[k], wc[k]) for k in wa)
+    for k in wa:  # two steps apart only by bf16 rounding
+        torch.testing.assert_close(wa[k], wc[k], rtol=0.05, atol=0.02, msg=k)
+
+
 HEAP_PROBE = """
 import sys, torch
 from augment.devices import keep_freed_memory
