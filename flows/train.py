@@ -11,8 +11,9 @@ from prefect import flow, get_run_logger
 
 from augment.config import Config, load_config
 from augment.data import PreparedData
+from augment.devices import resolve_device
 from augment.tracking import TAG_FINGERPRINT, TAG_TRAIN_COUNTS, Tracker, make_tracker
-from augment.train import prepare_run_dir
+from augment.train import loop_kwargs, prepare_run_dir
 from flows.tasks import load_data_task, log_artifacts_task, train_task
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,9 @@ def train_stage(
     cfg: Config, data: PreparedData, run_dir: Path, tracker: Tracker, run_id: str, resume: bool = False
 ) -> tuple[Path, Path, str | None]:
     """Train into ``run_dir`` under MLflow run ``run_id``; returns ``(run_dir, snapshot, model_uri)``."""
-    tracker.log_params(run_id, cfg.flat())
+    device = resolve_device(cfg.train.device)  # what `auto` turned into on this machine
+    used = {"train.device_used": device.type, "train.precision_used": loop_kwargs(cfg, device)["precision"]}
+    tracker.log_params(run_id, {**cfg.flat(), **used})
     tracker.set_tags(run_id, {**data_tags(data), "run_dir": str(run_dir)})
     tracker.log_dataset(run_id, data, name=f"{cfg.name}-train", source=data_source(cfg))
     run_dir, snap = train_task(cfg, run_dir, data, tick_logger(tracker, run_id), resume)

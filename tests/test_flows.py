@@ -116,6 +116,8 @@ def test_mlflow_holds_the_parent_run_its_children_and_their_numbers(first: dict)
     delta = metrics_json["downstream"]["deltas"]["real+gan"]["balanced_accuracy"]
     assert parent.data.metrics["delta.real_gan"] == pytest.approx(delta["mean"])
     train = next(c for c in children if c.data.tags[TAG_KIND] == "train")
+    used = (train.data.params["train.device_used"], train.data.params["train.precision_used"])
+    assert used == ("cpu", "fp32")  # what `device: auto` and the config's precision became here
     curve = client.get_metric_history(train.info.run_id, "loss_D")
     assert [m.step for m in curve] == [128, 256]
 
