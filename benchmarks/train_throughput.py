@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from augment.config import load_config  # noqa: E402
 from augment.data import load_data  # noqa: E402
+from augment.devices import resolve_precision  # noqa: E402
 from augment.losses import GanLoss  # noqa: E402
 from augment.models import ConditionalGenerator, ProjectionDiscriminator  # noqa: E402
 from augment.train import loop_kwargs, resolve_device, set_threads, training_loop  # noqa: E402
@@ -157,11 +158,13 @@ def variants(cfg, device) -> list[tuple[str, dict]]:
                 ),
             ]
         t = cfg.train
+        used = resolve_precision(t.precision, device)
+        precision = t.precision if used == t.precision else f"{t.precision}: {used} here"
         out.append(
             (
-                f"project loop, the config's settings ({t.precision}, channels_last {str(t.channels_last).lower()}, "
+                f"project loop, the config's settings ({precision}, channels_last {str(t.channels_last).lower()}, "
                 f"R1 every {t.r1_interval})",
-                dict(batch_size=b, precision=t.precision, channels_last=t.channels_last, r1_interval=t.r1_interval),
+                dict(batch_size=b, precision=used, channels_last=t.channels_last, r1_interval=t.r1_interval),
             )
         )
         return out
