@@ -57,6 +57,7 @@ from torch.nn import functional as F
 
 from augment.config import EvaluateConfig
 from augment.data import PreparedData
+from augment.devices import keep_freed_memory
 from augment.errors import ConfigError
 from augment.models.classifier import build_classifier
 
@@ -304,6 +305,10 @@ def train_classifier(plan: Plan, regime: str, seed: int) -> tuple[torch.nn.Modul
     """Train one classifier for ``plan.steps`` steps under ``regime``; returns it and its counters."""
     if regime not in REGIMES:
         raise ConfigError(f"unknown regime {regime!r} (one of {REGIMES})")
+    # Cells often run in Dask worker processes, whose nanny sets MALLOC_TRIM_THRESHOLD_=65536: glibc
+    # then returns every freed activation to the OS and re-faults it the next step, which made a
+    # Fashion-MNIST cell take 2.0x as long there as in the main process (benchmarks/RESULTS.md).
+    keep_freed_memory()
     with torch_threads(plan.threads):
         return _train_classifier(plan, regime, seed)
 
