@@ -237,8 +237,22 @@ class EvaluateConfig(_Section):
     #: Where the extractor, generator and downstream classifiers run (auto = CUDA when present).
     #: Batch draws and augmentation parameters come from CPU generators on every device.
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    workers: int = Field(1, ge=1)
+    #: Downstream cells side by side: N > 1 = a local Dask cluster of N single-threaded worker
+    #: processes; auto = one worker per usable core when the cells run on the CPU (1 on CUDA).
+    workers: int | Literal["auto"] = 1
+    #: An existing Dask scheduler (tcp://host:8786) for the cells; replaces workers.
     dask_address: str | None = None
+
+    @field_validator("workers", mode="wrap")
+    @classmethod
+    def _workers(cls, v: Any, handler: Any) -> int | str:
+        try:
+            out = handler(v)
+        except ValidationError:
+            out = None
+        if out == "auto" or (isinstance(out, int) and not isinstance(out, bool) and out >= 1):
+            return out
+        raise ValueError("must be a whole number >= 1 or auto")
 
     @field_validator("classic")
     @classmethod

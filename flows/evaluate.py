@@ -5,7 +5,8 @@ runner, chosen from the config by :func:`flows.tasks.task_runner_for`:
 
 * ``evaluate.dask_address: tcp://scheduler:8786``: an existing Dask cluster (prefect-dask);
 * ``evaluate.workers: N`` (N > 1): a local Dask cluster of N single-threaded worker processes,
-  built for the flow run and torn down after it;
+  built for the flow run and torn down after it; ``auto``: one per core when the cells run on
+  the CPU, 1 on CUDA;
 * otherwise one worker thread (the cells run one after another).
 
 Every cell is deterministic given (plan, regime, seed), so all three give the same numbers.
@@ -21,7 +22,7 @@ from prefect import flow, get_run_logger
 
 from augment.config import Config
 from augment.tracking import Tracker, headline_metrics, metric_key
-from flows.tasks import call_task, log_artifacts_task, task_runner_for
+from flows.tasks import call_task, local_workers, log_artifacts_task, task_runner_for
 
 
 def _cell_name(item: Any) -> str:
@@ -85,6 +86,8 @@ def log_cells(tracker: Tracker, parent: str, result: dict[str, Any]) -> None:
 def evaluate_stage(cfg: Config, run_dir: Path, tracker: Tracker, parent: str) -> tuple[dict[str, Any], Path]:
     """Evaluate ``run_dir`` and log it under the pipeline run ``parent``; returns ``(metrics, report path)``."""
     result = run_evaluate(run_dir, cfg)
+    if not cfg.evaluate.dask_address:  # what `workers: auto` turned into on this machine
+        tracker.log_params(parent, {"evaluate.workers_used": local_workers(cfg.evaluate)})
     log_cells(tracker, parent, result)
     tracker.log_metrics(parent, headline_metrics(result))
     eval_dir = Path(run_dir) / "eval"

@@ -9,6 +9,7 @@ their inputs are large tensors and every pipeline run is meant to recompute.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from augment.config import Config, EvaluateConfig, GenerateConfig
 from augment.data import PreparedData, load_data
+from augment.devices import resolve_device
 from augment.errors import AugmentError
 from augment.generate import ShardSpec
 from augment.train import train
@@ -47,14 +49,15 @@ def task_runner_for(section: EvaluateConfig | GenerateConfig) -> TaskRunner:
 
     * ``dask_address: tcp://scheduler:8786``: an existing Dask cluster (prefect-dask);
     * ``workers: N`` (N > 1): a local Dask cluster of N single-threaded worker processes, built
-      for the flow run and torn down after it;
+      for the flow run and torn down after it (``auto``: see :func:`local_workers`);
     * otherwise one worker thread (the tasks run one after another).
     """
     if section.dask_address:
         from prefect_dask import DaskTaskRunner
 
         return DaskTaskRunner(address=section.dask_address)
-    if section.workers > 1:
+    workers = local_workers(section)
+    if workers > 1:
         from prefect_dask import DaskTaskRunner
 
         # One thread per worker process: torch ops in a task would otherwise fight over the cores.
@@ -64,7 +67,7 @@ def task_runner_for(section: EvaluateConfig | GenerateConfig) -> TaskRunner:
         env = {"OMP_NUM_THREADS": "1", **({"PREFECT_API_URL": api_url} if api_url else {})}
         return DaskTaskRunner(
             cluster_kwargs={
-                "n_workers": section.workers,
+                "n_workers": workers,
                 "threads_per_worker": 1,
                 "processes": True,
                 "dashboard_address": None,
@@ -72,6 +75,16 @@ def task_runner_for(section: EvaluateConfig | GenerateConfig) -> TaskRunner:
             }
         )
     return ThreadPoolTaskRunner(max_workers=1)
+
+
+def local_workers(section: EvaluateConfig | GenerateConfig) -> int:
+    """The section's ``workers`` as a count. ``auto`` (evaluate only): one single-threaded worker per
+    core this process may use when the cells run on the CPU, else 1 (cells on one GPU queue on it)."""
+    if section.workers != "auto":
+        return section.workers
+    if resolve_device(getattr(section, "device", "cpu"), "evaluate.device").type != "cpu":
+        return 1
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _api_url() -> str | None:

@@ -118,6 +118,7 @@ def test_mlflow_holds_the_parent_run_its_children_and_their_numbers(first: dict)
     train = next(c for c in children if c.data.tags[TAG_KIND] == "train")
     used = (train.data.params["train.device_used"], train.data.params["train.precision_used"])
     assert used == ("cpu", "fp32")  # what `device: auto` and the config's precision became here
+    assert parent.data.params["evaluate.workers_used"] == "1"
     curve = client.get_metric_history(train.info.run_id, "loss_D")
     assert [m.step for m in curve] == [128, 256]
 
@@ -236,6 +237,33 @@ def test_task_runner_follows_the_evaluate_config():
     assert isinstance(local, DaskTaskRunner) and local.cluster_kwargs["n_workers"] == 2
     remote = task_runner_for(EvaluateConfig(dask_address="tcp://10.0.0.1:8786"))
     assert isinstance(remote, DaskTaskRunner) and remote.address == "tcp://10.0.0.1:8786"
+
+
+def test_evaluate_workers_auto_is_one_worker_per_usable_core_on_the_cpu():
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    """`auto` counts the cores this process may run on (its affinity mask, as taskset or a container
+    CPU set restricts it), not the machine's; an explicit count is kept; a bad value is refused."""
+    from pydantic import ValidationError
+
+    from augment.config import EvaluateConfig
+    from flows.tasks import local_workers, task_runner_for
+
+    cores = os.sched_getaffinity(0)
+    assert local_workers(EvaluateConfig(workers="auto", device="cpu")) == len(cores)
+    assert local_workers(EvaluateConfig(workers=4, device="cpu")) == 4
+    os.sched_setaffinity(0, {min(cores)})  # as under `taskset -c 0`
+    try:
+        assert local_workers(EvaluateConfig(workers="auto", device="cpu")) == 1
+        assert isinstance(task_runner_for(EvaluateConfig(workers="auto", device="cpu")), ThreadPoolTaskRunner)
+    finally:
+        os.sched_setaffinity(0, cores)
+    if len(cores) > 1:
+        runner = task_runner_for(EvaluateConfig(workers="auto", device="cpu"))
+        assert runner.cluster_kwargs["n_workers"] == len(cores) and runner.cluster_kwargs["threads_per_worker"] == 1
+    for bad in (0, "many", 2.5):
+        with pytest.raises(ValidationError, match="must be a whole number >= 1 or auto"):
+            EvaluateConfig(workers=bad)
 
 
 def test_task_runner_follows_the_generate_config():
