@@ -76,3 +76,16 @@ def prefect_harness():
 
     with prefect_test_harness(server_startup_timeout=60):
         yield
+
+
+#: Script tail for a subprocess probe: allocates 24 MiB (kept alive) and prints the /proc/self/maps
+#: mapping it landed in: "[heap]" (reused by malloc) or "anonymous" (a fresh mmap, unmapped when freed).
+WHERE_IS_A_24MIB_BLOCK = """
+block = torch.empty(24 << 20, dtype=torch.uint8)
+ptr = block.data_ptr()
+for line in open("/proc/self/maps"):
+    fields = line.split()
+    lo, hi = (int(v, 16) for v in fields[0].split("-"))
+    if lo <= ptr < hi:
+        print(fields[5] if len(fields) > 5 else "anonymous")
+"""

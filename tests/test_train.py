@@ -158,19 +158,17 @@ def test_bf16_training_is_reproducible_and_differs_from_fp32(tmp_path: Path) -> 
         torch.testing.assert_close(wa[k], wc[k], rtol=0.05, atol=0.02, msg=k)
 
 
-HEAP_PROBE = """
+from conftest import WHERE_IS_A_24MIB_BLOCK  # noqa: E402
+
+HEAP_PROBE = (
+    """
 import sys, torch
 from augment.devices import keep_freed_memory
 if sys.argv[1] == "keep":
     assert keep_freed_memory()
-block = torch.empty(24 << 20, dtype=torch.uint8)  # kept alive: freed, an mmap block is unmapped
-ptr = block.data_ptr()
-for line in open("/proc/self/maps"):
-    fields = line.split()
-    lo, hi = (int(v, 16) for v in fields[0].split("-"))
-    if lo <= ptr < hi:
-        print(fields[5] if len(fields) > 5 else "anonymous")
 """
+    + WHERE_IS_A_24MIB_BLOCK
+)
 
 
 @pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs Linux /proc")

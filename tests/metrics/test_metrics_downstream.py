@@ -311,19 +311,17 @@ def test_the_torchvision_backend_runs_the_grid_with_equal_steps() -> None:
         classic_augment(torch.zeros(2, 1, 8, 8), "crop", torch.Generator(), "albumentations")
 
 
-CELL_HEAP_PROBE = """
+from conftest import WHERE_IS_A_24MIB_BLOCK  # noqa: E402
+
+CELL_HEAP_PROBE = (
+    """
 import torch
 from test_metrics_downstream import ev, make_data, synthetic
 from augment.metrics.downstream import prepare, run_cell
 run_cell(prepare(make_data(), *synthetic(), ev(steps=2)), "real", 0)
-block = torch.empty(24 << 20, dtype=torch.uint8)
-ptr = block.data_ptr()
-for line in open("/proc/self/maps"):
-    fields = line.split()
-    lo, hi = (int(v, 16) for v in fields[0].split("-"))
-    if lo <= ptr < hi:
-        print(fields[5] if len(fields) > 5 else "anonymous")
 """
+    + WHERE_IS_A_24MIB_BLOCK
+)
 
 
 @pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs Linux /proc")
@@ -332,7 +330,7 @@ def test_a_cell_keeps_freed_activations_in_the_heap_under_dasks_malloc_setting()
     128 KiB: every large activation is then a fresh mmap (page faults each step; a Fashion-MNIST cell
     ran 2.0x slower). A downstream cell undoes that for its process, so a 24 MiB block afterwards
     comes from the heap. Runs in a fresh interpreter with the worker's environment."""
-    env = {**os.environ, "MALLOC_TRIM_THRESHOLD_": "65536"}
+    env = {**os.environ, "MALLOC_TRIM_THRESHOLD_": "65536", "PYTHONPATH": str(Path(__file__).parent.parent)}
     out = subprocess.run(
         [sys.executable, "-c", CELL_HEAP_PROBE], cwd=Path(__file__).parent, env=env, capture_output=True, text=True
     )
