@@ -8,11 +8,18 @@ Example:
 from __future__ import annotations
 
 import ctypes
+import os
 import sys
 
 import torch
 
 from augment.errors import ConfigError
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on: its affinity mask (as taskset or a container's CPU set
+    restricts it), not the machine's count."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def resolve_device(name: str, field: str = "train.device") -> torch.device:

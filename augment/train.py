@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,7 +21,7 @@ from tqdm.auto import tqdm
 from augment import checkpoint
 from augment.config import Config, save_config
 from augment.data import PreparedData, load_data
-from augment.devices import keep_freed_memory, resolve_device, resolve_precision
+from augment.devices import keep_freed_memory, resolve_device, resolve_precision, usable_cores
 from augment.errors import CheckpointError
 from augment.io import atomic_save, atomic_write_text, ensure_dir, new_run_dir
 from augment.losses import GanLoss
@@ -34,7 +33,7 @@ MetricFn = Callable[[torch.nn.Module], dict[str, float]]
 
 
 def set_threads(threads: int | None) -> None:
-    torch.set_num_threads(threads or len(os.sched_getaffinity(0)))
+    torch.set_num_threads(threads or usable_cores())
 
 
 def save_grid(G: torch.nn.Module, path: Path, num_classes: int, z_dim: int, per_row: int = 10) -> None:

@@ -9,7 +9,6 @@ their inputs are large tensors and every pipeline run is meant to recompute.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from augment.config import Config, EvaluateConfig, GenerateConfig
 from augment.data import PreparedData, load_data
-from augment.devices import resolve_device
+from augment.devices import resolve_device, usable_cores
 from augment.errors import AugmentError
 from augment.generate import ShardSpec
 from augment.train import train
@@ -84,7 +83,7 @@ def local_workers(section: EvaluateConfig | GenerateConfig) -> int:
         return section.workers
     if resolve_device(getattr(section, "device", "cpu"), "evaluate.device").type != "cpu":
         return 1
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return usable_cores()
 
 
 def _api_url() -> str | None:
