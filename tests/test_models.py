@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
+import torch.utils._python_dispatch
 
 from augment.diffaug import DiffAugment, cutout, translation
 from augment.losses import GanLoss
@@ -175,3 +178,62 @@ def test_generator_step_with_frozen_discriminator_gives_the_same_generator_gradi
 
     for a, b in zip(g_grads(False), g_grads(True), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+BATCH = 6  # no weight has 6 output channels: a 4-d tensor of batch 6 is an activation or its gradient
+
+
+def _layout(t: torch.Tensor) -> str | None:
+    """'nchw' / 'nhwc' for an activation whose layouts can be told apart, else None."""
+    if t.dim() != 4 or t.shape[0] != BATCH or t.shape[1] == 1 or t.shape[2] * t.shape[3] == 1:
+        return None
+    if t.is_contiguous():
+        return "nchw"
+    return "nhwc" if t.is_contiguous(memory_format=torch.channels_last) else "strided"
+
+
+class _MixedLayouts(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records every aten op (forward and backward) whose activation inputs mix NCHW and NHWC."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mixed: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        layouts = {_layout(a) for a in args if isinstance(a, torch.Tensor)} - {None, "strided"}
+        if len(layouts) > 1:
+            self.mixed.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+def test_channels_last_networks_keep_every_activation_nhwc_and_compute_the_same() -> None:
+    # A mixed-layout elementwise op is ~30x slower on the CPU; before the networks followed their
+    # weights' layout, G's body ran NCHW against NHWC weights and D's stddev concat fell back to NCHW.
+    torch.manual_seed(0)
+    G, D = ConditionalGenerator(3, 16, 1, z_dim=8, width=8), ProjectionDiscriminator(3, 16, 1, width=8)
+    G_cl, D_cl = (copy.deepcopy(m).to(memory_format=torch.channels_last) for m in (G, D))
+    z, y = torch.randn(BATCH, 8), torch.tensor([0, 1, 2, 0, 1, 2])  # fp32: oneDNN's path, as in training
+    with _MixedLayouts() as probe:
+        x = G_cl(z, y)
+        x.retain_grad()
+        D_cl(x, y).sum().backward()
+    assert probe.mixed == [], probe.mixed
+    ref = G(z, y)
+    ref.retain_grad()
+    D(ref, y).sum().backward()
+    torch.testing.assert_close(x, ref)
+    torch.testing.assert_close(x.grad, ref.grad)
+    for p_cl, p in zip([*G_cl.parameters(), *D_cl.parameters()], [*G.parameters(), *D.parameters()], strict=True):
+        torch.testing.assert_close(p_cl.grad, p.grad)
+
+
+def test_nchw_networks_run_nchw() -> None:
+    G, D = ConditionalGenerator(3, 16, 1, z_dim=8, width=8), ProjectionDiscriminator(3, 16, 1, width=8)
+    seen: set[str | None] = set()
+    with _MixedLayouts() as probe:
+        G.register_forward_hook(lambda m, i, o: seen.add(_layout(o)))
+        for block in G.blocks:
+            block.register_forward_hook(lambda m, i, o: seen.add(_layout(o)))
+        y = torch.tensor([0, 1, 2, 0, 1, 2])
+        D(G(torch.randn(BATCH, 8), y), y).sum().backward()
+    assert probe.mixed == [] and seen == {"nchw", None}

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-from augment.models.generator import layout
+from augment.models.generator import layout, memory_format_of
 
 
 def _sn(module: nn.Module, enabled: bool) -> nn.Module:
@@ -34,7 +34,7 @@ def minibatch_stddev(x: torch.Tensor, group_size: int = 4) -> torch.Tensor:
     y = x.view(g, n // g, c, h, w)
     y = (y - y.mean(dim=0)).square().mean(dim=0).add(1e-8).sqrt()
     y = y.mean(dim=(1, 2, 3)).view(n // g, 1, 1, 1).repeat(g, 1, h, w)
-    return torch.cat([x, y], dim=1)
+    return torch.cat([x, y], dim=1).contiguous(memory_format=memory_format_of(x))  # cat returns NCHW
 
 
 class ProjectionDiscriminator(nn.Module):

@@ -17,6 +17,23 @@ def layout(image_size: int) -> tuple[int, int]:
     return s, n
 
 
+def memory_format_of(t: torch.Tensor) -> torch.memory_format:
+    """``torch.channels_last`` when a 4-d tensor (a convolution weight, an activation) is stored
+    NHWC (a module moved with ``.to(memory_format=torch.channels_last)``), else
+    ``torch.contiguous_format``.
+
+    The networks keep every activation in their weights' layout: an elementwise op or BatchNorm on
+    one NCHW and one NHWC tensor of the same shape falls off the vectorised path (~30x slower on
+    the CPU for a 64x32x28x28 map), which is where channels_last training lost its gain.
+
+    Example:
+        >>> memory_format_of(torch.zeros(4, 2, 3, 3).to(memory_format=torch.channels_last))
+        torch.channels_last
+    """
+    nhwc = t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+    return torch.channels_last if nhwc else torch.contiguous_format
+
+
 class ConditionalBatchNorm2d(nn.Module):
     """BatchNorm without affine parameters, followed by a per-class scale and shift."""
 
@@ -51,7 +68,8 @@ def upsample_conv3x3(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     rows = torch.stack([w2, w1 + w2, w0 + w1, w0], dim=2)  # (out, in, 4, 3)
     c0, c1, c2 = rows.unbind(3)  # taps along columns
     kernel = torch.stack([c2, c1 + c2, c0 + c1, c0], dim=3)  # (out, in, 4, 4)
-    return nn.functional.conv_transpose2d(x, kernel.transpose(0, 1), stride=2, padding=1)
+    kernel = kernel.transpose(0, 1).contiguous(memory_format=memory_format_of(weight))
+    return nn.functional.conv_transpose2d(x, kernel, stride=2, padding=1)
 
 
 class UpBlock(nn.Module):
@@ -95,6 +113,7 @@ class ConditionalGenerator(nn.Module):
 
     def forward(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         x = self.fc(torch.cat([z, self.embed(y)], dim=1)).view(z.shape[0], -1, self.start, self.start)
+        x = x.contiguous(memory_format=memory_format_of(self.to_img.weight))  # no-op unless channels_last
         x = torch.relu(self.norm0(x, y))
         for block in self.blocks:
             x = block(x, y)
