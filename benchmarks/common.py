@@ -1,4 +1,4 @@
-"""Shared helpers of the benchmarks: machine description, matmul peak, RESULTS.md rows."""
+"""Shared helpers of the benchmarks: machine description, matmul and convolution peaks, RESULTS.md rows."""
 
 from __future__ import annotations
 
@@ -45,24 +45,53 @@ def git_commit() -> str:
         return "unknown"
 
 
-def matmul_peak_gflops(
-    n: int = 1024, seconds: float = 2.0, device: str = "cpu", dtype: torch.dtype = torch.float32
-) -> float:
-    """Measured fp32 (or ``dtype``) matmul throughput of this machine, right now, in GFLOP/s."""
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
+def _rate(fn, flops: float, seconds: float, device: str) -> float:
     for _ in range(3):
-        a @ b
+        fn()
     if device == "cuda":
         torch.cuda.synchronize()
     reps, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
-        a @ b
+        fn()
         reps += 1
         if device == "cuda":
             torch.cuda.synchronize()
-    elapsed = time.perf_counter() - start
-    return 2 * n**3 * reps / elapsed / 1e9
+    return flops * reps / (time.perf_counter() - start) / 1e9
+
+
+def matmul_peak_gflops(
+    n: int = 1024, seconds: float = 2.0, device: str = "cpu", dtype: torch.dtype = torch.float32
+) -> float:
+    """Measured fp32 (or ``dtype``) matmul throughput of this machine, right now, in GFLOP/s
+    (torch.mm: MKL's sgemm on the CPU)."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    return _rate(lambda: a @ b, 2 * n**3, seconds, device)
+
+
+def conv_peak_gflops(
+    seconds: float = 2.0, device: str = "cpu", dtype: torch.dtype = torch.float32, channels: int = 512, size: int = 8
+) -> float:
+    """Measured throughput of a large 3x3 convolution (batch 64, NHWC), in GFLOP/s: the GEMM
+    kernels of oneDNN on the CPU (cuDNN on a GPU), the library every convolution of a step runs on.
+
+    It is part of the yardstick because MKL's sgemm does not use AVX-512 on AMD CPUs: on the
+    2-core AMD EPYC (Zen 5) benchmark machine torch.mm reached 150-158 GFLOP/s while this
+    convolution reached 370-420, so a ratio to the matmul alone overstated the fraction of peak
+    there by about 2.5x.
+    """
+    x = torch.randn(64, channels, size, size, device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(channels, channels, 3, 3, device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    flops = 2 * 64 * size * size * channels * channels * 9
+    return _rate(lambda: torch.nn.functional.conv2d(x, w, padding=1), flops, seconds, device)
+
+
+def peak_gflops(n: int = 1024, device: str = "cpu", dtype: torch.dtype = torch.float32) -> dict[str, float]:
+    """The machine's ``dtype`` peak measured now: ``matmul`` (torch.mm), ``conv`` (see
+    :func:`conv_peak_gflops`) and ``peak``, the higher of the two, which the ratios divide by."""
+    mm = matmul_peak_gflops(n=n, device=device, dtype=dtype)
+    conv = conv_peak_gflops(device=device, dtype=dtype)
+    return {"matmul": mm, "conv": conv, "peak": max(mm, conv)}
 
 
 def command() -> str:
