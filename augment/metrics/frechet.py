@@ -107,7 +107,12 @@ def kernel_distance(
 
 
 def _pair(
-    name: str, fake: torch.Tensor, real: torch.Tensor, ref: torch.Tensor, kid_subsets: int, warnings: list[str],
+    name: str,
+    fake: torch.Tensor,
+    real: torch.Tensor,
+    ref: torch.Tensor,
+    kid_subsets: int,
+    warnings: list[str],
     where: str,
 ) -> dict:
     """One figure and its floor: fake-vs-ref and real-vs-ref, ``fake`` and ``real`` of equal size."""
@@ -126,8 +131,15 @@ def _pair(
     kid, kid_std, size = kernel_distance(ref, fake, subsets=kid_subsets)
     floor, floor_std, _ = kernel_distance(ref, real, subsets=kid_subsets)
     kid_name = name.replace("fd_", "kid_").replace("fid_", "kid_")
-    out.update({kid_name: kid, f"{kid_name}_std": kid_std, f"{kid_name}_floor": floor,
-                f"{kid_name}_floor_std": floor_std, "kid_subset_size": size})
+    out.update(
+        {
+            kid_name: kid,
+            f"{kid_name}_std": kid_std,
+            f"{kid_name}_floor": floor,
+            f"{kid_name}_floor_std": floor_std,
+            "kid_subset_size": size,
+        }
+    )
     return out
 
 
@@ -154,9 +166,10 @@ def distance_report(
     Returns:
         ``{name, name_floor, kid_*, n_*, per_class: {class: {...}}, warnings: [...]}``.
     """
-    if torch.bincount(fake_labels, minlength=len(class_names)).tolist() != torch.bincount(
-        real_labels, minlength=len(class_names)
-    ).tolist():
+    if (
+        torch.bincount(fake_labels, minlength=len(class_names)).tolist()
+        != torch.bincount(real_labels, minlength=len(class_names)).tolist()
+    ):
         raise ValueError("distance_report: fake and real must have the same per-class counts (equal sample sizes)")
     warnings: list[str] = []
     out = _pair(name, fake, real, ref, kid_subsets, warnings, where=f"{name} overall")
@@ -232,8 +245,9 @@ class InceptionFeatures:
         from torchmetrics.image.fid import NoTrainInceptionV3
 
         self.path = path
-        self.net = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"],
-                                      feature_extractor_weights_path=str(path))
+        self.net = NoTrainInceptionV3(
+            name="inception-v3-compat", features_list=["2048"], feature_extractor_weights_path=str(path)
+        )
         self.num_features = 2048
 
     @torch.no_grad()

@@ -80,6 +80,7 @@ def prdc_report(
     ``fake`` and ``real`` carry equal per-class counts, so the floor is what real images score at
     the same sample sizes. Classes with too few samples for k-NN radii get ``None`` values.
     """
+
     def both(r: torch.Tensor, f: torch.Tensor, a: torch.Tensor) -> dict:
         n = {"n_reference": len(r), "n_synthetic": len(f), "n_real": len(a)}
         if min(len(r), len(f), len(a)) <= nearest_k:

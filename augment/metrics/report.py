@@ -145,15 +145,20 @@ def plot_regimes(path: Path, down: dict[str, Any]) -> Path:
         means = [down["regimes"][r][m]["mean"] for r in regimes]
         lows = [down["regimes"][r][m]["ci_low"] for r in regimes]
         highs = [down["regimes"][r][m]["ci_high"] for r in regimes]
-        err = [[mu - lo if lo is not None else 0 for mu, lo in zip(means, lows, strict=True)],
-               [hi - mu if hi is not None else 0 for mu, hi in zip(means, highs, strict=True)]]
+        err = [
+            [mu - lo if lo is not None else 0 for mu, lo in zip(means, lows, strict=True)],
+            [hi - mu if hi is not None else 0 for mu, hi in zip(means, highs, strict=True)],
+        ]
         ax.bar(np.arange(len(regimes)) + (j - 1) * width, means, width, yerr=err, capsize=3, label=m.replace("_", " "))
     ax.set_xticks(np.arange(len(regimes)), regimes, fontsize=8)
     lo = min(min(v["values"]) for r in regimes for k, v in down["regimes"][r].items() if k in metrics)
     ax.set_ylim(max(0.0, lo - 0.1), 1.0)
     ax.set_ylabel(f"real test split (n={down['n_test']})")
-    ax.set_title(f"{down['classifier']}, {down['steps']} steps x {down['batch_size']}, {len(down['seeds'])} seeds, "
-                 "mean and 95% CI", fontsize=9)
+    ax.set_title(
+        f"{down['classifier']}, {down['steps']} steps x {down['batch_size']}, {len(down['seeds'])} seeds, "
+        "mean and 95% CI",
+        fontsize=9,
+    )
     ax.legend(fontsize=7, loc="lower right")
     return _save(fig, path)
 
@@ -189,8 +194,15 @@ def plot_confusion(path: Path, down: dict[str, Any], class_names: list[str]) -> 
     return _save(fig, path)
 
 
-def plot_samples(path: Path, real: torch.Tensor, real_labels: torch.Tensor, fake: torch.Tensor,
-                 fake_labels: torch.Tensor, class_names: list[str], per_class: int = 8) -> Path:
+def plot_samples(
+    path: Path,
+    real: torch.Tensor,
+    real_labels: torch.Tensor,
+    fake: torch.Tensor,
+    fake_labels: torch.Tensor,
+    class_names: list[str],
+    per_class: int = 8,
+) -> Path:
     """One row per class: real train images on the left, synthetic on the right (uint8 inputs)."""
     plt = _plt()
     k = len(class_names)
@@ -264,17 +276,23 @@ def _downstream_lines(down: dict[str, Any]) -> list[str]:
     lines.append("")
     if classic:
         scores = ", ".join(f"{k} {_pct(v)}" for k, v in classic["scores"].items())
-        lines.append(f"Classic baseline chosen on the validation split ({sel['n_val']} images): "
-                     f"**{classic['chosen']}** (val balanced accuracy %: {scores}).")
+        lines.append(
+            f"Classic baseline chosen on the validation split ({sel['n_val']} images): "
+            f"**{classic['chosen']}** (val balanced accuracy %: {scores})."
+        )
     else:
         lines.append(f"Classic baseline: **{down['classic_policy']}** (the only policy configured).")
     thr = down["confidence_threshold"]
-    lines.append(f"Synthetic share of a batch: {down['synthetic_share']} ({down['synthetic_sampling']} class "
-                 f"sampling); confidence filter: {'off' if thr is None else f'keep p(class) >= {thr}'}.")
+    lines.append(
+        f"Synthetic share of a batch: {down['synthetic_share']} ({down['synthetic_sampling']} class "
+        f"sampling); confidence filter: {'off' if thr is None else f'keep p(class) >= {thr}'}."
+    )
     if "tune" in sel:
         cands = ", ".join(f"{k}: {_pct(v['balanced_accuracy'])}" for k, v in sel["tune"]["candidates"].items())
-        lines.append(f"Tuned on the validation split with {sel['tune']['regime']} (val balanced accuracy %: "
-                     f"{cands}); the table above is the test result of that choice.")
+        lines.append(
+            f"Tuned on the validation split with {sel['tune']['regime']} (val balanced accuracy %: "
+            f"{cands}); the table above is the test result of that choice."
+        )
     if "synthetic_kept" in sel:
         lines.append(f"Synthetic images kept by the filter: {sel['synthetic_kept']}.")
     return lines + [""]
@@ -403,12 +421,21 @@ def write_report(
         paths["per_class_recall"] = plot_per_class_recall(out_dir / "per_class_recall.png", down, names)
         paths["confusion"] = plot_confusion(out_dir / "confusion.png", down, names)
     if samples is not None:
-        paths["samples"] = plot_samples(out_dir / "samples.png", samples["real"], samples["real_labels"],
-                                        samples["synthetic"], samples["synthetic_labels"], names)
+        paths["samples"] = plot_samples(
+            out_dir / "samples.png",
+            samples["real"],
+            samples["real_labels"],
+            samples["synthetic"],
+            samples["synthetic_labels"],
+            names,
+        )
         mem = result.get("memorisation")
         if mem:
             paths["nearest_pairs"] = save_pairs_image(
-                out_dir / "nearest_pairs.png", samples["synthetic"], samples["train"], mem["closest_pairs"],
+                out_dir / "nearest_pairs.png",
+                samples["synthetic"],
+                samples["train"],
+                mem["closest_pairs"],
                 title=f"closest synthetic/train pairs (RMS pixel distance); near-copy threshold {mem['threshold']:.3f}",
             )
     paths["per_class"] = out_dir / PER_CLASS_CSV

@@ -62,8 +62,16 @@ def test_every_cell_goes_through_map_fn(evaluated: tuple[Path, dict]) -> None:
 def test_evaluate_writes_every_artifact(evaluated: tuple[Path, dict]) -> None:
     run_dir, result = evaluated
     out = run_dir / "eval"
-    for name in ("metrics.json", "per_class.csv", "report.md", "regimes.png", "per_class_recall.png",
-                 "confusion.png", "samples.png", "nearest_pairs.png"):
+    for name in (
+        "metrics.json",
+        "per_class.csv",
+        "report.md",
+        "regimes.png",
+        "per_class_recall.png",
+        "confusion.png",
+        "samples.png",
+        "nearest_pairs.png",
+    ):
         assert (out / name).is_file(), name
     metrics = json.loads((out / "metrics.json").read_text())
     fd = metrics["fd_domain"]
@@ -108,8 +116,18 @@ def test_the_test_split_never_reaches_the_gan(tmp_path: Path) -> None:
     states = []
     for name, d in (("a", data), ("b", poisoned)):
         (tmp_path / name).mkdir()
-        snap = training_loop(run_dir=tmp_path / name, data=d, config=cfg.to_dict(), z_dim=8, g_channels=8,
-                             d_channels=8, total_kimg=0.064, batch_size=32, snapshot_kimg=1.0, progress=False)
+        snap = training_loop(
+            run_dir=tmp_path / name,
+            data=d,
+            config=cfg.to_dict(),
+            z_dim=8,
+            g_channels=8,
+            d_channels=8,
+            total_kimg=0.064,
+            batch_size=32,
+            snapshot_kimg=1.0,
+            progress=False,
+        )
         states.append(checkpoint.load_snapshot(snap).generator_state)
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
 
@@ -132,8 +150,14 @@ def test_extractor_is_cached_by_fingerprint(tmp_path: Path, monkeypatch: pytest.
 def test_training_keeps_the_best_snapshot_by_fd_domain(tmp_path: Path) -> None:
     from augment.train import train
 
-    cfg = tiny_config(tmp_path, "train.kimg=0.128", "train.eval_kimg=0.064", "evaluate.extractor_steps=5",
-                      "evaluate.batch_size=16", "evaluate.samples_per_class=10")
+    cfg = tiny_config(
+        tmp_path,
+        "train.kimg=0.128",
+        "train.eval_kimg=0.064",
+        "evaluate.extractor_steps=5",
+        "evaluate.batch_size=16",
+        "evaluate.samples_per_class=10",
+    )
     run_dir, snap = train(cfg, out=tmp_path / "run", progress=False)
     assert snap == run_dir / checkpoint.BEST_SNAPSHOT
     lines = [json.loads(x) for x in (run_dir / "metrics-train.jsonl").read_text().splitlines()]
@@ -177,8 +201,9 @@ def test_class_mismatch_between_checkpoint_and_data(tiny_run: Path, tmp_path: Pa
     assert not (run_dir / "eval").exists()  # nothing written for a mismatched run
 
 
-def test_fid_inception_without_weights_fails_before_any_work(tiny_run: Path, tmp_path: Path,
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_fid_inception_without_weights_fails_before_any_work(
+    tiny_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from augment.metrics import frechet
 
     monkeypatch.delenv(frechet.INCEPTION_ENV, raising=False)

@@ -45,8 +45,7 @@ def test_per_class_thresholds_do_not_flag_sparse_classes() -> None:
     (train, _), (heldout, h_labels), (fresh, f_labels) = make(200), make(2000, every=40), make(200)
     # Raw intensities, where darkness alone brings images together: the per-class bar must absorb it.
     flat = memorisation(fresh, train, heldout, f_labels, ["bright", "dark"], standardise=False)
-    per = memorisation(fresh, train, heldout, f_labels, ["bright", "dark"], heldout_labels=h_labels,
-                       standardise=False)
+    per = memorisation(fresh, train, heldout, f_labels, ["bright", "dark"], heldout_labels=h_labels, standardise=False)
     assert flat["per_class"]["dark"]["near_copy_fraction"] > 0.5  # one global bar: every dark image "copies"
     assert per["threshold_per_class"] and per["per_class"]["dark"]["near_copy_fraction"] < 0.2
     assert per["near_copy_fraction"] < 0.2
