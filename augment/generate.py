@@ -30,6 +30,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from augment.checkpoint import Snapshot
+from augment.devices import keep_freed_memory
 from augment.errors import ConfigError, OutputError
 from augment.io import atomic_save, ensure_dir
 
@@ -174,6 +175,12 @@ def write_shard(spec: ShardSpec) -> list[dict[str, Any]]:
     The class folders must exist already (:func:`write_samples` makes them): a worker that does
     not see them is on another filesystem, which is an error, never a silent write elsewhere.
     """
+    if torch.device(spec.device).type == "cpu":
+        # Each batch's activations (25 MiB at 28 px, batch 256) would otherwise be fresh mmap pages,
+        # faulted in again batch after batch, worst in a Dask worker (its nanny pins glibc's mmap
+        # threshold at 128 KiB): the forward passes of a 2048-image Fashion-MNIST shard took 2.7-3.1 s
+        # there and 1.75 s in a plain process, against 1.0 s with this (benchmarks/RESULTS.md).
+        keep_freed_memory()
     name = spec.snapshot.class_names[spec.label]
     folder = spec.staging / "images" / class_dirname(spec.label, name)
     if not folder.is_dir():
