@@ -143,13 +143,17 @@ def variants(cfg, device) -> list[tuple[str, dict]]:
     b = cfg.train.batch_size
     if device.type != "cuda":
         # Every switch explicit (a config may set any of them), then the config as it ships.
-        fp32 = dict(batch_size=b, precision="fp32", channels_last=False, r1_interval=1)
+        fp32 = dict(batch_size=b, precision="fp32", channels_last=False, r1_interval=1, compile=False)
         bf16 = fp32 | dict(precision="bf16")
         out = [
             ("project loop, fp32", fp32),
             ("project loop, fp32, channels_last", fp32 | dict(channels_last=True)),
             ("project loop, fp32, lazy R1", fp32 | dict(r1_interval=16)),
             ("project loop, fp32, channels_last, lazy R1", fp32 | dict(channels_last=True, r1_interval=16)),
+            (
+                "project loop, fp32, channels_last, torch.compile + lazy R1",
+                fp32 | dict(channels_last=True, r1_interval=16, compile=True),
+            ),
         ]
         if torch.backends.cpu.get_cpu_capability() in ("AVX512", "AMX"):
             out += [
@@ -158,6 +162,10 @@ def variants(cfg, device) -> list[tuple[str, dict]]:
                 (
                     "project loop, bf16 autocast, channels_last, lazy R1",
                     bf16 | dict(channels_last=True, r1_interval=16),
+                ),
+                (
+                    "project loop, bf16 autocast, channels_last, torch.compile + lazy R1",
+                    bf16 | dict(channels_last=True, r1_interval=16, compile=True),
                 ),
             ]
         t = cfg.train
