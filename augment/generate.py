@@ -178,8 +178,8 @@ def write_shard(spec: ShardSpec) -> list[dict[str, Any]]:
     if torch.device(spec.device).type == "cpu":
         # Each batch's activations (25 MiB at 28 px, batch 256) would otherwise be fresh mmap pages,
         # faulted in again batch after batch, worst in a Dask worker (its nanny pins glibc's mmap
-        # threshold at 128 KiB): the forward passes of a 2048-image Fashion-MNIST shard took 2.7-3.1 s
-        # there and 1.75 s in a plain process, against 1.0 s with this (benchmarks/RESULTS.md).
+        # threshold at 128 KiB): the forward passes of a 2048-image Fashion-MNIST shard took 2.8 s
+        # there and 1.5 s in a plain process, against 0.9 s with this (benchmarks/shard_heap.py).
         keep_freed_memory()
     name = spec.snapshot.class_names[spec.label]
     folder = spec.staging / "images" / class_dirname(spec.label, name)
