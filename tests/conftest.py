@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -78,8 +80,25 @@ def prefect_harness():
         yield
 
 
-#: Script tail for a subprocess probe: allocates 24 MiB (kept alive) and prints the /proc/self/maps
-#: mapping it landed in: "[heap]" (reused by malloc) or "anonymous" (a fresh mmap, unmapped when freed).
+#: The environment a Dask nanny gives its workers: glibc's mmap threshold pinned at 128 KiB.
+DASK_MALLOC = {"MALLOC_TRIM_THRESHOLD_": "65536"}
+
+
+def where_a_24mib_block_lands(script: str, *args: str, cwd: Path = REPO, env: dict[str, str] | None = None) -> str:
+    """Run ``script`` (with ``args``) in a fresh interpreter (malloc settings are process-wide),
+    then allocate 24 MiB there and return the /proc/self/maps mapping it landed in: "[heap]"
+    (reused by malloc) or "anonymous" (a fresh mmap, unmapped when freed)."""
+    out = subprocess.run(
+        [sys.executable, "-c", script + WHERE_IS_A_24MIB_BLOCK, *args],
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout.strip()
+
+
 WHERE_IS_A_24MIB_BLOCK = """
 block = torch.empty(24 << 20, dtype=torch.uint8)
 ptr = block.data_ptr()

@@ -210,19 +210,6 @@ def test_a_cpu_shard_keeps_freed_activations_in_the_heap_under_dasks_malloc_sett
     (page faults each batch: a Fashion-MNIST shard's forward passes ran 2.7x slower). A CPU shard
     undoes that for its process, so a 24 MiB block afterwards comes from the heap. Runs in a fresh
     interpreter with the worker's environment (the setting is process-wide)."""
-    import os
-    import subprocess
-    import sys
+    from conftest import DASK_MALLOC, where_a_24mib_block_lands
 
-    from conftest import REPO, WHERE_IS_A_24MIB_BLOCK
-
-    env = {**os.environ, "MALLOC_TRIM_THRESHOLD_": "65536"}
-    out = subprocess.run(
-        [sys.executable, "-c", SHARD_HEAP_PROBE + WHERE_IS_A_24MIB_BLOCK],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.strip() == "[heap]"
+    assert where_a_24mib_block_lands(SHARD_HEAP_PROBE, env=DASK_MALLOC) == "[heap]"

@@ -158,17 +158,14 @@ def test_bf16_training_is_reproducible_and_differs_from_fp32(tmp_path: Path) -> 
         torch.testing.assert_close(wa[k], wc[k], rtol=0.05, atol=0.02, msg=k)
 
 
-from conftest import WHERE_IS_A_24MIB_BLOCK  # noqa: E402
+from conftest import where_a_24mib_block_lands  # noqa: E402
 
-HEAP_PROBE = (
-    """
+HEAP_PROBE = """
 import sys, torch
 from augment.devices import keep_freed_memory
 if sys.argv[1] == "keep":
     assert keep_freed_memory()
 """
-    + WHERE_IS_A_24MIB_BLOCK
-)
 
 
 @pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs Linux /proc")
@@ -176,18 +173,8 @@ def test_cpu_training_keeps_freed_activations_in_the_heap(tmp_path: Path) -> Non
     """keep_freed_memory raises glibc's mmap threshold: a 24 MiB activation comes from the heap
     (reused step after step) instead of fresh mmap pages (page faults every step). Each case runs in
     a fresh interpreter because the setting is process-wide."""
-    import subprocess
-    import sys
-
-    from conftest import REPO
-
-    def where(mode: str) -> str:
-        out = subprocess.run([sys.executable, "-c", HEAP_PROBE, mode], cwd=REPO, capture_output=True, text=True)
-        assert out.returncode == 0, out.stderr[-2000:]
-        return out.stdout.strip()
-
-    assert where("default") == "anonymous"
-    assert where("keep") == "[heap]"
+    assert where_a_24mib_block_lands(HEAP_PROBE, "default") == "anonymous"
+    assert where_a_24mib_block_lands(HEAP_PROBE, "keep") == "[heap]"
 
 
 def test_cuda_section_replaces_cpu_settings_only_on_cuda(tmp_path: Path) -> None:

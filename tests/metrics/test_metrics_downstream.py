@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 import pickle
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -311,17 +308,14 @@ def test_the_torchvision_backend_runs_the_grid_with_equal_steps() -> None:
         classic_augment(torch.zeros(2, 1, 8, 8), "crop", torch.Generator(), "albumentations")
 
 
-from conftest import WHERE_IS_A_24MIB_BLOCK  # noqa: E402
+from conftest import DASK_MALLOC, where_a_24mib_block_lands  # noqa: E402
 
-CELL_HEAP_PROBE = (
-    """
+CELL_HEAP_PROBE = """
 import torch
 from test_metrics_downstream import ev, make_data, synthetic
 from augment.metrics.downstream import prepare, run_cell
 run_cell(prepare(make_data(), *synthetic(), ev(steps=2)), "real", 0)
 """
-    + WHERE_IS_A_24MIB_BLOCK
-)
 
 
 @pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs Linux /proc")
@@ -330,9 +324,5 @@ def test_a_cell_keeps_freed_activations_in_the_heap_under_dasks_malloc_setting()
     128 KiB: every large activation is then a fresh mmap (page faults each step; a Fashion-MNIST cell
     ran 2.0x slower). A downstream cell undoes that for its process, so a 24 MiB block afterwards
     comes from the heap. Runs in a fresh interpreter with the worker's environment."""
-    env = {**os.environ, "MALLOC_TRIM_THRESHOLD_": "65536", "PYTHONPATH": str(Path(__file__).parent.parent)}
-    out = subprocess.run(
-        [sys.executable, "-c", CELL_HEAP_PROBE], cwd=Path(__file__).parent, env=env, capture_output=True, text=True
-    )
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.strip() == "[heap]"
+    env = {**DASK_MALLOC, "PYTHONPATH": str(Path(__file__).parent.parent)}
+    assert where_a_24mib_block_lands(CELL_HEAP_PROBE, cwd=Path(__file__).parent, env=env) == "[heap]"
