@@ -104,6 +104,16 @@ class ModelConfig(_Section):
     d_spectral_norm: bool = False
 
 
+CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
+
+
+def _check_compile_mode(section: Any) -> Any:
+    """A compile mode without compiling would be silently ignored: refuse it."""
+    if section.compile_mode != "default" and not section.compile:
+        raise ValueError(f"compile_mode {section.compile_mode!r} needs compile: true")
+    return section
+
+
 class CudaTrainConfig(_Section):
     """Settings that replace the CPU ones when training runs on CUDA.
 
@@ -119,9 +129,15 @@ class CudaTrainConfig(_Section):
     channels_last: bool = True
     #: torch.compile the two networks for the adversarial steps.
     compile: bool = True
+    #: torch.compile's mode: reduce-overhead replays each step's kernels as CUDA graphs.
+    compile_mode: CompileMode = "default"
     #: R1 every this many D steps (scaled up to match): double backward does not go through
     #: torch.compile, so the R1 pass runs eagerly and is kept rare (lazy regularisation).
     r1_interval: int = Field(16, ge=1)
+
+    @model_validator(mode="after")
+    def _mode_needs_compile(self) -> CudaTrainConfig:
+        return _check_compile_mode(self)
 
 
 class TrainConfig(_Section):
@@ -151,10 +167,16 @@ class TrainConfig(_Section):
     channels_last: bool = False
     #: torch.compile the networks for the adversarial steps (the R1 pass stays eager).
     compile: bool = False
+    #: torch.compile's mode (see train.cuda.compile_mode; CUDA graphs exist only on CUDA).
+    compile_mode: CompileMode = "default"
     #: Torch intra-op threads; None = every core.
     threads: int | None = Field(None, ge=1)
-    #: Replaces batch_size, lr, precision, channels_last, compile and r1_interval on CUDA.
+    #: Replaces batch_size, lr, precision, channels_last, compile(_mode) and r1_interval on CUDA.
     cuda: CudaTrainConfig = CudaTrainConfig()
+
+    @model_validator(mode="after")
+    def _mode_needs_compile(self) -> TrainConfig:
+        return _check_compile_mode(self)
 
 
 class GenerateConfig(_Section):

@@ -76,6 +76,7 @@ def training_loop(
     precision: str = "fp32",
     channels_last: bool = False,
     compile: bool = False,
+    compile_mode: str = "default",
     r1_interval: int = 1,
     resume: bool = False,
     progress: bool = True,
@@ -98,8 +99,11 @@ def training_loop(
 
     ``compile`` runs the adversarial steps through ``torch.compile``d networks (the eager modules
     keep the parameters, EMA and checkpoints); the R1 pass then runs eagerly every ``r1_interval``
-    D steps. On CUDA the loop never waits for the device between ticks: losses accumulate on the
-    device and are read once a tick.
+    D steps. ``compile_mode`` is torch.compile's ``mode``; with ``reduce-overhead`` (or
+    ``max-autotune``) on CUDA each step's compiled kernels replay as CUDA graphs, and every step is
+    marked as a new iteration so the graphs may reuse the previous step's memory. On CUDA the loop
+    never waits for the device between ticks: losses accumulate on the device and are read once a
+    tick.
     """
     start_time = time.time()
     device = torch.device(device)
@@ -159,8 +163,9 @@ def training_loop(
     D_frozen: torch.nn.Module = D
     if compile:
         D_r1 = D_step
-        G_step, D_step = torch.compile(G_step), torch.compile(D_step)
-        D_frozen = D_step if wrap is None else torch.compile(D)
+        G_step, D_step = torch.compile(G_step, mode=compile_mode), torch.compile(D_step, mode=compile_mode)
+        D_frozen = D_step if wrap is None else torch.compile(D, mode=compile_mode)
+    cuda_graphs = compile and device.type == "cuda" and compile_mode in ("reduce-overhead", "max-autotune")
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     is_main = rank == 0
@@ -242,6 +247,9 @@ def training_loop(
     )
     stop_reason = "done"
     while cur_nimg < total_nimg:
+        if cuda_graphs:  # nothing a graph returned in the last step is read again
+            torch.compiler.cudagraph_mark_step_begin()
+
         # Discriminator step: a real minibatch and fakes of the same labels.
         idx = torch.randint(len(images), (batch_size,), generator=gen, device=device)
         real, y = images[idx], labels[idx]
@@ -376,8 +384,8 @@ def prepare_run_dir(cfg: Config, out: Path | None = None, resume: bool = False) 
 
 def loop_kwargs(cfg: Config, device: torch.device | str = "cpu") -> dict[str, Any]:
     """The keyword arguments of :func:`training_loop` that a config decides (on ``device``: on
-    CUDA, ``train.cuda`` replaces the batch size, learning rates, precision, layout, compile and
-    R1 interval; ``precision: auto`` comes back as the ``fp32`` or ``bf16`` that ``device`` gets)."""
+    CUDA, ``train.cuda`` replaces the batch size, learning rates, precision, layout, compile (and
+    its mode) and R1 interval; ``precision: auto`` comes back as the ``fp32`` or ``bf16`` that ``device`` gets)."""
     kwargs = dict(
         config=cfg.to_dict(),
         seed=cfg.seed,
@@ -401,6 +409,7 @@ def loop_kwargs(cfg: Config, device: torch.device | str = "cpu") -> dict[str, An
         precision=cfg.train.precision,
         channels_last=cfg.train.channels_last,
         compile=cfg.train.compile,
+        compile_mode=cfg.train.compile_mode,
         r1_interval=cfg.train.r1_interval,
     )
     device = torch.device(device)
@@ -413,6 +422,7 @@ def loop_kwargs(cfg: Config, device: torch.device | str = "cpu") -> dict[str, An
             precision=gpu.precision,
             channels_last=gpu.channels_last,
             compile=gpu.compile,
+            compile_mode=gpu.compile_mode,
             r1_interval=gpu.r1_interval,
         )
     kwargs["precision"] = resolve_precision(kwargs["precision"], device)

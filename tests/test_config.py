@@ -70,6 +70,11 @@ def test_cross_field_rules() -> None:
         load_config(None, ["data.split.val=0.5", "data.split.test=0.5"])
     with pytest.raises(ConfigError, match="needs data.root"):
         load_config(None, ["data.source=imagefolder"])
+    # A compile mode without compile would be ignored without a word: refused in either section.
+    with pytest.raises(ConfigError, match="train: compile_mode 'max-autotune' needs compile: true"):
+        load_config(None, ["train.compile_mode=max-autotune"])
+    with pytest.raises(ConfigError, match="train.cuda: compile_mode 'reduce-overhead' needs compile: true"):
+        load_config(None, ["train.cuda.compile=false", "train.cuda.compile_mode=reduce-overhead"])
 
 
 def test_bad_override_syntax_and_bad_yaml(tmp_path: Path) -> None:

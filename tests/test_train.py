@@ -198,6 +198,9 @@ def test_cuda_section_replaces_cpu_settings_only_on_cuda(tmp_path: Path) -> None
         "bf16",
     )
     assert gpu["channels_last"] is True and cpu["channels_last"] is False
+    modes = tiny_config(tmp_path, "train.compile=true", "train.cuda.compile_mode=reduce-overhead")
+    assert loop_kwargs(modes, "cpu")["compile_mode"] == "default"
+    assert loop_kwargs(modes, "cuda")["compile_mode"] == "reduce-overhead"
 
 
 def test_lazy_r1_is_resumed_on_the_same_steps(tmp_path: Path) -> None:
