@@ -321,7 +321,8 @@ def render(args, config: str, cfg_name: str, rows, run_dir: Path, notes: list[st
     t, e = cfg.train, cfg.evaluate
     cuda_cfg = getattr(t, "cuda", None)  # train.cuda: the settings that replace the CPU ones on a GPU
     if dev == "cuda" and cuda_cfg is not None:
-        batch = f"batch {cuda_cfg.batch_size} ({cuda_cfg.precision}, compile {cuda_cfg.compile})"
+        mode = f" {cuda_cfg.compile_mode}" if cuda_cfg.compile_mode != "default" else ""
+        batch = f"batch {cuda_cfg.batch_size} ({cuda_cfg.precision}, compile {cuda_cfg.compile}{mode})"
     else:
         batch = f"batch {t.batch_size} ({t.precision})"
     sizes = facts.get("sizes") or {}

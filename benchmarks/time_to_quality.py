@@ -111,11 +111,13 @@ def main() -> None:
     best_row = min(rows, key=lambda r: r["fd_domain"])
     best = best_row["fd_domain"]
     first_within = next(r for r in rows if r["fd_domain"] <= args.within * best)
-    at_minute = [r for r in rows if r["train_s"] <= 60]
+    # The value after 1 minute only where training ran past it (a shorter run has no such value).
+    at_minute = [r for r in rows if r["train_s"] <= 60] if rows[-1]["train_s"] >= 60 else []
     kw = loop_kwargs(cfg, device)
+    mode = f" ({kw['compile_mode']})" if kw["compile_mode"] != "default" else ""
     settings = (
         f"batch {kw['batch_size']}, {kw['precision']}, channels_last {kw['channels_last']}, compile "
-        f"{kw['compile']}, R1 every {kw['r1_interval']}, lr G/D {kw['lr_g']}/{kw['lr_d']}"
+        f"{kw['compile']}{mode}, R1 every {kw['r1_interval']}, lr G/D {kw['lr_g']}/{kw['lr_d']}"
     )
     lines = [
         f"config `{args.config}` {' '.join(args.set)} ({label}); {device.type}; {settings}; "

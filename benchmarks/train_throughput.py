@@ -143,7 +143,9 @@ def variants(cfg, device) -> list[tuple[str, dict]]:
     b = cfg.train.batch_size
     if device.type != "cuda":
         # Every switch explicit (a config may set any of them), then the config as it ships.
-        fp32 = dict(batch_size=b, precision="fp32", channels_last=False, r1_interval=1, compile=False)
+        fp32 = dict(
+            batch_size=b, precision="fp32", channels_last=False, r1_interval=1, compile=False, compile_mode="default"
+        )
         bf16 = fp32 | dict(precision="bf16")
         out = [
             ("project loop, fp32", fp32),
@@ -179,7 +181,8 @@ def variants(cfg, device) -> list[tuple[str, dict]]:
             )
         )
         return out
-    plain = dict(precision="fp32", channels_last=False, compile=False, r1_interval=1)  # then switched on
+    # Every switch off, then switched on row by row.
+    plain = dict(precision="fp32", channels_last=False, compile=False, compile_mode="default", r1_interval=1)
     fast = dict(precision="bf16", channels_last=True)
     lazy = dict(compile=True, r1_interval=cfg.train.cuda.r1_interval)
     out = [("project loop, fp32", plain | dict(batch_size=b))]
@@ -194,6 +197,11 @@ def variants(cfg, device) -> list[tuple[str, dict]]:
             (
                 f"project loop, bf16, channels_last, torch.compile + lazy R1, batch {batch}",
                 plain | dict(batch_size=batch, **fast, **lazy),
+            ),
+            (
+                "project loop, bf16, channels_last, torch.compile reduce-overhead (CUDA graphs) + lazy R1, "
+                f"batch {batch}",
+                plain | dict(batch_size=batch, **fast, **lazy, compile_mode="reduce-overhead"),
             ),
         ]
     return out
