@@ -15,7 +15,8 @@
 # Before the first call, in the repo root here (both folders are git-ignored, so name them in carry):
 #   mkdir -p .gpu/fashion && cp $(dpkg -L dataset-fashion-mnist | grep 'ubyte.gz$') .gpu/fashion/
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-#       --platform manylinux_2_17_x86_64 -d .whl pydantic pydantic-core annotated-types typing-inspection
+#       --platform manylinux_2_17_x86_64 -c constraints.txt -d .whl \
+#       pydantic pydantic-core annotated-types typing-inspection typing-extensions
 # then: run(command='bash benchmarks/run_gpu.sh 5 "$OUT"', carry=['.gpu', '.whl'], timeout_s=600)
 set -uo pipefail
 part=$1
