@@ -157,6 +157,20 @@ class TrainConfig(_Section):
     snapshot_kimg: float = Field(10.0, gt=0)
     #: Evaluate the EMA generator's fd_domain every this many kimg and keep the best (0 = off).
     eval_kimg: float = Field(0.0, ge=0)
+    #: Adaptive discriminator augmentation (Karras et al. 2020, StyleGAN2-ADA): each DiffAugment
+    #: policy is applied to an image with probability p, and p is steered so that E[sign(D(real))]
+    #: (D's overfitting heuristic r_t) stays at this target (0.6 in the paper). None = fixed
+    #: DiffAugment, every policy on every image (p = 1).
+    ada_target: float | None = Field(None, gt=0.0, lt=1.0)
+    #: How fast p may move: from 0 to 1 in this many thousand images shown (the paper's 500 kimg is
+    #: sized for trainings of tens of thousands of kimg; these run for tens to hundreds).
+    ada_kimg: float = Field(20.0, gt=0)
+    #: LeCam regularisation of D's outputs (Tseng et al. 2021): weight of
+    #: E[(D(real) - ema_fake)^2] + E[(D(fake) - ema_real)^2] in D's loss (0 = off).
+    lecam_weight: float = Field(0.0, ge=0)
+    #: Mode-seeking term (Mao et al. 2019, MSGAN): weight of 1 / (|G(z1) - G(z2)| / |z1 - z2|) in
+    #: G's loss, for pairs of latents of the same class (0 = off).
+    mode_seeking: float = Field(0.0, ge=0)
     #: Stop at this wall-clock budget (minutes); None = no budget.
     max_minutes: float | None = Field(None, gt=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -231,10 +245,14 @@ class EvaluateConfig(_Section):
     synthetic_per_class: int = Field(500, ge=1)
     #: Keep a synthetic image only if a real-trained classifier gives its class >= this probability.
     confidence_threshold: float | None = Field(None, ge=0.0, le=1.0)
-    #: Choose synthetic_share/threshold on the validation split (never the test split).
+    #: Train on synthetic images against the filter classifier's probabilities (a classifier
+    #: trained on the real train split) instead of their one-hot class: soft labels.
+    soft_labels: bool = False
+    #: Choose synthetic_share / threshold / soft labels on the validation split (never the test split).
     tune: bool = False
     tune_shares: list[float] = [0.25, 0.5]
     tune_thresholds: list[float | None] = [None, 0.8]
+    tune_soft_labels: list[bool] = [False]
     #: Classic baselines tried on the validation split; the best is the verdict's baseline.
     classic: list[str] = ["crop", "crop+flip", "crop+flip+affine"]
     #: torch: a vectorised re-implementation of the torchvision ops (fast, the default);
@@ -293,6 +311,13 @@ class EvaluateConfig(_Section):
     def _shares(cls, v: list[float]) -> list[float]:
         if not v or any(not 0.0 <= s <= 1.0 for s in v):
             raise ValueError(f"tune_shares must be a non-empty list of values in [0, 1], got {v}")
+        return v
+
+    @field_validator("tune_soft_labels")
+    @classmethod
+    def _soft(cls, v: list[bool]) -> list[bool]:
+        if not v:
+            raise ValueError("tune_soft_labels must be a non-empty list of true/false")
         return v
 
     @field_validator("tune_thresholds")

@@ -60,7 +60,12 @@ POLICIES = {"color": color, "translation": translation, "cutout": cutout}
 
 
 class DiffAugment:
-    """Apply the named policies in the reference order (color, translation, cutout)."""
+    """Apply the named policies in the reference order (color, translation, cutout).
+
+    With ``p`` (a float or a 0-d tensor, e.g. :attr:`AdaptiveAugment.p`), each policy is applied
+    to each image independently with probability ``p`` (StyleGAN2-ADA's per-image, per-op
+    probability); without it every policy is applied to every image, as in DiffAugment.
+    """
 
     def __init__(self, policies: Sequence[str]) -> None:
         unknown = [p for p in policies if p not in POLICIES]
@@ -68,10 +73,83 @@ class DiffAugment:
             raise ValueError(f"unknown DiffAugment policy {unknown[0]!r}; choose from {sorted(POLICIES)}")
         self.policies = [p for p in POLICIES if p in policies]
 
-    def __call__(self, x: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
+    def __call__(
+        self, x: torch.Tensor, gen: torch.Generator | None = None, p: float | torch.Tensor | None = None
+    ) -> torch.Tensor:
         for name in self.policies:
-            x = POLICIES[name](x, gen)
+            augmented = POLICIES[name](x, gen)
+            if p is None:
+                x = augmented
+            else:  # a tensor p stays on the device: no host sync per step
+                keep = torch.rand(x.shape[0], 1, 1, 1, generator=gen, device=x.device) >= p
+                x = torch.where(keep, x, augmented)
         return x
 
     def __repr__(self) -> str:
         return f"DiffAugment({self.policies})"
+
+
+class AdaptiveAugment:
+    """StyleGAN2-ADA's controller (Karras et al. 2020) of the augmentation probability ``p``.
+
+    D's outputs on the (augmented) real images are watched through the overfitting heuristic
+    ``r_t = E[sign(D(real))]``: every ``interval`` D steps, ``p`` moves by ``sign(r_t - target)``
+    times the images seen since the last adjustment over ``speed_kimg`` thousand, clamped to
+    [0, 1]. It starts at ``p = 0`` (no augmentation until D starts to overfit). Everything stays on
+    the device (a 0-d tensor ``p``), so the training loop never waits for it.
+
+    Example:
+        >>> import torch
+        >>> ada = AdaptiveAugment(target=0.6, speed_kimg=0.001, interval=1)
+        >>> ada.observe(torch.ones(8))  # D is sure every real image is real: r_t = 1 > 0.6
+        >>> float(ada.p)
+        1.0
+    """
+
+    def __init__(
+        self, target: float = 0.6, speed_kimg: float = 20.0, interval: int = 4, device: torch.device | str = "cpu"
+    ) -> None:
+        if not 0.0 < target < 1.0:
+            raise ValueError(f"ada target must be in (0, 1), got {target}")
+        if speed_kimg <= 0 or interval < 1:
+            raise ValueError(f"ada speed_kimg must be > 0 and interval >= 1, got {speed_kimg}, {interval}")
+        self.target, self.speed_kimg, self.interval = target, speed_kimg, interval
+        self.p = torch.zeros((), device=device)
+        self.rt = torch.zeros((), device=device)  # the last adjustment's r_t (for the logs)
+        self._sign_sum = torch.zeros((), device=device)
+        self._count = torch.zeros((), device=device)
+        self._calls = 0
+
+    def observe(self, real_logits: torch.Tensor) -> None:
+        """Record D's logits on one real batch; adjust ``p`` every ``interval`` calls."""
+        with torch.no_grad():
+            self._sign_sum += real_logits.detach().float().sign().sum()
+            self._count += real_logits.numel()
+            self._calls += 1
+            if self._calls % self.interval:
+                return
+            sums = torch.stack([self._sign_sum, self._count])
+            if torch.distributed.is_available() and torch.distributed.is_initialized():
+                torch.distributed.all_reduce(sums)  # every rank steers the same p
+            self.rt = sums[0] / sums[1].clamp(min=1)
+            step = torch.sign(self.rt - self.target) * sums[1] / (self.speed_kimg * 1000)
+            self.p = (self.p + step).clamp(0.0, 1.0)
+            self._sign_sum.zero_()
+            self._count.zero_()
+
+    def state_dict(self) -> dict[str, torch.Tensor | int]:
+        return {
+            "p": self.p.detach().cpu(),
+            "rt": self.rt.detach().cpu(),
+            "sign_sum": self._sign_sum.detach().cpu(),
+            "count": self._count.detach().cpu(),
+            "calls": self._calls,
+        }
+
+    def load_state_dict(self, state: dict[str, torch.Tensor | int]) -> None:
+        device = self.p.device
+        self.p = torch.as_tensor(state["p"]).to(device)
+        self.rt = torch.as_tensor(state["rt"]).to(device)
+        self._sign_sum = torch.as_tensor(state["sign_sum"]).to(device).clone()
+        self._count = torch.as_tensor(state["count"]).to(device).clone()
+        self._calls = int(state["calls"])

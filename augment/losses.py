@@ -20,24 +20,65 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from augment.diffaug import DiffAugment
+from augment.diffaug import AdaptiveAugment, DiffAugment
 
 LOSSES = ("hinge", "nonsaturating")
 
 
+class LeCam:
+    """LeCam regularisation of D's outputs (Tseng et al. 2021, "Regularizing Generative Adversarial
+    Networks under Limited Data"), as in the authors' code:
+    ``relu(D(real) - ema_fake)^2 + relu(ema_real - D(fake))^2``, the anchors being exponential moving
+    averages (decay 0.99) of D's mean outputs on reals and fakes. It keeps D's predictions from
+    drifting apart on a dataset it can memorise. The anchors are on the device and checkpointed.
+    """
+
+    def __init__(self, weight: float, decay: float = 0.99, device: torch.device | str = "cpu") -> None:
+        if weight < 0 or not 0.0 <= decay < 1.0:
+            raise ValueError(f"lecam weight must be >= 0 and decay in [0, 1), got {weight}, {decay}")
+        self.weight, self.decay = weight, decay
+        self.ema = torch.zeros(2, device=device)  # (real, fake)
+
+    def __call__(self, real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            means = torch.stack([real_logits.detach().float().mean(), fake_logits.detach().float().mean()])
+            self.ema.lerp_(means, 1.0 - self.decay)
+        ema_real, ema_fake = self.ema.unbind()
+        reg = F.relu(real_logits - ema_fake).square().mean() + F.relu(ema_real - fake_logits).square().mean()
+        return self.weight * reg
+
+
 class GanLoss:
-    """Hinge (Lim & Ye 2017; Miyato et al. 2018) or non-saturating (Goodfellow et al. 2014) loss."""
+    """Hinge (Lim & Ye 2017; Miyato et al. 2018) or non-saturating (Goodfellow et al. 2014) loss,
+    with the limited-data regularisers as options: R1, adaptive augmentation (``ada``), LeCam
+    (``lecam_weight``) and a mode-seeking term for G (``mode_seeking``)."""
 
     def __init__(
-        self, kind: str = "hinge", diffaug: Sequence[str] = ("translation", "cutout"), r1_gamma: float = 0.0
+        self,
+        kind: str = "hinge",
+        diffaug: Sequence[str] = ("translation", "cutout"),
+        r1_gamma: float = 0.0,
+        *,
+        ada: AdaptiveAugment | None = None,
+        lecam_weight: float = 0.0,
+        mode_seeking: float = 0.0,
+        device: torch.device | str = "cpu",
     ) -> None:
         if kind not in LOSSES:
             raise ValueError(f"unknown loss {kind!r}; choose from {LOSSES}")
         if r1_gamma < 0:
             raise ValueError(f"r1_gamma must be >= 0, got {r1_gamma}")
+        if mode_seeking < 0:
+            raise ValueError(f"mode_seeking must be >= 0, got {mode_seeking}")
         self.kind = kind
         self.augment = DiffAugment(diffaug)
         self.r1_gamma = r1_gamma
+        self.ada = ada
+        self.lecam = LeCam(lecam_weight, device=device) if lecam_weight > 0 else None
+        self.mode_seeking = mode_seeking
+
+    def _aug(self, x: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
+        return self.augment(x, gen, None if self.ada is None else self.ada.p)
 
     def discriminator(
         self,
@@ -60,11 +101,12 @@ class GanLoss:
         R1 is added when ``r1`` is true (lazy regularisation passes ``r1`` on every N-th step
         with ``r1_scale=N``). By default the penalty reuses the real forward pass; with ``D_r1``
         (an eager twin of a compiled ``D``: double backward does not go through torch.compile) it
-        runs a separate forward of the same augmented reals.
+        runs a separate forward of the same augmented reals. With ``ada``, D's real logits steer
+        the augmentation probability.
         """
         with torch.no_grad():
             fake = G(z, labels)
-        real_aug, fake_aug = self.augment(torch.cat([real, fake]), gen).chunk(2)
+        real_aug, fake_aug = self._aug(torch.cat([real, fake]), gen).chunk(2)
         do_r1 = self.r1_gamma > 0 and r1
         if do_r1 and D_r1 is None:
             real_aug = real_aug.detach().requires_grad_(True)
@@ -73,6 +115,10 @@ class GanLoss:
             loss = F.relu(1.0 - real_logits).mean() + F.relu(1.0 + fake_logits).mean()
         else:
             loss = F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean()
+        if self.lecam is not None:
+            loss = loss + self.lecam(real_logits, fake_logits)
+        if self.ada is not None:
+            self.ada.observe(real_logits)
         if do_r1:  # R1 (Mescheder et al. 2018): penalise D's gradient on real images
             if D_r1 is None:
                 x, logits = real_aug, real_logits
@@ -91,8 +137,19 @@ class GanLoss:
         z: torch.Tensor,
         gen: torch.Generator | None = None,
     ) -> torch.Tensor:
-        """G's loss: make D score augmented fakes as real."""
-        logits = D(self.augment(G(z, labels), gen), labels)
-        if self.kind == "hinge":
-            return -logits.mean()
-        return F.softplus(-logits).mean()
+        """G's loss: make D score augmented fakes as real.
+
+        With ``mode_seeking`` (MSGAN, Mao et al. 2019) the batch is split into two halves of the same
+        classes, and G also pays ``mode_seeking / (mean|G(z1) - G(z2)| / mean|z1 - z2| + 1e-5)``:
+        two latents of one class that give (nearly) one image cost much, a mode collapse is expensive.
+        """
+        if self.mode_seeking > 0:
+            half = labels.shape[0] // 2
+            labels = torch.cat([labels[:half], labels[:half], labels[2 * half :]])
+        fake = G(z, labels)
+        logits = D(self._aug(fake, gen), labels)
+        loss = -logits.mean() if self.kind == "hinge" else F.softplus(-logits).mean()
+        if self.mode_seeking > 0 and half > 0:
+            ratio = (fake[:half] - fake[half : 2 * half]).abs().mean() / (z[:half] - z[half : 2 * half]).abs().mean()
+            loss = loss + self.mode_seeking / (ratio.float() + 1e-5)
+        return loss

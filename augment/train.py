@@ -24,6 +24,7 @@ from augment.data import PreparedData, load_data
 from augment.devices import keep_freed_memory, resolve_device, resolve_precision, usable_cores
 from augment.errors import CheckpointError
 from augment.io import atomic_save, atomic_write_text, ensure_dir, new_run_dir
+from augment.diffaug import AdaptiveAugment
 from augment.losses import GanLoss
 from augment.models import ConditionalGenerator, ProjectionDiscriminator
 
@@ -63,6 +64,10 @@ def training_loop(
     loss: str = "hinge",
     r1_gamma: float = 0.1,
     diffaug: list[str] | tuple[str, ...] = ("translation", "cutout"),
+    ada_target: float | None = None,
+    ada_kimg: float = 20.0,
+    lecam_weight: float = 0.0,
+    mode_seeking: float = 0.0,
     total_kimg: float = 50.0,
     batch_size: int = 64,
     lr_g: float = 2e-4,
@@ -169,7 +174,12 @@ def training_loop(
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     is_main = rank == 0
-    loss_fn = GanLoss(loss, diffaug, r1_gamma)
+    # Limited-data regularisers: the ADA controller and LeCam's anchors live on the device and in
+    # the training state (a resumed run continues with the same p and anchors).
+    ada = AdaptiveAugment(ada_target, ada_kimg, device=device) if ada_target is not None else None
+    loss_fn = GanLoss(
+        loss, diffaug, r1_gamma, ada=ada, lecam_weight=lecam_weight, mode_seeking=mode_seeking, device=device
+    )
     cur_nimg = 0
     best = {"value": float("inf"), "kimg": None}
     if state is not None:
@@ -183,6 +193,10 @@ def training_loop(
             gen.manual_seed(int(torch.randint(1 << 62, (1,), generator=gen)) + rank)
         cur_nimg = int(state["cur_nimg"])
         best = dict(state.get("best", best))
+        if ada is not None and state.get("ada") is not None:
+            ada.load_state_dict(state["ada"])
+        if loss_fn.lecam is not None and state.get("lecam_ema") is not None:
+            loss_fn.lecam.ema.copy_(state["lecam_ema"].to(device))
         log.info("Resuming from %s at %.1f kimg", state_path, cur_nimg / 1000)
     log.info(
         "G: %d params, D: %d params", sum(p.numel() for p in G.parameters()), sum(p.numel() for p in D.parameters())
@@ -212,6 +226,8 @@ def training_loop(
                 "rng": gen.get_state(),
                 "cur_nimg": nimg,
                 "best": best,
+                "ada": ada.state_dict() if ada is not None else None,
+                "lecam_ema": loss_fn.lecam.ema.detach().cpu() if loss_fn.lecam is not None else None,
                 "generator_kwargs": g_kwargs,
                 "discriminator_kwargs": d_kwargs,
                 "class_names": list(data.class_names),
@@ -294,10 +310,13 @@ def training_loop(
                 "images_per_s": (cur_nimg - tick_start_nimg) / max(now - tick_start_time, 1e-9),
                 "elapsed_s": now - start_time,
             }
+            if ada is not None:
+                tick["ada_p"], tick["ada_rt"] = float(ada.p), float(ada.rt)
             loss_sum.zero_()
             loss_steps = 0
             tick_start_nimg, tick_start_time = cur_nimg, now
-            bar.set_postfix_str(f"img/s={tick['images_per_s']:.0f} D={ld:.3f} G={lg:.3f}", refresh=False)
+            ada_text = f" p={tick['ada_p']:.2f}" if ada is not None else ""
+            bar.set_postfix_str(f"img/s={tick['images_per_s']:.0f} D={ld:.3f} G={lg:.3f}{ada_text}", refresh=False)
             bar.update(min(cur_nimg, total_nimg) / 1000 - bar.n)
             if is_main:
                 with open(stats_path, "a") as fh:
@@ -397,6 +416,10 @@ def loop_kwargs(cfg: Config, device: torch.device | str = "cpu") -> dict[str, An
         loss=cfg.train.loss,
         r1_gamma=cfg.train.r1_gamma,
         diffaug=cfg.train.diffaug,
+        ada_target=cfg.train.ada_target,
+        ada_kimg=cfg.train.ada_kimg,
+        lecam_weight=cfg.train.lecam_weight,
+        mode_seeking=cfg.train.mode_seeking,
         total_kimg=cfg.train.kimg,
         batch_size=cfg.train.batch_size,
         lr_g=cfg.train.lr_g,

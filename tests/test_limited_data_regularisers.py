@@ -1,0 +1,153 @@
+"""The limited-data switches of the GAN recipe: adaptive augmentation (ADA), LeCam, mode seeking.
+
+Each is checked against its defining formula on known values, for its effect on training, and for
+an exact resume (its state lives in the training state).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from augment import checkpoint
+from augment.diffaug import AdaptiveAugment, DiffAugment
+from augment.losses import GanLoss, LeCam
+from augment.models import ConditionalGenerator, ProjectionDiscriminator
+from augment.train import loop_kwargs, train
+from conftest import tiny_config
+
+
+def test_diffaug_probability_zero_is_identity_and_one_is_plain_diffaugment() -> None:
+    x = torch.randn(16, 1, 8, 8)
+    aug = DiffAugment(["translation", "cutout"])
+    assert torch.equal(aug(x, torch.Generator().manual_seed(0), p=0.0), x)
+    # p = 1 applies every op to every image; the mask draws come after each op's own draws, so
+    # the first op's parameters are those of plain DiffAugment: compare one op at a time.
+    one = DiffAugment(["cutout"])
+    plain = one(x, torch.Generator().manual_seed(0))
+    assert torch.equal(one(x, torch.Generator().manual_seed(0), p=1.0), plain)
+    # In between, about p of the images change (cutout always zeroes a quarter of an image).
+    p = torch.tensor(0.25)
+    out = one(torch.randn(4000, 1, 8, 8) + 5, torch.Generator().manual_seed(1), p=p)
+    changed = (out == 0).flatten(1).any(1).float().mean().item()
+    assert changed == pytest.approx(0.25, abs=0.03)
+
+
+def test_ada_controller_follows_the_sign_heuristic() -> None:
+    ada = AdaptiveAugment(target=0.6, speed_kimg=1.0, interval=2)
+    ada.observe(torch.ones(100))  # r_t = 1 after 2 calls: 200 images = 0.2 of speed_kimg
+    assert float(ada.p) == 0.0  # no adjustment before `interval` calls
+    ada.observe(torch.ones(100))
+    assert float(ada.rt) == 1.0 and float(ada.p) == pytest.approx(0.2)
+    for _ in range(2):  # D unsure (r_t = 0 < 0.6): p falls by the same step
+        ada.observe(torch.tensor([1.0, -1.0] * 50))
+    assert float(ada.rt) == 0.0 and float(ada.p) == pytest.approx(0.0, abs=1e-7)
+    for _ in range(2):  # p never leaves [0, 1]
+        ada.observe(-torch.ones(100))
+    assert float(ada.p) == 0.0
+    for _ in range(40):
+        ada.observe(torch.ones(100))
+    assert float(ada.p) == 1.0
+    state = ada.state_dict()
+    again = AdaptiveAugment(target=0.6, speed_kimg=1.0, interval=2)
+    again.load_state_dict(state)
+    assert float(again.p) == 1.0 and again._calls == ada._calls
+    with pytest.raises(ValueError, match="target"):
+        AdaptiveAugment(target=1.5)
+
+
+def test_lecam_is_the_papers_regulariser_with_moving_anchors() -> None:
+    lecam = LeCam(weight=0.5, decay=0.9)
+    real, fake = torch.tensor([2.0, 4.0]), torch.tensor([-1.0, 1.0])
+    reg = lecam(real, fake)
+    ema_real, ema_fake = 0.1 * 3.0, 0.1 * 0.0  # anchors moved 1 - decay of the way to the means
+    assert lecam.ema.tolist() == pytest.approx([ema_real, ema_fake])
+    expected = (real - ema_fake).clamp(min=0).square().mean() + (ema_real - fake).clamp(min=0).square().mean()
+    assert float(reg) == pytest.approx(0.5 * float(expected))
+    # It pulls D's outputs together: the gradient lowers real logits and raises fake ones.
+    r, f = real.clone().requires_grad_(True), fake.clone().requires_grad_(True)
+    lecam(r, f).backward()
+    assert (r.grad > 0).all() and (f.grad <= 0).all() and (f.grad < 0).any()
+
+
+def _nets() -> tuple[torch.nn.Module, torch.nn.Module]:
+    torch.manual_seed(0)
+    return ConditionalGenerator(3, 8, 1, z_dim=8, width=8), ProjectionDiscriminator(3, 8, 1, width=8)
+
+
+def test_lecam_and_ada_enter_the_discriminator_loss() -> None:
+    G, D = _nets()
+    real, y, z = torch.randn(8, 1, 8, 8), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1]), torch.randn(8, 8)
+    base = GanLoss("hinge", ["translation"]).discriminator(G, D, real, y, z, torch.Generator().manual_seed(0))
+    lecam = GanLoss("hinge", ["translation"], lecam_weight=1.0)
+    with_lecam = lecam.discriminator(G, D, real, y, z, torch.Generator().manual_seed(0))
+    assert with_lecam.item() > base.item()  # a non-negative penalty, here non-zero
+    ada = AdaptiveAugment(0.6, speed_kimg=0.001, interval=1)
+    loss = GanLoss("hinge", ["translation"], ada=ada)
+    loss.discriminator(G, D, real, y, z, torch.Generator().manual_seed(0))
+    assert ada._calls == 1 and float(ada.p) in (0.0, 1.0)  # the one step moved p to an end
+
+
+def test_mode_seeking_term_pairs_latents_of_one_class() -> None:
+    G, D = _nets()
+    y, z = torch.tensor([0, 1, 2, 2, 1, 0]), torch.randn(6, 8)
+    plain = GanLoss("hinge", [], mode_seeking=0.0).generator(G, D, y, z)
+    ms = GanLoss("hinge", [], mode_seeking=2.0)
+    total = ms.generator(G, D, y, z)
+    # The adversarial term is computed on pairs of the first half's classes.
+    paired = torch.tensor([0, 1, 2, 0, 1, 2])
+    fake = G(z, paired)
+    ratio = (fake[:3] - fake[3:]).abs().mean() / (z[:3] - z[3:]).abs().mean()
+    expected = -D(fake, paired).mean() + 2.0 / (ratio + 1e-5)
+    assert float(total) == pytest.approx(float(expected), rel=1e-5)
+    assert float(total) > float(plain)  # the term is positive
+    with pytest.raises(ValueError, match="mode_seeking"):
+        GanLoss(mode_seeking=-1)
+
+
+SWITCHES = ("train.ada_target=0.6", "train.ada_kimg=0.05", "train.lecam_weight=0.3", "train.mode_seeking=1.0")
+
+
+def test_switches_reach_the_loop_and_change_training(tmp_path: Path) -> None:
+    cfg = tiny_config(tmp_path, "train.kimg=0.128", *SWITCHES)
+    kw = loop_kwargs(cfg)
+    assert (kw["ada_target"], kw["ada_kimg"], kw["lecam_weight"], kw["mode_seeking"]) == (0.6, 0.05, 0.3, 1.0)
+    off = loop_kwargs(tiny_config(tmp_path))
+    assert (off["ada_target"], off["lecam_weight"], off["mode_seeking"]) == (None, 0.0, 0.0)
+    run, _ = train(cfg, out=tmp_path / "on", progress=False)
+    base, _ = train(tiny_config(tmp_path, "train.kimg=0.128"), out=tmp_path / "off", progress=False)
+    state = checkpoint.load(run / "training-state.pt", checkpoint.STATE_FORMAT)
+    assert 0.0 <= float(state["ada"]["p"]) <= 1.0 and state["lecam_ema"].shape == (2,)
+    ticks = [json.loads(line) for line in (run / "stats.jsonl").read_text().splitlines()]
+    assert "ada_p" in ticks[-1] and "ada_p" not in json.loads((base / "stats.jsonl").read_text().splitlines()[-1])
+    a = checkpoint.load(base / "training-state.pt", checkpoint.STATE_FORMAT)["G"]
+    assert not all(torch.equal(state["G"][k], a[k]) for k in a)
+
+
+def test_resume_with_the_switches_equals_an_uninterrupted_run(tmp_path: Path) -> None:
+    full, _ = train(tiny_config(tmp_path, "train.kimg=0.256", *SWITCHES), out=tmp_path / "full", progress=False)
+    part, _ = train(tiny_config(tmp_path, "train.kimg=0.128", *SWITCHES), out=tmp_path / "part", progress=False)
+    train(tiny_config(tmp_path, "train.kimg=0.256", *SWITCHES), out=part, resume=True, progress=False)
+    a = checkpoint.load(full / "training-state.pt", checkpoint.STATE_FORMAT)
+    b = checkpoint.load(part / "training-state.pt", checkpoint.STATE_FORMAT)
+    assert all(torch.equal(a["G"][k], b["G"][k]) for k in a["G"])
+    assert torch.equal(a["ada"]["p"], b["ada"]["p"]) and torch.equal(a["lecam_ema"], b["lecam_ema"])
+
+
+@pytest.mark.parametrize(
+    ("override", "words"),
+    [
+        ("train.ada_target=1.5", "ada_target"),
+        ("train.lecam_weight=-1", "lecam_weight"),
+        ("train.mode_seeking=-0.5", "mode_seeking"),
+        ("train.ada_kimg=0", "ada_kimg"),
+    ],
+)
+def test_bad_switch_values_are_config_errors(tmp_path: Path, override: str, words: str) -> None:
+    from augment.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=words):
+        tiny_config(tmp_path, override)
