@@ -22,9 +22,9 @@ from augment import checkpoint
 from augment.config import Config, save_config
 from augment.data import PreparedData, load_data
 from augment.devices import keep_freed_memory, resolve_device, resolve_precision, usable_cores
+from augment.diffaug import AdaptiveAugment
 from augment.errors import CheckpointError
 from augment.io import atomic_save, atomic_write_text, ensure_dir, new_run_dir
-from augment.diffaug import AdaptiveAugment
 from augment.losses import GanLoss
 from augment.models import ConditionalGenerator, ProjectionDiscriminator
 
