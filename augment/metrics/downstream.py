@@ -11,6 +11,11 @@ and the same batch size in every regime, for several seeds, and scored on the re
 * ``real+gan+classic``: the same, with the classic baseline applied to the whole batch;
 * ``gan-only``: synthetic images only, classes uniform (Classification Accuracy Score).
 
+With ``soft_labels``, the synthetic images of a batch are trained against the probabilities the
+confidence-filter classifier (real train split) gives them instead of their one-hot class; real
+images keep their hard labels. A generated image of a class can look like another one: a soft
+label says so instead of teaching the classifier a confident wrong answer.
+
 The work separates into picklable pieces so an orchestrator (Prefect/Dask) can run the
 regime x seed grid as parallel tasks::
 
@@ -20,9 +25,10 @@ regime x seed grid as parallel tasks::
 
 * ``prepare(data, synthetic_images, synthetic_labels, cfg, *, seed=0, map_fn=map) -> Plan``:
   copies what the cells need (uint8 tensors, no model), chooses the classic baseline and, with
-  ``cfg.tune``, the synthetic share and confidence threshold, *on the validation split only*
-  (``map_fn`` runs those selection cells; pass a parallel map to spread them). Trains the
-  confidence-filter classifier (real train split) when a threshold is set or tuned.
+  ``cfg.tune``, the synthetic share, confidence threshold and soft labels, *on the validation
+  split only* (``map_fn`` runs those selection cells; pass a parallel map to spread them). Trains
+  the confidence-filter classifier (real train split) when a threshold or soft labels are set or
+  tuned.
 * ``run_cell(plan, regime, seed) -> dict``: trains one classifier and scores it on the test
   split. Pure and deterministic given its arguments (CPU; parameter init, batch draws and
   augmentation all come from ``seed``). Returns plain JSON-able values.
@@ -30,6 +36,8 @@ regime x seed grid as parallel tasks::
   (``evaluate_run(..., map_fn=...)`` maps it over ``[(regime, seed), ...]``).
 * ``summarize(plan, cells) -> dict``: means with 95% t-intervals over seeds, paired deltas against
   ``real+classic``, per-class recall, summed confusion matrices and the plain-text verdict.
+* ``per_class_synthetic_share(plan) -> dict``: the expected fraction of each class's images in a
+  ``real+gan`` batch that are synthetic (the tail's share is what ``balance`` sampling raises).
 
 Example:
     >>> plan = prepare(data, syn_images, syn_labels, cfg.evaluate, seed=0)   # doctest: +SKIP
@@ -198,6 +206,10 @@ class Plan:
     confidence_threshold: float | None = None
     #: Probability the filter classifier gives each synthetic image's own class (None = no filter).
     synthetic_confidence: torch.Tensor | None = None
+    #: Train synthetic images against ``synthetic_probs`` instead of their one-hot class.
+    soft_labels: bool = False
+    #: The filter classifier's softmax, (N, K) row for row with ``synthetic_images`` (None = not trained).
+    synthetic_probs: torch.Tensor | None = None
     classic: str = "crop"
     #: "torch" (vectorised, the default) or "torchvision" (the v2 transforms themselves, per image).
     classic_backend: str = "torch"
@@ -211,12 +223,37 @@ class Plan:
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    def _pool_keep(self) -> torch.Tensor | None:
+        """The confidence filter's mask over the synthetic images (None = keep them all)."""
+        if self.confidence_threshold is None or self.synthetic_confidence is None:
+            return None
+        return self.synthetic_confidence >= self.confidence_threshold
+
     def synthetic_pool(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The synthetic images the cells may draw from (after the confidence filter)."""
-        if self.confidence_threshold is None or self.synthetic_confidence is None:
+        keep = self._pool_keep()
+        if keep is None:
             return self.synthetic_images, self.synthetic_labels
-        keep = self.synthetic_confidence >= self.confidence_threshold
         return self.synthetic_images[keep], self.synthetic_labels[keep]
+
+    def synthetic_pool_probs(self) -> torch.Tensor:
+        """The soft labels of :meth:`synthetic_pool`'s images, row for row (the same filter mask).
+
+        Raises:
+            ConfigError: the plan has no ``synthetic_probs`` (``prepare`` trains the filter
+                classifier that gives them when ``soft_labels`` is on or tuned).
+            ValueError: ``synthetic_probs`` is not (N, K) for the N synthetic images.
+        """
+        if self.synthetic_probs is None:
+            raise ConfigError(
+                "evaluate.soft_labels: the plan has no synthetic_probs (prepare trains the filter "
+                "classifier that gives them when soft_labels is on or in tune_soft_labels)"
+            )
+        want = (len(self.synthetic_labels), self.num_classes)
+        if tuple(self.synthetic_probs.shape) != want:
+            raise ValueError(f"synthetic_probs is {tuple(self.synthetic_probs.shape)}, the synthetic pool needs {want}")
+        keep = self._pool_keep()
+        return self.synthetic_probs if keep is None else self.synthetic_probs[keep]
 
 
 def _as_float(images: torch.Tensor) -> torch.Tensor:
@@ -245,8 +282,62 @@ def synthetic_class_probs(real_counts: list[int], available: list[int], share: f
     return (q / q.sum()).float()
 
 
+def _composition(plan: Plan, regime: str, syn_labels: torch.Tensor) -> tuple[int, int, torch.Tensor | None]:
+    """``(n_real, n_syn, q)`` of one regime's batches: how many real images (drawn uniformly over
+    the real train split), how many synthetic, and the synthetic part's class distribution."""
+    k = plan.num_classes
+    available = torch.bincount(syn_labels, minlength=k).tolist()
+    q = None
+    if regime == "gan-only":
+        n_syn = plan.batch_size
+        q = synthetic_class_probs([1] * k, available, 1.0, "uniform")
+    elif regime in ("real+gan", "real+gan+classic"):
+        n_syn = round(plan.synthetic_share * plan.batch_size)
+        q = synthetic_class_probs(
+            plan.train_labels.bincount(minlength=k).tolist(),
+            available,
+            plan.synthetic_share,
+            plan.synthetic_sampling,
+        )
+    else:
+        n_syn = 0
+    return plan.batch_size - n_syn, n_syn, q
+
+
+def per_class_synthetic_share(plan: Plan) -> dict[str, float]:
+    """Expected fraction of each class's images in a ``real+gan`` batch that are synthetic.
+
+    The real part of a batch is drawn uniformly over the real train split and the synthetic part
+    from ``synthetic_class_probs`` (the plan's share, sampling and filtered pool), so class c gets
+    E[real] = n_real r_c and E[syn] = n_syn q_c images and s_c = E[syn] / (E[syn] + E[real]).
+    ``balance`` sampling gives the tail classes the largest s_c. A class with no image in either
+    part gets 0.
+
+    Raises:
+        ValueError: the plan holds no real train images (a plan rebuilt from a summary).
+        ConfigError: the filtered synthetic pool is empty.
+
+    Example:
+        >>> per_class_synthetic_share(plan)  # doctest: +SKIP
+        {'T-shirt/top': 0.12, ..., 'Ankle boot': 0.93}
+    """
+    if len(plan.train_labels) == 0:
+        raise ValueError("per_class_synthetic_share needs the plan's real train split, it is empty")
+    n_real, n_syn, q = _composition(plan, "real+gan", plan.synthetic_pool()[1])
+    counts = plan.train_labels.bincount(minlength=plan.num_classes).double()
+    real = n_real * counts / counts.sum()
+    syn = n_syn * q.double()
+    total = real + syn
+    share = torch.where(total > 0, syn / total.clamp(min=1e-300), torch.zeros_like(total))
+    return dict(zip(plan.class_names, share.tolist(), strict=True))
+
+
 class _Batches:
-    """Draws one regime's minibatches: real and synthetic indices and the classic policy."""
+    """Draws one regime's minibatches: real and synthetic indices and the classic policy.
+
+    A batch is ``(x, y)``: ``y`` holds class indices, or, when the plan trains on soft labels and
+    the regime draws synthetic images, (B, K) probabilities (one-hot rows for the real images).
+    """
 
     def __init__(self, plan: Plan, regime: str, gen: torch.Generator, device: torch.device | str = "cpu") -> None:
         # The images live on ``device`` (one copy per cell); the draws stay on the CPU generator,
@@ -258,25 +349,20 @@ class _Batches:
         self.syn_x = _as_float(syn_images).to(self.device)
         self.syn_y = syn_labels.to(self.device)
         k = plan.num_classes
-        available = torch.bincount(syn_labels, minlength=k).tolist()
+        # Checked for every regime: a plan that asks for soft labels without probabilities is wrong.
+        syn_probs = plan.synthetic_pool_probs() if plan.soft_labels else None
         self.by_class = [torch.nonzero(syn_labels == c).flatten() for c in range(k)]
-        uses_gan = regime in ("real+gan", "real+gan+classic", "gan-only")
-        if regime == "gan-only":
-            self.n_syn = plan.batch_size
-            self.q = synthetic_class_probs([1] * k, available, 1.0, "uniform")
-        elif uses_gan:
-            self.n_syn = round(plan.synthetic_share * plan.batch_size)
-            self.q = synthetic_class_probs(
-                plan.train_labels.bincount(minlength=k).tolist(),
-                available,
-                plan.synthetic_share,
-                plan.synthetic_sampling,
-            )
-        else:
-            self.n_syn = 0
+        self.n_real, self.n_syn, self.q = _composition(plan, regime, syn_labels)
         if self.n_syn > 0 and len(syn_labels) == 0:
             raise ConfigError(f"regime {regime!r} needs synthetic images, the pool is empty")
-        self.n_real = plan.batch_size - self.n_syn
+        # The targets the draws index: class indices, or with soft labels (only where the batch
+        # has synthetic images, so the real-only regimes are the hard-label ones bit for bit)
+        # one-hot rows for the real images and the filter's probabilities for the synthetic ones.
+        self.soft = syn_probs is not None and self.n_syn > 0
+        self.real_t, self.syn_t = self.real_y, self.syn_y
+        if self.soft:
+            self.real_t = torch.eye(k, device=self.device)[self.real_y]
+            self.syn_t = syn_probs.float().to(self.device)
         self.policy = plan.classic if regime in ("real+classic", "real+gan+classic") else "none"
         self.backend = plan.classic_backend
 
@@ -285,7 +371,7 @@ class _Batches:
         if self.n_real:
             idx = torch.randint(len(self.real_y), (self.n_real,), generator=self.gen).to(self.device)
             xs.append(self.real_x[idx])
-            ys.append(self.real_y[idx])
+            ys.append(self.real_t[idx])
         if self.n_syn:
             cls = torch.multinomial(self.q, self.n_syn, replacement=True, generator=self.gen)
             pick = torch.empty(self.n_syn, dtype=torch.int64)
@@ -294,9 +380,9 @@ class _Batches:
                 pick[where] = members[torch.randint(len(members), (int(where.sum()),), generator=self.gen)]
             pick = pick.to(self.device)
             xs.append(self.syn_x[pick])
-            ys.append(self.syn_y[pick])
+            ys.append(self.syn_t[pick])
         x, y = torch.cat(xs), torch.cat(ys)
-        if self.policy != "none":
+        if self.policy != "none":  # the images only: a crop or flip keeps the class and its soft label
             x = classic_augment(x, self.policy, self.gen, self.backend)
         return x, y
 
@@ -347,6 +433,8 @@ def _train_classifier(plan: Plan, regime: str, seed: int) -> tuple[torch.nn.Modu
         for group in opt.param_groups:
             group["lr"] = plan.lr * lr_scale
         x, y = batches()  # already on the device
+        # y is class indices, or (B, K) probabilities with soft labels: the same cross-entropy,
+        # -sum_k y_k log softmax_k, which for one-hot rows is the hard-label loss.
         loss = F.cross_entropy(model(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -410,6 +498,7 @@ def _fit_score(plan: Plan, regime: str, seed: int, split: str) -> dict[str, Any]
         **score(labels, preds, plan.num_classes),
         "synthetic_share": plan.synthetic_share if "gan" in regime else None,
         "confidence_threshold": plan.confidence_threshold if "gan" in regime else None,
+        "soft_labels": plan.soft_labels if "gan" in regime else None,
         "seconds": time.time() - start,
     }
 
@@ -519,55 +608,59 @@ def prepare(
         selection["classic"] = {"scores": scores, "chosen": plan.classic}
         log.info("classic baseline on val: %s -> %s", scores, plan.classic)
 
-    # Confidence filter: a classifier trained on the real train split scores every synthetic image.
+    # Confidence filter and soft labels: a classifier trained on the real train split scores every
+    # synthetic image once; its probabilities serve both (the filter reads each image's own class).
     thresholds = list(cfg.tune_thresholds) if cfg.tune else [cfg.confidence_threshold]
-    if any(t is not None for t in thresholds):
+    softs = list(cfg.tune_soft_labels) if cfg.tune else [cfg.soft_labels]
+    if any(t is not None for t in thresholds) or any(softs):
         model, _ = train_classifier(plan, BASELINE, select_seeds[0])
         with torch_threads(plan.threads):
             probs = predict_proba(model, synthetic_images)
+        plan.synthetic_probs = probs
         plan.synthetic_confidence = probs.gather(1, synthetic_labels[:, None]).flatten()
         selection["filter"] = {"trained_on": "train", "regime": BASELINE, "seed": select_seeds[0]}
+    plan.soft_labels = cfg.soft_labels
 
-    # Tuning: synthetic share and threshold on the validation split.
+    # Tuning: synthetic share, threshold and soft labels on the validation split.
     if cfg.tune:
         regime = next((r for r in GAN_REGIMES if r in cfg.regimes), "real+gan+classic")
-        specs = [
-            {
-                "stage": "tune",
-                "regime": regime,
-                "seed": s,
-                "settings": {"synthetic_share": sh, "confidence_threshold": th},
-            }
+        grid = [
+            {"synthetic_share": sh, "confidence_threshold": th, "soft_labels": soft}
             for sh in cfg.tune_shares
             for th in thresholds
-            for s in select_seeds
+            for soft in softs
         ]
+        specs = [{"stage": "tune", "regime": regime, "seed": s, "settings": g} for g in grid for s in select_seeds]
         rows = list(map_fn(functools.partial(_selection_cell, plan), specs))
         table = {}
-        for sh in cfg.tune_shares:
-            for th in thresholds:
-                vals = [
-                    r["balanced_accuracy"]
-                    for r in rows
-                    if r["settings"] == {"synthetic_share": sh, "confidence_threshold": th}
-                ]
-                score_ = None if any(v is None for v in vals) else float(np.mean(vals))
-                table[f"share={sh},threshold={th}"] = {
-                    "synthetic_share": sh,
-                    "confidence_threshold": th,
-                    "balanced_accuracy": score_,
-                }
+        for g in grid:
+            vals = [r["balanced_accuracy"] for r in rows if r["settings"] == g]
+            score_ = None if any(v is None for v in vals) else float(np.mean(vals))
+            key = f"share={g['synthetic_share']},threshold={g['confidence_threshold']}"
+            if softs != [False]:  # the key names soft labels only where they are in play
+                key += f",soft_labels={g['soft_labels']}"
+            table[key] = {**g, "balanced_accuracy": score_}
         valid = [row for row in table.values() if row["balanced_accuracy"] is not None]
         if not valid:
             raise ConfigError("evaluate.tune: no candidate threshold keeps any synthetic image")
-        best = max(valid, key=lambda row: row["balanced_accuracy"])
+        best = max(valid, key=lambda row: row["balanced_accuracy"])  # ties: the earlier candidate
         plan.synthetic_share, plan.confidence_threshold = best["synthetic_share"], best["confidence_threshold"]
+        plan.soft_labels = best["soft_labels"]
         selection["tune"] = {
             "regime": regime,
             "candidates": table,
-            "chosen": {"synthetic_share": plan.synthetic_share, "confidence_threshold": plan.confidence_threshold},
+            "chosen": {
+                "synthetic_share": plan.synthetic_share,
+                "confidence_threshold": plan.confidence_threshold,
+                "soft_labels": plan.soft_labels,
+            },
         }
-        log.info("tuned on val: share=%s threshold=%s", plan.synthetic_share, plan.confidence_threshold)
+        log.info(
+            "tuned on val: share=%s threshold=%s soft_labels=%s",
+            plan.synthetic_share,
+            plan.confidence_threshold,
+            plan.soft_labels,
+        )
     if plan.synthetic_confidence is not None and plan.confidence_threshold is not None:
         kept = torch.bincount(plan.synthetic_pool()[1], minlength=plan.num_classes).tolist()
         selection["synthetic_kept"] = dict(zip(plan.class_names, kept, strict=True))
@@ -605,6 +698,17 @@ def _judge(ci: dict[str, Any]) -> str:
 
 def _pts(x: float) -> str:
     return f"{100 * x:+.1f}"
+
+
+def _summary_share_per_class(plan: Plan) -> dict[str, float] | None:
+    """:func:`per_class_synthetic_share` where the grid mixes synthetic and real images; None
+    without such a regime, or for a plan re-summarising stored cells without its images
+    (``benchmarks/evaluate_fashion.py``): the batch composition is unknown there, not zero."""
+    if not any(r in plan.regimes for r in GAN_REGIMES):
+        return None
+    if len(plan.train_labels) == 0 or len(plan.synthetic_pool()[1]) == 0:
+        return None
+    return per_class_synthetic_share(plan)
 
 
 def summarize(plan: Plan, cells: list[dict[str, Any]]) -> dict[str, Any]:
@@ -653,6 +757,8 @@ def summarize(plan: Plan, cells: list[dict[str, Any]]) -> dict[str, Any]:
         "synthetic_share": plan.synthetic_share,
         "synthetic_sampling": plan.synthetic_sampling,
         "confidence_threshold": plan.confidence_threshold,
+        "soft_labels": plan.soft_labels,
+        "synthetic_share_per_class": _summary_share_per_class(plan),
         "classifier": plan.classifier,
         "steps": plan.steps,
         "batch_size": plan.batch_size,

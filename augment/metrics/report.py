@@ -282,10 +282,16 @@ def _downstream_lines(down: dict[str, Any]) -> list[str]:
         )
     else:
         lines.append(f"Classic baseline: **{down['classic_policy']}** (the only policy configured).")
-    thr = down["confidence_threshold"]
+    thr, soft, per_class = down["confidence_threshold"], down.get("soft_labels"), down.get("synthetic_share_per_class")
+    shares = ""
+    if per_class:  # the tail is where balance sampling puts the synthetic images: print it first
+        tail_first = sorted(per_class.items(), key=lambda kv: kv[1], reverse=True)
+        shares = "; synthetic fraction of each class's images in a real+gan batch (expected, tail classes first): "
+        shares += ", ".join(f"{c} {_f(v, 2)}" for c, v in tail_first)
     lines.append(
         f"Synthetic share of a batch: {down['synthetic_share']} ({down['synthetic_sampling']} class "
-        f"sampling); confidence filter: {'off' if thr is None else f'keep p(class) >= {thr}'}."
+        f"sampling); confidence filter: {'off' if thr is None else f'keep p(class) >= {thr}'}; "
+        f"soft labels: {'on (the filter classifier probabilities)' if soft else 'off'}{shares}."
     )
     if "tune" in sel:
         cands = ", ".join(f"{k}: {_pct(v['balanced_accuracy'])}" for k, v in sel["tune"]["candidates"].items())

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from scipy import stats
+from torch.nn import functional as F
 
 from augment.config import EvaluateConfig
 from augment.data import ImageSet, PreparedData
@@ -18,6 +19,7 @@ from augment.metrics import downstream
 from augment.metrics.downstream import (
     classic_augment,
     mean_ci,
+    per_class_synthetic_share,
     prepare,
     run_cell,
     summarize,
@@ -191,6 +193,145 @@ def test_confidence_filter_drops_images_the_real_classifier_rejects() -> None:
     assert len(strict.synthetic_pool()[1]) == 0
     with pytest.raises(ConfigError, match="no synthetic images"):
         run_cell(strict, "real+gan", 0)
+
+
+def logits_after_training(plan: downstream.Plan, regime: str, seed: int = 0) -> torch.Tensor:
+    model, _ = downstream.train_classifier(plan, regime, seed)
+    with torch.no_grad():
+        return model(downstream._as_float(plan.test_images))
+
+
+def test_one_hot_soft_labels_train_the_same_classifier_as_hard_labels() -> None:
+    """The soft path is the same loss: probability targets that are one-hot rows of the synthetic
+    labels give the hard-label classifier (same draws, same augmentation, same updates)."""
+    data = make_data()
+    plan = prepare(data, data.train.images.clone(), data.train.labels.clone(), ev(steps=8))
+    one_hot = F.one_hot(plan.synthetic_labels, plan.num_classes).float()
+    soft = dataclasses.replace(plan, soft_labels=True, synthetic_probs=one_hot)
+    for regime in ("real+gan", "real+gan+classic", "gan-only"):
+        hard_logits, soft_logits = logits_after_training(plan, regime), logits_after_training(soft, regime)
+        assert (soft_logits - hard_logits).abs().max() < 1e-5, regime
+    # The batch itself: the same images, targets the one-hot rows of the hard labels.
+    (xh, yh), (xs, ys) = (
+        downstream._Batches(p, "real+gan+classic", torch.Generator().manual_seed(2))() for p in (plan, soft)
+    )
+    assert torch.equal(xh, xs) and ys.shape == (8, 3) and torch.equal(ys, F.one_hot(yh, 3).float())
+
+
+def test_soft_labels_change_only_what_the_synthetic_images_are_trained_on() -> None:
+    plan = prepare(make_data(), *synthetic(), ev(soft_labels=True))
+    assert plan.soft_labels and plan.synthetic_probs is not None and plan.synthetic_probs.shape == (30, 3)
+    assert torch.allclose(plan.synthetic_probs.sum(dim=1), torch.ones(30))
+    # One filter classifier serves both: the confidence is the probability of the image's own class.
+    assert torch.equal(plan.synthetic_confidence, plan.synthetic_probs.gather(1, plan.synthetic_labels[:, None])[:, 0])
+    assert plan.synthetic_probs.max() < 0.99  # all-white images: the real-trained filter is unsure
+    hard = dataclasses.replace(plan, soft_labels=False)
+    for regime in ("real+gan", "gan-only"):
+        diff = (logits_after_training(plan, regime) - logits_after_training(hard, regime)).abs().max()
+        assert diff > 1e-3, regime
+    # Real images keep hard labels: regimes without synthetic images are unchanged bit for bit.
+    for regime in ("real", "real+classic"):
+        assert torch.equal(logits_after_training(plan, regime), logits_after_training(hard, regime)), regime
+    # soft_labels=False ignores the probabilities: the very cell of a plan that never had them.
+    bare = dataclasses.replace(hard, synthetic_probs=None, synthetic_confidence=None)
+    a, b = run_cell(hard, "real+gan+classic", 3), run_cell(bare, "real+gan+classic", 3)
+    a.pop("seconds"), b.pop("seconds")
+    assert a == b and a["soft_labels"] is False
+    assert run_cell(plan, "real", 0)["soft_labels"] is None and run_cell(plan, "gan-only", 0)["soft_labels"] is True
+    # Asked for without probabilities: a ConfigError that names the setting.
+    with pytest.raises(ConfigError, match="soft_labels"):
+        run_cell(dataclasses.replace(bare, soft_labels=True), "real+gan", 0)
+    with pytest.raises(ValueError, match="synthetic_probs is"):
+        run_cell(dataclasses.replace(plan, synthetic_probs=plan.synthetic_probs[:5]), "real+gan", 0)
+
+
+def test_tuning_chooses_soft_labels_on_val_and_reports_them() -> None:
+    """Synthetic images whose labels are all wrong, a filter classifier that knows better: soft
+    labels win on the validation split, and the choice reaches the plan and the summary."""
+    data = make_data(n_val=12)
+    syn = (data.train.images.clone(), (data.train.labels + 1) % 3)
+    cfg = ev(steps=10, tune=True, tune_shares=[0.75], tune_thresholds=[None], tune_soft_labels=[False, True])
+    plan = prepare(data, *syn, cfg)
+    tune = plan.selection["tune"]
+    cands = tune["candidates"]
+    assert list(cands) == ["share=0.75,threshold=None,soft_labels=False", "share=0.75,threshold=None,soft_labels=True"]
+    assert [c["soft_labels"] for c in cands.values()] == [False, True]
+    # Each recorded score is that candidate's val balanced accuracy (one select seed here).
+    for row in cands.values():
+        settings = {k: row[k] for k in ("synthetic_share", "confidence_threshold", "soft_labels")}
+        redo = downstream._fit_score(dataclasses.replace(plan, **settings), tune["regime"], 100, "val")
+        assert row["balanced_accuracy"] == redo["balanced_accuracy"]
+    hard, soft = (c["balanced_accuracy"] for c in cands.values())
+    assert soft > hard + 0.3  # wrong hard labels on 3/4 of every batch; the soft ones are right
+    best = max(cands.values(), key=lambda row: row["balanced_accuracy"])
+    assert tune["chosen"] == {"synthetic_share": 0.75, "confidence_threshold": None, "soft_labels": best["soft_labels"]}
+    assert plan.soft_labels is True
+    cells = [run_cell(plan, r, 0) for r in ("real+classic", "real+gan")]
+    out = summarize(plan, cells)
+    assert out["soft_labels"] is True and out["synthetic_share"] == 0.75
+    assert [c["soft_labels"] for c in cells] == [None, True]
+    assert out["synthetic_share_per_class"] == per_class_synthetic_share(plan)
+    # Without tune the configured value is the plan's.
+    assert prepare(data, *syn, ev(soft_labels=True)).soft_labels is True
+    assert prepare(data, *syn, ev()).soft_labels is False
+
+
+def long_tail(data: PreparedData, counts: list[int]) -> PreparedData:
+    """``data`` with its train split cut to ``counts[c]`` images of class c."""
+    tr = data.train
+    idx = torch.cat([torch.nonzero(tr.labels == c).flatten()[:n] for c, n in enumerate(counts)])
+    train = ImageSet(tr.images[idx], tr.labels[idx], [tr.ids[i] for i in idx.tolist()])
+    return dataclasses.replace(data, train=train)
+
+
+def test_per_class_synthetic_share_is_the_batch_expectation() -> None:
+    data = long_tail(make_data(n_train=36), [12, 6, 3])
+    data.train.images.clamp_(max=250)  # real pixels < 255; synthetic pixels are all 255
+    plan = prepare(data, *synthetic(), ev(synthetic_share=0.75, batch_size=16))
+    shares = per_class_synthetic_share(plan)
+    assert list(shares) == ["0", "1", "2"] and all(0.0 <= v <= 1.0 for v in shares.values())
+    assert shares["0"] < shares["1"] < shares["2"]  # the head gets the smallest synthetic fraction
+    # By hand: 4 real images over r = (12, 6, 3) / 21; 12 synthetic over q from the balance formula.
+    r = np.array([12, 6, 3]) / 21
+    q = np.maximum(1 / 3 - 0.25 * r, 0)
+    q /= q.sum()
+    want = 12 * q / (12 * q + 4 * r)
+    assert list(shares.values()) == pytest.approx(want.tolist(), abs=1e-6)
+    # Empirically, over 200 drawn batches.
+    batches = downstream._Batches(plan, "real+gan", torch.Generator().manual_seed(0))
+    syn_n, all_n = np.zeros(3), np.zeros(3)
+    for _ in range(200):
+        x, y = batches()
+        is_syn = (x == 1.0).flatten(1).all(dim=1).numpy()
+        np.add.at(all_n, y.numpy(), 1)
+        np.add.at(syn_n, y.numpy()[is_syn], 1)
+    assert (syn_n / all_n).tolist() == pytest.approx(list(shares.values()), abs=0.04)
+    # The filtered pool counts: a class the filter empties gets no synthetic images at all.
+    conf = (plan.synthetic_labels != 2).float()
+    filtered = dataclasses.replace(plan, synthetic_confidence=conf, confidence_threshold=0.5)
+    assert per_class_synthetic_share(filtered)["2"] == 0.0 and per_class_synthetic_share(filtered)["1"] > shares["1"]
+
+
+def test_the_filtered_pool_keeps_each_images_soft_label() -> None:
+    data = make_data()
+    syn = (data.train.images.clone(), data.train.labels.clone())  # distinct images: each can be found
+    plan = prepare(data, *syn, ev(steps=10, confidence_threshold=0.4, soft_labels=True))
+    pool_x, pool_y = plan.synthetic_pool()
+    pool_p = plan.synthetic_pool_probs()
+    assert 0 < len(pool_y) < len(syn[1]) and pool_p.shape == (len(pool_y), 3)
+    assert (pool_p.gather(1, pool_y[:, None]) >= 0.4).all()
+    # Each kept row is the filter classifier's output for that very image (retrained: deterministic).
+    sel = plan.selection["filter"]
+    model, _ = downstream.train_classifier(dataclasses.replace(plan, soft_labels=False), sel["regime"], sel["seed"])
+    assert torch.allclose(downstream.predict_proba(model, pool_x), pool_p, atol=1e-6)
+    # And in a drawn batch (no classic op in real+gan): every synthetic row's target is its image's.
+    batches = downstream._Batches(plan, "real+gan", torch.Generator().manual_seed(1))
+    x, y = batches()
+    pool_f = downstream._as_float(pool_x)
+    for xi, yi in zip(x[batches.n_real :], y[batches.n_real :], strict=True):
+        (where,) = torch.nonzero((pool_f == xi).flatten(1).all(dim=1), as_tuple=True)
+        assert len(where) == 1 and torch.equal(yi, pool_p[where[0]])
+    assert torch.equal(y[: batches.n_real].sum(dim=1), torch.ones(batches.n_real))  # real rows: one-hot
 
 
 @pytest.mark.filterwarnings("ignore:y_pred contains classes not in y_true")
