@@ -38,6 +38,33 @@ log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.csv"
 MANIFEST_FIELDS = ["path", "label", "class_name", "seed", "index"]
+#: Written into every folder generation creates: the only folders it will ever replace.
+MARKER = ".gan-augment-generated"
+#: What a generated folder holds (folders written before the marker existed are recognised by it).
+GENERATED_ENTRIES = frozenset({MANIFEST, "grid.png", "images", MARKER})
+
+
+def check_replaceable(out_dir: Path) -> None:
+    """Refuse an output folder that generation did not write itself (it will replace it whole).
+
+    A folder is replaceable when it does not exist yet, or holds the generation marker, or holds a
+    manifest and nothing but what generation writes. Anything else (a user's folder, ``.``, a run
+    directory with its snapshots, a file, a symlink) is an :class:`OutputError` naming it.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.is_symlink():
+        raise OutputError(f"{out_dir}: is a symlink; give generate a folder of its own (--out)")
+    if not out_dir.exists():
+        return
+    if not out_dir.is_dir():
+        raise OutputError(f"{out_dir}: is a file, not a folder; give generate a folder of its own (--out)")
+    names = {p.name for p in out_dir.iterdir()}
+    if not names or MARKER in names or (MANIFEST in names and names <= GENERATED_ENTRIES):
+        return
+    raise OutputError(
+        f"{out_dir.resolve()}: not a folder generate wrote (it holds {len(names)} other entries, e.g. "
+        f"{sorted(names)[0]!r}); generation replaces only its own output: give an empty or new folder (--out)"
+    )
 
 
 def counts_to_generate(
@@ -240,6 +267,7 @@ def write_samples(
     out_dir = Path(out_dir)
     if len(counts) != len(snapshot.class_names):
         raise ConfigError(f"{len(counts)} class counts for {len(snapshot.class_names)} classes")
+    check_replaceable(out_dir)  # before any work: never delete a folder that is not generation's own
     # Built and planned before anything is written or shown: a checkpoint of another architecture or
     # a bad shard_size fails with its one error, no progress bar and no folder.
     G = snapshot.generator(device)
@@ -272,6 +300,8 @@ def write_samples(
             writer.writeheader()
             writer.writerows(rows)
         save_class_grid(G, tmp / "grid.png", len(snapshot.class_names), seed)
+        (tmp / MARKER).write_text("written by gan-augment's generate; it replaces this folder whole\n")
+        check_replaceable(out_dir)  # again: the folder may have changed while the shards ran
         if out_dir.exists():
             shutil.rmtree(out_dir)
         os.replace(tmp, out_dir)

@@ -385,6 +385,40 @@ def generate_out_under_a_file(tmp: Path, tiny_run: RunGetter) -> Bad:
     return Bad(["generate", str(run), "--out", str(out)], [str(tmp / "afile" / "sub")])
 
 
+# Generation replaces its output folder whole: it must refuse every folder it did not write itself.
+def generate_out_is_the_working_directory(tmp: Path, tiny_run: RunGetter) -> Bad:
+    run = _run_copy(tmp, tiny_run())
+    (tmp / "notes.txt").write_text("a user's file")
+    return Bad(["generate", str(run), "--per-class", "2", "--out", "."], [str(tmp), "not a folder generate wrote"])
+
+
+def generate_out_is_a_run_directory(tmp: Path, tiny_run: RunGetter) -> Bad:
+    run = _run_copy(tmp, tiny_run())
+    return Bad(["generate", str(run), "--per-class", "2", "--out", str(run)], [str(run), "not a folder generate wrote"])
+
+
+def generate_out_is_a_users_folder(tmp: Path, tiny_run: RunGetter) -> Bad:
+    run = _run_copy(tmp, tiny_run())
+    (tmp / "mine").mkdir()
+    (tmp / "mine" / "manifest.csv").write_text("path,label\n")  # a manifest, but also a file of the user's
+    (tmp / "mine" / "thesis.tex").write_text("\\documentclass{article}")
+    out = tmp / "mine"
+    return Bad(["generate", str(run), "--per-class", "2", "--out", str(out)], [str(out), "not a folder generate wrote"])
+
+
+def generate_out_is_a_symlink(tmp: Path, tiny_run: RunGetter) -> Bad:
+    run = _run_copy(tmp, tiny_run())
+    (tmp / "target").mkdir()
+    (tmp / "link").symlink_to(tmp / "target")
+    return Bad(["generate", str(run), "--per-class", "2", "--out", str(tmp / "link")], [str(tmp / "link"), "symlink"])
+
+
+def generate_out_is_a_file(tmp: Path, tiny_run: RunGetter) -> Bad:
+    run = _run_copy(tmp, tiny_run())
+    (tmp / "afile").write_text("a regular file")
+    return Bad(["generate", str(run), "--per-class", "2", "--out", str(tmp / "afile")], [str(tmp / "afile"), "is a file"])
+
+
 def evaluate_output_blocked(tmp: Path, tiny_run: RunGetter) -> Bad:
     run = _run_copy(tmp, tiny_run())
     (run / "eval").write_text("a regular file where the eval folder goes")
@@ -455,6 +489,11 @@ ROWS = [
     pytest.param(out_option_under_a_file, id="out-option-under-a-file"),
     pytest.param(output_dir_read_only, id="output-dir-read-only", marks=_ROOT),
     pytest.param(generate_out_under_a_file, id="generate-out-under-a-file"),
+    pytest.param(generate_out_is_the_working_directory, id="generate-out-is-the-working-directory"),
+    pytest.param(generate_out_is_a_run_directory, id="generate-out-is-a-run-directory"),
+    pytest.param(generate_out_is_a_users_folder, id="generate-out-is-a-users-folder"),
+    pytest.param(generate_out_is_a_symlink, id="generate-out-is-a-symlink"),
+    pytest.param(generate_out_is_a_file, id="generate-out-is-a-file"),
     pytest.param(evaluate_output_blocked, id="evaluate-output-blocked"),
     # tracking
     pytest.param(tracking_store_unwritable, id="tracking-store-unwritable"),

@@ -91,6 +91,28 @@ def test_interrupted_generation_leaves_previous_output(tiny_run: Path, tmp_path:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gen"]
 
 
+def test_generation_replaces_only_a_folder_it_wrote(tiny_run: Path, tmp_path: Path) -> None:
+    from augment.generate import MARKER
+
+    snap = load_snapshot(tiny_run / "network-final.pt")
+    out = tmp_path / "gen"
+    write_samples(snap, out, [1, 1, 1], progress=False)
+    assert (out / MARKER).is_file()
+    write_samples(snap, out, [2, 0, 0], progress=False)  # its own folder: replaced whole
+    assert len(list(csv.DictReader(open(out / "manifest.csv")))) == 2
+    (out / MARKER).unlink()  # a folder of an older version: recognised by its layout
+    write_samples(snap, out, [1, 0, 0], progress=False)
+    (out / "my-notes.txt").write_text("the user's file, in a generated folder without its marker")
+    (out / MARKER).unlink()
+    with pytest.raises(OutputError, match="not a folder generate wrote"):
+        write_samples(snap, out, [1, 0, 0], progress=False)
+    assert (out / "my-notes.txt").read_text().startswith("the user's file")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    write_samples(snap, empty, [1, 0, 0], progress=False)  # an empty folder is fine
+    assert (empty / "manifest.csv").is_file()
+
+
 # --- shards ---------------------------------------------------------------------------------------
 
 
