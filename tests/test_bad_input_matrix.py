@@ -416,7 +416,9 @@ def generate_out_is_a_symlink(tmp: Path, tiny_run: RunGetter) -> Bad:
 def generate_out_is_a_file(tmp: Path, tiny_run: RunGetter) -> Bad:
     run = _run_copy(tmp, tiny_run())
     (tmp / "afile").write_text("a regular file")
-    return Bad(["generate", str(run), "--per-class", "2", "--out", str(tmp / "afile")], [str(tmp / "afile"), "is a file"])
+    return Bad(
+        ["generate", str(run), "--per-class", "2", "--out", str(tmp / "afile")], [str(tmp / "afile"), "is a file"]
+    )
 
 
 def evaluate_output_blocked(tmp: Path, tiny_run: RunGetter) -> Bad:
