@@ -1,0 +1,620 @@
+"""Limited-data ablation of the generator recipe: which training switches help a GAN on tiny data?
+
+For each data profile (Fashion-MNIST from ``configs/fashion_mnist.yaml``: ``longtail`` = 100 images
+down to 10 per class, ratio 0.1; ``fm50`` and ``fm100`` = 50 and 100 per class) it trains one GAN
+per *recipe* (a row: a list of ``--set`` overrides on today's config), all rows of a profile with the
+same training budget, and evaluates each snapshot the same way:
+
+* ``fd_domain`` (the run's domain CNN; never called FID) beside its real-vs-real floor and their ratio;
+* precision / recall / coverage (k = 5) beside their floors, the per-class recall (the minimum over
+  classes and, on a long tail, the tail class's);
+* the near-copy fraction (memorisation) overall and in the worst class;
+* the downstream verdict: paired deltas of balanced accuracy, in points with 95% t-intervals over
+  seeds, of ``real+gan`` and ``real+gan+classic`` against the verdict's baseline (``real+classic``
+  with the classic policy chosen on the validation split), the best GAN regime against real-only
+  training, and the verdict's status.
+
+Equal budget means equal kimg: ``--kimg K`` (the default) gives every row the same number of real
+images shown to D; each row's measured training seconds (the training loop's own clock, without the
+fd_domain evaluations and the feature extractor) are recorded beside it, so a recipe that costs
+more per image shows it. ``--minutes M`` instead gives every row the same wall time
+(``train.max_minutes``; the kimg reached is recorded). The best snapshot by ``fd_domain`` (against
+train+val, never test) is kept every ``--eval-kimg`` (default K/5).
+
+Everything runs in this process through the library (``augment.train.train``,
+``augment.evaluate.evaluate_run``): the data is loaded once per profile and the domain feature
+extractor is trained once per profile (one shared ``evaluate.cache_dir``). The downstream cells
+whose regime has no GAN in it (``real``, ``real+classic`` and the validation-split choice of the
+classic baseline) do not depend on the generator; they are computed for the first row of a profile
+and reused for the others (keyed by function, regime, seed and every setting of the plan that is
+not about synthetic images; never across profiles). The other cells run on a process pool of
+``--workers`` single-threaded processes (cells are deterministic on the CPU: same numbers as a
+plain ``map``, see tests/test_bench_limited_data.py).
+
+Commands (2 shared CPU cores: about 20 minutes per profile at the defaults)::
+
+    .venv/bin/python benchmarks/limited_data.py                              # all profiles, all rows, 10 kimg
+    .venv/bin/python benchmarks/limited_data.py --profiles longtail --kimg 20 --combined ada,lecam
+    .venv/bin/python benchmarks/limited_data.py --profiles fm50 --recipes baseline ada --minutes 3
+    .venv/bin/python benchmarks/limited_data.py --quick --no-append          # 1-2 minute smoke run
+
+Raw numbers go to ``benchmarks/results/limited_data_<profile>.json`` (``--json PATH``; ``{profile}``
+in PATH is replaced), one markdown table per profile to ``benchmarks/RESULTS.md`` (``--no-append``:
+print only; ``--quick`` never appends and writes its JSON under ``--out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import copy
+import dataclasses
+import datetime as _dt
+import functools
+import hashlib
+import json
+import math
+import multiprocessing
+import shutil
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from augment.config import Config, load_config  # noqa: E402
+from augment.data import load_data  # noqa: E402
+from augment.devices import resolve_device  # noqa: E402
+from augment.evaluate import evaluate_run  # noqa: E402
+from augment.metrics import downstream  # noqa: E402
+from augment.train import loop_kwargs, train  # noqa: E402
+from benchmarks.common import append_results, command, git_commit, machine  # noqa: E402
+
+RESULTS_DIR = REPO / "benchmarks" / "results"
+
+
+@dataclass(frozen=True)
+class Profile:
+    config: str
+    overrides: tuple[str, ...]
+    #: Not run unless asked by name (the test's tiny profile).
+    hidden: bool = False
+
+
+PROFILES: dict[str, Profile] = {
+    "longtail": Profile(
+        "configs/fashion_mnist.yaml", ("data.per_class=null", "data.imbalance={ratio: 0.1, max_per_class: 100}")
+    ),
+    "fm50": Profile("configs/fashion_mnist.yaml", ("data.per_class=50",)),
+    "fm100": Profile("configs/fashion_mnist.yaml", ("data.per_class=100",)),
+    # sklearn's bundled 8x8 digits, 3 classes on a small long tail (40, 20, 10): the test's profile.
+    "digits": Profile(
+        "configs/digits.yaml",
+        (
+            "data.classes=['0','1','2']",
+            "data.imbalance={ratio: 0.25, max_per_class: 40}",
+            "data.split.test_per_class=20",
+            "evaluate.samples_per_class=20",
+            "train.batch_size=32",
+        ),
+        hidden=True,
+    ),
+}
+
+#: The rows: overrides on top of the profile's config ("baseline" = today's config). Add a row here;
+#: ``combined`` is built from ``--combined a,b`` (the named rows' overrides joined, later ones win).
+RECIPES: dict[str, list[str]] = {
+    "baseline": [],
+    "ada": ["train.ada_target=0.6"],
+    "lecam": ["train.lecam_weight=0.3"],
+    "mode_seeking": ["train.mode_seeking=1.0"],
+    "z128": ["model.z_dim=128"],
+    "wide": ["model.g_channels=48", "model.d_channels=48"],
+    "narrow": ["model.g_channels=24", "model.d_channels=24"],
+}
+
+#: Defaults of the budget and evaluation flags: the real run (2 shared CPU cores) and ``--quick``.
+DEFAULTS = {
+    "kimg": 10.0,
+    "seeds": 5,
+    "steps": 300,
+    "batch_size": 64,
+    "synthetic_per_class": 300,
+    "extractor_steps": 400,
+}
+QUICK = {"kimg": 0.5, "seeds": 2, "steps": 20, "batch_size": 32, "synthetic_per_class": 30, "extractor_steps": 20}
+#: --quick also shrinks the networks (recipes that set widths or z_dim still override these) and,
+#: on Fashion-MNIST, the test split.
+QUICK_SETS = ["model.z_dim=16", "model.g_channels=8", "model.d_channels=8"]
+QUICK_FASHION = ["data.split.test_per_class=100", "evaluate.samples_per_class=20"]
+
+GAN_FREE = ("real", "real+classic")  # regimes whose cells do not depend on the generator
+#: Plan fields that only concern the synthetic images: left out of the cache key of GAN-free cells.
+SYNTHETIC_FIELDS = ("synthetic_", "confidence_threshold", "soft_label", "selection")
+
+
+# ------------------------------------------------------------------------------------------------
+# The map of the downstream cells: GAN-free cells cached within a profile, the rest on a pool.
+
+
+def _digest(t: torch.Tensor) -> str:
+    return hashlib.sha1(t.contiguous().numpy().tobytes()).hexdigest()[:16] + str(tuple(t.shape))
+
+
+def plan_signature(plan: downstream.Plan) -> str:
+    """Every setting of ``plan`` a GAN-free cell can depend on (the real splits by content)."""
+    parts = {}
+    for f in dataclasses.fields(plan):
+        if f.name.startswith(SYNTHETIC_FIELDS):
+            continue
+        value = getattr(plan, f.name)
+        parts[f.name] = _digest(value) if isinstance(value, torch.Tensor) else repr(value)
+    return json.dumps(parts, sort_keys=True)
+
+
+class CellMap:
+    """A ``map_fn`` for :func:`augment.evaluate.evaluate_run` (and ``downstream.prepare``).
+
+    Cells of :func:`downstream.run_grid_item` and :func:`downstream._selection_cell` whose regime
+    has no "gan" are looked up in ``cache`` by (profile, function, regime, seed, settings, plan
+    signature) and stored there once computed; every other cell runs on ``executor`` (or here,
+    when it is None). Results come back in order, lazily, as ``map`` does. Use one cache per profile.
+    """
+
+    def __init__(self, profile: str, executor: concurrent.futures.Executor | None, cache: dict | None = None):
+        self.profile, self.executor = profile, executor
+        self.cache: dict[tuple, dict] = {} if cache is None else cache
+        self.cached = self.computed = 0
+
+    def key(self, fn: Callable[[Any], Any], item: Any) -> tuple | None:
+        if not isinstance(fn, functools.partial) or len(fn.args) != 1 or fn.keywords:
+            return None
+        kind, plan = getattr(fn.func, "__name__", ""), fn.args[0]
+        if kind == "run_grid_item":
+            regime, seed = item
+            settings = ""
+        elif kind == "_selection_cell":
+            regime, seed = item["regime"], item["seed"]
+            settings = json.dumps({k: v for k, v in item.items() if k not in ("regime", "seed")}, sort_keys=True)
+        else:
+            return None
+        if "gan" in regime or regime not in GAN_FREE:
+            return None
+        return (self.profile, kind, regime, seed, settings, plan_signature(plan))
+
+    def __call__(self, fn: Callable[[Any], Any], items: Iterable[Any]) -> Iterator[Any]:
+        items = list(items)
+        keys = [self.key(fn, it) for it in items]
+        pending: dict[int, Any] = {}
+        for i, (item, key) in enumerate(zip(items, keys, strict=True)):
+            if key is not None and key in self.cache:
+                continue
+            if self.executor is not None:  # submitted now, so the pool works while the caller waits
+                pending[i] = self.executor.submit(fn, item)
+            else:
+                pending[i] = None
+        return self._results(fn, items, keys, pending)
+
+    def _results(self, fn, items, keys, pending) -> Iterator[Any]:
+        for i, (item, key) in enumerate(zip(items, keys, strict=True)):
+            if i not in pending:
+                self.cached += 1
+                yield copy.deepcopy(self.cache[key])
+                continue
+            out = pending[i].result() if pending[i] is not None else fn(item)
+            self.computed += 1
+            if key is not None:
+                self.cache[key] = copy.deepcopy(out)
+            yield out
+
+
+def make_executor(workers: int) -> concurrent.futures.ProcessPoolExecutor | None:
+    """``workers`` processes (spawned: a forked child of a process that ran OpenMP can hang)."""
+    if workers <= 1:
+        return None
+    return concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+
+
+# ------------------------------------------------------------------------------------------------
+# Rows: overrides, the check that a switch reaches the training loop, the numbers of a row.
+
+
+def recipe_overrides(names: list[str], combined: list[str] | None) -> dict[str, list[str]]:
+    """``{row: overrides}`` for the named recipes (``combined`` = the listed rows' overrides joined)."""
+    rows = {}
+    for name in names:
+        if name == "combined":
+            if not combined:
+                raise SystemExit("recipe 'combined' needs --combined a,b (rows of RECIPES)")
+            bad = [c for c in combined if c not in RECIPES]
+            if bad:
+                raise SystemExit(f"--combined: unknown recipes {bad} (one of {list(RECIPES)})")
+            rows[name] = [s for c in combined for s in RECIPES[c]]
+        elif name in RECIPES:
+            rows[name] = list(RECIPES[name])
+        else:
+            raise SystemExit(f"unknown recipe {name!r} (one of {[*RECIPES, 'combined']})")
+    return rows
+
+
+def inert_overrides(base: Config, cfg: Config, overrides: list[str]) -> list[str]:
+    """The ``train.*`` / ``model.*`` overrides of a row that change nothing the training loop gets
+    (a switch validated by the config but not wired into ``augment.train.loop_kwargs``)."""
+    ref = {k: v for k, v in loop_kwargs(base).items() if k != "config"}
+    inert = []
+    for item in overrides:
+        key = item.split("=", 1)[0]
+        if not key.startswith(("train.", "model.")):
+            continue
+        one = base.model_copy(deep=True)  # this override alone on the base config
+        section, field = key.split(".", 1)
+        if "." in field:
+            continue  # nested sections (train.cuda.*) are not this benchmark's switches
+        value = getattr(getattr(cfg, section), field)
+        if value == getattr(getattr(base, section), field):
+            continue  # the override restates the base value
+        setattr(getattr(one, section), field, value)
+        got = {k: v for k, v in loop_kwargs(one).items() if k != "config"}
+        if got == ref:
+            inert.append(item)
+    return inert
+
+
+def _ci(d: dict | None) -> dict | None:
+    if not d:
+        return None
+    return {k: d.get(k) for k in ("mean", "ci_low", "ci_high", "n")}
+
+
+def row_metrics(result: dict[str, Any]) -> dict[str, Any]:
+    """The numbers of one row's table line, from ``evaluate_run``'s result."""
+    fd, prdc, mem, down = result["fd_domain"], result["prdc"], result["memorisation"], result["downstream"]
+    names = result["class_names"]
+    train_counts = [result["counts"]["train"][c] for c in names]
+    # The tail: the class with the fewest training images, where the classes are unequal.
+    tail = names[max(i for i, n in enumerate(train_counts) if n == min(train_counts))]
+    tail = tail if len(set(train_counts)) > 1 else None
+    per_class_recall = {
+        c: (prdc["per_class"][c]["synthetic"] or {}).get("recall") if c in prdc["per_class"] else None for c in names
+    }
+    known = {c: v for c, v in per_class_recall.items() if v is not None}
+    min_class = min(known, key=known.get) if known else None
+    mem_pc = {c: v["near_copy_fraction"] for c, v in mem.get("per_class", {}).items()}
+    max_copy_class = max(mem_pc, key=mem_pc.get) if mem_pc else None
+    floor = fd.get("fd_domain_floor")
+    m = downstream.VERDICT_METRIC
+    deltas, verdict = down["deltas"], down["verdict"]
+    return {
+        "fd_domain": fd.get("fd_domain"),
+        "fd_domain_floor": floor,
+        "fd_ratio": fd["fd_domain"] / floor if floor and fd.get("fd_domain") is not None else None,
+        "kid_domain": fd.get("kid_domain"),
+        "kid_domain_floor": fd.get("kid_domain_floor"),
+        "n_synthetic": fd["n_synthetic"],
+        "n_reference": fd["n_reference"],
+        "prdc": prdc["synthetic"],
+        "prdc_floor": prdc["floor"],
+        "per_class_recall": per_class_recall,
+        "min_class_recall": known.get(min_class),
+        "min_class_recall_class": min_class,
+        "tail_class": tail,
+        "tail_class_recall": per_class_recall.get(tail) if tail else None,
+        "near_copy_fraction": mem["near_copy_fraction"],
+        "near_copy_max_class": max_copy_class,
+        "near_copy_max_class_fraction": mem_pc.get(max_copy_class),
+        "classic_policy": down["classic_policy"],
+        "delta_real_gan": _ci(deltas.get("real+gan", {}).get(m)),
+        "delta_real_gan_classic": _ci(deltas.get("real+gan+classic", {}).get(m)),
+        "best_regime": verdict.get("regime"),
+        "delta_best_vs_real": _ci(verdict.get("delta_vs_real")),
+        "verdict_status": verdict["status"],
+        "verdict": verdict["text"],
+    }
+
+
+# ------------------------------------------------------------------------------------------------
+# The markdown table.
+
+COLUMNS = [
+    "recipe",
+    "train s",
+    "kimg",
+    "fd_domain (floor)",
+    "fd/floor",
+    "precision",
+    "recall (floor)",
+    "coverage",
+    "min class recall",
+    "near-copy (max class)",
+    "Δ real+gan vs classic (pts, CI)",
+    "Δ real+gan+classic vs classic",
+    "Δ best vs real-only",
+    "verdict",
+]
+
+
+def _num(x: float | None, fmt: str = ".3f") -> str:
+    return "n/a" if x is None or (isinstance(x, float) and not math.isfinite(x)) else format(x, fmt)
+
+
+def _pts(d: dict | None) -> str:
+    if not d or d.get("mean") is None:
+        return "n/a"
+    if d.get("ci_low") is None:
+        return f"{100 * d['mean']:+.1f} (no CI)"
+    return f"{100 * d['mean']:+.1f} [{100 * d['ci_low']:+.1f}, {100 * d['ci_high']:+.1f}]"
+
+
+def table_line(row: dict[str, Any]) -> str:
+    m = row["metrics"]
+    prdc, floor = m["prdc"] or {}, m["prdc_floor"] or {}
+    min_recall = f"{_num(m['min_class_recall'], '.2f')} ({m['min_class_recall_class']})"
+    if m["tail_class"] is not None:
+        min_recall += f"; tail {m['tail_class']} {_num(m['tail_class_recall'], '.2f')}"
+    best = f" ({m['best_regime']})" if m["best_regime"] else ""
+    cells = [
+        row["recipe"],
+        f"{row['train_s']:.0f}" if row["train_s"] >= 10 else f"{row['train_s']:.1f}",
+        f"{row['best_kimg']:g} / {row['kimg']:g}" if row["best_kimg"] is not None else f"{row['kimg']:g}",
+        f"{_num(m['fd_domain'], '.2f')} ({_num(m['fd_domain_floor'], '.2f')})",
+        _num(m["fd_ratio"], ".1f"),
+        _num(prdc.get("precision")),
+        f"{_num(prdc.get('recall'))} ({_num(floor.get('recall'))})",
+        _num(prdc.get("coverage")),
+        min_recall,
+        f"{_num(m['near_copy_fraction'])} ({_num(m['near_copy_max_class_fraction'])} {m['near_copy_max_class']})",
+        _pts(m["delta_real_gan"]),
+        _pts(m["delta_real_gan_classic"]),
+        _pts(m["delta_best_vs_real"]) + best,
+        m["verdict_status"],
+    ]
+    return "| " + " | ".join(str(c).replace("|", "/") for c in cells) + " |"
+
+
+def render(res: dict[str, Any]) -> str:
+    """The markdown body of one profile: settings, the table (one line per recipe), the floors."""
+    b, ev, rows = res["budget"], res["evaluate"], res["rows"]
+    first = rows[0]["metrics"] if rows else {}
+    budget = (
+        f"{b['kimg']:g} kimg per recipe" if b["minutes"] is None else f"{b['minutes']:g} min per recipe (kimg varies)"
+    )
+    lines = [
+        f"profile `{res['profile']}`: `{res['config']}` {' '.join(res['profile_overrides'])}; "
+        f"train/val/test {res['sizes']['train']}/{res['sizes']['val']}/{res['sizes']['test']}; budget {budget}, "
+        f"best snapshot by fd_domain every {b['eval_kimg']:g} kimg; train s = the training loop's time without the "
+        f"fd_domain evaluations; kimg = best / total.",
+        f"Downstream: {ev['classifier']} {ev['steps']} steps x {ev['batch_size']} in every regime, "
+        f"{ev['seeds']} seeds, {ev['synthetic_per_class']} synthetic images per class, balanced accuracy on "
+        f"{res['sizes']['test']} real test images; Δ = paired mean over seeds, 95% t-interval, in points, "
+        "against real+classic with the classic policy chosen on val (per row: see the JSON).",
+        "",
+        "| " + " | ".join(COLUMNS) + " |",
+        "|" + "---|" * len(COLUMNS),
+        *[table_line(r) for r in rows],
+    ]
+    if rows:
+        fl = first.get("prdc_floor") or {}
+        lines += [
+            "",
+            f"Floors (real train vs test, same counts, the same for every row): fd_domain "
+            f"{_num(first['fd_domain_floor'], '.3f')}, precision {_num(fl.get('precision'))}, recall "
+            f"{_num(fl.get('recall'))}, coverage {_num(fl.get('coverage'))}; {first['n_synthetic']} synthetic vs "
+            f"{first['n_reference']} test images for fd_domain. Raw numbers: `{res.get('json', '')}`.",
+        ]
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------
+# Main.
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    visible = [p for p, prof in PROFILES.items() if not prof.hidden]
+    ap.add_argument("--profiles", nargs="+", default=visible, choices=list(PROFILES), metavar="PROFILE")
+    ap.add_argument(
+        "--recipes",
+        nargs="+",
+        default=None,
+        help=f"rows (default: all of {list(RECIPES)}, plus combined when --combined is given)",
+    )
+    ap.add_argument("--combined", default=None, help="rows whose overrides form the 'combined' row, e.g. ada,lecam")
+    budget = ap.add_mutually_exclusive_group()
+    budget.add_argument("--kimg", type=float, default=None, help="images shown per row, thousands (default 10)")
+    budget.add_argument("--minutes", type=float, default=None, help="wall-time budget per row instead")
+    ap.add_argument("--eval-kimg", type=float, default=None, help="fd_domain every this many kimg (default kimg/5)")
+    ap.add_argument("--seeds", type=int, default=None, help="downstream seeds (default 5)")
+    ap.add_argument("--steps", type=int, default=None, help="classifier steps (default 300)")
+    ap.add_argument("--batch-size", type=int, default=None, help="classifier batch (default 64)")
+    ap.add_argument("--synthetic-per-class", type=int, default=None, help="downstream pool per class (default 300)")
+    ap.add_argument("--extractor-steps", type=int, default=None, help="domain extractor steps (default 400)")
+    ap.add_argument(
+        "--train-threads",
+        type=int,
+        default=1,
+        help="train.threads (default 1; 0 = every core: on 2 busy shared cores 2 threads ran 100x slower)",
+    )
+    ap.add_argument("--workers", type=int, default=2, help="processes for the downstream cells (1 = in process)")
+    ap.add_argument("--set", action="append", default=[], help="extra overrides for every row (before the recipe)")
+    ap.add_argument("--out", type=Path, default=Path("/tmp/bench_limited_data"), help="run directories")
+    ap.add_argument("--json", default=None, help="JSON path ({profile} is replaced)")
+    ap.add_argument("--no-append", action="store_true", help="do not append to benchmarks/RESULTS.md")
+    ap.add_argument("--quick", action="store_true", help="a 1-2 minute smoke run (tiny budget, nothing appended)")
+    ap.add_argument("--allow-inert", action="store_true", help="run rows whose switches do not reach training")
+    args = ap.parse_args(argv)
+    base = QUICK if args.quick else DEFAULTS
+    for name, value in base.items():
+        if getattr(args, name) is None and not (name == "kimg" and args.minutes is not None):
+            setattr(args, name, value)
+    if args.eval_kimg is None:
+        args.eval_kimg = args.kimg / 5 if args.minutes is None else 2.0
+    if args.recipes is None:
+        args.recipes = [*RECIPES, *(["combined"] if args.combined else [])]
+    args.combined = [c.strip() for c in args.combined.split(",") if c.strip()] if args.combined else None
+    if args.json and "{profile}" not in args.json and len(args.profiles) > 1:
+        raise SystemExit("--json with several profiles needs {profile} in the path")
+    return args
+
+
+def common_overrides(args: argparse.Namespace, profile: str, cache_dir: Path) -> tuple[list[str], list[str]]:
+    """(training overrides, evaluation overrides) shared by every row of a profile."""
+    if args.minutes is None:
+        budget = [f"train.kimg={args.kimg}", f"train.snapshot_kimg={args.kimg * 10}"]
+    else:
+        budget = ["train.kimg=1000000", f"train.max_minutes={args.minutes}", "train.snapshot_kimg=1000000"]
+    ev = [
+        f"evaluate.seeds={args.seeds}",
+        f"evaluate.steps={args.steps}",
+        f"evaluate.batch_size={args.batch_size}",
+        f"evaluate.synthetic_per_class={args.synthetic_per_class}",
+        f"evaluate.extractor_steps={args.extractor_steps}",
+        "evaluate.threads=1",
+        "evaluate.workers=1",  # the cells' parallelism is this benchmark's process pool
+        f"evaluate.cache_dir={cache_dir}",  # one extractor per profile, for best-snapshot selection and metrics
+    ]
+    train_sets = [*budget, f"train.eval_kimg={args.eval_kimg}", "tracking.enabled=false"]
+    if args.train_threads:
+        train_sets.append(f"train.threads={args.train_threads}")
+    quick = []
+    if args.quick:
+        quick = QUICK_SETS + (QUICK_FASHION if PROFILES[profile].config.endswith("fashion_mnist.yaml") else [])
+    return [*train_sets, *quick, *ev], ev
+
+
+def run_profile(name: str, args: argparse.Namespace, rows: dict[str, list[str]], executor) -> dict[str, Any]:
+    prof = PROFILES[name]
+    out_dir = args.out / name
+    cache_dir = out_dir / "cache"
+    common, ev_sets = common_overrides(args, name, cache_dir)
+    head = [*prof.overrides, *common, *args.set]
+    base = load_config(REPO / prof.config, head)
+    cfgs = {r: load_config(REPO / prof.config, [*head, *sets]) for r, sets in rows.items()}
+    for r, cfg in cfgs.items():
+        if cfg.data != base.data or cfg.seed != base.seed or cfg.evaluate != base.evaluate:
+            raise SystemExit(f"recipe {r!r} changes the data, seed or evaluation: rows must differ in training only")
+        inert = inert_overrides(base, cfg, rows[r])
+        if inert and not args.allow_inert:
+            raise SystemExit(
+                f"recipe {r!r}: {inert} validate but change nothing augment.train.loop_kwargs passes to the training "
+                "loop (not wired yet?); retry later or pass --allow-inert"
+            )
+    data = load_data(base.data, base.seed)  # once per profile: every row trains and scores on it
+    cell_map = CellMap(name, executor)
+    device = resolve_device(base.train.device)
+    res: dict[str, Any] = {
+        "benchmark": "limited_data",
+        "profile": name,
+        "config": prof.config,
+        "profile_overrides": list(prof.overrides),
+        "common_overrides": common + list(args.set),
+        "budget": {"kimg": args.kimg, "minutes": args.minutes, "eval_kimg": args.eval_kimg},
+        "evaluate": {
+            **base.evaluate.model_dump(
+                mode="json",
+                include={
+                    "seeds",
+                    "steps",
+                    "batch_size",
+                    "synthetic_per_class",
+                    "extractor_steps",
+                    "classifier",
+                    "regimes",
+                    "classic",
+                },
+            )
+        },
+        "sizes": {s: len(data.split(s)) for s in ("train", "val", "test")},
+        "counts": data.counts(),
+        "machine": machine(),
+        "device": str(device),
+        "commit": git_commit(),
+        "command": command(),
+        "date": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "rows": [],
+    }
+    for recipe, sets in rows.items():
+        cfg = cfgs[recipe]
+        run_dir = out_dir / recipe
+        if run_dir.exists():
+            shutil.rmtree(run_dir)  # a fresh run: no stale best snapshot or training log
+        what = " ".join(sets) or "today's config"
+        print(f"[{name}] {recipe}: training ({what})", flush=True)
+        t0 = time.time()
+        train(cfg, out=run_dir, progress=False, data=data)
+        train_wall = time.time() - t0
+        log_rows = [json.loads(line) for line in (run_dir / "metrics-train.jsonl").read_text().splitlines()]
+        stats = [json.loads(line) for line in (run_dir / "stats.jsonl").read_text().splitlines()]
+        best = min(log_rows, key=lambda r: r["fd_domain"]) if log_rows else None
+        before = (cell_map.cached, cell_map.computed)
+        t0 = time.time()
+        result = evaluate_run(run_dir, overrides=ev_sets, progress=False, data=data, map_fn=cell_map)
+        eval_s = time.time() - t0
+        row = {
+            "recipe": recipe,
+            "overrides": sets,
+            "train_s": log_rows[-1]["train_s"] if log_rows else stats[-1]["elapsed_s"],
+            "train_wall_s": train_wall,
+            "kimg": stats[-1]["kimg"],
+            "best_kimg": best["kimg"] if best else None,
+            "eval_s": eval_s,
+            "cells_cached": cell_map.cached - before[0],
+            "cells_computed": cell_map.computed - before[1],
+            "run_dir": str(run_dir),
+            "metrics": row_metrics(result),
+            "train_curve": log_rows,
+            "raw": {
+                k: result.get(k)
+                for k in ("snapshot", "sizes", "fd_domain", "prdc", "memorisation", "downstream", "verdict", "seconds")
+            },
+        }
+        res["rows"].append(row)
+        m = row["metrics"]
+        print(
+            f"[{name}] {recipe}: train {row['train_s']:.0f} s ({row['kimg']:g} kimg), eval {eval_s:.0f} s "
+            f"({row['cells_cached']} cells reused); fd_domain {_num(m['fd_domain'], '.2f')} "
+            f"(floor {_num(m['fd_domain_floor'], '.2f')}); {m['verdict_status']}",
+            flush=True,
+        )
+    return res
+
+
+def json_path(args: argparse.Namespace, profile: str) -> Path:
+    if args.json:
+        return Path(args.json.replace("{profile}", profile))
+    return (args.out if args.quick else RESULTS_DIR) / f"limited_data_{profile}.json"
+
+
+def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
+    """Run the benchmark; returns ``{profile: result}`` (each with its ``table`` markdown)."""
+    args = parse_args(argv)
+    rows = recipe_overrides(args.recipes, args.combined)
+    executor = make_executor(args.workers)
+    results = {}
+    try:
+        for name in args.profiles:
+            res = run_profile(name, args, rows, executor)
+            path = json_path(args, name)
+            res["json"] = str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
+            res["table"] = render(res)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(res, indent=1))
+            print(res["table"], flush=True)
+            print(f"wrote {path}", flush=True)
+            if not (args.no_append or args.quick):
+                budget = f"{args.kimg:g} kimg" if args.minutes is None else f"{args.minutes:g} min"
+                append_results(f"limited_data: {name}, {budget} per recipe, {args.seeds} seeds", res["table"])
+            results[name] = res
+    finally:
+        if executor is not None:
+            executor.shutdown(cancel_futures=True)
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,139 @@
+"""benchmarks/limited_data.py: one row per recipe, finite distances, and the cell cache and process
+pool give the numbers a plain in-process ``map`` gives."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from augment.config import load_config
+from augment.evaluate import evaluate_run
+from augment.metrics import downstream
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from benchmarks import limited_data  # noqa: E402
+
+
+@pytest.mark.slow
+def test_quick_digits_rows_cache_and_pool_match_plain_map(tmp_path: Path) -> None:
+    out_json = tmp_path / "ld.json"
+    results = limited_data.main(
+        [
+            "--quick",
+            "--profiles",
+            "digits",
+            "--recipes",
+            "baseline",
+            "combined",
+            "--combined",
+            "narrow,z128",
+            "--workers",
+            "2",
+            "--out",
+            str(tmp_path / "runs"),
+            "--json",
+            str(out_json),
+            "--no-append",
+        ]
+    )
+    saved = json.loads(out_json.read_text())
+    rows = saved["rows"]
+    assert [r["recipe"] for r in rows] == ["baseline", "combined"]
+    assert rows[1]["overrides"] == limited_data.RECIPES["narrow"] + limited_data.RECIPES["z128"]
+    for r in rows:
+        m = r["metrics"]
+        assert math.isfinite(m["fd_domain"]) and m["fd_domain"] > 0
+        assert math.isfinite(m["fd_domain_floor"]) and m["fd_domain_floor"] >= 0
+        assert m["fd_ratio"] == pytest.approx(m["fd_domain"] / m["fd_domain_floor"])
+        assert r["kimg"] == pytest.approx(0.512)  # equal budget: the same images shown in every row
+        assert m["tail_class"] == "2"  # the 3-class long tail's smallest class
+        assert m["verdict_status"] == "not enough seeds for an interval"  # 2 seeds: no verdict, said so
+    # The first row computes every cell; the second reuses real, real+classic (2 seeds each) and the
+    # 3 classic-selection cells, and computes the 3 GAN regimes x 2 seeds.
+    assert (rows[0]["cells_cached"], rows[0]["cells_computed"]) == (0, 3 + 5 * 2)
+    assert (rows[1]["cells_cached"], rows[1]["cells_computed"]) == (3 + 2 * 2, 3 * 2)
+
+    # The same row evaluated again with builtin map, in this process, nothing cached: equal numbers.
+    _, ev_sets = limited_data.common_overrides(
+        limited_data.parse_args(["--quick", "--profiles", "digits"]), "digits", tmp_path / "runs" / "digits" / "cache"
+    )
+    plain = evaluate_run(rows[1]["run_dir"], overrides=ev_sets, progress=False, map_fn=map)["downstream"]
+    got = rows[1]["raw"]["downstream"]
+
+    def by_cell(down: dict) -> dict:
+        return {(c["regime"], c["seed"]): c["balanced_accuracy"] for c in down["cells"]}
+
+    assert by_cell(got) == by_cell(plain)
+    assert {k for k, _ in by_cell(got)} == {"real", "real+classic", "real+gan", "real+gan+classic", "gan-only"}
+    assert got["selection"]["classic"] == plain["selection"]["classic"]
+
+    # One markdown line per recipe, in order, with the exact columns.
+    table = results["digits"]["table"]
+    lines = [ln for ln in table.splitlines() if ln.startswith("| ")]
+    assert lines[0] == "| " + " | ".join(limited_data.COLUMNS) + " |"
+    assert [ln.split(" | ")[0].removeprefix("| ") for ln in lines[1:]] == ["baseline", "combined"]
+
+
+def test_cell_map_caches_only_gan_free_cells_per_profile() -> None:
+    import functools
+
+    calls = []
+
+    def fake(plan, item):
+        calls.append(item)
+        return {"item": item}
+
+    fake.__name__ = "run_grid_item"
+    plan = downstream.Plan(
+        class_names=["a"],
+        **{
+            k: torch.zeros(1, dtype=torch.uint8)
+            for k in (
+                "train_images",
+                "train_labels",
+                "val_images",
+                "val_labels",
+                "test_images",
+                "test_labels",
+                "synthetic_images",
+                "synthetic_labels",
+            )
+        },
+        regimes=["real", "real+gan"],
+        seeds=[0],
+    )
+    cache: dict = {}
+    grid = [("real", 0), ("real+classic", 0), ("real+gan", 0)]
+    m = limited_data.CellMap("p", None, cache)
+    assert list(m(functools.partial(fake, plan), grid)) == [{"item": it} for it in grid]
+    assert list(m(functools.partial(fake, plan), grid)) == [{"item": it} for it in grid]
+    assert calls == [*grid, ("real+gan", 0)]  # the GAN cell ran twice, the others once
+    # Another profile, or another classic policy in the plan, never hits those entries.
+    list(limited_data.CellMap("q", None, cache)(functools.partial(fake, plan), grid[:1]))
+    other = downstream.Plan(**{**plan.__dict__, "classic": "crop+flip"})
+    list(m(functools.partial(fake, other), grid[:1]))
+    assert calls[-2:] == [("real", 0), ("real", 0)]
+
+
+def test_recipe_overrides_and_inert_switch(monkeypatch: pytest.MonkeyPatch) -> None:
+    rows = limited_data.recipe_overrides(["baseline", "combined"], ["ada", "lecam"])
+    assert rows == {"baseline": [], "combined": ["train.ada_target=0.6", "train.lecam_weight=0.3"]}
+    with pytest.raises(SystemExit, match="--combined"):
+        limited_data.recipe_overrides(["combined"], None)
+    with pytest.raises(SystemExit, match="unknown recipe"):
+        limited_data.recipe_overrides(["nope"], None)
+
+    base = load_config(REPO / "configs" / "digits.yaml")
+    z = load_config(REPO / "configs" / "digits.yaml", ["model.z_dim=128"])
+    assert limited_data.inert_overrides(base, z, ["model.z_dim=128"]) == []
+    # A switch the training loop never receives is reported (the benchmark refuses to run it).
+    real = limited_data.loop_kwargs
+    monkeypatch.setattr(limited_data, "loop_kwargs", lambda cfg: {k: v for k, v in real(cfg).items() if k != "z_dim"})
+    assert limited_data.inert_overrides(base, z, ["model.z_dim=128"]) == ["model.z_dim=128"]
