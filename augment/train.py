@@ -19,11 +19,11 @@ import torch
 from tqdm.auto import tqdm
 
 from augment import checkpoint
-from augment.config import Config, save_config
+from augment.config import Config, config_from_dict, save_config
 from augment.data import PreparedData, load_data
 from augment.devices import keep_freed_memory, resolve_device, resolve_precision, usable_cores
 from augment.diffaug import AdaptiveAugment
-from augment.errors import CheckpointError
+from augment.errors import CheckpointError, ConfigError, OutputError
 from augment.io import atomic_save, atomic_write_text, ensure_dir, new_run_dir
 from augment.losses import GanLoss
 from augment.models import ConditionalGenerator, ProjectionDiscriminator
@@ -381,6 +381,66 @@ def load_resumable(state_path: Path, data: PreparedData) -> dict[str, Any]:
     return state
 
 
+#: What a resumed run may change: the budget and how it is spent, never what fixes the weights'
+#: shapes, the optimizer's state or the data (those are refused by :func:`check_resume_config`).
+RESUMABLE_FIELDS = (
+    "train.kimg",
+    "train.max_minutes",
+    "train.snapshot_kimg",
+    "train.eval_kimg",
+    "train.threads",
+)
+#: Sections whose fields decide the weights and the data of a run (every other section is free).
+FIXED_SECTIONS = ("seed", "data.", "model.", "train.")
+
+
+def check_resume_config(state: dict[str, Any], cfg: Config, where: Path) -> None:
+    """Refuse a resume whose config changes a field that fixes the architecture, the optimizer or
+    the data: the weights would keep their old shapes and the optimizer state its old settings
+    while ``config.yaml`` claimed the new ones. Only :data:`RESUMABLE_FIELDS` may change (and
+    are then applied: the loop reads them from the new config)."""
+    raw = dict(state.get("config") or {})
+    try:  # a state written before a field existed: its value was the default
+        old = config_from_dict(raw, source=str(where)).flat()
+    except ConfigError:  # a field of an older version: compare the values that are there
+        old = _flatten(raw)
+    new = cfg.flat()
+    changed = [
+        key
+        for key in new
+        if key.startswith(FIXED_SECTIONS) and key not in RESUMABLE_FIELDS and old.get(key) != new[key]
+    ]
+    if changed:
+        shown = ", ".join(f"{k} ({old.get(k)!r} -> {new[k]!r})" for k in changed[:4])
+        more = f" and {len(changed) - 4} more" if len(changed) > 4 else ""
+        raise CheckpointError(
+            f"{where}: --resume cannot change {shown}{more}: they fix the weights, the optimizer or the data; "
+            f"a resume may change only {', '.join(RESUMABLE_FIELDS)} (train anew for the others)"
+        )
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        out.update(_flatten(value, f"{name}.") if isinstance(value, dict) else {name: value})
+    return out
+
+
+def check_new_run_dir(out: Path | None) -> None:
+    """Refuse to train into a folder that holds a run already (without ``--resume`` it would
+    overwrite the old run's snapshots and append to its ``stats.jsonl``)."""
+    if out is None or not Path(out).is_dir():
+        return
+    out = Path(out)
+    found = [n for n in (checkpoint.TRAINING_STATE, "stats.jsonl", "config.yaml") if (out / n).exists()]
+    found += sorted(p.name for p in out.glob("network-*.pt"))[:1]
+    if found:
+        raise OutputError(
+            f"{out}: holds a training run already ({found[0]}); --resume continues it, or give a new --out"
+        )
+
+
 def latest_run_dir(root: Path, name: str) -> Path | None:
     runs = sorted(p for p in Path(root).glob(f"*-{name}") if (p / checkpoint.TRAINING_STATE).is_file())
     return runs[-1] if runs else None
@@ -476,7 +536,8 @@ def train(
         data = load_data(cfg.data, cfg.seed)
     run_dir = prepare_run_dir(cfg, out, resume)
     if resume:  # a refused resume leaves the run's config.yaml and data.json as they were
-        load_resumable(run_dir / checkpoint.TRAINING_STATE, data)
+        state_path = run_dir / checkpoint.TRAINING_STATE
+        check_resume_config(load_resumable(state_path, data), cfg, state_path)
     save_config(cfg, run_dir / "config.yaml")
     atomic_write_text(run_dir / "data.json", json.dumps(data.summary(), indent=2))
     if metric_fn is None and cfg.train.eval_kimg > 0:

@@ -110,9 +110,12 @@ def train(
     """Train the class-conditional GAN; writes a run directory with snapshots and sample grids."""
     _setup_logging(quiet)
     from augment.config import load_config
+    from augment.train import check_new_run_dir
     from augment.train import train as train_gan
 
     cfg = load_config(config, set_)
+    if not resume:
+        check_new_run_dir(out)
     run_dir, snap = train_gan(cfg, out=out, resume=resume, progress=not quiet)
     typer.echo(f"run directory: {run_dir}\ngenerator: {snap}")
 

@@ -13,7 +13,7 @@ from augment.config import Config, load_config
 from augment.data import PreparedData
 from augment.devices import resolve_device
 from augment.tracking import TAG_FINGERPRINT, TAG_TRAIN_COUNTS, Tracker, make_tracker
-from augment.train import loop_kwargs, prepare_run_dir
+from augment.train import check_new_run_dir, loop_kwargs, prepare_run_dir
 from flows.tasks import load_data_task, log_artifacts_task, train_task
 
 log = logging.getLogger(__name__)
@@ -79,6 +79,8 @@ def train_flow(
     cfg = load_config(config, overrides)
     tracker = make_tracker(cfg.tracking.enabled, cfg.tracking.uri, cfg.tracking.experiment)
     data = load_data_task(cfg)
+    if not resume:
+        check_new_run_dir(Path(out) if out else None)
     run_dir = prepare_run_dir(cfg, Path(out) if out else None, resume)
     with tracker.run(f"{cfg.name} train {run_dir.name}", kind="train") as run_id:
         run_dir, snap, model_uri = train_stage(cfg, data, run_dir, tracker, run_id, resume)

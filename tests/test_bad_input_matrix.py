@@ -324,6 +324,23 @@ def checkpoint_other_classes_resume(tmp: Path, tiny_run: RunGetter) -> Bad:
     return Bad(args, [f"{run / checkpoint.TRAINING_STATE}: trained on classes ['0', '1', '2']"])
 
 
+def resume_changes_the_architecture(tmp: Path, tiny_run: RunGetter) -> Bad:
+    run = _run_copy(tmp, tiny_run())
+    args = ["train", str(_config(tmp, "model.g_channels=16", "train.kimg=0.384")), "--out", str(run), "--resume"]
+    return Bad(args, [f"{run / checkpoint.TRAINING_STATE}: --resume cannot change model.g_channels (8 -> 16)"])
+
+
+def resume_changes_the_learning_rate(tmp: Path, tiny_run: RunGetter) -> Bad:
+    run = _run_copy(tmp, tiny_run())
+    args = ["train", str(_config(tmp)), "--out", str(run), "--resume", "--set", "train.lr_d=0.01"]
+    return Bad(args, ["--resume cannot change train.lr_d (0.0002 -> 0.01)", "may change only train.kimg"])
+
+
+def train_out_is_an_existing_run(tmp: Path, tiny_run: RunGetter) -> Bad:
+    run = _run_copy(tmp, tiny_run())
+    return Bad(["train", str(_config(tmp)), "--out", str(run)], [f"{run}: holds a training run already", "--resume"])
+
+
 def checkpoint_with_pickled_object(tmp: Path, tiny_run: RunGetter) -> Bad:
     run = _run_copy(tmp, tiny_run())
     torch.save({"format": checkpoint.SNAPSHOT_FORMAT, "generator": torch.nn.Linear(2, 2)}, run / "network-final.pt")
@@ -480,6 +497,9 @@ ROWS = [
     pytest.param(checkpoint_other_architecture_evaluate, id="checkpoint-other-architecture-evaluate"),
     pytest.param(checkpoint_other_classes_evaluate, id="checkpoint-other-classes-evaluate"),
     pytest.param(checkpoint_other_classes_resume, id="checkpoint-other-classes-resume"),
+    pytest.param(resume_changes_the_architecture, id="resume-changes-the-architecture"),
+    pytest.param(resume_changes_the_learning_rate, id="resume-changes-the-learning-rate"),
+    pytest.param(train_out_is_an_existing_run, id="train-out-is-an-existing-run"),
     pytest.param(checkpoint_with_pickled_object, id="checkpoint-with-pickled-object"),
     pytest.param(checkpoint_plain_pickle, id="checkpoint-plain-pickle"),
     pytest.param(checkpoint_random_bytes, id="checkpoint-random-bytes"),
