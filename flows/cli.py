@@ -155,6 +155,11 @@ def generate(
     gcfg = config_from_dict(snap.config, source=f"{run_dir} (config in checkpoint)").generate
     target = "per_class" if per_class else "total" if total else gcfg.target
     counts = counts_to_generate(snap.class_counts, target, per_class or gcfg.per_class, total or gcfg.total)
+    if sum(counts) == 0:  # writing nothing would replace the previous set with an empty one
+        fail(
+            f"nothing to generate: target {target!r} asks for 0 images (the train classes are balanced already: "
+            f"{max(snap.class_counts)} each); give --per-class N or --total N"
+        )
     g = gcfg.model_copy(
         update={
             "seed": gcfg.seed if seed is None else seed,

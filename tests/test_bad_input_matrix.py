@@ -302,7 +302,7 @@ def _edit_snapshot(run: Path, change: Callable[[dict], None]) -> Path:
 def checkpoint_other_architecture_generate(tmp: Path, tiny_run: RunGetter) -> Bad:
     run = _run_copy(tmp, tiny_run())
     path = _edit_snapshot(run, lambda obj: obj["generator_kwargs"].update(width=16))  # trained with 8
-    return Bad(["generate", str(run)], [f"{path}: generator weights do not match its architecture"])
+    return Bad(["generate", str(run), "--per-class", "2"], [f"{path}: generator weights do not match its architecture"])
 
 
 def checkpoint_other_architecture_evaluate(tmp: Path, tiny_run: RunGetter) -> Bad:
@@ -399,7 +399,7 @@ def generate_out_under_a_file(tmp: Path, tiny_run: RunGetter) -> Bad:
     run = _run_copy(tmp, tiny_run())
     (tmp / "afile").write_text("a regular file, not a folder")
     out = tmp / "afile" / "sub" / "generated"
-    return Bad(["generate", str(run), "--out", str(out)], [str(tmp / "afile" / "sub")])
+    return Bad(["generate", str(run), "--per-class", "2", "--out", str(out)], [str(tmp / "afile" / "sub")])
 
 
 # Generation replaces its output folder whole: it must refuse every folder it did not write itself.
@@ -407,6 +407,11 @@ def generate_out_is_the_working_directory(tmp: Path, tiny_run: RunGetter) -> Bad
     run = _run_copy(tmp, tiny_run())
     (tmp / "notes.txt").write_text("a user's file")
     return Bad(["generate", str(run), "--per-class", "2", "--out", "."], [str(tmp), "not a folder generate wrote"])
+
+
+def generate_balance_on_balanced_data(tmp: Path, tiny_run: RunGetter) -> Bad:
+    run = _run_copy(tmp, tiny_run())  # 36 train images in each of its 3 classes
+    return Bad(["generate", str(run)], ["nothing to generate", "balanced already: 36 each", "--per-class N"])
 
 
 def generate_out_is_a_run_directory(tmp: Path, tiny_run: RunGetter) -> Bad:
@@ -512,6 +517,7 @@ ROWS = [
     pytest.param(output_dir_read_only, id="output-dir-read-only", marks=_ROOT),
     pytest.param(generate_out_under_a_file, id="generate-out-under-a-file"),
     pytest.param(generate_out_is_the_working_directory, id="generate-out-is-the-working-directory"),
+    pytest.param(generate_balance_on_balanced_data, id="generate-balance-on-balanced-data"),
     pytest.param(generate_out_is_a_run_directory, id="generate-out-is-a-run-directory"),
     pytest.param(generate_out_is_a_users_folder, id="generate-out-is-a-users-folder"),
     pytest.param(generate_out_is_a_symlink, id="generate-out-is-a-symlink"),
