@@ -244,6 +244,10 @@ class Gate:
     value: float | None
     higher_is_better: bool
     interval: tuple[float, float] | None = None
+    #: Seeds behind ``value`` and whether they make a verdict (``downstream``: at least
+    #: ``MIN_VERDICT_SEEDS`` with an interval). A version without a valid verdict never becomes champion.
+    seeds: int | None = None
+    valid: bool = True
 
 
 @dataclass
@@ -269,6 +273,9 @@ class Promotion:
 
 
 GAN_REGIMES = ("real+gan", "real+gan+classic")
+#: Seeds a downstream verdict needs; the same number as ``augment.metrics.downstream.MIN_VERDICT_SEEDS``
+#: (kept here so the policy imports no torch; tests/test_tracking.py keeps the two equal).
+MIN_VERDICT_SEEDS = 3
 
 
 def _find_number(tree: Any, key: str, skip: tuple[str, ...] = ("per_class",)) -> float | None:
@@ -306,15 +313,29 @@ def gate_from_metrics(metrics: Mapping[str, Any], promote_on: str) -> Gate:
         and deltas[r]["balanced_accuracy"].get("mean") is not None
     }
     if not cis:
-        return Gate("downstream_delta", None, higher_is_better=True)
+        return Gate("downstream_delta", None, higher_is_better=True, valid=False)
     best = max(cis.values(), key=lambda ci: ci["mean"])
     lo, hi = best.get("ci_low"), best.get("ci_high")
     interval = (float(lo), float(hi)) if lo is not None and hi is not None else None
-    return Gate("downstream_delta", float(best["mean"]), higher_is_better=True, interval=interval)
+    seeds = int(best["n"]) if isinstance(best.get("n"), int) else None
+    valid = interval is not None and seeds is not None and seeds >= MIN_VERDICT_SEEDS
+    return Gate("downstream_delta", float(best["mean"]), True, interval, seeds=seeds, valid=valid)
+
+
+def _gate_text(metric: str, value: float) -> str:
+    """A gate value as the report words it: the downstream delta in points, others as numbers."""
+    if metric == "downstream_delta":
+        return f"{100 * value:+.1f} pts"
+    return f"{value:.4g}"
 
 
 def decide_promotion(new: Gate, champion: Gate | None, champion_version: str | None = None) -> tuple[bool, str]:
     """Whether ``new`` should replace the champion, and a sentence saying why.
+
+    The rule: a version needs a valid verdict (for ``downstream``, enough seeds for an interval) and
+    must be *measurably* better than the champion: with an interval, its whole 95% interval lies on
+    the better side of the champion's value; without one (``fd_domain``), its value is better.
+    Anything else leaves the champion where it is and the version becomes ``challenger``.
 
     Example:
         >>> decide_promotion(Gate("fd_domain", 1.0, False), Gate("fd_domain", 2.0, False), "3")
@@ -323,23 +344,37 @@ def decide_promotion(new: Gate, champion: Gate | None, champion_version: str | N
     direction = "higher" if new.higher_is_better else "lower"
     if new.value is None or not math.isfinite(new.value):
         return False, f"this run has no {new.metric} to compare, so it cannot replace a champion"
+    text = f"{new.metric} {_gate_text(new.metric, new.value)}"
+    if new.interval is not None:
+        lo, hi = new.interval
+        text += f" (95% CI [{_gate_text(new.metric, lo)}, {_gate_text(new.metric, hi)}]"
+        text += f", {new.seeds} seeds)" if new.seeds is not None else ")"
+    if not new.valid:
+        seeds = f"{new.seeds} seeds" if new.seeds is not None else "no seeds"
+        return False, (
+            f"{text} is no verdict ({seeds}, needs {MIN_VERDICT_SEEDS} with an interval; evaluate.seeds), "
+            "so it cannot become champion"
+        )
     if champion is None:
-        return True, f"first version with a {new.metric} ({new.value:.4g}): no champion yet"
+        return True, f"first version with a {new.metric} ({_gate_text(new.metric, new.value)}): no champion yet"
     if champion.metric != new.metric or champion.value is None or not math.isfinite(champion.value):
         return False, (
             f"champion v{champion_version} was judged by {champion.metric}, not {new.metric}; "
             f"not comparable, so it stays champion"
         )
-    better = new.value > champion.value if new.higher_is_better else new.value < champion.value
-    verb = "beats" if better else "does not beat"
-    reason = f"{new.metric} {new.value:.4g}"
+    champ = f"champion v{champion_version} ({_gate_text(champion.metric, champion.value)})"
     if new.interval is not None:
         lo, hi = new.interval
-        reason += f" (95% CI [{lo:.4g}, {hi:.4g}])"
-    reason += f" {verb} champion v{champion_version} ({champion.value:.4g}); {direction} is better"
-    if new.interval is not None and new.interval[0] <= champion.value <= new.interval[1]:
-        reason += "; the champion's value lies inside this run's interval, so the difference is not measurable"
-    return better, reason
+        better = lo > champion.value if new.higher_is_better else hi < champion.value
+        if better:
+            return True, f"{text} is measurably better than {champ}: the whole interval is {direction}"
+        return False, (
+            f"{text} is not measurably better than {champ}: the interval reaches the champion's value "
+            f"({direction} is better)"
+        )
+    better = new.value > champion.value if new.higher_is_better else new.value < champion.value
+    verb = "beats" if better else "does not beat"
+    return better, f"{text} {verb} {champ}; {direction} is better"
 
 
 # --------------------------------------------------------------------------------------------- #
@@ -635,7 +670,7 @@ class MlflowTracker(_RunContext):
         promoted, reason = decide_promotion(
             gate, current.gate if current else None, current.version if current else None
         )
-        if current is not None and current.gate is None and gate.value is not None:
+        if current is not None and current.gate is None and gate.value is not None and gate.valid:
             promoted, reason = True, f"champion v{current.version} has no recorded {gate.metric}; replaced"
         alias = CHAMPION if promoted else CHALLENGER
         self.client.set_registered_model_alias(name, alias, version)

@@ -136,7 +136,13 @@ def test_pipeline_logs_to_a_real_mlflow_server(mlflow_server: str, tmp_path: Pat
 
     work = tmp_path / "work"
     work.mkdir()
-    path = write_config(work, f"tracking.uri={mlflow_server}", "evaluate.seeds=1", "tracking.experiment=remote")
+    path = write_config(
+        work,
+        f"tracking.uri={mlflow_server}",
+        "evaluate.seeds=1",
+        "tracking.promote_on=fd_domain",
+        "tracking.experiment=remote",
+    )
     result = pipeline(config=str(path))
     client = MlflowClient(tracking_uri=mlflow_server, registry_uri=mlflow_server)
     run = client.get_run(result["mlflow_run_id"])
@@ -166,7 +172,7 @@ def test_served_deployment_runs_on_a_real_prefect_server(tmp_path: Path):
     env.pop("MLFLOW_TRACKING_URI", None)
     work = tmp_path / "work"
     work.mkdir()
-    path = write_config(work, "evaluate.seeds=1", "tracking.experiment=served")
+    path = write_config(work, "evaluate.seeds=1", "tracking.promote_on=fd_domain", "tracking.experiment=served")
     server = start(
         [bin_("prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
         tmp_path / "prefect-server.log",
@@ -252,6 +258,7 @@ def test_dask_grid_gives_the_sequential_numbers(tiny_run: Path, tmp_path: Path, 
     # One intra-op thread per cell everywhere: the thread count changes the order of float sums.
     overrides = [o for o in FAST if o.startswith("evaluate.")] + [
         "evaluate.regimes=['real','real+classic','real+gan']",
+        "evaluate.seeds=2",
         "evaluate.threads=1",
     ]
     seq_dir, dask_dir = tmp_path / "seq", tmp_path / "dask"

@@ -71,13 +71,23 @@ def test_decide_promotion_directions_and_reasons():
     assert decide_promotion(Gate("downstream_delta", 0.02, True), Gate("downstream_delta", 0.01, True), "1")[0]
     ok, why = decide_promotion(Gate("downstream_delta", None, True), None)
     assert not ok and "no downstream_delta" in why
+    # With an interval the new version must be measurably better: its whole interval above the champion.
     ok, why = decide_promotion(
-        Gate("downstream_delta", 0.02, True, (-0.01, 0.05)), Gate("downstream_delta", 0.0, True), "1"
+        Gate("downstream_delta", 0.02, True, (-0.01, 0.05), seeds=3), Gate("downstream_delta", 0.0, True), "1"
     )
-    assert ok and why == (
-        "downstream_delta 0.02 (95% CI [-0.01, 0.05]) beats champion v1 (0); higher is better; the champion's "
-        "value lies inside this run's interval, so the difference is not measurable"
+    assert not ok and why == (
+        "downstream_delta +2.0 pts (95% CI [-1.0 pts, +5.0 pts], 3 seeds) is not measurably better than champion v1 "
+        "(+0.0 pts): the interval reaches the champion's value (higher is better)"
     )
+    ok, why = decide_promotion(
+        Gate("downstream_delta", 0.04, True, (0.01, 0.07), seeds=5), Gate("downstream_delta", 0.0, True), "1"
+    )
+    assert ok and "+4.0 pts" in why and "measurably better than champion v1 (+0.0 pts)" in why
+    # No valid verdict (too few seeds): never champion, not even the first version.
+    few = Gate("downstream_delta", 0.3, True, (0.2, 0.4), seeds=2, valid=False)
+    ok, why = decide_promotion(few, None)
+    assert not ok and "is no verdict (2 seeds, needs 3" in why and "+30.0 pts" in why
+    assert not decide_promotion(few, Gate("downstream_delta", -0.5, True), "1")[0]
     ok, why = decide_promotion(Gate("downstream_delta", 0.5, True), Gate("fd_domain", 1.0, False), "2")
     assert not ok and "not comparable" in why
 
@@ -106,8 +116,15 @@ def test_gate_and_headline_metrics_read_the_evaluation_layout():
     }
     assert gate_from_metrics(metrics, "fd_domain") == Gate("fd_domain", 4.5, False)
     # The best GAN regime counts; gan-only is not a candidate.
-    assert gate_from_metrics(metrics, "downstream") == Gate("downstream_delta", 0.05, True, (-0.01, 0.07))
+    assert gate_from_metrics(metrics, "downstream") == Gate(
+        "downstream_delta", 0.05, True, (-0.01, 0.07), seeds=3, valid=True
+    )
     assert gate_from_metrics({}, "downstream").value is None
+    two = {"downstream": {"deltas": {"real+gan": {"balanced_accuracy": {**ci, "n": 2}}}}}
+    assert gate_from_metrics(two, "downstream").valid is False  # 2 seeds: no verdict, no champion
+    one = {"downstream": {"deltas": {"real+gan": {"balanced_accuracy": {"mean": 0.1, "n": 1}}}}}
+    assert gate_from_metrics(one, "downstream").valid is False
+
     assert headline_metrics(metrics) == {
         "fd_domain": 4.5,
         "fd_domain_floor": 1.5,
@@ -333,3 +350,10 @@ def test_processes_racing_on_a_fresh_sqlite_store_all_get_it(tmp_path: Path) -> 
     results = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0], [err[-300:] for _, err in results]
     assert len({out.strip() for out, _ in results}) == 1  # one experiment, seen by all three
+
+
+def test_the_gate_and_the_verdict_need_the_same_seeds() -> None:
+    from augment.metrics.downstream import MIN_VERDICT_SEEDS as VERDICT_SEEDS
+    from augment.tracking import MIN_VERDICT_SEEDS
+
+    assert MIN_VERDICT_SEEDS == VERDICT_SEEDS
