@@ -204,7 +204,7 @@ class GanAugmenter:
         tracking_uri: str | None = None,
         **kwargs: Any,
     ) -> GanAugmenter:
-        """Load the snapshot of a registered model, e.g. ``"models:/fashion-cgan@champion"``.
+        """Load the snapshot of a registered model, e.g. ``"models:/fashion_mnist-cgan@champion"``.
 
         ``tracking_uri`` defaults to ``MLFLOW_TRACKING_URI``, else ``sqlite:///mlruns.db``.
         """
@@ -705,7 +705,8 @@ class BalancedDataset(Dataset):
 
     Items ``0 .. len(dataset)-1`` are the dataset's own; then come synthetic images, label by label
     (``target="max"``: up to the largest class; an int: up to that count, never removing real
-    items). Synthetic item ``j`` of label ``k`` is synthetic image ``j`` of that class: the same image
+    items; a class of the augmenter that the dataset does not hold gets none). Synthetic item ``j``
+    of label ``k`` is synthetic image ``j`` of that class: the same image
     every epoch and in every DataLoader worker (:meth:`set_epoch` switches to a fresh set on purpose).
     Synthetic images come in the type, dtype and range of the dataset's own images (read from its
     first item) and labels in its label type; ``transform`` is applied to every image, real or
@@ -752,7 +753,9 @@ class BalancedDataset(Dataset):
         self.augmenter = augmenter
         self.target = goal
         self.real_counts: list[int] = real
-        self.synthetic_counts: list[int] = [max(goal - n, 0) for n in real]
+        # A class the dataset does not hold is not topped up: it is no class of this dataset (a
+        # split or subset of the augmenter's classes), and adding it would change the task.
+        self.synthetic_counts: list[int] = [max(goal - n, 0) if n > 0 else 0 for n in real]
         self.transform = transform
         self.epoch = int(epoch)
         self.prefill = prefill

@@ -391,6 +391,13 @@ def test_balanced_dataset_tops_every_class_up_to_the_largest(gray) -> None:
         ds[15]
 
 
+def test_balanced_dataset_never_adds_a_class_the_dataset_does_not_hold(gray) -> None:
+    ds = BalancedDataset(ToyDataset([0, 0, 0, 1]), GanAugmenter(gray, batch_size=4))  # no class 2
+    assert (ds.real_counts, ds.synthetic_counts, len(ds)) == ([3, 1, 0], [0, 2, 0], 6)
+    assert {ds[i][1] for i in range(len(ds))} == {0, 1}
+    assert BalancedDataset(ToyDataset([0, 1]), GanAugmenter(gray, batch_size=4), target=3).synthetic_counts == [2, 2, 0]
+
+
 def test_balanced_dataset_to_a_given_count_matches_item_and_label_types(gray) -> None:
     base = ToyDataset([0, 0, 0, 1, 2], kind="pil", tensor_labels=True)
     ds = BalancedDataset(base, GanAugmenter(gray, batch_size=4), target=2, transform=lambda im: np.asarray(im))
@@ -399,8 +406,9 @@ def test_balanced_dataset_to_a_given_count_matches_item_and_label_types(gray) ->
     assert isinstance(img, np.ndarray) and isinstance(label, torch.Tensor) and label.ndim == 0
     assert label.item() == 1 and (img == const(1)).all()  # synthetic PIL, then the shared transform
     assert (ds[0][0] == REAL).all()
-    floats = BalancedDataset(ToyDataset([0, 1], kind="float"), GanAugmenter(gray, batch_size=4))
-    img, label = floats[2]
+    floats = BalancedDataset(ToyDataset([0, 1, 1, 2], kind="float"), GanAugmenter(gray, batch_size=4))
+    assert floats.synthetic_counts == [1, 0, 1]
+    img, label = floats[5]
     assert img.dtype == torch.float32 and label == 2 and torch.allclose(img, torch.full_like(img, const(2) / 255))
 
 

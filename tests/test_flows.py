@@ -312,16 +312,41 @@ def test_generate_flow_shards_on_two_dask_workers_write_the_one_pass_set(tiny_ru
     assert {r.name for r in runs} >= {f"shard-{c:03d}-000004-000007" for c in range(3)}  # one task per shard
 
 
-def test_io_tasks_retry_hiccups_but_not_bad_input():
-    from prefect.states import Failed
+class _FlakyTracker:
+    """A tracking store whose uploads fail ``failures`` times with ``error``, then succeed: the
+    hiccup a real remote store has now and then (none happens on this machine's local stores)."""
+
+    def __init__(self, failures: int, error: Exception) -> None:
+        self.failures, self.error, self.calls = failures, error, 0
+
+    def log_artifact(self, run_id: str, path: Path, artifact_path: str | None = None) -> None:
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise self.error
+
+
+def test_io_tasks_retry_hiccups_but_not_bad_input(tmp_path: Path):
+    from prefect import flow
 
     from augment.errors import DataError
-    from flows.tasks import _worth_retrying, load_data_task, log_artifacts_task, train_task
+    from flows.tasks import load_data_task, log_artifacts_task, train_task
 
-    assert load_data_task.retries == log_artifacts_task.retries == 2
     assert train_task.retries == 0, "compute is deterministic: a retry would fail the same way"
-    assert _worth_retrying(None, None, Failed(data=OSError("connection reset")))
-    assert not _worth_retrying(None, None, Failed(data=DataError("class '3' has no images")))
+    assert load_data_task.retries == 2  # the same IO_RETRIES as the upload task, run below
+    upload = log_artifacts_task.with_options(retry_delay_seconds=0)
+    (tmp_path / "f.txt").write_text("x")
+
+    @flow
+    def upload_flow(tracker: _FlakyTracker) -> None:
+        upload(tracker, "run", [(tmp_path / "f.txt", None)])
+
+    hiccup = _FlakyTracker(2, OSError("connection reset"))
+    upload_flow(hiccup)  # two failures, then the third try succeeds
+    assert hiccup.calls == 3
+    bad = _FlakyTracker(5, DataError("class '3' has no images"))
+    with pytest.raises(DataError, match="no images"):
+        upload_flow(bad)
+    assert bad.calls == 1, "bad input fails the same way again: no retry"
 
 
 @pytest.mark.slow
