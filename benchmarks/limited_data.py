@@ -114,9 +114,27 @@ RECIPES: dict[str, list[str]] = {
     "ada": ["train.ada_target=0.6"],
     "lecam": ["train.lecam_weight=0.3"],
     "mode_seeking": ["train.mode_seeking=1.0"],
+    "mode_seeking_0.2": ["train.mode_seeking=0.2"],
+    "lecam_0.01": ["train.lecam_weight=0.01"],
     "z128": ["model.z_dim=128"],
     "wide": ["model.g_channels=48", "model.d_channels=48"],
     "narrow": ["model.g_channels=24", "model.d_channels=24"],
+}
+
+#: How the synthetic images enter the classifier's training (``--uses``), evaluated on one trained
+#: run: ``fixed`` = today's default (share 0.5 of each batch, hard labels, no filter); ``tuned`` =
+#: share, confidence filter and soft labels chosen on the validation split (the test numbers are
+#: those of the picked setting only); ``soft`` / ``filter`` = one option alone, untuned.
+USES: dict[str, list[str]] = {
+    "fixed": [],
+    "tuned": [
+        "evaluate.tune=true",
+        "evaluate.tune_shares=[0.25, 0.5, 0.75]",
+        "evaluate.tune_thresholds=[null, 0.8]",
+        "evaluate.tune_soft_labels=[false, true]",
+    ],
+    "soft": ["evaluate.soft_labels=true"],
+    "filter": ["evaluate.confidence_threshold=0.8"],
 }
 
 #: Defaults of the budget and evaluation flags: the real run (2 shared CPU cores) and ``--quick``.
@@ -147,6 +165,12 @@ def _digest(t: torch.Tensor) -> str:
     return hashlib.sha1(t.contiguous().numpy().tobytes()).hexdigest()[:16] + str(tuple(t.shape))
 
 
+#: The code a cell's result depends on: a cache written by other code is never reused.
+CODE_VERSION = hashlib.sha1(
+    b"".join(Path(m.__file__).read_bytes() for m in (downstream, sys.modules["augment.models.classifier"]))
+).hexdigest()[:16]
+
+
 def plan_signature(plan: downstream.Plan) -> str:
     """Every setting of ``plan`` a GAN-free cell can depend on (the real splits by content)."""
     parts = {}
@@ -167,10 +191,24 @@ class CellMap:
     when it is None). Results come back in order, lazily, as ``map`` does. Use one cache per profile.
     """
 
-    def __init__(self, profile: str, executor: concurrent.futures.Executor | None, cache: dict | None = None):
-        self.profile, self.executor = profile, executor
+    def __init__(
+        self,
+        profile: str,
+        executor: concurrent.futures.Executor | None,
+        cache: dict | None = None,
+        path: Path | None = None,
+    ):
+        self.profile, self.executor, self.path = profile, executor, path
         self.cache: dict[tuple, dict] = {} if cache is None else cache
+        if path is not None and path.is_file():  # cells of an earlier invocation on the same profile
+            self.cache.update({tuple(k): v for k, v in json.loads(path.read_text())})
         self.cached = self.computed = 0
+
+    def _save(self) -> None:
+        if self.path is not None:
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text(json.dumps([[list(k), v] for k, v in self.cache.items()]))
+            tmp.replace(self.path)
 
     def key(self, fn: Callable[[Any], Any], item: Any) -> tuple | None:
         if not isinstance(fn, functools.partial) or len(fn.args) != 1 or fn.keywords:
@@ -186,7 +224,7 @@ class CellMap:
             return None
         if "gan" in regime or regime not in GAN_FREE:
             return None
-        return (self.profile, kind, regime, seed, settings, plan_signature(plan))
+        return (self.profile, kind, regime, seed, settings, plan_signature(plan), CODE_VERSION)
 
     def __call__(self, fn: Callable[[Any], Any], items: Iterable[Any]) -> Iterator[Any]:
         items = list(items)
@@ -211,6 +249,7 @@ class CellMap:
             self.computed += 1
             if key is not None:
                 self.cache[key] = copy.deepcopy(out)
+                self._save()
             yield out
 
 
@@ -446,6 +485,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--json", default=None, help="JSON path ({profile} is replaced)")
     ap.add_argument("--no-append", action="store_true", help="do not append to benchmarks/RESULTS.md")
     ap.add_argument("--quick", action="store_true", help="a 1-2 minute smoke run (tiny budget, nothing appended)")
+    ap.add_argument("--uses", nargs="+", default=[], choices=list(USES), help="ways of using the samples (see USES)")
+    ap.add_argument("--uses-run", type=Path, default=None, help="evaluate --uses on this trained run, train nothing")
     ap.add_argument("--allow-inert", action="store_true", help="run rows whose switches do not reach training")
     args = ap.parse_args(argv)
     base = QUICK if args.quick else DEFAULTS
@@ -490,6 +531,7 @@ def common_overrides(args: argparse.Namespace, profile: str, cache_dir: Path) ->
 def run_profile(name: str, args: argparse.Namespace, rows: dict[str, list[str]], executor) -> dict[str, Any]:
     prof = PROFILES[name]
     out_dir = args.out / name
+    out_dir.mkdir(parents=True, exist_ok=True)
     cache_dir = out_dir / "cache"
     common, ev_sets = common_overrides(args, name, cache_dir)
     head = [*prof.overrides, *common, *args.set]
@@ -505,7 +547,7 @@ def run_profile(name: str, args: argparse.Namespace, rows: dict[str, list[str]],
                 "loop (not wired yet?); retry later or pass --allow-inert"
             )
     data = load_data(base.data, base.seed)  # once per profile: every row trains and scores on it
-    cell_map = CellMap(name, executor)
+    cell_map = CellMap(name, executor, path=out_dir / "cells-cache.json")
     device = resolve_device(base.train.device)
     res: dict[str, Any] = {
         "benchmark": "limited_data",
@@ -538,6 +580,8 @@ def run_profile(name: str, args: argparse.Namespace, rows: dict[str, list[str]],
         "date": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "rows": [],
     }
+    if args.uses_run is not None:
+        rows = {}  # the uses only, on a run trained before
     for recipe, sets in rows.items():
         cfg = cfgs[recipe]
         run_dir = out_dir / recipe
@@ -581,7 +625,54 @@ def run_profile(name: str, args: argparse.Namespace, rows: dict[str, list[str]],
             f"(floor {_num(m['fd_domain_floor'], '.2f')}); {m['verdict_status']}",
             flush=True,
         )
+    if args.uses:
+        run_dir = args.uses_run or out_dir / list(cfgs)[-1]
+        res["uses_run"] = str(run_dir)
+        res["uses"] = []
+        for use in args.uses:
+            print(f"[{name}] use {use}: evaluating {run_dir} ({' '.join(USES[use]) or 'defaults'})", flush=True)
+            t0 = time.time()
+            result = evaluate_run(run_dir, overrides=[*ev_sets, *USES[use]], progress=False, data=data, map_fn=cell_map)
+            down = result["downstream"]
+            res["uses"].append(
+                {
+                    "use": use,
+                    "overrides": USES[use],
+                    "eval_s": time.time() - t0,
+                    "picked": {
+                        "synthetic_share": down["synthetic_share"],
+                        "confidence_threshold": down["confidence_threshold"],
+                        "soft_labels": down.get("soft_labels"),
+                    },
+                    "selection": down["selection"],
+                    "synthetic_share_per_class": down.get("synthetic_share_per_class"),
+                    "metrics": row_metrics(result),
+                }
+            )
+            m = res["uses"][-1]["metrics"]
+            print(f"[{name}] use {use}: {m['verdict_status']}; {_pts(m['delta_real_gan_classic'])}", flush=True)
     return res
+
+
+def render_uses(res: dict[str, Any]) -> str:
+    """The second table: one trained run, the ways its samples enter training."""
+    lines = [
+        f"Sample use on `{res['uses_run']}` (one trained generator; every row the same classifier budget and seeds; "
+        "`tuned` picks share / filter / soft labels on the validation split and reports its test numbers only):",
+        "",
+        "| use | picked (share, threshold, soft labels) | Δ real+gan vs classic | Δ real+gan+classic vs classic "
+        "| Δ best vs real-only | verdict |",
+        "|---|---|---|---|---|---|",
+    ]
+    for u in res["uses"]:
+        m, p = u["metrics"], u["picked"]
+        best = f" ({m['best_regime']})" if m["best_regime"] else ""
+        lines.append(
+            f"| {u['use']} | {p['synthetic_share']}, {p['confidence_threshold']}, {p['soft_labels']} | "
+            f"{_pts(m['delta_real_gan'])} | {_pts(m['delta_real_gan_classic'])} | "
+            f"{_pts(m['delta_best_vs_real'])}{best} | {m['verdict_status']} |"
+        )
+    return "\n".join(lines)
 
 
 def json_path(args: argparse.Namespace, profile: str) -> Path:
@@ -601,7 +692,9 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
             res = run_profile(name, args, rows, executor)
             path = json_path(args, name)
             res["json"] = str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
-            res["table"] = render(res)
+            res["table"] = render(res) if res["rows"] else ""
+            if res.get("uses"):
+                res["table"] += ("\n\n" if res["table"] else "") + render_uses(res)
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(res, indent=1))
             print(res["table"], flush=True)

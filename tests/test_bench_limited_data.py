@@ -80,6 +80,19 @@ def test_quick_digits_rows_cache_and_pool_match_plain_map(tmp_path: Path) -> Non
     assert lines[0] == "| " + " | ".join(limited_data.COLUMNS) + " |"
     assert [ln.split(" | ")[0].removeprefix("| ") for ln in lines[1:]] == ["baseline", "combined"]
 
+    # Sample uses on the trained baseline, in a second invocation: the GAN-free cells come from the
+    # cache file the first one wrote; `soft` trains on soft labels, `fixed` does not.
+    again = limited_data.main(
+        ["--quick", "--profiles", "digits", "--uses", "fixed", "soft", "--uses-run", rows[0]["run_dir"]]
+        + ["--workers", "1", "--out", str(tmp_path / "runs"), "--json", str(tmp_path / "uses.json"), "--no-append"]
+    )["digits"]
+    assert [u["use"] for u in again["uses"]] == ["fixed", "soft"]
+    assert [u["picked"]["soft_labels"] for u in again["uses"]] == [False, True]
+    fixed = again["uses"][0]["metrics"]
+    assert fixed["delta_real_gan"] == rows[0]["metrics"]["delta_real_gan"]  # the same run, the same numbers
+    uses_lines = [ln for ln in again["table"].splitlines() if ln.startswith("| ")]
+    assert [ln.split(" | ")[0].removeprefix("| ") for ln in uses_lines[1:]] == ["fixed", "soft"]
+
 
 def test_cell_map_caches_only_gan_free_cells_per_profile() -> None:
     import functools
