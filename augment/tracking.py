@@ -78,6 +78,8 @@ MODEL_NAME = "generator"  # artifact name of the logged pyfunc model inside its 
 # Tags every run of gan-augment carries (``augment compare`` searches by them).
 TAG_KIND = "gan_augment.kind"  # pipeline | train | generate | evaluate | downstream
 TAG_FINGERPRINT = "data_fingerprint"
+#: Data + resolved config + package version: what a scheduled run compares to skip retraining.
+TAG_RUN_FINGERPRINT = "run_fingerprint"
 TAG_COMMIT = "git_commit"
 TAG_TRAIN_COUNTS = "train_counts"
 TAG_MODEL = "model_name"
@@ -390,10 +392,31 @@ class Champion:
     run_id: str | None
     data_fingerprint: str | None
     gate: Gate | None
+    run_fingerprint: str | None = None
 
     @property
     def model_uri(self) -> str:
         return f"models:/{self.name}@{CHAMPION}"
+
+
+def run_fingerprint(data_fingerprint: str, config: Mapping[str, Any]) -> str:
+    """What decides a trained and evaluated version: the data, every setting of the resolved config
+    that reaches training, generation or evaluation, and the package version. A scheduled run skips
+    retraining only when this equals the champion's (a changed config or new code retrains).
+
+    Example:
+        >>> run_fingerprint("abc", {"seed": 0, "tracking": {"uri": "x"}}) == run_fingerprint("abc", {"seed": 0})
+        True
+    """
+    import hashlib
+
+    try:
+        version = importlib.metadata.version("gan-augment")
+    except importlib.metadata.PackageNotFoundError:
+        version = "unknown"
+    decisive = {k: v for k, v in config.items() if k not in ("name", "tracking", "output")}
+    blob = json.dumps({"data": data_fingerprint, "config": decisive, "version": version}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 @runtime_checkable
@@ -413,7 +436,7 @@ class Tracker(Protocol):
     def log_dataset(self, run_id: str, data: PreparedData, *, name: str, source: str) -> None: ...
     def log_generator(self, run_id: str, snapshot_path: Path) -> str | None: ...
     def register(
-        self, model_uri: str, name: str, gate: Gate, *, run_id: str, data_fingerprint: str
+        self, model_uri: str, name: str, gate: Gate, *, run_id: str, data_fingerprint: str, run_fingerprint: str = ""
     ) -> Promotion | None: ...
     def champion(self, name: str) -> Champion | None: ...
     def run(
@@ -475,7 +498,7 @@ class NullTracker(_RunContext):
         return None
 
     def register(
-        self, model_uri: str, name: str, gate: Gate, *, run_id: str, data_fingerprint: str
+        self, model_uri: str, name: str, gate: Gate, *, run_id: str, data_fingerprint: str, run_fingerprint: str = ""
     ) -> Promotion | None:
         return None
 
@@ -650,18 +673,25 @@ class MlflowTracker(_RunContext):
                 float(value) if value not in (None, "", "None") else None,
                 tags.get("gate.higher_is_better") == "true",
             )
-        return Champion(name, str(mv.version), mv.run_id, tags.get(TAG_FINGERPRINT), gate)
+        return Champion(
+            name, str(mv.version), mv.run_id, tags.get(TAG_FINGERPRINT), gate, tags.get(TAG_RUN_FINGERPRINT) or None
+        )
 
     def register(
-        self, model_uri: str, name: str, gate: Gate, *, run_id: str, data_fingerprint: str
+        self, model_uri: str, name: str, gate: Gate, *, run_id: str, data_fingerprint: str, run_fingerprint: str = ""
     ) -> Promotion | None:
-        """Register ``model_uri`` under ``name`` and apply the promotion gate (see :func:`decide_promotion`)."""
+        """Register ``model_uri`` under ``name`` and apply the promotion gate (see :func:`decide_promotion`).
+
+        Gate values are compared only between versions evaluated on the same data (fingerprint,
+        which fixes the test split too): a champion evaluated on other data is no yardstick, and a
+        new version with a valid verdict replaces it, saying so."""
         current = self.champion(name)
         tags = {
             "gate.metric": gate.metric,
             "gate.value": "" if gate.value is None else repr(float(gate.value)),
             "gate.higher_is_better": "true" if gate.higher_is_better else "false",
             TAG_FINGERPRINT: data_fingerprint,
+            TAG_RUN_FINGERPRINT: run_fingerprint,
             "pipeline_run_id": run_id,
         }
         use_uri(self.uri)
@@ -672,6 +702,13 @@ class MlflowTracker(_RunContext):
         )
         if current is not None and current.gate is None and gate.value is not None and gate.valid:
             promoted, reason = True, f"champion v{current.version} has no recorded {gate.metric}; replaced"
+        other_data = current is not None and current.data_fingerprint not in (None, "", data_fingerprint)
+        if other_data:  # deltas on other data (another test split) are not comparable
+            promoted, reason = decide_promotion(gate, None)
+            reason = (
+                f"champion v{current.version} was evaluated on other data ({current.data_fingerprint}, this run "
+                f"{data_fingerprint}), so the values are not compared; " + reason
+            )
         alias = CHAMPION if promoted else CHALLENGER
         self.client.set_registered_model_alias(name, alias, version)
         self.client.set_model_version_tag(name, version, "promotion_reason", reason)

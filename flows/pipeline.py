@@ -30,6 +30,7 @@ from augment.tracking import (
     Promotion,
     gate_from_metrics,
     make_tracker,
+    run_fingerprint,
 )
 from augment.train import prepare_run_dir
 from flows.evaluate import evaluate_stage
@@ -86,12 +87,14 @@ def pipeline(
 
     # Load dataset.
     data = load_data_task(cfg)
+    run_fp = run_fingerprint(data.fingerprint, cfg.to_dict())
     if skip_if_unchanged and not force:
         champion = tracker.champion(model_name)
-        if champion is not None and champion.data_fingerprint == data.fingerprint:
+        if champion is not None and champion.run_fingerprint == run_fp:
             reason = (
-                f"data fingerprint {data.fingerprint} equals that of champion {model_name} v{champion.version}: "
-                f"skipping retraining (run with force=true to retrain anyway)"
+                f"data fingerprint {data.fingerprint}, config and package version equal those of champion "
+                f"{model_name} v{champion.version} (run fingerprint {run_fp}): skipping retraining "
+                f"(run with force=true to retrain anyway)"
             )
             logger.info(reason)
             return {
@@ -121,7 +124,9 @@ def pipeline(
         promotion = None
         if model_uri is not None:
             gate = gate_from_metrics(metrics, cfg.tracking.promote_on)
-            promotion = tracker.register(model_uri, model_name, gate, run_id=parent, data_fingerprint=data.fingerprint)
+            promotion = tracker.register(
+                model_uri, model_name, gate, run_id=parent, data_fingerprint=data.fingerprint, run_fingerprint=run_fp
+            )
         with open(report, "a") as fh:
             fh.write(registry_section(promotion, model_name, cfg.tracking.enabled))
         if promotion is not None:

@@ -157,6 +157,7 @@ def test_unchanged_data_skips_retraining_unless_forced(first: dict):
     cfg, path = first["cfg"], str(first["path"])
     skipped = pipeline(config=path, skip_if_unchanged=True)
     assert skipped["skipped"] is True and "skipping retraining" in skipped["reason"]
+    assert "config and package version equal" in skipped["reason"]
     assert skipped["data_fingerprint"] in skipped["reason"]
     assert len(pipeline_runs(cfg)) == 1, "a skipped run trains nothing and logs no pipeline run"
 

@@ -299,6 +299,29 @@ def test_promotion_gate_moves_champion_only_when_beaten(tracker: MlflowTracker, 
     assert champion.version == "3" and champion.data_fingerprint == "fp1"
     assert champion.gate == Gate("fd_domain", 4.0, False)
     assert math.isclose(float(client.get_model_version(name, "3").tags["gate.value"]), 4.0)
+    # A version evaluated on other data is not compared with the champion's value (another test
+    # split): with a valid verdict it takes over, and the reason says why.
+    other = tracker.register(
+        logged["model_uri"], name, Gate("fd_domain", 9.0, False), run_id=logged["run_id"], data_fingerprint="fp2"
+    )
+    assert (other.alias, other.promoted) == (CHAMPION, True)
+    assert "evaluated on other data (fp1, this run fp2)" in other.reason
+    invalid = Gate("downstream_delta", 0.2, True, (0.1, 0.3), seeds=2, valid=False)
+    kept = tracker.register(logged["model_uri"], name, invalid, run_id=logged["run_id"], data_fingerprint="fp3")
+    assert (kept.alias, kept.promoted) == (CHALLENGER, False) and "is no verdict" in kept.reason
+
+
+def test_run_fingerprint_covers_data_config_and_nothing_else() -> None:
+    from augment.config import load_config
+    from augment.tracking import run_fingerprint
+
+    cfg = load_config("configs/digits.yaml").to_dict()
+    base = run_fingerprint("data1", cfg)
+    assert run_fingerprint("data2", cfg) != base
+    longer = load_config("configs/digits.yaml", ["train.kimg=61"]).to_dict()
+    assert run_fingerprint("data1", longer) != base  # a changed config retrains
+    where = load_config("configs/digits.yaml", ["tracking.uri=sqlite:///other.db", "output.root=elsewhere"])
+    assert run_fingerprint("data1", where.to_dict()) == base  # where things are logged is not what is trained
 
 
 def test_download_snapshot_returns_the_weights_file(tracker: MlflowTracker, logged: dict, tmp_path: Path):
