@@ -390,15 +390,18 @@ RESUMABLE_FIELDS = (
     "train.eval_kimg",
     "train.threads",
 )
-#: Sections whose fields decide the weights and the data of a run (every other section is free).
-FIXED_SECTIONS = ("seed", "data.", "model.", "train.")
+#: Fields that decide the weights and the optimizer of a run (every other section is free). The
+#: data is checked by its fingerprint instead (:func:`load_resumable`), so a moved ``data.root``
+#: with the same images resumes.
+FIXED_SECTIONS = ("seed", "model.", "train.")
 
 
 def check_resume_config(state: dict[str, Any], cfg: Config, where: Path) -> None:
-    """Refuse a resume whose config changes a field that fixes the architecture, the optimizer or
-    the data: the weights would keep their old shapes and the optimizer state its old settings
-    while ``config.yaml`` claimed the new ones. Only :data:`RESUMABLE_FIELDS` may change (and
-    are then applied: the loop reads them from the new config)."""
+    """Refuse a resume whose config changes a field that fixes the architecture or the optimizer
+    (the data is checked by its fingerprint): the weights would keep their old shapes and the
+    optimizer state its old settings while ``config.yaml`` claimed the new ones. Only
+    :data:`RESUMABLE_FIELDS` may change (and are then applied: the loop reads them from the new
+    config)."""
     raw = dict(state.get("config") or {})
     try:  # a state written before a field existed: its value was the default
         old = config_from_dict(raw, source=str(where)).flat()
@@ -414,7 +417,7 @@ def check_resume_config(state: dict[str, Any], cfg: Config, where: Path) -> None
         shown = ", ".join(f"{k} ({old.get(k)!r} -> {new[k]!r})" for k in changed[:4])
         more = f" and {len(changed) - 4} more" if len(changed) > 4 else ""
         raise CheckpointError(
-            f"{where}: --resume cannot change {shown}{more}: they fix the weights, the optimizer or the data; "
+            f"{where}: --resume cannot change {shown}{more}: they fix the weights or the optimizer; "
             f"a resume may change only {', '.join(RESUMABLE_FIELDS)} (train anew for the others)"
         )
 
