@@ -166,7 +166,7 @@ class TrainConfig(_Section):
     #: sized for trainings of tens of thousands of kimg; these run for tens to hundreds).
     ada_kimg: float = Field(20.0, gt=0)
     #: LeCam regularisation of D's outputs (Tseng et al. 2021): weight of
-    #: E[(D(real) - ema_fake)^2] + E[(D(fake) - ema_real)^2] in D's loss (0 = off).
+    #: E[relu(D(real) - ema_fake)^2] + E[relu(ema_real - D(fake))^2] in D's loss (0 = off).
     lecam_weight: float = Field(0.0, ge=0)
     #: Mode-seeking term (Mao et al. 2019, MSGAN): weight of 1 / (|G(z1) - G(z2)| / |z1 - z2|) in
     #: G's loss, for pairs of latents of the same class (0 = off).
@@ -357,17 +357,16 @@ class Config(_Section):
 
     def flat(self) -> dict[str, Any]:
         """Dotted keys -> values (for MLflow params)."""
-        out: dict[str, Any] = {}
+        return flatten(self.to_dict())
 
-        def walk(prefix: str, value: Any) -> None:
-            if isinstance(value, dict):
-                for k, v in value.items():
-                    walk(f"{prefix}.{k}" if prefix else k, v)
-            else:
-                out[prefix] = value
 
-        walk("", self.to_dict())
-        return out
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested mapping as dotted keys -> leaf values: ``{"a": {"b": 1}}`` -> ``{"a.b": 1}``."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        out.update(flatten(value, f"{name}.") if isinstance(value, dict) else {name: value})
+    return out
 
 
 def _parse_override(item: str, source: str) -> tuple[list[str], Any]:

@@ -28,6 +28,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib.metadata
 import json
 import logging
@@ -358,7 +359,7 @@ def decide_promotion(new: Gate, champion: Gate | None, champion_version: str | N
             "so it cannot become champion"
         )
     if champion is None:
-        return True, f"first version with a {new.metric} ({_gate_text(new.metric, new.value)}): no champion yet"
+        return True, f"{new.metric} {_gate_text(new.metric, new.value)} with a valid verdict, no comparable champion"
     if champion.metric != new.metric or champion.value is None or not math.isfinite(champion.value):
         return False, (
             f"champion v{champion_version} was judged by {champion.metric}, not {new.metric}; "
@@ -408,8 +409,6 @@ def run_fingerprint(data_fingerprint: str, config: Mapping[str, Any]) -> str:
         >>> run_fingerprint("abc", {"seed": 0, "tracking": {"uri": "x"}}) == run_fingerprint("abc", {"seed": 0})
         True
     """
-    import hashlib
-
     try:
         version = importlib.metadata.version("gan-augment")
     except importlib.metadata.PackageNotFoundError:
@@ -697,18 +696,19 @@ class MlflowTracker(_RunContext):
         use_uri(self.uri)
         mv = mlflow.register_model(model_uri, name, tags=tags)
         version = str(mv.version)
-        promoted, reason = decide_promotion(
-            gate, current.gate if current else None, current.version if current else None
-        )
-        if current is not None and current.gate is None and gate.value is not None and gate.valid:
-            promoted, reason = True, f"champion v{current.version} has no recorded {gate.metric}; replaced"
-        other_data = current is not None and current.data_fingerprint not in (None, "", data_fingerprint)
-        if other_data:  # deltas on other data (another test split) are not comparable
-            promoted, reason = decide_promotion(gate, None)
-            reason = (
+        # The yardstick: the champion's gate, unless it has none or was measured on other data
+        # (another test split): then the new version is judged as if there were no champion.
+        yardstick, note = (current.gate, "") if current is not None else (None, "")
+        if current is not None and current.data_fingerprint not in (None, "", data_fingerprint):
+            yardstick = None
+            note = (
                 f"champion v{current.version} was evaluated on other data ({current.data_fingerprint}, this run "
-                f"{data_fingerprint}), so the values are not compared; " + reason
+                f"{data_fingerprint}), so the values are not compared; "
             )
+        elif current is not None and current.gate is None:
+            note = f"champion v{current.version} has no recorded {gate.metric}, so it is not compared; "
+        promoted, reason = decide_promotion(gate, yardstick, current.version if yardstick is not None else None)
+        reason = note + reason
         alias = CHAMPION if promoted else CHALLENGER
         self.client.set_registered_model_alias(name, alias, version)
         self.client.set_model_version_tag(name, version, "promotion_reason", reason)

@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from augment import checkpoint
-from augment.config import Config, config_from_dict, save_config
+from augment.config import Config, config_from_dict, flatten, save_config
 from augment.data import PreparedData, load_data
 from augment.devices import keep_freed_memory, resolve_device, resolve_precision, usable_cores
 from augment.diffaug import AdaptiveAugment
@@ -406,7 +406,7 @@ def check_resume_config(state: dict[str, Any], cfg: Config, where: Path) -> None
     try:  # a state written before a field existed: its value was the default
         old = config_from_dict(raw, source=str(where)).flat()
     except ConfigError:  # a field of an older version: compare the values that are there
-        old = _flatten(raw)
+        old = flatten(raw)
     new = cfg.flat()
     changed = [
         key
@@ -420,14 +420,6 @@ def check_resume_config(state: dict[str, Any], cfg: Config, where: Path) -> None
             f"{where}: --resume cannot change {shown}{more}: they fix the weights or the optimizer; "
             f"a resume may change only {', '.join(RESUMABLE_FIELDS)} (train anew for the others)"
         )
-
-
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        out.update(_flatten(value, f"{name}.") if isinstance(value, dict) else {name: value})
-    return out
 
 
 def check_new_run_dir(out: Path | None) -> None:

@@ -61,7 +61,7 @@ def free_port() -> int:
 
 def test_decide_promotion_directions_and_reasons():
     lower = Gate("fd_domain", 1.0, higher_is_better=False)
-    assert decide_promotion(lower, None) == (True, "first version with a fd_domain (1): no champion yet")
+    assert decide_promotion(lower, None) == (True, "fd_domain 1 with a valid verdict, no comparable champion")
     ok, why = decide_promotion(lower, Gate("fd_domain", 2.0, False), "3")
     assert ok and "beats champion v3" in why and "lower is better" in why
     ok, why = decide_promotion(Gate("fd_domain", 2.0, False), Gate("fd_domain", 1.0, False), "3")
