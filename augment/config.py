@@ -269,11 +269,13 @@ class EvaluateConfig(_Section):
     near_copy_quantile: float = Field(0.05, gt=0.0, lt=1.0)
     #: Where the domain extractor is cached (by data fingerprint); None = RUN_DIR/cache.
     cache_dir: Path | None = None
-    #: Torch intra-op threads of each downstream cell (and the extractor's training); None = the
-    #: process setting. One thread is the fastest per core for these small CNNs, and far faster
-    #: on a busy machine (2 threads on 2 shared cores measured 4-70x slower); cells run side by
-    #: side through evaluate.workers / dask_address instead.
-    threads: int | None = Field(1, ge=1)
+    #: Torch intra-op threads of the downstream classifiers and the extractor's training. None: every
+    #: core for the stacked grid (one process trains all cells as one network), one thread per cell
+    #: where cells run one by one or side by side (workers / dask_address).
+    threads: int | None = Field(None, ge=1)
+    #: Most downstream cells trained as one stacked network (augment.metrics.stacked); memory grows
+    #: with it (about 60 MB per cell at 28x28, batch 128).
+    stack_cells: int = Field(16, ge=1)
     #: Where the extractor, generator and downstream classifiers run (auto = CUDA when present).
     #: Batch draws and augmentation parameters come from CPU generators on every device.
     device: Literal["auto", "cpu", "cuda"] = "auto"

@@ -17,7 +17,6 @@ Example:
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
 from collections.abc import Callable
@@ -138,7 +137,7 @@ def evaluate_run(
     overrides: list[str] | None = None,
     progress: bool = True,
     data: PreparedData | None = None,
-    map_fn: downstream.MapFn = map,
+    map_fn: downstream.MapFn | None = None,
 ) -> dict[str, Any]:
     """Evaluate a run directory and write ``RUN_DIR/eval/``; returns the metrics dict.
 
@@ -148,8 +147,9 @@ def evaluate_run(
         overrides: ``--set`` style overrides, e.g. ``["evaluate.seeds=5"]``.
         progress: show a progress bar over the downstream grid.
         data: the run's data, when the caller has it already (checked against the snapshot).
-        map_fn: map used for the validation-split selection cells and the regime x seed grid
-            (parallel maps welcome: ``flows.evaluate`` passes one that runs each cell as a Prefect task).
+        map_fn: None (the default) trains the validation-split selection cells and the regime x seed
+            grid as stacked networks in this process (``augment.metrics.stacked``); a map (builtin
+            ``map``, or ``flows.evaluate``'s Prefect tasks on Dask) runs them cell by cell.
 
     Raises:
         CheckpointError: no snapshot in ``run_dir``, or the data does not match the snapshot's.
@@ -180,7 +180,7 @@ def _evaluate_loaded(
     start: float,
     inception_asked: bool,
     progress: bool,
-    map_fn: downstream.MapFn,
+    map_fn: downstream.MapFn | None,
 ) -> dict[str, Any]:
     """The measurements of :func:`evaluate_run`, once the snapshot and matching data are loaded."""
     ev = cfg.evaluate
@@ -243,12 +243,14 @@ def _evaluate_loaded(
 
     # Downstream grid: selection on val inside prepare, then regime x seed cells on test.
     plan = downstream.prepare(data, pool_u8, pool_labels, ev, seed=cfg.seed, map_fn=map_fn, device=device)
-    grid = [(r, s) for r in plan.regimes for s in plan.seeds]
-    # One map_fn call per (regime, seed) cell: builtin map runs them here one by one (lazily, so the
-    # bar moves); an orchestrator's parallel map (Prefect tasks, Dask) spreads them.
+    # map_fn=None: the grid trains as stacked networks here (a bar over its steps); a map_fn runs one
+    # call per (regime, seed) cell: builtin map one by one (lazily, so the bar moves), an
+    # orchestrator's parallel map (Prefect tasks, Dask) side by side.
     cells = []
-    results = map_fn(functools.partial(downstream.run_grid_item, plan), grid)
-    for cell in tqdm(results, total=len(grid), desc="downstream", unit="cell", disable=not progress):
+    results = downstream.run_grid(plan, map_fn, progress=progress)
+    n_cells = len(plan.regimes) * len(plan.seeds)
+    bar = map_fn is not None and progress
+    for cell in tqdm(results, total=n_cells, desc="downstream", unit="cell", disable=not bar):
         cells.append(cell)
         log.info(
             "%s seed %d: balanced accuracy %.4f (%.0f s)",

@@ -1,15 +1,16 @@
 """The ``evaluate`` flow: distances, memorisation and the downstream regime x seed grid as tasks.
 
-The grid's cells (and the validation-split selection cells) are Prefect tasks on the flow's task
-runner, chosen from the config by :func:`flows.tasks.task_runner_for`:
+By default the grid's cells (and the validation-split selection cells) train as stacked networks
+inside the flow run (``augment.metrics.stacked``: every core, one process). They become Prefect
+tasks on a Dask task runner (:func:`flows.tasks.task_runner_for`) when the config asks for one:
 
 * ``evaluate.dask_address: tcp://scheduler:8786``: an existing Dask cluster (prefect-dask);
 * ``evaluate.workers: N`` (N > 1): a local Dask cluster of N single-threaded worker processes,
   built for the flow run and torn down after it; ``auto``: one per core when the cells run on
-  the CPU, 1 on CUDA;
-* otherwise one worker thread (the cells run one after another).
+  the CPU, 1 on CUDA.
 
-Every cell is deterministic given (plan, regime, seed), so all three give the same numbers.
+Every cell is deterministic given (plan, regime, seed): the Dask modes give the numbers of a lone
+cell; the stacked grid gives those to float rounding (a grouped convolution sums in another order).
 """
 
 from __future__ import annotations
@@ -40,19 +41,30 @@ def prefect_map(fn: Callable[[Any], Any], items: Iterable[Any]) -> list[Any]:
 
 
 @flow(name="evaluate", validate_parameters=False)
-def evaluate_flow(run_dir: str, overrides: list[str] | None = None) -> dict[str, Any]:
-    """Evaluate a trained run directory; writes ``RUN_DIR/eval/`` and returns the metrics."""
+def evaluate_flow(run_dir: str, overrides: list[str] | None = None, fan_out: bool = False) -> dict[str, Any]:
+    """Evaluate a trained run directory; writes ``RUN_DIR/eval/`` and returns the metrics.
+
+    ``fan_out``: every downstream cell is a task on the flow's task runner (Dask); else the grid
+    trains as stacked networks inside this flow run.
+    """
     from augment.evaluate import evaluate_run
 
     logger = get_run_logger()
-    result = evaluate_run(Path(run_dir), overrides=overrides, progress=False, map_fn=prefect_map)
+    map_fn = prefect_map if fan_out else None
+    result = evaluate_run(Path(run_dir), overrides=overrides, progress=False, map_fn=map_fn)
     logger.info("%s", result["downstream"]["verdict"]["text"])
     return result
 
 
 def run_evaluate(run_dir: Path, cfg: Config, overrides: list[str] | None = None) -> dict[str, Any]:
-    """Run :func:`evaluate_flow` (as a subflow inside a flow) on the task runner ``cfg`` asks for."""
-    return evaluate_flow.with_options(task_runner=task_runner_for(cfg.evaluate))(str(run_dir), overrides)
+    """Run :func:`evaluate_flow` (as a subflow inside a flow) on the task runner ``cfg`` asks for: cells
+    as Dask tasks with ``evaluate.workers`` > 1 or ``evaluate.dask_address``, else the stacked grid."""
+    return evaluate_flow.with_options(task_runner=task_runner_for(cfg.evaluate))(str(run_dir), overrides, fans_out(cfg))
+
+
+def fans_out(cfg: Config) -> bool:
+    """Whether the downstream cells run as tasks on Dask (else as stacked networks in the flow run)."""
+    return bool(cfg.evaluate.dask_address) or local_workers(cfg.evaluate) > 1
 
 
 CELL_PARAMS = (

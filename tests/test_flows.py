@@ -242,6 +242,19 @@ def test_task_runner_follows_the_evaluate_config():
     assert isinstance(remote, DaskTaskRunner) and remote.address == "tcp://10.0.0.1:8786"
 
 
+def test_the_cells_fan_out_to_dask_only_when_the_config_asks():
+    from augment.config import EvaluateConfig
+    from flows.evaluate import fans_out
+
+    def cfg(**ev) -> Config:
+        return Config(evaluate=EvaluateConfig(**ev))
+
+    assert not fans_out(cfg())  # the default: the stacked grid inside the flow run
+    assert not fans_out(cfg(workers=1))
+    assert fans_out(cfg(workers=2))
+    assert fans_out(cfg(dask_address="tcp://10.0.0.1:8786"))
+
+
 def test_evaluate_workers_auto_is_one_worker_per_usable_core_on_the_cpu():
     from prefect.task_runners import ThreadPoolTaskRunner
 

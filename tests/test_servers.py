@@ -266,11 +266,11 @@ def test_dask_grid_gives_the_sequential_numbers(tiny_run: Path, tmp_path: Path, 
     shutil.copytree(tiny_run, dask_dir)
     threads = torch.get_num_threads()
     try:
-        sequential = evaluate_run(seq_dir, overrides=overrides, progress=False)
+        sequential = evaluate_run(seq_dir, overrides=overrides, progress=False, map_fn=map)  # lone cells
     finally:
         torch.set_num_threads(threads)  # the cells set it process-wide
     runner = task_runner_for(EvaluateConfig(workers=2))
-    parallel = evaluate_flow.with_options(task_runner=runner)(str(dask_dir), overrides)
+    parallel = evaluate_flow.with_options(task_runner=runner)(str(dask_dir), overrides, fan_out=True)
 
     def cells(result: dict) -> list[dict]:
         rows = [{k: v for k, v in c.items() if k != "seconds"} for c in result["downstream"]["cells"]]

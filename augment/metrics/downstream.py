@@ -81,6 +81,8 @@ VERDICT_METRIC = "balanced_accuracy"
 #: Seeds a verdict needs: with 2, a t-interval has one degree of freedom and two equal deltas (common
 #: on a small test split, where accuracy moves in steps of 1/n) give a zero-width "significant" interval.
 MIN_VERDICT_SEEDS = 3
+#: AdamW's decoupled weight decay of every downstream classifier.
+WEIGHT_DECAY = 5e-4
 
 # Parameter initialisation draws from torch's global RNG: seed it under a lock so cells running
 # in parallel threads cannot interleave their draws.
@@ -153,24 +155,44 @@ def classic_augment(x: torch.Tensor, policy: str, gen: torch.Generator, backend:
     if backend != "torch":
         raise ConfigError(f"unknown classic backend {backend!r} (one of {CLASSIC_BACKENDS})")
     ops = parse_classic(policy)
+    return apply_classic(x, ops, classic_params(ops, len(x), x.shape[-2], gen))
+
+
+def classic_params(ops: tuple[str, ...], n: int, size: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
+    """The random parameters of ``ops`` for ``n`` images of ``size`` pixels, drawn from ``gen`` on the
+    CPU in a fixed order (crop offsets, flips, then angle, scale and shift): what one
+    :func:`classic_augment` call draws. Parameters of many batches concatenate along dim 0."""
+    params: dict[str, torch.Tensor] = {}
+    if "crop" in ops:
+        p = max(1, size // 8)
+        params["oy"] = torch.randint(0, 2 * p + 1, (n,), generator=gen)
+        params["ox"] = torch.randint(0, 2 * p + 1, (n,), generator=gen)
+    if "flip" in ops:
+        params["flip"] = torch.rand(n, generator=gen) < 0.5
+    if "affine" in ops:
+        params["angle"] = (torch.rand(n, generator=gen) * 2 - 1) * math.radians(10)
+        params["scale"] = 0.9 + torch.rand(n, generator=gen) * 0.2
+        params["shift"] = (torch.rand(n, 2, generator=gen) * 2 - 1) * 0.2  # 10% of the size = 0.2 in [-1, 1] units
+    return params
+
+
+def apply_classic(x: torch.Tensor, ops: tuple[str, ...], params: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Apply ``ops`` with :func:`classic_params`'s parameters (one row per image) to a float batch
+    in [-1, 1], all images at once: every output image depends only on its own input and row."""
     n, _, h, w = x.shape
-    dev = x.device  # parameters are drawn on the CPU from ``gen``, the pixels stay where they are
+    dev = x.device  # the parameters come from the CPU, the pixels stay where they are
     if "crop" in ops:
         p = max(1, h // 8)
         padded = F.pad(x, (p, p, p, p), value=-1.0)
-        oy = torch.randint(0, 2 * p + 1, (n,), generator=gen)
-        ox = torch.randint(0, 2 * p + 1, (n,), generator=gen)
+        oy, ox = params["oy"], params["ox"]
         rows = (torch.arange(h)[None, :] + oy[:, None])[:, :, None].to(dev)  # (n, h, 1)
         cols = (torch.arange(w)[None, :] + ox[:, None])[:, None, :].to(dev)  # (n, 1, w)
         batch = torch.arange(n, device=dev)[:, None, None]
         x = padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)
     if "flip" in ops:
-        flip = (torch.rand(n, generator=gen) < 0.5).to(dev)
-        x = torch.where(flip[:, None, None, None], x.flip(3), x)
+        x = torch.where(params["flip"].to(dev)[:, None, None, None], x.flip(3), x)
     if "affine" in ops:
-        angle = (torch.rand(n, generator=gen) * 2 - 1) * math.radians(10)
-        scale = 0.9 + torch.rand(n, generator=gen) * 0.2
-        shift = (torch.rand(n, 2, generator=gen) * 2 - 1) * 0.2  # 10% of the size = 0.2 in [-1, 1] units
+        angle, scale, shift = params["angle"], params["scale"], params["shift"]
         cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
         theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
         grid = F.affine_grid(theta.to(dev, x.dtype), list(x.shape), align_corners=False)
@@ -214,7 +236,10 @@ class Plan:
     #: "torch" (vectorised, the default) or "torchvision" (the v2 transforms themselves, per image).
     classic_backend: str = "torch"
     selection: dict[str, Any] = field(default_factory=dict)
-    threads: int | None = 1
+    #: Intra-op threads: None = every core for a stacked grid, 1 for a lone cell.
+    threads: int | None = None
+    #: Most cells per stacked network (:mod:`augment.metrics.stacked`).
+    stack_cells: int = 16
     data_fingerprint: str = ""
     #: Where the classifiers train and predict ("cpu" or "cuda"); batches are drawn on the CPU.
     device: str = "cpu"
@@ -337,16 +362,31 @@ class _Batches:
 
     A batch is ``(x, y)``: ``y`` holds class indices, or, when the plan trains on soft labels and
     the regime draws synthetic images, (B, K) probabilities (one-hot rows for the real images).
+    ``draw()`` makes the random draws of one batch (indices, then the classic parameters) without
+    touching pixels; ``images=False`` keeps no float copy of the images (a stacked grid gathers
+    every cell's pixels from one shared copy: :mod:`augment.metrics.stacked`).
     """
 
-    def __init__(self, plan: Plan, regime: str, gen: torch.Generator, device: torch.device | str = "cpu") -> None:
+    def __init__(
+        self,
+        plan: Plan,
+        regime: str,
+        gen: torch.Generator,
+        device: torch.device | str = "cpu",
+        *,
+        images: bool = True,
+    ) -> None:
         # The images live on ``device`` (one copy per cell); the draws stay on the CPU generator,
         # so a batch is the same on every device and only small index tensors cross over.
         self.gen, self.device = gen, torch.device(device)
-        self.real_x = _as_float(plan.train_images).to(self.device)
         self.real_y = plan.train_labels.to(self.device)
         syn_images, syn_labels = plan.synthetic_pool()
-        self.syn_x = _as_float(syn_images).to(self.device)
+        keep = plan._pool_keep()
+        #: Row of each pool image in ``plan.synthetic_images`` (the pool is the filter's subset).
+        self.syn_rows = torch.arange(len(syn_labels)) if keep is None else torch.nonzero(keep).flatten()
+        if images:
+            self.real_x = _as_float(plan.train_images).to(self.device)
+            self.syn_x = _as_float(syn_images).to(self.device)
         self.syn_y = syn_labels.to(self.device)
         k = plan.num_classes
         # Checked for every regime: a plan that asks for soft labels without probabilities is wrong.
@@ -364,27 +404,69 @@ class _Batches:
             self.real_t = torch.eye(k, device=self.device)[self.real_y]
             self.syn_t = syn_probs.float().to(self.device)
         self.policy = plan.classic if regime in ("real+classic", "real+gan+classic") else "none"
+        self.ops = parse_classic(self.policy)
         self.backend = plan.classic_backend
+        self.size = plan.train_images.shape[-2]
 
-    def __call__(self) -> tuple[torch.Tensor, torch.Tensor]:
-        xs, ys = [], []
-        if self.n_real:
-            idx = torch.randint(len(self.real_y), (self.n_real,), generator=self.gen).to(self.device)
-            xs.append(self.real_x[idx])
-            ys.append(self.real_t[idx])
+    def draw(self) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor] | None]:
+        """One batch's draws: real indices (into the train split), synthetic indices (into the pool),
+        and the classic parameters (None for the torchvision backend, which draws its own)."""
+        idx = torch.randint(len(self.real_y), (self.n_real,), generator=self.gen) if self.n_real else _NO_INDEX
+        pick = _NO_INDEX
         if self.n_syn:
             cls = torch.multinomial(self.q, self.n_syn, replacement=True, generator=self.gen)
             pick = torch.empty(self.n_syn, dtype=torch.int64)
             for c in cls.unique().tolist():
                 members, where = self.by_class[c], cls == c
                 pick[where] = members[torch.randint(len(members), (int(where.sum()),), generator=self.gen)]
-            pick = pick.to(self.device)
-            xs.append(self.syn_x[pick])
-            ys.append(self.syn_t[pick])
-        x, y = torch.cat(xs), torch.cat(ys)
-        if self.policy != "none":  # the images only: a crop or flip keeps the class and its soft label
+        params = None
+        if self.ops and self.backend == "torch":
+            params = classic_params(self.ops, self.n_real + self.n_syn, self.size, self.gen)
+        return idx, pick, params
+
+    def targets(self, idx: torch.Tensor, pick: torch.Tensor) -> torch.Tensor:
+        """The batch's targets for the draws ``idx`` (real) and ``pick`` (synthetic), on the device."""
+        ys = []
+        if self.n_real:
+            ys.append(self.real_t[idx.to(self.device)])
+        if self.n_syn:
+            ys.append(self.syn_t[pick.to(self.device)])
+        return torch.cat(ys)
+
+    def __call__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        idx, pick, params = self.draw()
+        xs = []
+        if self.n_real:
+            xs.append(self.real_x[idx.to(self.device)])
+        if self.n_syn:
+            xs.append(self.syn_x[pick.to(self.device)])
+        x = torch.cat(xs)
+        # The images only: a crop or flip keeps the class and its soft label.
+        if params is not None:
+            x = apply_classic(x, self.ops, params)
+        elif self.ops:
             x = classic_augment(x, self.policy, self.gen, self.backend)
-        return x, y
+        return x, self.targets(idx, pick)
+
+
+_NO_INDEX = torch.empty(0, dtype=torch.int64)
+
+
+def init_classifier(plan: Plan, seed: int) -> torch.nn.Module:
+    """The classifier of a cell with ``seed``, initialised from torch's global RNG seeded under a lock
+    (the same weights in any thread, process or stack)."""
+    size, channels = plan.train_images.shape[-1], plan.train_images.shape[1]
+    with _INIT_LOCK, torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build_classifier(plan.classifier, plan.num_classes, channels, size)
+
+
+def lr_scale(step: int, steps: int) -> float:
+    """Linear warm-up over the first 5% of ``steps``, then cosine decay to 0 (every regime's schedule)."""
+    warmup = max(1, steps // 20)
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
 
 
 def train_classifier(plan: Plan, regime: str, seed: int) -> tuple[torch.nn.Module, dict[str, Any]]:
@@ -395,7 +477,7 @@ def train_classifier(plan: Plan, regime: str, seed: int) -> tuple[torch.nn.Modul
     # then returns every freed activation to the OS and re-faults it the next step, which made a
     # Fashion-MNIST cell take 2.0x as long there as in the main process (benchmarks/RESULTS.md).
     keep_freed_memory()
-    with torch_threads(plan.threads):
+    with torch_threads(plan.threads or 1):
         return _train_classifier(plan, regime, seed)
 
 
@@ -413,25 +495,16 @@ def torch_threads(n: int | None) -> Iterator[None]:
 
 
 def _train_classifier(plan: Plan, regime: str, seed: int) -> tuple[torch.nn.Module, dict[str, Any]]:
-    size, channels = plan.train_images.shape[-1], plan.train_images.shape[1]
-    with _INIT_LOCK, torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = build_classifier(plan.classifier, plan.num_classes, channels, size)
+    model = init_classifier(plan, seed)
     device = torch.device(plan.device)
     model.to(device)
     gen = torch.Generator().manual_seed(seed)
     batches = _Batches(plan, regime, gen, device)
-    opt = torch.optim.AdamW(model.parameters(), lr=plan.lr, weight_decay=5e-4)
-    warmup = max(1, plan.steps // 20)
+    opt = torch.optim.AdamW(model.parameters(), lr=plan.lr, weight_decay=WEIGHT_DECAY)
     model.train()
     for step in range(plan.steps):
-        # Linear warm-up, then cosine decay to 0: every regime follows the same schedule.
-        if step < warmup:
-            lr_scale = (step + 1) / warmup
-        else:
-            lr_scale = 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, plan.steps - warmup)))
         for group in opt.param_groups:
-            group["lr"] = plan.lr * lr_scale
+            group["lr"] = plan.lr * lr_scale(step, plan.steps)
         x, y = batches()  # already on the device
         # y is class indices, or (B, K) probabilities with soft labels: the same cross-entropy,
         # -sum_k y_k log softmax_k, which for one-hot rows is the hard-label loss.
@@ -440,14 +513,18 @@ def _train_classifier(plan: Plan, regime: str, seed: int) -> tuple[torch.nn.Modu
         loss.backward()
         opt.step()
     model.eval()
-    counters = {
+    return model, cell_counters(plan, batches)
+
+
+def cell_counters(plan: Plan, batches: _Batches) -> dict[str, Any]:
+    """What a cell trained on: steps, batch size, real and synthetic images seen, classic policy."""
+    return {
         "steps": plan.steps,
         "batch_size": plan.batch_size,
         "images_real": plan.steps * batches.n_real,
         "images_synthetic": plan.steps * batches.n_syn,
         "classic": batches.policy,
     }
-    return model, counters
 
 
 @torch.no_grad()
@@ -484,23 +561,34 @@ def score(labels: torch.Tensor, preds: torch.Tensor, num_classes: int) -> dict[s
     }
 
 
-def _fit_score(plan: Plan, regime: str, seed: int, split: str) -> dict[str, Any]:
-    start = time.time()
-    model, counters = train_classifier(plan, regime, seed)
-    images, labels = (plan.val_images, plan.val_labels) if split == "val" else (plan.test_images, plan.test_labels)
-    with torch_threads(plan.threads):
-        preds = predict_proba(model, images).argmax(dim=1)
+def split_of(plan: Plan, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(images, labels)`` of the split a cell is scored on: "val" (selection) or "test" (the grid)."""
+    return (plan.val_images, plan.val_labels) if split == "val" else (plan.test_images, plan.test_labels)
+
+
+def cell_result(
+    plan: Plan, regime: str, seed: int, split: str, counters: dict[str, Any], preds: torch.Tensor, seconds: float
+) -> dict[str, Any]:
+    """The JSON-able row of one trained cell: its settings, counters and scores on ``split``."""
     return {
         "regime": regime,
         "seed": seed,
         "split": split,
         **counters,
-        **score(labels, preds, plan.num_classes),
+        **score(split_of(plan, split)[1], preds, plan.num_classes),
         "synthetic_share": plan.synthetic_share if "gan" in regime else None,
         "confidence_threshold": plan.confidence_threshold if "gan" in regime else None,
         "soft_labels": plan.soft_labels if "gan" in regime else None,
-        "seconds": time.time() - start,
+        "seconds": seconds,
     }
+
+
+def _fit_score(plan: Plan, regime: str, seed: int, split: str) -> dict[str, Any]:
+    start = time.time()
+    model, counters = train_classifier(plan, regime, seed)
+    with torch_threads(plan.threads or 1):
+        preds = predict_proba(model, split_of(plan, split)[0]).argmax(dim=1)
+    return cell_result(plan, regime, seed, split, counters, preds, time.time() - start)
 
 
 def run_cell(plan: Plan, regime: str, seed: int) -> dict[str, Any]:
@@ -514,13 +602,52 @@ def run_grid_item(plan: Plan, item: tuple[str, int]) -> dict[str, Any]:
     return run_cell(plan, regime, seed)
 
 
+def run_grid(plan: Plan, map_fn: MapFn | None = None, *, progress: bool = False) -> Iterable[dict[str, Any]]:
+    """Every ``(regime, seed)`` cell of the plan on the test split, in grid order.
+
+    ``map_fn=None`` trains the whole grid as stacked networks in this process
+    (:func:`augment.metrics.stacked.fit_score_many`; ``progress`` shows a bar over its steps); a
+    ``map_fn`` (builtin ``map``, Prefect tasks, Dask) runs :func:`run_grid_item` cell by cell, lazily
+    where the map is.
+    """
+    grid = [(r, s) for r in plan.regimes for s in plan.seeds]
+    if map_fn is None:
+        from augment.metrics.stacked import fit_score_many
+
+        return fit_score_many([(plan, r, s, "test") for r, s in grid], progress=progress, desc="downstream grid")
+    return map_fn(functools.partial(run_grid_item, plan), grid)
+
+
+def _selection_plan(plan: Plan, spec: dict[str, Any]) -> Plan | None:
+    """The plan of a validation-split selection cell; None where a threshold lets no image through."""
+    p = dataclasses.replace(plan, **spec["settings"])
+    if "gan" in spec["regime"] and len(p.synthetic_pool()[1]) == 0:
+        return None
+    return p
+
+
+def _selection_row(spec: dict[str, Any], out: dict[str, Any] | None) -> dict[str, Any]:
+    if out is None:
+        return {**spec, "balanced_accuracy": None, "accuracy": None, "skipped": "no synthetic image passes"}
+    return {**spec, "balanced_accuracy": out["balanced_accuracy"], "accuracy": out["accuracy"]}
+
+
 def _selection_cell(plan: Plan, spec: dict[str, Any]) -> dict[str, Any]:
     """A validation-split cell of the baseline choice or the tuning (never the test split)."""
-    p = dataclasses.replace(plan, **spec["settings"])
-    if "gan" in spec["regime"] and len(p.synthetic_pool()[1]) == 0:  # a threshold nothing passes
-        return {**spec, "balanced_accuracy": None, "accuracy": None, "skipped": "no synthetic image passes"}
-    out = _fit_score(p, spec["regime"], spec["seed"], "val")
-    return {**spec, "balanced_accuracy": out["balanced_accuracy"], "accuracy": out["accuracy"]}
+    p = _selection_plan(plan, spec)
+    return _selection_row(spec, None if p is None else _fit_score(p, spec["regime"], spec["seed"], "val"))
+
+
+def _run_selection(plan: Plan, specs: list[dict[str, Any]], map_fn: MapFn | None) -> list[dict[str, Any]]:
+    """The selection cells of ``specs`` on the validation split: stacked (``map_fn=None``) or mapped."""
+    if map_fn is not None:
+        return list(map_fn(functools.partial(_selection_cell, plan), specs))
+    from augment.metrics.stacked import fit_score_many
+
+    plans = [_selection_plan(plan, spec) for spec in specs]
+    jobs = [(p, spec["regime"], spec["seed"], "val") for p, spec in zip(plans, specs, strict=True) if p is not None]
+    outs = iter(fit_score_many(jobs, desc=f"selection ({specs[0]['stage']})" if specs else "selection"))
+    return [_selection_row(spec, None if p is None else next(outs)) for p, spec in zip(plans, specs, strict=True)]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -534,7 +661,7 @@ def prepare(
     cfg: EvaluateConfig,
     *,
     seed: int = 0,
-    map_fn: MapFn = map,
+    map_fn: MapFn | None = None,
     device: torch.device | str = "cpu",
 ) -> Plan:
     """Build the plan of the downstream grid; selection happens on the validation split only.
@@ -544,7 +671,8 @@ def prepare(
         synthetic_images: uint8 ``(N, C, H, W)`` from the run's generator; ``synthetic_labels`` int64.
         cfg: the ``evaluate`` section.
         seed: base seed; the grid's seeds are ``seed, seed + 1, ...``.
-        map_fn: runs the selection cells (builtin ``map`` by default; any parallel map works).
+        map_fn: runs the selection cells one by one (builtin ``map``, a parallel map); None (the
+            default) trains them as stacked networks here (:mod:`augment.metrics.stacked`).
         device: where the classifiers train ("cpu" or "cuda").
     """
     for regime in cfg.regimes:
@@ -580,6 +708,7 @@ def prepare(
         classic=cfg.classic[0],
         classic_backend=cfg.classic_backend,
         threads=cfg.threads,
+        stack_cells=cfg.stack_cells,
         data_fingerprint=data.fingerprint,
         device=str(device),
     )
@@ -599,7 +728,7 @@ def prepare(
             for pol in cfg.classic
             for s in select_seeds
         ]
-        rows = list(map_fn(functools.partial(_selection_cell, plan), specs))
+        rows = _run_selection(plan, specs, map_fn)
         scores = {
             pol: float(np.mean([r["balanced_accuracy"] for r in rows if r["settings"]["classic"] == pol]))
             for pol in cfg.classic
@@ -614,7 +743,7 @@ def prepare(
     softs = list(cfg.tune_soft_labels) if cfg.tune else [cfg.soft_labels]
     if any(t is not None for t in thresholds) or any(softs):
         model, _ = train_classifier(plan, BASELINE, select_seeds[0])
-        with torch_threads(plan.threads):
+        with torch_threads(plan.threads or 1):
             probs = predict_proba(model, synthetic_images)
         plan.synthetic_probs = probs
         plan.synthetic_confidence = probs.gather(1, synthetic_labels[:, None]).flatten()
@@ -631,7 +760,7 @@ def prepare(
             for soft in softs
         ]
         specs = [{"stage": "tune", "regime": regime, "seed": s, "settings": g} for g in grid for s in select_seeds]
-        rows = list(map_fn(functools.partial(_selection_cell, plan), specs))
+        rows = _run_selection(plan, specs, map_fn)
         table = {}
         for g in grid:
             vals = [r["balanced_accuracy"] for r in rows if r["settings"] == g]
