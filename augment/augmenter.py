@@ -49,7 +49,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from augment.checkpoint import Snapshot, find_snapshot, load_snapshot
-from augment.generate import latents, sample_seed
+from augment.generate import latents, sample_seed, to_uint8
 
 log = logging.getLogger(__name__)
 
@@ -263,7 +263,7 @@ class GanAugmenter:
         z = latents(seed, labels, torch.arange(chunk * B, chunk * B + B), G.z_dim)
         with torch.inference_mode():
             x = G(z.to(self.device, self.dtype), labels.to(self.device)).float().cpu()
-        arr = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
+        arr = to_uint8(x)
         arr.flags.writeable = False  # images leave the pool only as copies (see render)
         self._pool[key] = arr
         self._pool_bytes += arr.nbytes

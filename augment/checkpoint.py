@@ -23,12 +23,10 @@ import torch
 from augment.errors import CheckpointError
 from augment.io import atomic_save
 from augment.models import ConditionalGenerator
+from augment.rundir import BEST_SNAPSHOT, FINAL_SNAPSHOT, TRAINING_STATE, find_snapshot  # noqa: F401 (re-exported)
 
 SNAPSHOT_FORMAT = "gan-augment/snapshot/v1"
 STATE_FORMAT = "gan-augment/training-state/v1"
-TRAINING_STATE = "training-state.pt"
-FINAL_SNAPSHOT = "network-final.pt"
-BEST_SNAPSHOT = "network-best.pt"
 
 
 def save(obj: dict[str, Any], path: Path) -> None:
@@ -121,17 +119,3 @@ def load_snapshot(path: Path) -> Snapshot:
         )
     except (KeyError, TypeError) as err:
         raise CheckpointError(f"{path}: snapshot is missing field {err}") from None
-
-
-def find_snapshot(run_dir: Path) -> Path:
-    """The snapshot a run hands on: best (by fd_domain) if kept, else final, else the latest."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise CheckpointError(f"{run_dir}: run directory not found")
-    for name in (BEST_SNAPSHOT, FINAL_SNAPSHOT):
-        if (run_dir / name).is_file():
-            return run_dir / name
-    snaps = sorted(run_dir.glob("network-snapshot-*.pt"))
-    if not snaps:
-        raise CheckpointError(f"{run_dir}: no generator checkpoint (network-*.pt) in this run directory")
-    return snaps[-1]

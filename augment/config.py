@@ -22,7 +22,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from augment.errors import ConfigError
 
 SUPPORTED_SIZES = (8, 16, 28, 32, 64)
-DIFFAUG_POLICIES = ("translation", "cutout", "color")
 
 
 class _Section(BaseModel):

@@ -27,12 +27,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from augment import rundir
 from augment.checkpoint import Snapshot, find_snapshot, load_snapshot
-from augment.config import Config, apply_overrides, config_from_dict, load_config
+from augment.config import Config, apply_overrides, config_from_dict
 from augment.data import PreparedData, load_data
 from augment.devices import resolve_device
 from augment.errors import CheckpointError
-from augment.generate import sample
+from augment.generate import quantize, sample
 from augment.io import ensure_dir
 from augment.metrics import downstream
 from augment.metrics.extractor import load_or_train_extractor
@@ -43,12 +44,10 @@ from augment.metrics.report import write_report
 
 log = logging.getLogger(__name__)
 
-EVAL_DIR = "eval"
-
-
-def quantize(images: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] float -> uint8 ``(N, C, H, W)``: the pixels a user would save as PNG."""
-    return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+EVAL_DIR = rundir.EVAL
+#: Seed offset of the per-class subset of the test split that PRDC compares against (apart from
+#: the real train subset's ``cfg.seed``).
+PRDC_SUBSET_SEED_OFFSET = 1
 
 
 def generate_uint8(
@@ -72,29 +71,16 @@ def per_class_subset(labels: torch.Tensor, counts: list[int], seed: int) -> torc
 
 def check_data_matches(snap: Snapshot, data: PreparedData) -> None:
     """The data must be what the generator was trained on: same classes, same fingerprint."""
-    where = snap.path or "snapshot"
-    if list(snap.class_names) != list(data.class_names):
-        raise CheckpointError(
-            f"{where}: generator trained on classes {snap.class_names}, the data has {data.class_names}"
-        )
-    if snap.data_fingerprint != data.fingerprint:
-        raise CheckpointError(
-            f"{where}: generator trained on data {snap.data_fingerprint}, the config selects data {data.fingerprint} "
-            "(different limits, split or source)"
-        )
+    rundir.check_data_matches(snap.path or "snapshot", snap.class_names, snap.data_fingerprint, data)
 
 
-def resolve_config(run_dir: Path, snap: Snapshot, cfg: Config | None, overrides: list[str] | None) -> Config:
-    """The run's config.yaml (else the config inside the snapshot), with ``--set`` overrides."""
+def resolve_config(run_dir: Path, snap_path: Path, cfg: Config | None, overrides: list[str] | None) -> Config:
+    """``cfg`` with ``--set`` overrides if given, else the run's config (:func:`augment.rundir.run_config`)."""
     if cfg is not None:
         if overrides:
             return config_from_dict(apply_overrides(cfg.to_dict(), overrides), source="config (--set)")
         return cfg
-    path = Path(run_dir) / "config.yaml"
-    if path.is_file():
-        return load_config(path, overrides)
-    raw = apply_overrides(dict(snap.config), overrides)
-    return config_from_dict(raw, source=f"{snap.path} (config in checkpoint)")
+    return rundir.run_config(run_dir, overrides, snapshot=snap_path)
 
 
 def metric_counts(data: PreparedData, samples_per_class: int, reference_counts: list[int] | None = None) -> list[int]:
@@ -159,7 +145,7 @@ def evaluate_run(
     run_dir = Path(run_dir)
     snap_path = find_snapshot(run_dir)
     snap = load_snapshot(snap_path)
-    cfg = resolve_config(run_dir, snap, cfg, overrides)
+    cfg = resolve_config(run_dir, snap_path, cfg, overrides)
     ev = cfg.evaluate
     inception_asked = ev.extractor == "inception"
     if inception_asked:
@@ -191,7 +177,9 @@ def _evaluate_loaded(
     warnings: list[str] = []
 
     # Feature extractor (real train+val only; cached by data fingerprint).
-    ext = load_or_train_extractor(data, ev, cache_dir=ev.cache_dir or run_dir / "cache", seed=cfg.seed, device=device)
+    ext = load_or_train_extractor(
+        data, ev, cache_dir=ev.cache_dir or run_dir / rundir.CACHE, seed=cfg.seed, device=device
+    )
     test_ids = set(data.test.ids)
     if test_ids & set(ext.trained_on_ids):  # a cache from other splits must never leak test images in
         raise CheckpointError(f"{ext.path}: the feature extractor was trained on test images")
@@ -207,7 +195,7 @@ def _evaluate_loaded(
     fd = distance_report("fd_domain", f_fake, fake_labels, f_real, real_labels, f_ref, ref_labels, data.class_names)
     warnings += fd.pop("warnings")
     # PRDC with the reference cut to the same per-class sizes (k-NN radii depend on sample size).
-    prdc_idx = per_class_subset(ref_labels, counts, cfg.seed + 1)
+    prdc_idx = per_class_subset(ref_labels, counts, cfg.seed + PRDC_SUBSET_SEED_OFFSET)
     prdc = prdc_report(
         f_ref[prdc_idx], ref_labels[prdc_idx], f_fake, fake_labels, f_real, real_labels, data.class_names
     )

@@ -124,10 +124,14 @@ def sample(
     return torch.cat(out) if out else torch.empty(0, G.channels, G.image_size, G.image_size)
 
 
+def quantize(images: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] float -> uint8 ``(N, C, H, W)``: the pixels a user would save as PNG."""
+    return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
 def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """[-1, 1] float ``(N, C, H, W)`` -> uint8 ``(N, H, W, C)``."""
-    x = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return x.permute(0, 2, 3, 1).numpy()
+    """[-1, 1] float ``(N, C, H, W)`` -> contiguous uint8 ``(N, H, W, C)`` (the PNG layout)."""
+    return quantize(images).permute(0, 2, 3, 1).contiguous().numpy()
 
 
 def _png_bytes(arr: np.ndarray) -> bytes:
@@ -320,22 +324,3 @@ def save_class_grid(G: torch.nn.Module, path: Path, num_classes: int, seed: int 
     indices = torch.arange(per_row).repeat(num_classes)
     imgs = sample(G, labels, indices, seed)
     atomic_save(Path(path), lambda tmp: save_image(imgs * 0.5 + 0.5, tmp, nrow=per_row, padding=1, format="png"))
-
-
-def read_generated(out_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:
-    """Load a generated set back as ``(uint8 images (N, C, H, W), labels)`` from its manifest."""
-    out_dir = Path(out_dir)
-    manifest = out_dir / MANIFEST
-    if not manifest.is_file():
-        raise OutputError(f"{out_dir}: no {MANIFEST} (generation missing or incomplete)")
-    with open(manifest, newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    arrays, labels = [], []
-    for row in rows:
-        with Image.open(out_dir / row["path"]) as img:
-            arr = np.asarray(img, dtype=np.uint8)
-        arrays.append(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1))
-        labels.append(int(row["label"]))
-    if not arrays:
-        return torch.empty(0, dtype=torch.uint8), torch.empty(0, dtype=torch.int64)
-    return torch.from_numpy(np.stack(arrays)), torch.tensor(labels)

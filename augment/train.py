@@ -18,15 +18,19 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from augment import checkpoint
+from augment import checkpoint, rundir
 from augment.config import Config, config_from_dict, flatten, save_config
 from augment.data import PreparedData, load_data
 from augment.devices import keep_freed_memory, resolve_device, resolve_precision, usable_cores
 from augment.diffaug import AdaptiveAugment
 from augment.errors import CheckpointError, ConfigError, OutputError
-from augment.io import atomic_save, atomic_write_text, ensure_dir, new_run_dir
+from augment.generate import save_class_grid
+from augment.io import atomic_write_text
 from augment.losses import GanLoss
 from augment.models import ConditionalGenerator, ProjectionDiscriminator
+
+#: Sampling seed of the ``fakes-*.png`` grids: the same latents every snapshot, so grids compare over training.
+GRID_SEED = 123
 
 log = logging.getLogger(__name__)
 
@@ -35,19 +39,6 @@ MetricFn = Callable[[torch.nn.Module], dict[str, float]]
 
 def set_threads(threads: int | None) -> None:
     torch.set_num_threads(threads or usable_cores())
-
-
-def save_grid(G: torch.nn.Module, path: Path, num_classes: int, z_dim: int, per_row: int = 10) -> None:
-    """One row per class, fixed latents (the same every snapshot, so grids compare over training)."""
-    from torchvision.utils import save_image
-
-    device = next(G.parameters()).device
-    g = torch.Generator().manual_seed(123)
-    z = torch.randn(per_row * num_classes, z_dim, generator=g).to(device)
-    y = torch.arange(num_classes).repeat_interleave(per_row).to(device)
-    with torch.no_grad():
-        imgs = G(z, y).float().cpu()
-    atomic_save(path, lambda tmp: save_image(imgs * 0.5 + 0.5, tmp, nrow=per_row, format="png"))
 
 
 def training_loop(
@@ -115,7 +106,7 @@ def training_loop(
     if device.type == "cpu":
         keep_freed_memory()
     run_dir = Path(run_dir)
-    state_path = run_dir / checkpoint.TRAINING_STATE
+    state_path = run_dir / rundir.TRAINING_STATE
     num_classes, image_size, channels = data.num_classes, data.train.images.shape[-1], data.train.images.shape[1]
 
     # Load dataset: the whole (small) train split lives on the device as one tensor.
@@ -251,7 +242,7 @@ def training_loop(
     loss_sum = torch.zeros(2, device=device)
     loss_steps = 0
     tick_start_nimg, tick_start_time = cur_nimg, time.time()
-    stats_path = run_dir / "stats.jsonl"
+    stats_path = run_dir / rundir.STATS
     log.info("Training for %g kimg...", total_kimg)
     bar = tqdm(
         total=total_kimg,
@@ -338,20 +329,19 @@ def training_loop(
             log.info("kimg %.1f: %s", cur_nimg / 1000, " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
             # Wall time with and without the evaluations themselves (for time-to-quality curves).
             timing = {"elapsed_s": time.time() - start_time, "train_s": time.time() - start_time - eval_seconds}
-            with open(run_dir / "metrics-train.jsonl", "a") as fh:
+            with open(run_dir / rundir.TRAIN_METRICS, "a") as fh:
                 fh.write(json.dumps({"kimg": cur_nimg / 1000, **metrics, **timing}) + "\n")
             if on_tick is not None:
                 on_tick({"kimg": cur_nimg / 1000, **metrics})
             if value < best["value"]:
                 best = {"value": value, "kimg": cur_nimg / 1000}
-                checkpoint.save_snapshot(snapshot(cur_nimg, metrics), run_dir / checkpoint.BEST_SNAPSHOT)
+                checkpoint.save_snapshot(snapshot(cur_nimg, metrics), run_dir / rundir.BEST_SNAPSHOT)
 
         # Snapshot: inference network, sample grid, training state (in that order: the state is
         # written last, so a resumed run never skips a snapshot it had not finished).
         if is_main and (done or cur_nimg // snap_nimg > prev_nimg // snap_nimg):
-            kimg_tag = f"{cur_nimg // 1000:06d}"
-            checkpoint.save_snapshot(snapshot(cur_nimg), run_dir / f"network-snapshot-{kimg_tag}.pt")
-            save_grid(G_ema, run_dir / f"fakes-{kimg_tag}.png", num_classes, G.z_dim)
+            checkpoint.save_snapshot(snapshot(cur_nimg), run_dir / rundir.snapshot_name(cur_nimg // 1000))
+            save_class_grid(G_ema, run_dir / rundir.fakes_name(cur_nimg // 1000), num_classes, seed=GRID_SEED)
             save_state(cur_nimg)
         if done:
             break
@@ -359,25 +349,18 @@ def training_loop(
 
     # Done.
     if is_main:
-        checkpoint.save_snapshot(snapshot(cur_nimg), run_dir / checkpoint.FINAL_SNAPSHOT)
+        checkpoint.save_snapshot(snapshot(cur_nimg), run_dir / rundir.FINAL_SNAPSHOT)
     log.info("Stopped at %.1f kimg (%s) after %.1f s", cur_nimg / 1000, stop_reason, time.time() - start_time)
     if best["kimg"] is not None:
         log.info("Best %s %.4g at %.1f kimg", best_metric, best["value"], best["kimg"])
-        return run_dir / checkpoint.BEST_SNAPSHOT
-    return run_dir / checkpoint.FINAL_SNAPSHOT
+        return run_dir / rundir.BEST_SNAPSHOT
+    return run_dir / rundir.FINAL_SNAPSHOT
 
 
 def load_resumable(state_path: Path, data: PreparedData) -> dict[str, Any]:
     """The training state at ``state_path``, checked to belong to ``data`` (same classes, same images)."""
     state = checkpoint.load(state_path, checkpoint.STATE_FORMAT)
-    if state["class_names"] != data.class_names:
-        raise CheckpointError(
-            f"{state_path}: trained on classes {state['class_names']}, the data now has {data.class_names}"
-        )
-    if state["data_fingerprint"] != data.fingerprint:
-        raise CheckpointError(
-            f"{state_path}: trained on data {state['data_fingerprint']}, the config now selects {data.fingerprint}"
-        )
+    rundir.check_data_matches(state_path, state["class_names"], state["data_fingerprint"], data)
     return state
 
 
@@ -427,33 +410,9 @@ def check_new_run_dir(out: Path | None) -> None:
     overwrite the old run's snapshots and append to its ``stats.jsonl``)."""
     if out is None or not Path(out).is_dir():
         return
-    out = Path(out)
-    found = [n for n in (checkpoint.TRAINING_STATE, "stats.jsonl", "config.yaml") if (out / n).exists()]
-    found += sorted(p.name for p in out.glob("network-*.pt"))[:1]
+    found = rundir.holds_a_run(Path(out))
     if found:
-        raise OutputError(
-            f"{out}: holds a training run already ({found[0]}); --resume continues it, or give a new --out"
-        )
-
-
-def latest_run_dir(root: Path, name: str) -> Path | None:
-    runs = sorted(p for p in Path(root).glob(f"*-{name}") if (p / checkpoint.TRAINING_STATE).is_file())
-    return runs[-1] if runs else None
-
-
-def prepare_run_dir(cfg: Config, out: Path | None = None, resume: bool = False) -> Path:
-    """The run directory: ``out`` if given, the latest run of this config when resuming, else a new one."""
-    if out is not None:
-        run_dir = ensure_dir(Path(out))
-        if resume and not (run_dir / checkpoint.TRAINING_STATE).is_file():
-            raise CheckpointError(f"{run_dir}: nothing to resume (no {checkpoint.TRAINING_STATE})")
-        return run_dir
-    if resume:
-        run_dir = latest_run_dir(cfg.output.root, cfg.name)
-        if run_dir is None:
-            raise CheckpointError(f"{cfg.output.root}: no run of {cfg.name!r} with a training state to resume")
-        return run_dir
-    return new_run_dir(cfg.output.root, cfg.name)
+        raise OutputError(f"{out}: holds a training run already ({found}); --resume continues it, or give a new --out")
 
 
 def loop_kwargs(cfg: Config, device: torch.device | str = "cpu") -> dict[str, Any]:
@@ -529,17 +488,17 @@ def train(
     set_threads(cfg.train.threads)
     if data is None:  # bad data fails before a run directory exists
         data = load_data(cfg.data, cfg.seed)
-    run_dir = prepare_run_dir(cfg, out, resume)
+    run_dir = rundir.prepare_run_dir(cfg, out, resume)
     if resume:  # a refused resume leaves the run's config.yaml and data.json as they were
-        state_path = run_dir / checkpoint.TRAINING_STATE
+        state_path = run_dir / rundir.TRAINING_STATE
         check_resume_config(load_resumable(state_path, data), cfg, state_path)
-    save_config(cfg, run_dir / "config.yaml")
-    atomic_write_text(run_dir / "data.json", json.dumps(data.summary(), indent=2))
+    save_config(cfg, run_dir / rundir.CONFIG)
+    atomic_write_text(run_dir / rundir.DATA, json.dumps(data.summary(), indent=2))
     if metric_fn is None and cfg.train.eval_kimg > 0:
         # Keep the best snapshot by fd_domain (against train+val; the test split stays unseen).
         from augment.evaluate import make_metric_fn  # lazy: evaluation pulls in sklearn/scipy
 
-        metric_fn = make_metric_fn(data, cfg, cache_dir=cfg.evaluate.cache_dir or run_dir / "cache", device=device)
+        metric_fn = make_metric_fn(data, cfg, cache_dir=cfg.evaluate.cache_dir or run_dir / rundir.CACHE, device=device)
     snap = training_loop(
         run_dir=run_dir,
         data=data,

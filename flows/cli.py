@@ -24,7 +24,12 @@ try:  # typer 0.2x vendors its own click
 except ImportError:  # pragma: no cover - typer on the click package
     from click.exceptions import NoArgsIsHelpError, UsageError
 
+from augment.tracking_env import apply_mlflow_defaults  # noqa: E402 (imports nothing heavy)
+
+# The program's environment, before anything imports mlflow, albumentations or Prefect's server.
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+apply_mlflow_defaults()
 
 
 @contextlib.contextmanager
@@ -144,15 +149,15 @@ def generate(
 ) -> None:
     """Generate class-balanced synthetic images (PNG, manifest.csv, grid.png) from a trained run."""
     _setup_logging(quiet)
-    from augment.checkpoint import find_snapshot, load_snapshot
-    from augment.config import config_from_dict
+    from augment.checkpoint import load_snapshot
     from augment.generate import counts_to_generate, write_samples
+    from augment.rundir import GENERATED, find_snapshot, run_config
 
     if per_class is not None and total is not None:
         fail("give --per-class or --total, not both")
     snapshot = find_snapshot(run_dir)
     snap = load_snapshot(snapshot)
-    gcfg = config_from_dict(snap.config, source=f"{run_dir} (config in checkpoint)").generate
+    gcfg = run_config(run_dir, snapshot=snapshot).generate
     target = "per_class" if per_class else "total" if total else gcfg.target
     counts = counts_to_generate(snap.class_counts, target, per_class or gcfg.per_class, total or gcfg.total)
     if sum(counts) == 0:  # writing nothing would replace the previous set with an empty one
@@ -169,7 +174,7 @@ def generate(
             "dask_address": dask_address or gcfg.dask_address,
         }
     )
-    out_dir = out or Path(run_dir) / "generated"
+    out_dir = out or Path(run_dir) / GENERATED
     if g.workers > 1 or g.dask_address:
         from flows.generate import run_generate
 

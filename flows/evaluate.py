@@ -21,8 +21,10 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
+from augment import rundir
 from augment.config import Config
-from augment.tracking import Tracker, headline_metrics, metric_key
+from augment.registry import headline_metrics, metric_key
+from augment.tracking import Tracker
 from flows.tasks import call_task, local_workers, log_artifacts_task, task_runner_for
 
 
@@ -102,6 +104,6 @@ def evaluate_stage(cfg: Config, run_dir: Path, tracker: Tracker, parent: str) ->
         tracker.log_params(parent, {"evaluate.workers_used": local_workers(cfg.evaluate)})
     log_cells(tracker, parent, result)
     tracker.log_metrics(parent, headline_metrics(result))
-    eval_dir = Path(run_dir) / "eval"
-    log_artifacts_task(tracker, parent, [(p, "eval") for p in sorted(eval_dir.iterdir()) if p.is_file()])
-    return result, eval_dir / "report.md"
+    eval_dir = Path(run_dir) / rundir.EVAL
+    log_artifacts_task(tracker, parent, [(p, rundir.EVAL) for p in sorted(eval_dir.iterdir()) if p.is_file()])
+    return result, eval_dir / rundir.REPORT_MD

@@ -18,7 +18,6 @@ manifest rows, writes ``manifest.csv`` and ``grid.png`` and renames the folder i
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -26,9 +25,10 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.futures import wait
 
-from augment.checkpoint import find_snapshot, load_snapshot
-from augment.config import Config, GenerateConfig, apply_overrides, config_from_dict
+from augment.checkpoint import load_snapshot
+from augment.config import Config, GenerateConfig
 from augment.generate import ShardSpec, counts_to_generate, write_samples
+from augment.rundir import GENERATED, find_snapshot, run_config
 from augment.tracking import TAG_FINGERPRINT, Tracker, make_tracker
 from flows.tasks import generate_shard_task, log_artifacts_task, task_runner_for
 
@@ -91,11 +91,9 @@ def generate_flow(run_dir: str, out: str | None = None, overrides: list[str] | N
     ``overrides``, e.g. ``["generate.total=100000", "generate.workers=8"]``)."""
     logger = get_run_logger()
     snapshot = find_snapshot(Path(run_dir))
-    source = f"{run_dir} (config in checkpoint)"
-    raw = apply_overrides(copy.deepcopy(load_snapshot(snapshot).config), overrides)
-    cfg = config_from_dict(raw, source=source if not overrides else f"{source} with {' '.join(overrides)}")
+    cfg = run_config(run_dir, overrides, snapshot=snapshot)
     tracker = make_tracker(cfg.tracking.enabled, cfg.tracking.uri, cfg.tracking.experiment)
-    out_dir = Path(out) if out else Path(run_dir) / "generated"
+    out_dir = Path(out) if out else Path(run_dir) / GENERATED
     with tracker.run(f"{cfg.name} generate {Path(run_dir).name}", kind="generate") as run_id:
         manifest, counts = generate_stage(cfg, snapshot, out_dir, tracker, run_id)
     logger.info("generated %d images -> %s", sum(counts), manifest)

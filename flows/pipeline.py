@@ -20,19 +20,11 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
+from augment import rundir
 from augment.config import Config, load_config
-from augment.tracking import (
-    TAG_ALIAS,
-    TAG_MODEL,
-    TAG_REASON,
-    TAG_REPORT,
-    TAG_VERSION,
-    Promotion,
-    gate_from_metrics,
-    make_tracker,
-    run_fingerprint,
-)
-from augment.train import prepare_run_dir
+from augment.registry import Promotion, gate_from_metrics, run_fingerprint
+from augment.rundir import prepare_run_dir
+from augment.tracking import TAG_ALIAS, TAG_MODEL, TAG_REASON, TAG_REPORT, TAG_VERSION, make_tracker
 from flows.evaluate import evaluate_stage
 from flows.generate import generate_stage
 from flows.tasks import load_data_task, log_artifacts_task
@@ -116,7 +108,7 @@ def pipeline(
             run_dir, snapshot, model_uri = train_stage(cfg, data, run_dir, tracker, train_run)
         # Generate.
         with tracker.run("generate", kind="generate", parent=parent) as generate_run:
-            generate_stage(cfg, snapshot, run_dir / "generated", tracker, generate_run)
+            generate_stage(cfg, snapshot, run_dir / rundir.GENERATED, tracker, generate_run)
         # Evaluate.
         metrics, report = evaluate_stage(cfg, run_dir, tracker, parent)
 
@@ -141,7 +133,7 @@ def pipeline(
             )
             logger.info("%s v%s -> %s: %s", model_name, promotion.version, promotion.alias, promotion.reason)
         tracker.set_tags(parent, {TAG_REPORT: str(Path(report).resolve())})
-        log_artifacts_task(tracker, parent, [(Path(report), "eval")])
+        log_artifacts_task(tracker, parent, [(Path(report), rundir.EVAL)])
 
     return {
         "skipped": False,

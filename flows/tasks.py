@@ -127,14 +127,6 @@ def generate_shard_task(fn: Callable[[ShardSpec], list[dict[str, Any]]], spec: S
     return fn(spec)
 
 
-@task(name="downstream-cell", task_run_name="downstream-{regime}-seed{seed}", cache_policy=NO_CACHE)
-def downstream_cell_task(plan: Any, regime: str, seed: int) -> dict[str, Any]:
-    """One classifier of the regime x seed grid, scored on the real test split."""
-    from augment.metrics import downstream
-
-    return downstream.run_cell(plan, regime, seed)
-
-
 @task(name="selection-cell", cache_policy=NO_CACHE)
 def call_task(fn: Callable[[Any], Any], item: Any) -> Any:
     """``fn(item)`` as a task: how a library ``map_fn`` hook runs on the flow's task runner."""

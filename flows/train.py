@@ -9,11 +9,13 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
+from augment import rundir
 from augment.config import Config, load_config
 from augment.data import PreparedData
 from augment.devices import resolve_device
+from augment.rundir import prepare_run_dir
 from augment.tracking import TAG_FINGERPRINT, TAG_TRAIN_COUNTS, Tracker, make_tracker
-from augment.train import check_new_run_dir, loop_kwargs, prepare_run_dir
+from augment.train import check_new_run_dir, loop_kwargs
 from flows.tasks import load_data_task, log_artifacts_task, train_task
 
 log = logging.getLogger(__name__)
@@ -60,10 +62,10 @@ def train_stage(
     tracker.set_tags(run_id, {**data_tags(data), "run_dir": str(run_dir)})
     tracker.log_dataset(run_id, data, name=f"{cfg.name}-train", source=data_source(cfg))
     run_dir, snap = train_task(cfg, run_dir, data, tick_logger(tracker, run_id), resume)
-    items: list[tuple[Path, str | None]] = [(run_dir / n, None) for n in ("config.yaml", "data.json", "stats.jsonl")]
-    items += [(p, "grids") for p in sorted(run_dir.glob("fakes-*.png"))]  # sample grids over training
-    if (run_dir / "metrics-train.jsonl").is_file():
-        items.append((run_dir / "metrics-train.jsonl", None))
+    items: list[tuple[Path, str | None]] = [(run_dir / n, None) for n in (rundir.CONFIG, rundir.DATA, rundir.STATS)]
+    items += [(p, "grids") for p in sorted(run_dir.glob(rundir.FAKES_GLOB))]  # sample grids over training
+    if (run_dir / rundir.TRAIN_METRICS).is_file():
+        items.append((run_dir / rundir.TRAIN_METRICS, None))
     log_artifacts_task(tracker, run_id, items)
     tracker.set_tags(run_id, {"snapshot": snap.name})
     model_uri = tracker.log_generator(run_id, snap)

@@ -14,6 +14,10 @@ os.environ.setdefault("PREFECT_HOME", os.path.join(_HOME, "prefect"))
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+
+from augment.tracking_env import apply_mlflow_defaults  # noqa: E402
+
+apply_mlflow_defaults()  # what the command line sets before mlflow is imported
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
 os.environ.setdefault("TQDM_DISABLE", "1")
 

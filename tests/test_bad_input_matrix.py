@@ -314,7 +314,7 @@ def checkpoint_other_architecture_evaluate(tmp: Path, tiny_run: RunGetter) -> Ba
 def checkpoint_other_classes_evaluate(tmp: Path, tiny_run: RunGetter) -> Bad:
     run = _run_copy(tmp, tiny_run())
     args = ["evaluate", str(run), "--set", "data.classes=['0','1','3']"]
-    expect = f"{run / checkpoint.FINAL_SNAPSHOT}: generator trained on classes ['0', '1', '2'], the data has"
+    expect = f"{run / checkpoint.FINAL_SNAPSHOT}: trained on classes ['0', '1', '2'], the data has"
     return Bad(args, [expect])
 
 

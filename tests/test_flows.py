@@ -18,7 +18,8 @@ from typer.testing import CliRunner
 from augment.checkpoint import find_snapshot, load_snapshot
 from augment.config import Config, save_config
 from augment.errors import ConfigError
-from augment.tracking import CHALLENGER, CHAMPION, TAG_FINGERPRINT, TAG_KIND
+from augment.registry import CHALLENGER, CHAMPION
+from augment.tracking import TAG_FINGERPRINT, TAG_KIND
 from conftest import tiny_config
 from flows.cli import app
 

@@ -15,15 +15,34 @@ from PIL import Image
 from augment.checkpoint import load_snapshot
 from augment.errors import ConfigError, OutputError
 from augment.generate import (
+    MANIFEST,
     class_dirname,
     counts_to_generate,
     latents,
     plan_shards,
-    read_generated,
     sample,
     shard_batches,
     write_samples,
 )
+
+
+def read_generated(out_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """Load a generated set back as ``(uint8 images (N, C, H, W), labels)`` from its manifest."""
+    out_dir = Path(out_dir)
+    manifest = out_dir / MANIFEST
+    if not manifest.is_file():
+        raise OutputError(f"{out_dir}: no {MANIFEST} (generation missing or incomplete)")
+    with open(manifest, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    arrays, labels = [], []
+    for row in rows:
+        with Image.open(out_dir / row["path"]) as img:
+            arr = np.asarray(img, dtype=np.uint8)
+        arrays.append(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1))
+        labels.append(int(row["label"]))
+    if not arrays:
+        return torch.empty(0, dtype=torch.uint8), torch.empty(0, dtype=torch.int64)
+    return torch.from_numpy(np.stack(arrays)), torch.tensor(labels)
 
 
 def test_counts_balance_per_class_total() -> None:

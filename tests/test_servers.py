@@ -25,7 +25,8 @@ from test_flows import FAST
 
 from augment.checkpoint import find_snapshot
 from augment.config import save_config
-from augment.tracking import CHAMPION, TAG_KIND, Gate, MlflowTracker, download_snapshot
+from augment.registry import CHAMPION, Gate
+from augment.tracking import TAG_KIND, MlflowTracker, download_snapshot
 from conftest import REPO, tiny_config
 
 

@@ -4,6 +4,7 @@ the pyfunc generator, the registry's promotion gate and download_snapshot."""
 from __future__ import annotations
 
 import math
+import os
 import socket
 import time
 from pathlib import Path
@@ -17,23 +18,25 @@ from augment.checkpoint import find_snapshot, load_snapshot
 from augment.data import load_data
 from augment.errors import TrackingError
 from augment.generate import sample
-from augment.tracking import (
+from augment.registry import (
     CHALLENGER,
     CHAMPION,
+    Gate,
+    decide_promotion,
+    gate_from_metrics,
+    headline_metrics,
+    metric_key,
+)
+from augment.tracking import (
     TAG_COMMIT,
     TAG_FINGERPRINT,
     TAG_KIND,
-    Gate,
     MlflowTracker,
     NullTracker,
     Tracker,
     check_reachable,
-    decide_promotion,
     download_snapshot,
-    gate_from_metrics,
-    headline_metrics,
     make_tracker,
-    metric_key,
     resolve_uri,
 )
 from conftest import tiny_config
@@ -313,7 +316,7 @@ def test_promotion_gate_moves_champion_only_when_beaten(tracker: MlflowTracker, 
 
 def test_run_fingerprint_covers_data_config_and_nothing_else() -> None:
     from augment.config import load_config
-    from augment.tracking import run_fingerprint
+    from augment.registry import run_fingerprint
 
     cfg = load_config("configs/digits.yaml").to_dict()
     base = run_fingerprint("data1", cfg)
@@ -375,8 +378,24 @@ def test_processes_racing_on_a_fresh_sqlite_store_all_get_it(tmp_path: Path) -> 
     assert len({out.strip() for out, _ in results}) == 1  # one experiment, seen by all three
 
 
-def test_the_gate_and_the_verdict_need_the_same_seeds() -> None:
-    from augment.metrics.downstream import MIN_VERDICT_SEEDS as VERDICT_SEEDS
-    from augment.tracking import MIN_VERDICT_SEEDS
+def test_the_policy_imports_neither_mlflow_nor_prefect_nor_torch() -> None:
+    import subprocess
+    import sys
 
-    assert MIN_VERDICT_SEEDS == VERDICT_SEEDS
+    def loaded(code: str) -> str:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+        return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout
+
+    same = "import augment.registry as r, augment.metrics.downstream as d; "
+    same += "print(r.MIN_VERDICT_SEEDS is d.MIN_VERDICT_SEEDS and r.GAN_REGIMES is d.GAN_REGIMES)"
+    assert loaded(same).strip() == "True"  # one list of regimes, one seed rule
+    policy = (
+        "import sys, augment.registry; print(sorted(m for m in ('mlflow', 'prefect', 'torch') if m in sys.modules))"
+    )
+    assert loaded(policy).strip() == "[]"
+    # Importing the MLflow module sets no environment variable; the command line does (before mlflow loads).
+    assert (
+        loaded("import os, augment.tracking; print(sorted(k for k in os.environ if k.startswith('MLFLOW_')))").strip()
+        == "[]"
+    )
+    assert "MLFLOW_DISABLE_TELEMETRY" in loaded("import os, flows.cli; print(os.environ)")

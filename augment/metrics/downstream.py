@@ -67,20 +67,15 @@ from augment.config import EvaluateConfig
 from augment.data import PreparedData
 from augment.devices import keep_freed_memory
 from augment.errors import ConfigError
+from augment.metrics.regimes import BASELINE, GAN_REGIMES, MIN_VERDICT_SEEDS, REGIMES, VERDICT_METRIC
 from augment.models.classifier import build_classifier
 
 log = logging.getLogger(__name__)
 
-REGIMES = ("real", "real+classic", "real+gan", "real+gan+classic", "gan-only")
-BASELINE = "real+classic"
-GAN_REGIMES = ("real+gan+classic", "real+gan")
 CLASSIC_OPS = ("crop", "flip", "affine")
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
-#: The verdict is read on balanced accuracy (equal to accuracy on a balanced test split).
-VERDICT_METRIC = "balanced_accuracy"
-#: Seeds a verdict needs: with 2, a t-interval has one degree of freedom and two equal deltas (common
-#: on a small test split, where accuracy moves in steps of 1/n) give a zero-width "significant" interval.
-MIN_VERDICT_SEEDS = 3
+#: Seeds of the validation-split selection cells start here, past any grid's ``seed, seed + 1, ...``.
+SELECT_SEED_OFFSET = 100
 #: AdamW's decoupled weight decay of every downstream classifier.
 WEIGHT_DECAY = 5e-4
 
@@ -712,7 +707,7 @@ def prepare(
         data_fingerprint=data.fingerprint,
         device=str(device),
     )
-    select_seeds = [seed + 100 + i for i in range(cfg.select_seeds)]  # disjoint from the grid's seeds
+    select_seeds = [seed + SELECT_SEED_OFFSET + i for i in range(cfg.select_seeds)]
     needs_val = len(cfg.classic) > 1 or cfg.tune
     if needs_val and len(data.val) == 0:
         raise ConfigError(

@@ -22,10 +22,9 @@ import numpy as np
 import torch
 
 from augment.io import atomic_save, atomic_write_text, ensure_dir
+from augment.rundir import METRICS_JSON, PER_CLASS_CSV, REPORT_MD
 
-METRICS_JSON = "metrics.json"
-PER_CLASS_CSV = "per_class.csv"
-REPORT_MD = "report.md"
+DELTAS_PNG = "deltas.png"
 
 
 def _plt():
@@ -132,6 +131,39 @@ def _save(fig: Any, path: Path) -> Path:
     atomic_save(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
     plt.close(fig)
     return path
+
+
+def deltas_figure(down: dict[str, Any]) -> Any:
+    """The headline picture: each regime's paired change in balanced accuracy against the baseline
+    (points, dots with 95% intervals) and a zero line; above zero means "helped". A regime without
+    an interval (too few seeds) is drawn as a hollow dot."""
+    plt = _plt()
+    base = down.get("baseline") or "baseline"
+    regimes = [r for r in down.get("regimes", {}) if r in down.get("deltas", {})]
+    fig, ax = plt.subplots(figsize=(6.4, 0.9 + 0.45 * max(len(regimes), 1)))
+    ax.axvline(0.0, color="0.3", linewidth=1, linestyle="--", label=f"no change vs {base}")
+    for i, r in enumerate(regimes):
+        ci = down["deltas"][r]["balanced_accuracy"]
+        mean = 100 * ci["mean"]
+        gan = "gan" in r
+        color = "tab:orange" if gan else "tab:blue"
+        if ci.get("ci_low") is None:
+            ax.plot([mean], [i], "o", mfc="none", color=color)
+            continue
+        lo, hi = 100 * ci["ci_low"], 100 * ci["ci_high"]
+        ax.errorbar([mean], [i], xerr=[[mean - lo], [hi - mean]], fmt="o", color=color, capsize=4)
+    ax.set_yticks(range(len(regimes)), regimes)
+    ax.invert_yaxis()
+    ax.set_xlabel(f"Δ balanced accuracy vs {base} (pts), real test split (n={down.get('n_test')})")
+    status = (down.get("verdict") or {}).get("status", "")
+    ax.set_title(f"Does it help? {status} ({len(down.get('seeds', []))} seeds, 95% CI, paired by seed)", fontsize=9)
+    ax.legend(fontsize=7, loc="lower right")
+    return fig
+
+
+def plot_deltas(path: Path, down: dict[str, Any]) -> Path:
+    """:func:`deltas_figure` saved as PNG."""
+    return _save(deltas_figure(down), path)
 
 
 def plot_regimes(path: Path, down: dict[str, Any]) -> Path:
@@ -363,6 +395,8 @@ def render_markdown(result: dict[str, Any], files: dict[str, str]) -> str:
     lines = [f"# Evaluation of `{result['run_dir']}`", ""]
     if down:
         lines += [f"**Verdict.** {down['verdict']['text']}", ""]
+        if "deltas" in files:
+            lines += [f"![Δ balanced accuracy per regime against {down.get('baseline')}]({files['deltas']})", ""]
     lines += [
         f"Generator: `{Path(snap['path']).name}` at {snap['kimg']:.1f} kimg. Data fingerprint "
         f"`{result['data_fingerprint']}`, {len(names)} classes; train/val/test images: "
@@ -423,6 +457,8 @@ def write_report(
     down = result.get("downstream")
     names = result["class_names"]
     if down and down.get("regimes"):
+        if down.get("deltas"):
+            paths["deltas"] = plot_deltas(out_dir / DELTAS_PNG, down)
         paths["regimes"] = plot_regimes(out_dir / "regimes.png", down)
         paths["per_class_recall"] = plot_per_class_recall(out_dir / "per_class_recall.png", down, names)
         paths["confusion"] = plot_confusion(out_dir / "confusion.png", down, names)

@@ -474,3 +474,24 @@ def test_a_cell_keeps_freed_activations_in_the_heap_under_dasks_malloc_setting()
     comes from the heap. Runs in a fresh interpreter with the worker's environment."""
     env = {**DASK_MALLOC, "PYTHONPATH": str(Path(__file__).parent.parent)}
     assert where_a_24mib_block_lands(CELL_HEAP_PROBE, cwd=Path(__file__).parent, env=env) == "[heap]"
+
+
+def test_the_headline_plot_shows_each_regimes_delta_with_its_interval_and_a_zero_line() -> None:
+    from augment.metrics.report import deltas_figure
+
+    summary = fake_summary([0.02, -0.01, 0.01])
+    summary.update(regimes={"real+classic": {}, "real+gan": {}, "real+gan+classic": {}}, n_test=400, seeds=[0, 1, 2])
+    summary["verdict"] = verdict(summary)
+    fig = deltas_figure(summary)
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["real+gan", "real+gan+classic"]
+    assert "Δ balanced accuracy vs real+classic (pts)" in ax.get_xlabel() and "n=400" in ax.get_xlabel()
+    assert ax.get_title().startswith("Does it help? no measurable benefit")
+    zero = [line for line in ax.get_lines() if list(line.get_xdata()) == [0.0, 0.0]]
+    assert zero, "no zero line"
+    # One errorbar per regime, spanning the interval in points.
+    bars = [c for c in ax.containers if hasattr(c, "has_xerr") and c.has_xerr]
+    assert len(bars) == 2
+    ci = summary["deltas"]["real+gan"]["balanced_accuracy"]
+    seg = bars[0].lines[2][0].get_segments()[0]
+    assert seg[0][0] == pytest.approx(100 * ci["ci_low"]) and seg[1][0] == pytest.approx(100 * ci["ci_high"])

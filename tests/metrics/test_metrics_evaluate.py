@@ -66,6 +66,7 @@ def test_evaluate_writes_every_artifact(evaluated: tuple[Path, dict]) -> None:
         "metrics.json",
         "per_class.csv",
         "report.md",
+        "deltas.png",
         "regimes.png",
         "per_class_recall.png",
         "confusion.png",
@@ -89,6 +90,8 @@ def test_evaluate_writes_every_artifact(evaluated: tuple[Path, dict]) -> None:
     assert [r["class"] for r in rows] == ["0", "1", "2"] and "fd_domain_floor" in rows[0]
     report = (out / "report.md").read_text()
     assert down["verdict"]["text"] in report
+    # The headline picture comes right after the verdict, before any table.
+    assert report.index("(deltas.png)") < report.index("## Downstream")
     assert "not FID" in report and "FID)" not in report.replace("not FID", "")
     assert result["files"]["report"] == str(out / "report.md")
 

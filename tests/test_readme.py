@@ -1,0 +1,52 @@
+"""The README's Python snippets run as written, in the folder `make demo` leaves behind."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, TINY
+
+README = (REPO / "README.md").read_text()
+SNIPPETS = re.findall(r"```python\n(.*?)```", README, re.S)
+#: What each snippet prints, as its comments say (in README order).
+PRINTS = ["torch.uint8 (1, 8, 8) 3", "[20, 10] [0, 10] 40", "torch.float32 (8, 8, 1)"]
+
+
+@pytest.fixture(scope="module")
+def demo_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder shaped like the one after `make demo`: runs/00000-digits, a 10-class 8x8 digits run
+    (tiny networks, a fraction of a kimg: the snippets need its shape, not its quality)."""
+    from augment.config import load_config
+    from augment.train import train
+
+    folder = tmp_path_factory.mktemp("demo")
+    overrides = [o for o in TINY if not o.startswith("data.classes")]
+    cfg = load_config(REPO / "configs" / "digits.yaml", [*overrides, f"output.root={folder / 'runs'}"])
+    train(cfg, out=folder / "runs" / "00000-digits", progress=False)
+    return folder
+
+
+def test_the_readme_has_the_three_augmenter_snippets() -> None:
+    assert len(SNIPPETS) == len(PRINTS) == 3
+    for code, printed in zip(SNIPPETS, PRINTS, strict=True):
+        assert printed in code  # the comment that says what it prints
+
+
+@pytest.mark.parametrize("index", range(3))
+def test_a_readme_snippet_runs_as_written(demo_folder: Path, index: int) -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", SNIPPETS[index]], cwd=demo_folder, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == PRINTS[index]
+
+
+def test_the_readme_stays_a_five_minute_read() -> None:
+    assert len(README.splitlines()) < 200
+    for link in re.findall(r"\]\(((?:docs|benchmarks|examples)/[^)#]+)\)", README):
+        assert (REPO / link).exists(), link
