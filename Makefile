@@ -27,6 +27,9 @@ endef
 
 # The venv, the package (editable) and its pinned dependencies.
 $(VENV)/.installed: pyproject.toml constraints.txt
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null || { \
+	  echo "make: gan-augment needs Python 3.11 (torch 2.14.1's local wheels are built for it); $(PYTHON) is" \
+	    "$$($(PYTHON) --version 2>&1 || echo missing). Run: make $(MAKECMDGOALS) PYTHON=python3.11" >&2; exit 2; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(call install,-e .)
 	touch $@

@@ -75,6 +75,13 @@ TAG_VERSION = "model_version"
 TAG_ALIAS = "model_alias"
 TAG_REASON = "promotion_reason"
 TAG_REPORT = "report"
+TAG_VERDICT = "verdict"  # the verdict's status: helped, hurt, no measurable benefit, ...
+TAG_OVERRIDES = "overrides"  # the run's --set overrides, space-separated
+TAG_NOTE = "mlflow.note.content"  # the run's description in MLflow's UI
+#: The experiment tag MLflow's UI reads to open an experiment on its runs table (model development)
+#: instead of the GenAI overview.
+TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 
 CONNECT_TIMEOUT_S = 5.0
 
@@ -335,11 +342,15 @@ class MlflowTracker(_RunContext):
     def _experiment(self, name: str) -> str:
         found = self.client.get_experiment_by_name(name)
         if found is not None:
+            if TAG_EXPERIMENT_KIND not in (found.tags or {}):  # made by an older version: open on the runs too
+                self.client.set_experiment_tag(found.experiment_id, TAG_EXPERIMENT_KIND, EXPERIMENT_KIND)
             return found.experiment_id
         db = _sqlite_path(self.uri)
         location = (db.resolve().parent / "mlartifacts").as_uri() if db is not None else None
         try:
-            return self.client.create_experiment(name, artifact_location=location)
+            return self.client.create_experiment(
+                name, artifact_location=location, tags={TAG_EXPERIMENT_KIND: EXPERIMENT_KIND}
+            )
         except MlflowException:  # another process created it first
             found = self.client.get_experiment_by_name(name)
             if found is None:
@@ -606,9 +617,12 @@ class GeneratorModel(mlflow.pyfunc.PythonModel):
 def compare_runs(uri: str, experiment: str, limit: int = 20) -> pd.DataFrame:
     """The recent pipeline runs of ``experiment`` side by side, newest first (a pandas DataFrame).
 
-    Columns: run, started, status, data fingerprint, train images per class, fd_domain with its
-    floor, each regime's balanced-accuracy delta against the baseline with its 95% interval, the
-    registered version and its alias now (``champion``/``challenger``; ``-`` when the alias moved on).
+    Numbers stay numbers (for ``--csv``): run, started, status, the verdict and the ``--set``
+    overrides of the run, data fingerprint, train images per class, ``fd_domain`` and
+    ``fd_domain_floor``, and per regime ``delta_pts.<regime>.mean`` / ``.ci_low`` / ``.ci_high`` (the
+    paired change in balanced accuracy against real+classic, in points), the registered version and
+    its alias now (``champion``/``challenger``; ``-`` when the alias moved on). :func:`compare_display`
+    formats it for a terminal.
     """
     check_reachable(uri)
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
@@ -640,23 +654,74 @@ def compare_runs(uri: str, experiment: str, limit: int = 20) -> pd.DataFrame:
             "run_id": r.info.run_id[:8],
             "started": pd.Timestamp(r.info.start_time, unit="ms").strftime("%Y-%m-%d %H:%M"),
             "status": r.info.status,
+            "verdict": t.get(TAG_VERDICT, ""),
+            "overrides": t.get(TAG_OVERRIDES, ""),
             "fingerprint": t.get(TAG_FINGERPRINT, ""),
             "train_per_class": " ".join(f"{k}:{v}" for k, v in counts.items()),
         }
-        if "fd_domain" in m:
-            floor = m.get("fd_domain_floor")
-            row["fd_domain"] = f"{m['fd_domain']:.3g}" + (f" (floor {floor:.3g})" if floor is not None else "")
+        row["fd_domain"], row["fd_domain_floor"] = m.get("fd_domain"), m.get("fd_domain_floor")
         for key in sorted(k for k in m if k.startswith("delta.") and k.count(".") == 1):
-            lo, hi = m.get(f"{key}.ci_low"), m.get(f"{key}.ci_high")
-            cell = f"{100 * m[key]:+.1f}"
-            if lo is not None and hi is not None:
-                cell += f" [{100 * lo:+.1f}, {100 * hi:+.1f}]"
-            row[f"Δ{key[len('delta.') :]} (pts)"] = cell
+            regime = key[len("delta.") :]
+            for part, value in (
+                ("mean", m[key]),
+                ("ci_low", m.get(f"{key}.ci_low")),
+                ("ci_high", m.get(f"{key}.ci_high")),
+            ):
+                row[f"delta_pts.{regime}.{part}"] = None if value is None else 100 * value
         name, version = t.get(TAG_MODEL), t.get(TAG_VERSION)
         row["model"] = f"{name} v{version}" if name and version else "-"
         row["alias"] = aliases.get(name or "", {}).get(version or "", "-") if version else "-"
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def compare_display(table: pd.DataFrame, width: int = 100) -> str:
+    """:func:`compare_runs`'s table as text that fits ``width`` columns: one column per run (named by
+    its run id), one row per field, runs in groups side by side; deltas as ``mean [low, high]`` pts."""
+
+    def pts(row: pd.Series, regime: str) -> str:
+        mean, lo, hi = (row.get(f"delta_pts.{regime}.{p}") for p in ("mean", "ci_low", "ci_high"))
+        if mean is None or pd.isna(mean):
+            return "-"
+        return f"{mean:+.1f}" + (f" [{lo:+.1f}, {hi:+.1f}]" if lo is not None and not pd.isna(lo) else "")
+
+    regimes = sorted({c.split(".")[1] for c in table.columns if c.startswith("delta_pts.")})
+    fields: dict[str, list[str]] = {}
+    for _, row in table.iterrows():
+        fd, floor = row.get("fd_domain"), row.get("fd_domain_floor")
+        values = {
+            "run": str(row["run"]),
+            "started": str(row["started"]),
+            "status": str(row["status"]),
+            "verdict": str(row.get("verdict") or "-"),
+            "--set overrides": str(row.get("overrides") or "-"),
+            "data fingerprint": str(row["fingerprint"]),
+            "train images per class": str(row["train_per_class"]),
+            "fd_domain (floor)": "-"
+            if fd is None or pd.isna(fd)
+            else f"{fd:.3g}" + ("" if floor is None or pd.isna(floor) else f" ({floor:.3g})"),
+            **{f"Δ bal. acc. {r} vs real+classic (pts)": pts(row, r) for r in regimes},
+            "model": str(row["model"]),
+            "alias": str(row["alias"]),
+        }
+        for k, v in values.items():
+            fields.setdefault(k, []).append(v)
+    names = list(fields)
+    label_w = max(len(n) for n in names)
+    cols = [[str(rid)] + [fields[n][i] for n in names] for i, rid in enumerate(table["run_id"])]
+    col_w = [min(max(len(v) for v in col), max(10, width - label_w - 3)) for col in cols]
+    out, start = [], 0
+    while start < len(cols):
+        end, used = start, label_w
+        while end < len(cols) and (end == start or used + 2 + col_w[end] <= width):
+            used += 2 + col_w[end]
+            end += 1
+        for j, label in enumerate(["run id", *names]):
+            cells = [cols[i][j][: col_w[i]].ljust(col_w[i]) for i in range(start, end)]
+            out.append((label.ljust(label_w) + "  " + "  ".join(cells)).rstrip())
+        out.append("")
+        start = end
+    return "\n".join(out).rstrip() + "\n"
 
 
 def download_snapshot(model_uri: str, *, tracking_uri: str | None = None, dst: Path | None = None) -> Path:

@@ -11,6 +11,7 @@ import functools
 import json
 import logging
 import os
+import shutil
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -29,6 +30,7 @@ from augment.tracking_env import apply_mlflow_defaults  # noqa: E402 (imports no
 # The program's environment, before anything imports mlflow, albumentations or Prefect's server.
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")  # Prefect's client-side telemetry and its notice
 apply_mlflow_defaults()
 
 
@@ -70,7 +72,7 @@ SetOpt = Annotated[
     list[str] | None,
     typer.Option("--set", help="Override a config field: --set train.kimg=5 (repeatable).", show_default=False),
 ]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or info logs.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or info logs.", metavar="")]
 
 
 def _setup_logging(quiet: bool) -> None:
@@ -79,6 +81,18 @@ def _setup_logging(quiet: bool) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+
+
+@contextlib.contextmanager
+def _bars_and_logs(progress: bool) -> Iterator[None]:
+    """Route the root and Prefect console log handlers through ``tqdm.write`` while bars may show."""
+    if not progress:
+        yield
+        return
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    with logging_redirect_tqdm(loggers=[logging.getLogger(), logging.getLogger("prefect")]):
+        yield
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -109,7 +123,9 @@ def train(
     config: ConfigArg,
     set_: SetOpt = None,
     out: Annotated[Path | None, typer.Option("--out", help="Run directory (default: output.root/NNNNN-name).")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue from the run's training state.")] = False,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue from the run's training state.", metavar="")
+    ] = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Train the class-conditional GAN; writes a run directory with snapshots and sample grids."""
@@ -214,7 +230,7 @@ def evaluate(
 def inspect_data(
     config: ConfigArg,
     set_: SetOpt = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.", metavar="")] = False,
 ) -> None:
     """Per-class counts after limiting and splitting, and the data fingerprint."""
     from augment.config import load_config
@@ -263,9 +279,14 @@ def _ui_hint(uri: str, experiment_id: str | None, run_id: str | None) -> str:
 def run(
     config: ConfigArg,
     set_: SetOpt = None,
-    force: Annotated[bool, typer.Option("--force", help="Retrain even when the data matches the champion's.")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Retrain even when the data matches the champion's.", metavar="")
+    ] = False,
     skip_if_unchanged: Annotated[
-        bool, typer.Option("--skip-if-unchanged", help="Stop early when the data fingerprint equals the champion's.")
+        bool,
+        typer.Option(
+            "--skip-if-unchanged", help="Stop early when data, config and code equal the champion's.", metavar=""
+        ),
     ] = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -280,7 +301,17 @@ def run(
     _check_tracking(cfg)
     from flows.pipeline import pipeline
 
-    result = pipeline(config=str(config), overrides=list(set_ or []), force=force, skip_if_unchanged=skip_if_unchanged)
+    # Bars (training kimg, evaluation steps, each with an ETA) in the foreground; log lines go through
+    # tqdm so they never break a bar, and Prefect's per-task "Finished in state" lines stay out.
+    logging.getLogger("prefect.task_runs").setLevel(logging.WARNING)
+    with _bars_and_logs(not quiet):
+        result = pipeline(
+            config=str(config),
+            overrides=list(set_ or []),
+            force=force,
+            skip_if_unchanged=skip_if_unchanged,
+            progress=not quiet,
+        )
     if result.get("skipped"):
         typer.echo(f"skipped: {result['reason']}")
         return
@@ -302,7 +333,9 @@ def serve(
     set_: SetOpt = None,
     name: Annotated[str | None, typer.Option("--name", help="Deployment name (default: the config's name).")] = None,
     timezone: Annotated[str | None, typer.Option("--timezone", help="IANA time zone of the cron schedule.")] = None,
-    force: Annotated[bool, typer.Option("--force", help="Scheduled runs retrain even on unchanged data.")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Scheduled runs retrain even on unchanged data.", metavar="")
+    ] = False,
 ) -> None:
     """Serve the pipeline as a scheduled Prefect deployment (blocks; Ctrl-C stops it).
 
@@ -389,9 +422,8 @@ def compare(
     limit: Annotated[int, typer.Option("--limit", min=1, help="How many recent pipeline runs.")] = 20,
 ) -> None:
     """Print the recent pipeline runs side by side: data, fd_domain, downstream deltas, champion/challenger."""
-    import pandas as pd
-
-    from augment.tracking import compare_runs, resolve_uri
+    from augment.errors import OutputError
+    from augment.tracking import compare_display, compare_runs, resolve_uri
 
     if config is not None:
         from augment.config import load_config
@@ -404,10 +436,12 @@ def compare(
     if table.empty:
         typer.echo(f"no pipeline runs in experiment {experiment or 'gan-augment'!r}")
         return
-    with pd.option_context("display.max_columns", None, "display.width", 250, "display.max_colwidth", 60):
-        typer.echo(table.to_string(index=False))
+    typer.echo(compare_display(table, width=shutil.get_terminal_size((100, 24)).columns), nl=False)
     if csv is not None:
-        table.to_csv(csv, index=False)
+        try:
+            table.to_csv(csv, index=False)
+        except OSError as err:
+            raise OutputError(f"{csv}: cannot write the CSV ({err.strerror or err})") from None
         typer.echo(f"wrote {csv}")
 
 

@@ -43,25 +43,31 @@ def prefect_map(fn: Callable[[Any], Any], items: Iterable[Any]) -> list[Any]:
 
 
 @flow(name="evaluate", validate_parameters=False)
-def evaluate_flow(run_dir: str, overrides: list[str] | None = None, fan_out: bool = False) -> dict[str, Any]:
+def evaluate_flow(
+    run_dir: str, overrides: list[str] | None = None, fan_out: bool = False, progress: bool = False
+) -> dict[str, Any]:
     """Evaluate a trained run directory; writes ``RUN_DIR/eval/`` and returns the metrics.
 
     ``fan_out``: every downstream cell is a task on the flow's task runner (Dask); else the grid
-    trains as stacked networks inside this flow run.
+    trains as stacked networks inside this flow run. ``progress``: bars with an ETA.
     """
     from augment.evaluate import evaluate_run
 
     logger = get_run_logger()
     map_fn = prefect_map if fan_out else None
-    result = evaluate_run(Path(run_dir), overrides=overrides, progress=False, map_fn=map_fn)
+    result = evaluate_run(Path(run_dir), overrides=overrides, progress=progress, map_fn=map_fn)
     logger.info("%s", result["downstream"]["verdict"]["text"])
     return result
 
 
-def run_evaluate(run_dir: Path, cfg: Config, overrides: list[str] | None = None) -> dict[str, Any]:
+def run_evaluate(
+    run_dir: Path, cfg: Config, overrides: list[str] | None = None, progress: bool = False
+) -> dict[str, Any]:
     """Run :func:`evaluate_flow` (as a subflow inside a flow) on the task runner ``cfg`` asks for: cells
     as Dask tasks with ``evaluate.workers`` > 1 or ``evaluate.dask_address``, else the stacked grid."""
-    return evaluate_flow.with_options(task_runner=task_runner_for(cfg.evaluate))(str(run_dir), overrides, fans_out(cfg))
+    return evaluate_flow.with_options(task_runner=task_runner_for(cfg.evaluate))(
+        str(run_dir), overrides, fans_out(cfg), progress
+    )
 
 
 def fans_out(cfg: Config) -> bool:
@@ -97,9 +103,11 @@ def log_cells(tracker: Tracker, parent: str, result: dict[str, Any]) -> None:
             tracker.log_metrics(rid, scores)
 
 
-def evaluate_stage(cfg: Config, run_dir: Path, tracker: Tracker, parent: str) -> tuple[dict[str, Any], Path]:
+def evaluate_stage(
+    cfg: Config, run_dir: Path, tracker: Tracker, parent: str, progress: bool = False
+) -> tuple[dict[str, Any], Path]:
     """Evaluate ``run_dir`` and log it under the pipeline run ``parent``; returns ``(metrics, report path)``."""
-    result = run_evaluate(run_dir, cfg)
+    result = run_evaluate(run_dir, cfg, progress=progress)
     if not cfg.evaluate.dask_address:  # what `workers: auto` turned into on this machine
         tracker.log_params(parent, {"evaluate.workers_used": local_workers(cfg.evaluate)})
     log_cells(tracker, parent, result)

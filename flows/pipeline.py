@@ -24,7 +24,17 @@ from augment import rundir
 from augment.config import Config, load_config
 from augment.registry import Promotion, gate_from_metrics, run_fingerprint
 from augment.rundir import prepare_run_dir
-from augment.tracking import TAG_ALIAS, TAG_MODEL, TAG_REASON, TAG_REPORT, TAG_VERSION, make_tracker
+from augment.tracking import (
+    TAG_ALIAS,
+    TAG_MODEL,
+    TAG_NOTE,
+    TAG_OVERRIDES,
+    TAG_REASON,
+    TAG_REPORT,
+    TAG_VERDICT,
+    TAG_VERSION,
+    make_tracker,
+)
 from flows.evaluate import evaluate_stage
 from flows.generate import generate_stage
 from flows.tasks import load_data_task, log_artifacts_task
@@ -66,6 +76,7 @@ def pipeline(
     overrides: list[str] | None = None,
     force: bool = False,
     skip_if_unchanged: bool = False,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Run the whole pipeline for ``config`` (a YAML path) with ``--set`` style ``overrides``.
 
@@ -98,19 +109,27 @@ def pipeline(
     run_dir = prepare_run_dir(cfg)
     logger.info("run directory %s, data %s", run_dir, data.fingerprint)
 
-    tags = {**data_tags(data), "run_dir": str(run_dir.resolve()), "config": str(config)}
+    tags = {
+        **data_tags(data),
+        "run_dir": str(run_dir.resolve()),
+        "config": str(config),
+        TAG_OVERRIDES: " ".join(overrides or []) or "(none)",  # why runs of one config differ
+    }
     with tracker.run(f"{cfg.name} {run_dir.name}", kind="pipeline", tags=tags) as parent:
         tracker.log_params(parent, cfg.flat())
         tracker.log_dataset(parent, data, name=f"{cfg.name}-train", source=data_source(cfg))
 
         # Train.
         with tracker.run("train", kind="train", parent=parent) as train_run:
-            run_dir, snapshot, model_uri = train_stage(cfg, data, run_dir, tracker, train_run)
+            run_dir, snapshot, model_uri = train_stage(cfg, data, run_dir, tracker, train_run, progress=progress)
         # Generate.
         with tracker.run("generate", kind="generate", parent=parent) as generate_run:
             generate_stage(cfg, snapshot, run_dir / rundir.GENERATED, tracker, generate_run)
         # Evaluate.
-        metrics, report = evaluate_stage(cfg, run_dir, tracker, parent)
+        metrics, report = evaluate_stage(cfg, run_dir, tracker, parent, progress=progress)
+        verdict = (metrics.get("downstream") or {}).get("verdict") or {}
+        if verdict:  # the runs table's verdict column, and the verdict paragraph as the run's description
+            tracker.set_tags(parent, {TAG_VERDICT: verdict.get("status", ""), TAG_NOTE: verdict.get("text", "")})
 
         # Register.
         promotion = None

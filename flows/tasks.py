@@ -116,9 +116,10 @@ def train_task(
     data: PreparedData,
     on_tick: Callable[[dict[str, float]], None] | None = None,
     resume: bool = False,
+    progress: bool = False,
 ) -> tuple[Path, Path]:
-    """Train the cGAN into ``run_dir``; returns ``(run_dir, snapshot_path)``."""
-    return train(cfg, out=run_dir, resume=resume, progress=False, data=data, on_tick=on_tick)
+    """Train the cGAN into ``run_dir``; returns ``(run_dir, snapshot_path)`` (``progress``: a bar with an ETA)."""
+    return train(cfg, out=run_dir, resume=resume, progress=progress, data=data, on_tick=on_tick)
 
 
 @task(name="generate-shard", cache_policy=NO_CACHE, **SHARD_RETRIES)

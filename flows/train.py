@@ -53,7 +53,13 @@ def data_source(cfg: Config) -> str:
 
 
 def train_stage(
-    cfg: Config, data: PreparedData, run_dir: Path, tracker: Tracker, run_id: str, resume: bool = False
+    cfg: Config,
+    data: PreparedData,
+    run_dir: Path,
+    tracker: Tracker,
+    run_id: str,
+    resume: bool = False,
+    progress: bool = False,
 ) -> tuple[Path, Path, str | None]:
     """Train into ``run_dir`` under MLflow run ``run_id``; returns ``(run_dir, snapshot, model_uri)``."""
     device = resolve_device(cfg.train.device)  # what `auto` turned into on this machine
@@ -61,7 +67,7 @@ def train_stage(
     tracker.log_params(run_id, {**cfg.flat(), **used})
     tracker.set_tags(run_id, {**data_tags(data), "run_dir": str(run_dir)})
     tracker.log_dataset(run_id, data, name=f"{cfg.name}-train", source=data_source(cfg))
-    run_dir, snap = train_task(cfg, run_dir, data, tick_logger(tracker, run_id), resume)
+    run_dir, snap = train_task(cfg, run_dir, data, tick_logger(tracker, run_id), resume, progress)
     items: list[tuple[Path, str | None]] = [(run_dir / n, None) for n in (rundir.CONFIG, rundir.DATA, rundir.STATS)]
     items += [(p, "grids") for p in sorted(run_dir.glob(rundir.FAKES_GLOB))]  # sample grids over training
     if (run_dir / rundir.TRAIN_METRICS).is_file():

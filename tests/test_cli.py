@@ -173,3 +173,15 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, case: str) -> None:
 
 def test_tiny_config_helper_matches_cli_sets(tmp_path: Path) -> None:
     assert tiny_config(tmp_path).data.classes == ["0", "1", "2"]
+
+
+def test_flags_show_no_value_placeholder_in_help() -> None:
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    for cmd in ("train", "generate", "evaluate", "run", "inspect-data", "serve"):
+        out = CliRunner().invoke(app, [cmd, "--help"], env={"COLUMNS": "200"}).output
+        assert "--quiet" in out or "--json" in out or "--force" in out, cmd
+        flagged = [line for line in out.splitlines() if "<bool>" in line and "--help" not in line]
+        assert not flagged, (cmd, flagged)

@@ -177,15 +177,58 @@ def test_unchanged_data_skips_retraining_unless_forced(first: dict):
 
 def test_augment_compare_puts_the_runs_side_by_side(first: dict, tmp_path: Path):
     out_csv = tmp_path / "runs.csv"
-    result = CliRunner().invoke(app, ["compare", "--config", str(first["path"]), "--csv", str(out_csv)])
+    result = CliRunner().invoke(
+        app, ["compare", "--config", str(first["path"]), "--csv", str(out_csv)], env={"COLUMNS": "100"}
+    )
     assert result.exit_code == 0, result.output
-    assert "fingerprint" in result.output and "Δreal_gan (pts)" in result.output
+    shown = result.output.splitlines()
+    assert max(len(line) for line in shown) <= 100, "the table must fit the terminal"
+    assert any(line.startswith("Δ bal. acc. real_gan vs real+classic (pts)") for line in shown)
+    assert any(line.startswith("verdict") for line in shown) and any(
+        line.startswith("--set overrides") for line in shown
+    )
     with open(out_csv, newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) >= 1 and rows[-1]["alias"] == CHAMPION  # oldest last: the first run's v1
     assert rows[-1]["model"] == "digits-cgan v1" and rows[-1]["train_per_class"] == "0:36 1:36 2:36"
+    for key in ("fd_domain", "fd_domain_floor", "delta_pts.real_gan.mean", "delta_pts.real_gan.ci_low"):
+        float(rows[-1][key])  # numbers, not formatted strings
+    lo, mean, hi = (float(rows[-1][f"delta_pts.real_gan.{p}"]) for p in ("ci_low", "mean", "ci_high"))
+    assert lo <= mean <= hi
+    assert rows[-1]["verdict"] in ("helped", "hurt", "no measurable benefit", "not enough seeds for an interval")
     fps = {r["fingerprint"] for r in rows}
     assert len(fps) == 1 and len(fps.pop()) == 16
+
+
+def test_compare_fits_narrow_terminals_by_grouping_runs() -> None:
+    import pandas as pd
+
+    from augment.tracking import compare_display
+
+    rows = [
+        {
+            "run": f"digits 0000{i}-digits",
+            "run_id": f"abcdef0{i}",
+            "started": "2026-12-02 18:00",
+            "status": "FINISHED",
+            "verdict": "no measurable benefit",
+            "overrides": "train.kimg=5",
+            "fingerprint": "81ebaddcc2b636a1",
+            "train_per_class": "0:36 1:36 2:36",
+            "fd_domain": 2.19,
+            "fd_domain_floor": 1.81,
+            "delta_pts.real_gan.mean": -0.5,
+            "delta_pts.real_gan.ci_low": -4.3,
+            "delta_pts.real_gan.ci_high": 3.3,
+            "model": f"digits-cgan v{i}",
+            "alias": "-",
+        }
+        for i in range(5)
+    ]
+    text = compare_display(pd.DataFrame(rows), width=80)
+    assert max(len(line) for line in text.splitlines()) <= 80
+    assert text.count("abcdef00") == 1 and "abcdef04" in text  # every run shown once
+    assert "-0.5 [-4.3, +3.3]" in text and "2.19 (1.81)" in text
 
 
 def test_a_failing_stage_marks_the_runs_failed_and_keeps_the_checkpoint(tmp_path: Path):
@@ -392,3 +435,48 @@ def test_two_pipelines_at_once_share_the_store_and_the_output_root(tmp_path: Pat
     for run in runs:
         assert "fd_domain" in run.data.metrics and any(k.startswith("delta.") for k in run.data.metrics)
     assert {r.data.tags.get("mlflow.runName") for r in runs} != {None}
+
+
+@pytest.mark.slow
+def test_augment_run_shows_training_and_evaluation_progress_with_an_eta_in_a_terminal(tmp_path: Path):
+    import fcntl
+    import pty
+    import re
+    import struct
+    import termios
+
+    from prefect.settings import PREFECT_API_URL
+
+    # Enough kimg and downstream steps for each bar to tick past its first frame (which has no ETA yet).
+    path, _ = write_config(tmp_path, "tracking.experiment=progress", "evaluate.steps=400", "train.kimg=1")
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))  # a 120-column terminal
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "COLUMNS": "120"}
+    env.pop("TQDM_DISABLE", None)  # the suite silences bars; a user's terminal does not
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flows.cli", "run", str(path)],
+        cwd=tmp_path,
+        env=env,
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+    )
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 1 << 16)
+        except OSError:  # the terminal closed: the process ended
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(master)
+    assert proc.wait(timeout=600) == 0, b"".join(chunks).decode(errors="replace")[-3000:]
+    text = b"".join(chunks).decode(errors="replace")
+    eta = r"\[\d\d:\d\d<\d\d:\d\d"  # tqdm's [elapsed<remaining
+    assert re.search(r"kimg.*" + eta, text), "no training bar with an ETA"
+    assert re.search(r"downstream grid.*" + eta, text), "no evaluation bar with an ETA"
+    assert not re.search(r"Task run .*Finished in state", text)  # Prefect's per-task lines stay out
+    assert "verdict: " in text
+    assert "anonymous usage data" not in text  # no telemetry notice

@@ -378,7 +378,7 @@ def test_processes_racing_on_a_fresh_sqlite_store_all_get_it(tmp_path: Path) -> 
     assert len({out.strip() for out, _ in results}) == 1  # one experiment, seen by all three
 
 
-def test_the_policy_imports_neither_mlflow_nor_prefect_nor_torch() -> None:
+def test_the_policy_imports_neither_mlflow_nor_prefect() -> None:
     import subprocess
     import sys
 
@@ -399,3 +399,17 @@ def test_the_policy_imports_neither_mlflow_nor_prefect_nor_torch() -> None:
         == "[]"
     )
     assert "MLFLOW_DISABLE_TELEMETRY" in loaded("import os, flows.cli; print(os.environ)")
+
+
+def test_the_experiment_opens_on_its_runs_not_the_genai_overview(store: str) -> None:
+    from augment.tracking import EXPERIMENT_KIND, TAG_EXPERIMENT_KIND
+
+    uri = store
+    tracker = MlflowTracker(uri, "kinds")
+    exp = tracker.client.get_experiment_by_name("kinds")
+    assert exp.tags[TAG_EXPERIMENT_KIND] == EXPERIMENT_KIND == "custom_model_development"
+    # An experiment an older version created without the tag gets it on the next use.
+    old = tracker.client.create_experiment("older")
+    assert TAG_EXPERIMENT_KIND not in (tracker.client.get_experiment(old).tags or {})
+    MlflowTracker(uri, "older")
+    assert tracker.client.get_experiment(old).tags[TAG_EXPERIMENT_KIND] == EXPERIMENT_KIND

@@ -217,7 +217,7 @@ def fit_score_many(
         size = max_cells or jobs[members[0]][0].stack_cells
         chunks += [members[j : j + size] for j in range(0, len(members), size)]
     total = sum(jobs[c[0]][0].steps for c in chunks)
-    with tqdm(total=total, desc=desc, unit="step", disable=not progress or not chunks, leave=False) as bar:
+    with tqdm(total=total, desc=desc, unit="step", disable=not progress or not chunks, dynamic_ncols=True) as bar:
         for chunk in chunks:
             rows = train_stack([jobs[i] for i in chunk], bar=bar)
             for i, row in zip(chunk, rows, strict=True):
