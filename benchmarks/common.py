@@ -115,3 +115,27 @@ def publish(title: str, lines: list[str], dry_run: bool = False) -> None:
     print(table)
     if not dry_run:
         append_results(title, table)
+
+
+def grid_plan(config: str, overrides: list[str], run_dir: Path | None, kimg: float, prefix: str) -> tuple:
+    """``(cfg, data, snap, plan, run_dir)`` of a downstream-grid benchmark: the config's data, the
+    generator of ``run_dir`` (or one trained here for ``kimg``: the cells' cost does not depend on
+    its quality), its synthetic pool and the plan with the classic baseline chosen on val."""
+    import tempfile
+
+    from augment.checkpoint import find_snapshot, load_snapshot
+    from augment.config import load_config
+    from augment.data import load_data
+    from augment.evaluate import generate_uint8
+    from augment.metrics import downstream
+    from augment.train import train
+
+    cfg = load_config(config, overrides)
+    if run_dir is None:
+        short = load_config(config, [*overrides, f"train.kimg={kimg}", "train.eval_kimg=0"])
+        run_dir, _ = train(short, out=Path(tempfile.mkdtemp(prefix=prefix)) / "run", progress=False)
+    snap = load_snapshot(find_snapshot(run_dir))
+    data = load_data(cfg.data, cfg.seed)
+    ev = cfg.evaluate
+    pool, labels = generate_uint8(snap.generator(), [ev.synthetic_per_class] * data.num_classes, cfg.generate.seed)
+    return cfg, data, snap, downstream.prepare(data, pool, labels, ev, seed=cfg.seed), run_dir

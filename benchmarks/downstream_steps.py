@@ -15,20 +15,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from augment.checkpoint import find_snapshot, load_snapshot  # noqa: E402
-from augment.config import load_config  # noqa: E402
-from augment.data import load_data  # noqa: E402
-from augment.evaluate import generate_uint8  # noqa: E402
 from augment.metrics import downstream  # noqa: E402
 from augment.metrics.stacked import fit_score_many  # noqa: E402
-from augment.train import train  # noqa: E402
-from benchmarks.common import append_results  # noqa: E402
+from benchmarks.common import append_results, grid_plan  # noqa: E402
 
 
 def main() -> None:
@@ -43,15 +37,10 @@ def main() -> None:
     ap.add_argument("--no-save", action="store_true")
     args = ap.parse_args()
 
-    cfg = load_config(args.config, args.overrides)
+    cfg, data, snap, plan, args.run_dir = grid_plan(
+        args.config, args.overrides, args.run_dir, args.kimg, "steps-bench-"
+    )
     ev = cfg.evaluate
-    if args.run_dir is None:
-        short = load_config(args.config, [*args.overrides, f"train.kimg={args.kimg}", "train.eval_kimg=0"])
-        args.run_dir, _ = train(short, out=Path(tempfile.mkdtemp(prefix="steps-bench-")) / "run", progress=False)
-    snap = load_snapshot(find_snapshot(args.run_dir))
-    data = load_data(cfg.data, cfg.seed)
-    pool, labels = generate_uint8(snap.generator(), [ev.synthetic_per_class] * data.num_classes, cfg.generate.seed)
-    plan = downstream.prepare(data, pool, labels, ev, seed=cfg.seed)  # the classic baseline, chosen on val
     seeds = [cfg.seed + 200 + i for i in range(args.seeds)]  # neither the grid's nor the selection's seeds
 
     rows, times = {}, {}

@@ -19,7 +19,6 @@ import argparse
 import functools
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -32,14 +31,10 @@ import torch  # noqa: E402
 from prefect import flow  # noqa: E402
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner  # noqa: E402
 
-from augment.checkpoint import find_snapshot, load_snapshot  # noqa: E402
-from augment.config import EvaluateConfig, load_config  # noqa: E402
-from augment.data import load_data  # noqa: E402
-from augment.evaluate import generate_uint8  # noqa: E402
+from augment.config import EvaluateConfig  # noqa: E402
 from augment.metrics import downstream  # noqa: E402
 from augment.metrics.stacked import fit_score_many  # noqa: E402
-from augment.train import train  # noqa: E402
-from benchmarks.common import append_results  # noqa: E402
+from benchmarks.common import append_results, grid_plan  # noqa: E402
 from flows.evaluate import prefect_map, task_runner_for  # noqa: E402
 
 Grid = list[tuple[str, int]]
@@ -99,15 +94,8 @@ def main() -> None:
     parser.add_argument("--no-save", action="store_true", help="print only; do not append to RESULTS.md")
     args = parser.parse_args()
 
-    cfg = load_config(args.config, args.overrides)
+    cfg, data, snap, plan, args.run_dir = grid_plan(args.config, args.overrides, args.run_dir, args.kimg, "grid-bench-")
     ev = cfg.evaluate
-    if args.run_dir is None:
-        short = load_config(args.config, [*args.overrides, f"train.kimg={args.kimg}", "train.eval_kimg=0"])
-        args.run_dir, _ = train(short, out=Path(tempfile.mkdtemp(prefix="grid-bench-")) / "run", progress=False)
-    snap = load_snapshot(find_snapshot(args.run_dir))
-    data = load_data(cfg.data, cfg.seed)
-    pool, labels = generate_uint8(snap.generator(), [ev.synthetic_per_class] * data.num_classes, cfg.generate.seed)
-    plan = downstream.prepare(data, pool, labels, ev, seed=cfg.seed)
     grid = [(r, s) for r in plan.regimes for s in plan.seeds]
 
     @flow(name="warm-up")

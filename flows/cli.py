@@ -85,13 +85,17 @@ def _setup_logging(quiet: bool) -> None:
 
 @contextlib.contextmanager
 def _bars_and_logs(progress: bool) -> Iterator[None]:
-    """Route the root and Prefect console log handlers through ``tqdm.write`` while bars may show."""
+    """Route the console log handlers through ``tqdm.write`` while bars may show (the root logger's,
+    and a Prefect logger's only where it has a console handler of its own: tqdm adds one to every
+    logger it is given, which would print propagated lines twice)."""
     if not progress:
         yield
         return
     from tqdm.contrib.logging import logging_redirect_tqdm
 
-    with logging_redirect_tqdm(loggers=[logging.getLogger(), logging.getLogger("prefect")]):
+    prefect = logging.getLogger("prefect")
+    own = any(isinstance(h, logging.StreamHandler) for h in prefect.handlers)
+    with logging_redirect_tqdm(loggers=[logging.getLogger(), *([prefect] if own else [])]):
         yield
 
 

@@ -389,9 +389,7 @@ def test_the_policy_imports_neither_mlflow_nor_prefect() -> None:
     same = "import augment.registry as r, augment.metrics.downstream as d; "
     same += "print(r.MIN_VERDICT_SEEDS is d.MIN_VERDICT_SEEDS and r.GAN_REGIMES is d.GAN_REGIMES)"
     assert loaded(same).strip() == "True"  # one list of regimes, one seed rule
-    policy = (
-        "import sys, augment.registry; print(sorted(m for m in ('mlflow', 'prefect', 'torch') if m in sys.modules))"
-    )
+    policy = "import sys, augment.registry; print(sorted(m for m in ('mlflow', 'prefect') if m in sys.modules))"
     assert loaded(policy).strip() == "[]"
     # Importing the MLflow module sets no environment variable; the command line does (before mlflow loads).
     assert (
