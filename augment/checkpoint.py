@@ -53,8 +53,12 @@ def load(path: Path, expect_format: str | None = None) -> dict[str, Any]:
                 f"({reason[:160]}); checkpoints are loaded with weights_only=True and never unpickled"
             ) from None
         raise CheckpointError(f"{path}: not a readable checkpoint ({reason[:160] or 'unpickling failed'})") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as err:
-        raise CheckpointError(f"{path}: not a readable checkpoint ({str(err).splitlines()[0][:160]})") from None
+    except Exception as err:  # noqa: BLE001 - any decoding failure of a damaged file is the same bad input
+        if path.stat().st_size == 0:
+            raise CheckpointError(f"{path}: not a readable checkpoint (the file is empty)") from None
+        lines = str(err).strip().splitlines()
+        reason = lines[0][:160] if lines else type(err).__name__
+        raise CheckpointError(f"{path}: not a readable checkpoint ({reason})") from None
     if not isinstance(obj, dict) or (expect_format and obj.get("format") != expect_format):
         found = obj.get("format") if isinstance(obj, dict) else type(obj).__name__
         raise CheckpointError(f"{path}: expected a {expect_format} checkpoint, found {found!r}")

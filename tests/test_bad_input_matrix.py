@@ -265,6 +265,21 @@ def config_not_yaml(tmp: Path, _: RunGetter) -> Bad:
     return Bad(["train", str(path)], [str(path), "not valid YAML"])
 
 
+def csv_file_listed_twice(tmp: Path, _: RunGetter) -> Bad:
+    manifest = _manifest(tmp, "a/2.png,b\n")  # line 14: line 4's file under another label
+    return Bad(_csv_train(tmp, manifest), [f"{manifest} lines 4 and 14: file 'a/2.png' is listed under label 'b'"])
+
+
+def config_infinite_learning_rate(tmp: Path, _: RunGetter) -> Bad:
+    return Bad(["train", str(_config(tmp)), "--set", "train.lr_g=.inf"], ["train.lr_g", "inf"])
+
+
+def config_duplicate_key(tmp: Path, _: RunGetter) -> Bad:
+    path = tmp / "twice.yaml"
+    path.write_text(_config(tmp).read_text() + "seed: 3\n")  # `seed` again, at the end
+    return Bad(["train", str(path)], [str(path), "duplicate key 'seed'"])
+
+
 def config_file_missing(tmp: Path, _: RunGetter) -> Bad:
     return Bad(["train", str(tmp / "nope.yaml")], [f"{tmp / 'nope.yaml'}: config file not found"])
 
@@ -493,6 +508,9 @@ ROWS = [
     pytest.param(config_unsupported_image_size, id="config-unsupported-image-size"),
     pytest.param(config_not_yaml, id="config-not-yaml"),
     pytest.param(config_file_missing, id="config-file-missing"),
+    pytest.param(csv_file_listed_twice, id="csv-file-listed-twice"),
+    pytest.param(config_infinite_learning_rate, id="config-infinite-learning-rate"),
+    pytest.param(config_duplicate_key, id="config-duplicate-key"),
     pytest.param(evaluate_bad_value_via_set, id="evaluate-bad-value-via-set"),
     pytest.param(option_out_of_range, id="option-out-of-range"),
     pytest.param(unknown_option, id="unknown-option"),

@@ -98,3 +98,16 @@ def test_resolved_config_round_trips(tmp_path: Path) -> None:
     assert isinstance(again, Config)
     flat = cfg.flat()
     assert flat["train.kimg"] == 3.0 and flat["data.source"] == "digits"
+
+
+@pytest.mark.parametrize("value", [".inf", "-.inf", ".nan"])
+def test_non_finite_numbers_are_refused(value: str) -> None:
+    with pytest.raises(ConfigError, match="train.lr_g"):
+        load_config(None, [f"train.lr_g={value}"])
+
+
+def test_a_key_given_twice_in_a_config_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "twice.yaml"
+    path.write_text("seed: 0\ntrain:\n  kimg: 5\n  batch_size: 32\n  kimg: 50\n")
+    with pytest.raises(ConfigError, match=r"twice.yaml line 5: duplicate key 'kimg' \(first on line 3\)"):
+        load_config(path)

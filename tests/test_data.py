@@ -236,3 +236,39 @@ def test_csv_path_with_nul_byte_is_named(tmp_path: Path) -> None:
     (root / "m.csv").write_text("path,label\ncat/0.png,cat\nbad\x00name.png,cat\n")
     with pytest.raises(DataError, match="line 3: path .* is not a valid file name"):
         load_data(DataConfig(source="csv", root=root / "m.csv", split={"val": 0, "test": 0}), 0)
+
+
+def test_a_manifest_that_lists_a_file_twice_is_refused_naming_both_lines(tmp_path: Path) -> None:
+    root = _folder(tmp_path / "imgs")
+    rows = "".join(f"{n}/{i}.png,{n}\n" for n in ("cat", "dog") for i in range(5))
+    (root / "dup.csv").write_text("path,label\n" + rows + "cat/1.png,cat\n")  # line 12 repeats line 3
+    with pytest.raises(DataError, match=r"lines 3 and 12: file 'cat/1.png' is listed again"):
+        load_data(DataConfig(source="csv", root=root / "dup.csv"), 0)
+    (root / "two.csv").write_text("path,label\n" + rows + "./cat/2.png,dog\n")  # the same file, another label
+    with pytest.raises(DataError, match=r"lines 4 and 12: file './cat/2.png' is listed under label 'dog'"):
+        load_data(DataConfig(source="csv", root=root / "two.csv"), 0)
+
+
+def test_a_manifest_saved_by_excel_with_a_byte_order_mark_loads(tmp_path: Path) -> None:
+    root = _folder(tmp_path / "imgs")
+    text = "path,label\n" + "".join(f"{n}/{i}.png,{n}\n" for n in ("cat", "dog") for i in range(5))
+    (root / "bom.csv").write_bytes(b"\xef\xbb\xbf" + text.encode())
+    data = load_data(DataConfig(source="csv", root=root / "bom.csv", split={"val": 0.0, "test": 0.0}), 0)
+    assert data.counts()["train"] == {"cat": 5, "dog": 5}
+
+
+def test_16_bit_grayscale_is_scaled_to_8_bits_not_clipped(tmp_path: Path) -> None:
+    root = tmp_path / "imgs"
+    for c, name in enumerate(["dark", "light"]):
+        (root / name).mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray(np.full((8, 8), 20000 + 40000 * c, dtype=np.uint16)).save(root / name / f"{i}.png")
+    with Image.open(root / "dark" / "0.png") as img:
+        assert img.mode.startswith("I")  # what PIL makes of a 16-bit PNG
+    with pytest.raises(DataError, match="set data.convert: L"):
+        load_data(DataConfig(source="imagefolder", root=root, split={"val": 0.0, "test": 0.0}), 0)
+    data = load_data(DataConfig(source="imagefolder", root=root, convert="L", split={"val": 0.0, "test": 0.0}), 0)
+    dark = data.train.images[data.train.labels == 0]
+    light = data.train.images[data.train.labels == 1]
+    assert int(dark.max()) == round(20000 * 255 / 65535) == 78  # not 255: PIL's convert would clip it
+    assert int(light.max()) == round(60000 * 255 / 65535) == 233

@@ -216,3 +216,34 @@ def test_every_torch_load_uses_weights_only() -> None:
             if re.search(r"torch\.load\(", line) and "weights_only=True" not in line:
                 offenders.append(f"{path.relative_to(REPO)}:{n}")
     assert offenders == []
+
+
+@pytest.fixture(scope="module")
+def snapshot_bytes(tiny_run: Path) -> bytes:
+    return (tiny_run / "network-final.pt").read_bytes()
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    data=st.one_of(
+        st.binary(max_size=2048),  # empty, tiny and random files
+        st.tuples(st.integers(0, 1 << 20), st.integers(0, 255), st.integers(0, 1 << 20)),  # a damaged snapshot
+    )
+)
+def test_fuzzed_checkpoint_bytes_load_or_give_one_line(tmp_path: Path, snapshot_bytes: bytes, data) -> None:
+    from augment.checkpoint import load_snapshot
+    from augment.errors import CheckpointError
+
+    if isinstance(data, tuple):  # a real snapshot, cut short and with one byte changed
+        cut, value, where = data
+        raw = bytearray(snapshot_bytes[: cut % (len(snapshot_bytes) + 1)])
+        if raw:
+            raw[where % len(raw)] = value
+        data = bytes(raw)
+    path = tmp_path / "network-final.pt"
+    path.write_bytes(data)
+    try:
+        load_snapshot(path)
+    except CheckpointError as err:
+        message = str(err)
+        assert message.startswith(f"{path}: ") and "\n" not in message and len(message) < 400

@@ -197,14 +197,22 @@ def load_image(path: Path, cfg: DataConfig) -> np.ndarray:
     try:
         with Image.open(path) as img:
             img.load()  # decodes fully: a truncated file fails here, not later
-            if img.mode != want:
+            if img.mode in ("I;16", "I;16L", "I;16B", "I") and want == "L" and cfg.convert == "L":
+                # 16-bit grayscale: PIL's convert("L") clips every value above 255 to white; scale instead.
+                wide = np.asarray(img, dtype=np.int64)
+                if wide.min() < 0 or wide.max() > 65535:
+                    raise DataError(f"{path}: {img.mode} image with values outside 0..65535; cannot scale to 8 bits")
+                arr = ((wide * 255 + 32767) // 65535).astype(np.uint8)
+            elif img.mode != want:
                 if cfg.convert is None:
                     raise DataError(
                         f"{path}: image mode {img.mode} but data.channels={cfg.channels} expects {want}; "
                         f"set data.convert: {want} to convert"
                     )
                 img = img.convert(cfg.convert)
-            arr = np.asarray(img, dtype=np.uint8)
+                arr = np.asarray(img, dtype=np.uint8)
+            else:
+                arr = np.asarray(img, dtype=np.uint8)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         if isinstance(err, DataError):
             raise
@@ -267,6 +275,7 @@ def _load_csv(cfg: DataConfig) -> SourceData:
     names = list(cfg.classes) if cfg.classes is not None else sorted({label for _, label, _ in rows})
     index = {n: i for i, n in enumerate(names)}
     paths, labels, ids = [], [], []
+    seen: dict[Path, tuple[int, str]] = {}  # resolved file -> (line, label) of its first row
     for rel, label, line in rows:
         if label not in index:
             raise DataError(f"{manifest} line {line}: label {label!r} is not one of the classes {names}")
@@ -278,6 +287,11 @@ def _load_csv(cfg: DataConfig) -> SourceData:
             raise DataError(f"{manifest} line {line}: path {rel!r} points outside the manifest's folder {base}")
         if not path.is_file():
             raise DataError(f"{manifest} line {line}: file {rel!r} does not exist")
+        if path in seen:  # it would land in two splits (train and test) or teach two classes
+            first, first_label = seen[path]
+            what = "again" if first_label == label else f"under label {label!r} and, on line {first}, {first_label!r}"
+            raise DataError(f"{manifest} lines {first} and {line}: file {rel!r} is listed {what}; list each file once")
+        seen[path] = (line, label)
         paths.append(path)
         labels.append(index[label])
         ids.append(rel)
@@ -290,7 +304,7 @@ def _load_csv(cfg: DataConfig) -> SourceData:
 def read_manifest(path: Path) -> list[tuple[str, str, int]]:
     """Rows ``(path, label, line_number)`` of a ``path,label`` CSV manifest with a header."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # Excel writes a byte-order mark
     except UnicodeDecodeError:
         raise DataError(f"{path}: manifest is not UTF-8 text") from None
     except OSError as err:

@@ -25,6 +25,8 @@ from augment.io import atomic_save, atomic_write_text, ensure_dir
 from augment.rundir import METRICS_JSON, PER_CLASS_CSV, REPORT_MD
 
 DELTAS_PNG = "deltas.png"
+#: What per_class.csv says for the recall of a class without test images.
+NO_TEST = "no test images"
 
 
 def _plt():
@@ -101,9 +103,13 @@ def per_class_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
             row[key] = (p.get("synthetic") or {}).get(key)
             row[f"{key}_floor"] = (p.get("floor") or {}).get(key)
         row["near_copy_fraction"] = m.get("near_copy_fraction")
+        no_test = row["n_test"] == 0  # recall is undefined, not 0
         for regime, summary in down.get("regimes", {}).items():
-            row[f"recall[{regime}]"] = summary["per_class_recall"][name]
-        if best and best in down.get("deltas", {}):
+            row[f"recall[{regime}]"] = NO_TEST if no_test else summary["per_class_recall"][name]
+        if best and best in down.get("deltas", {}) and no_test:
+            for key in ("", "_ci_low", "_ci_high"):
+                row[f"recall_delta[{best}]{key}"] = NO_TEST
+        elif best and best in down.get("deltas", {}):
             delta = down["deltas"][best]["per_class_recall"][name]
             row[f"recall_delta[{best}]"] = delta["mean"]
             row[f"recall_delta[{best}]_ci_low"] = delta["ci_low"]

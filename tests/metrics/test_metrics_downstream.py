@@ -495,3 +495,19 @@ def test_the_headline_plot_shows_each_regimes_delta_with_its_interval_and_a_zero
     ci = summary["deltas"]["real+gan"]["balanced_accuracy"]
     seg = bars[0].lines[2][0].get_segments()[0]
     assert seg[0][0] == pytest.approx(100 * ci["ci_low"]) and seg[1][0] == pytest.approx(100 * ci["ci_high"])
+
+
+def test_a_class_without_test_images_has_no_recall_in_per_class_csv() -> None:
+    from augment.metrics.report import NO_TEST, per_class_rows
+
+    ci = mean_ci([0.1, 0.2, 0.3])
+    down = {
+        "regimes": {"real+gan": {"per_class_recall": {"a": 0.9, "b": 0.0}}},
+        "deltas": {"real+gan": {"per_class_recall": {"a": ci, "b": ci}}},
+        "verdict": {"regime": "real+gan"},
+    }
+    counts = {"train": {"a": 5, "b": 5}, "val": {"a": 1, "b": 1}, "test": {"a": 4, "b": 0}}
+    rows = per_class_rows({"class_names": ["a", "b"], "counts": counts, "downstream": down})
+    assert rows[0]["recall[real+gan]"] == 0.9 and rows[0]["recall_delta[real+gan]"] == ci["mean"]
+    assert rows[1]["recall[real+gan]"] == NO_TEST == "no test images"
+    assert rows[1]["recall_delta[real+gan]"] == rows[1]["recall_delta[real+gan]_ci_low"] == NO_TEST
