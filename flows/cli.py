@@ -354,12 +354,10 @@ def serve(
     _check_tracking(cfg)
     from prefect.settings import PREFECT_API_URL
 
-    if not PREFECT_API_URL.value():
-        typer.echo(
-            "warning: PREFECT_API_URL is not set: serving against a temporary Prefect server that lives only as "
-            "long as this process; for schedules you can see and trigger, run `prefect server start --host "
-            "127.0.0.1` and export PREFECT_API_URL=http://127.0.0.1:4200/api",
-            err=True,
+    if not PREFECT_API_URL.value():  # a temporary server would keep the schedule only while this process lives
+        fail(
+            "augment serve needs a Prefect server for its schedule: start one with `prefect server start "
+            "--host 127.0.0.1`, then export PREFECT_API_URL=http://127.0.0.1:4200/api"
         )
     from flows.serve import serve_pipeline
 

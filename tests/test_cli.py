@@ -185,3 +185,24 @@ def test_flags_show_no_value_placeholder_in_help() -> None:
         assert "--quiet" in out or "--json" in out or "--force" in out, cmd
         flagged = [line for line in out.splitlines() if "<bool>" in line and "--help" not in line]
         assert not flagged, (cmd, flagged)
+
+
+def test_serve_without_a_prefect_server_says_what_to_start_and_exits_2(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    cfg = tiny_config(tmp_path)
+    from augment.config import save_config
+
+    save_config(cfg, tmp_path / "tiny.yaml")
+    out = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "serve", str(tmp_path / "tiny.yaml"), "--cron", "0 3 * * *"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [
+        "error: augment serve needs a Prefect server for its schedule: start one with `prefect server start "
+        "--host 127.0.0.1`, then export PREFECT_API_URL=http://127.0.0.1:4200/api"
+    ]
