@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -38,6 +39,8 @@ from torchvision.datasets import VisionDataset  # noqa: E402
 from augment import BalancedDataset, GanAugmenter  # noqa: E402
 from augment.config import DataConfig  # noqa: E402
 from augment.data import load_data  # noqa: E402
+from augment.data.sources import FASHION_CLASSES  # noqa: E402
+from augment.errors import AugmentError  # noqa: E402
 
 log = logging.getLogger("example")
 MODES = ("none", "transform", "balanced", "albumentations")
@@ -184,8 +187,31 @@ def load_fashion(args: argparse.Namespace):
     return load_data(cfg, seed=args.seed)
 
 
+NEEDS = "a run trained on Fashion-MNIST at 28x28 (augment train configs/fashion_mnist.yaml --out runs/fashion)"
+
+
+def check_run(checkpoint: Path) -> None:
+    """Exit 2 with one line saying what the script needs when ``checkpoint`` cannot serve Fashion-MNIST."""
+    try:
+        aug = GanAugmenter.from_checkpoint(checkpoint)
+        shape = (aug.image_size, aug.channels, list(aug.class_names))
+    except (AugmentError, ValueError, OSError) as err:
+        fail(f"{checkpoint}: {str(err).splitlines()[0] if str(err) else type(err).__name__}; the script needs {NEEDS}")
+    if shape != (28, 1, list(FASHION_CLASSES)):
+        fail(
+            f"{checkpoint}: its generator makes {shape[0]}x{shape[0]}x{shape[1]} images of classes {shape[2]}; "
+            f"the script needs {NEEDS}"
+        )
+
+
+def fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
 def main() -> None:
     args = parse_args()
+    check_run(args.checkpoint)  # before loading data or training anything (and before logging is on)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)

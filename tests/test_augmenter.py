@@ -465,3 +465,18 @@ def test_public_api_exports() -> None:
     for name in ("GanAugmenter", "BalancedDataset", "SyntheticDataset", "AugmentedDataset", "GanTransform"):
         assert name in augment.__all__ and getattr(augment, name) is not None
     assert "GanAlbumentations" in augment.__all__
+
+
+@pytest.mark.parametrize("which", ["digits-run", "missing"])
+def test_the_example_pointed_at_a_run_it_cannot_use_says_what_it_needs(tiny_run: Path, tmp_path: Path, which: str):
+    import subprocess
+    import sys
+
+    target = tiny_run if which == "digits-run" else tmp_path / "nope"
+    script = Path(__file__).resolve().parent.parent / "examples" / "train_fashion_with_augmenter.py"
+    out = subprocess.run([sys.executable, str(script), str(target)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2, out.stderr[-1500:]
+    [line] = out.stderr.strip().splitlines()
+    assert line.startswith(f"error: {target}: ") and "a run trained on Fashion-MNIST at 28x28" in line
+    if which == "digits-run":
+        assert "8x8x1 images of classes ['0', '1', '2']" in line
