@@ -44,7 +44,6 @@ from augment.metrics.report import write_report
 
 log = logging.getLogger(__name__)
 
-EVAL_DIR = rundir.EVAL
 #: Seed offset of the per-class subset of the test split that PRDC compares against (apart from
 #: the real train subset's ``cfg.seed``).
 PRDC_SUBSET_SEED_OFFSET = 1
@@ -170,7 +169,7 @@ def _evaluate_loaded(
 ) -> dict[str, Any]:
     """The measurements of :func:`evaluate_run`, once the snapshot and matching data are loaded."""
     ev = cfg.evaluate
-    out_dir = ensure_dir(run_dir / EVAL_DIR)
+    out_dir = ensure_dir(run_dir / rundir.EVAL)
     device = resolve_device(ev.device, "evaluate.device")
     G = snap.generator(device)
     k = data.num_classes
