@@ -225,12 +225,18 @@ class EvaluateConfig(_Section):
     #: Local InceptionV3 FID weights (else $AUGMENT_INCEPTION_WEIGHTS); nothing is downloaded.
     inception_weights: Path | None = None
     seeds: int = Field(3, ge=1)
-    regimes: list[Literal["real", "real+classic", "real+gan", "real+gan+classic", "gan-only"]] = [
+    #: gan-augmenter / balanced-dataset: the generator as users deploy it (GanAugmenter(p=synthetic_share),
+    #: BalancedDataset); balanced-dataset is left out where the train split is balanced already.
+    regimes: list[
+        Literal["real", "real+classic", "real+gan", "real+gan+classic", "gan-only", "gan-augmenter", "balanced-dataset"]
+    ] = [
         "real",
         "real+classic",
         "real+gan",
         "real+gan+classic",
         "gan-only",
+        "gan-augmenter",
+        "balanced-dataset",
     ]
     classifier: Literal["smallcnn", "resnet18"] = "smallcnn"
     #: Optimizer steps of every downstream classifier (equal in every regime).

@@ -247,6 +247,7 @@ def _evaluate_loaded(
             cell["seconds"],
         )
     down = downstream.summarize(plan, cells)
+    down["deploy"] = downstream.deployment(down, str(run_dir))
     down["cells"] = cells
 
     result: dict[str, Any] = {

@@ -226,6 +226,9 @@ def evaluate(
         f"{fd['n_synthetic']} synthetic / {fd['n_real']} real vs {fd['n_reference']} test images)"
     )
     typer.echo(result["verdict"])
+    deploy = (result.get("downstream") or {}).get("deploy")
+    if deploy:
+        typer.echo(deploy["text"])
     typer.echo(f"report: {result['files']['report']}")
 
 
@@ -322,6 +325,8 @@ def run(
     typer.echo(f"run directory: {result['run_dir']}\nreport: {result['report']}")
     if result.get("verdict"):
         typer.echo(f"verdict: {result['verdict']}")
+    if result.get("deploy"):
+        typer.echo(f"in your code: {result['deploy']}")
     promo = result.get("promotion")
     if promo:
         typer.echo(f"generator: {promo['model_uri']} -> {promo['alias']} ({promo['reason']})")

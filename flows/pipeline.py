@@ -161,6 +161,7 @@ def pipeline(
         "snapshot": str(snapshot),
         "data_fingerprint": data.fingerprint,
         "verdict": (metrics.get("downstream") or {}).get("verdict", {}).get("text"),
+        "deploy": ((metrics.get("downstream") or {}).get("deploy") or {}).get("text"),
         "tracking_uri": tracker.uri,
         "experiment_id": getattr(tracker, "experiment_id", None),
         "mlflow_run_id": parent if cfg.tracking.enabled else None,

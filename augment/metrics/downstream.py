@@ -9,7 +9,16 @@ and the same batch size in every regime, for several seeds, and scored on the re
 * ``real+gan``: each batch takes ``synthetic_share`` of its images from the synthetic pool
   (classes drawn to even out the real class imbalance, ``synthetic_sampling: balance``);
 * ``real+gan+classic``: the same, with the classic baseline applied to the whole batch;
-* ``gan-only``: synthetic images only, classes uniform (Classification Accuracy Score).
+* ``gan-only``: synthetic images only, classes uniform (Classification Accuracy Score);
+* ``gan-augmenter``: what ``AugmentedDataset(train, GanAugmenter(p=synthetic_share))`` feeds a
+  classifier: real images drawn uniformly, each replaced with probability p by a synthetic image
+  of its own class (the real class frequencies stay; no classic augmentation);
+* ``balanced-dataset``: what ``BalancedDataset(train, augmenter)`` feeds it: the real train split
+  plus synthetic images topping every class up to the largest class's count, drawn uniformly from
+  the union (left out of the grid where the split is balanced: it would add no image).
+
+The two deployed regimes draw from the whole synthetic pool (no confidence filter, hard labels),
+as the augmenter does.
 
 With ``soft_labels``, the synthetic images of a batch are trained against the probabilities the
 confidence-filter classifier (real train split) gives them instead of their one-hot class; real
@@ -67,7 +76,14 @@ from augment.config import EvaluateConfig
 from augment.data import PreparedData
 from augment.devices import keep_freed_memory
 from augment.errors import ConfigError
-from augment.metrics.regimes import BASELINE, GAN_REGIMES, MIN_VERDICT_SEEDS, REGIMES, VERDICT_METRIC
+from augment.metrics.regimes import (
+    BASELINE,
+    DEPLOYED_REGIMES,
+    GAN_REGIMES,
+    MIN_VERDICT_SEEDS,
+    REGIMES,
+    VERDICT_METRIC,
+)
 from augment.models.classifier import build_classifier
 
 log = logging.getLogger(__name__)
@@ -238,6 +254,8 @@ class Plan:
     data_fingerprint: str = ""
     #: Where the classifiers train and predict ("cpu" or "cuda"); batches are drawn on the CPU.
     device: str = "cpu"
+    #: Regimes of ``evaluate.regimes`` left out of the grid, and why (regime -> reason).
+    skipped_regimes: dict[str, str] = field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:
@@ -352,6 +370,39 @@ def per_class_synthetic_share(plan: Plan) -> dict[str, float]:
     return dict(zip(plan.class_names, share.tolist(), strict=True))
 
 
+def balanced_topup(plan: Plan) -> torch.Tensor:
+    """Rows of ``plan.synthetic_images`` that ``BalancedDataset(train, augmenter)`` adds, class by class.
+
+    Every class the train split holds is topped up to the largest class's count with synthetic
+    images ``0, 1, ...`` of that class (a class it does not hold gets none, as in
+    :class:`augment.augmenter.BalancedDataset`). Where a class needs more images than the pool
+    holds (``evaluate.synthetic_per_class``), the pool's images repeat so the class counts stay
+    those of the dataset users get.
+
+    Raises:
+        ConfigError: a class needs images and the pool has none of it.
+    """
+    counts = plan.train_labels.bincount(minlength=plan.num_classes).tolist()
+    goal = max(counts, default=0)
+    rows = []
+    for c, n in enumerate(counts):
+        need = goal - n if n > 0 else 0
+        if need == 0:
+            continue
+        members = torch.nonzero(plan.synthetic_labels == c).flatten()
+        if len(members) == 0:
+            raise ConfigError(
+                f"balanced-dataset: class {plan.class_names[c]!r} needs {need} synthetic images, none generated"
+            )
+        rows.append(members[torch.arange(need) % len(members)])
+    return torch.cat(rows) if rows else torch.empty(0, dtype=torch.int64)
+
+
+def _uses_pool_settings(regime: str) -> bool:
+    """Whether a regime draws through the confidence filter and soft labels (not the deployed ones)."""
+    return "gan" in regime and regime not in DEPLOYED_REGIMES
+
+
 class _Batches:
     """Draws one regime's minibatches: real and synthetic indices and the classic policy.
 
@@ -374,9 +425,13 @@ class _Batches:
         # The images live on ``device`` (one copy per cell); the draws stay on the CPU generator,
         # so a batch is the same on every device and only small index tensors cross over.
         self.gen, self.device = gen, torch.device(device)
+        self.regime, self.batch_size = regime, plan.batch_size
         self.real_y = plan.train_labels.to(self.device)
-        syn_images, syn_labels = plan.synthetic_pool()
-        keep = plan._pool_keep()
+        self.real_labels = plan.train_labels  # on the CPU, for the draws
+        deployed = regime in DEPLOYED_REGIMES
+        # The deployed regimes draw from every generated image, as the augmenter does.
+        syn_images, syn_labels = (plan.synthetic_images, plan.synthetic_labels) if deployed else plan.synthetic_pool()
+        keep = None if deployed else plan._pool_keep()
         #: Row of each pool image in ``plan.synthetic_images`` (the pool is the filter's subset).
         self.syn_rows = torch.arange(len(syn_labels)) if keep is None else torch.nonzero(keep).flatten()
         if images:
@@ -385,11 +440,16 @@ class _Batches:
         self.syn_y = syn_labels.to(self.device)
         k = plan.num_classes
         # Checked for every regime: a plan that asks for soft labels without probabilities is wrong.
-        syn_probs = plan.synthetic_pool_probs() if plan.soft_labels else None
+        syn_probs = plan.synthetic_pool_probs() if plan.soft_labels and not deployed else None
         self.by_class = [torch.nonzero(syn_labels == c).flatten() for c in range(k)]
         self.n_real, self.n_syn, self.q = _composition(plan, regime, syn_labels)
-        if self.n_syn > 0 and len(syn_labels) == 0:
+        self.p = plan.synthetic_share if regime == "gan-augmenter" else 0.0
+        #: balanced-dataset: the synthetic rows the dataset adds (drawn uniformly with the real ones).
+        self.topup = balanced_topup(plan) if regime == "balanced-dataset" else _NO_INDEX
+        if (self.n_syn > 0 or deployed) and len(syn_labels) == 0:
             raise ConfigError(f"regime {regime!r} needs synthetic images, the pool is empty")
+        #: Images drawn so far (the deployed regimes' mix varies from batch to batch).
+        self.seen_real = self.seen_synthetic = 0
         # The targets the draws index: class indices, or with soft labels (only where the batch
         # has synthetic images, so the real-only regimes are the hard-label ones bit for bit)
         # one-hot rows for the real images and the filter's probabilities for the synthetic ones.
@@ -406,34 +466,53 @@ class _Batches:
     def draw(self) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor] | None]:
         """One batch's draws: real indices (into the train split), synthetic indices (into the pool),
         and the classic parameters (None for the torchvision backend, which draws its own)."""
-        idx = torch.randint(len(self.real_y), (self.n_real,), generator=self.gen) if self.n_real else _NO_INDEX
-        pick = _NO_INDEX
-        if self.n_syn:
-            cls = torch.multinomial(self.q, self.n_syn, replacement=True, generator=self.gen)
-            pick = torch.empty(self.n_syn, dtype=torch.int64)
-            for c in cls.unique().tolist():
-                members, where = self.by_class[c], cls == c
-                pick[where] = members[torch.randint(len(members), (int(where.sum()),), generator=self.gen)]
+        if self.regime == "gan-augmenter":
+            # GanAugmenter(p) on a uniformly drawn real batch: each image swapped for a synthetic
+            # image of its own class with probability p.
+            idx = torch.randint(len(self.real_y), (self.batch_size,), generator=self.gen)
+            swap = torch.rand(self.batch_size, generator=self.gen) < self.p
+            pick = self._of_classes(self.real_labels[idx[swap]])
+            idx = idx[~swap]
+        elif self.regime == "balanced-dataset":
+            # A uniform draw from BalancedDataset: items past the real ones are its synthetic top-up.
+            n = len(self.real_y)
+            u = torch.randint(n + len(self.topup), (self.batch_size,), generator=self.gen)
+            idx, pick = u[u < n], self.topup[u[u >= n] - n]
+        else:
+            idx = torch.randint(len(self.real_y), (self.n_real,), generator=self.gen) if self.n_real else _NO_INDEX
+            pick = _NO_INDEX
+            if self.n_syn:
+                pick = self._of_classes(torch.multinomial(self.q, self.n_syn, replacement=True, generator=self.gen))
+        self.seen_real += len(idx)
+        self.seen_synthetic += len(pick)
         params = None
         if self.ops and self.backend == "torch":
-            params = classic_params(self.ops, self.n_real + self.n_syn, self.size, self.gen)
+            params = classic_params(self.ops, self.batch_size, self.size, self.gen)
         return idx, pick, params
+
+    def _of_classes(self, cls: torch.Tensor) -> torch.Tensor:
+        """A random synthetic image (an index into the pool) of each class in ``cls``."""
+        pick = torch.empty(len(cls), dtype=torch.int64)
+        for c in cls.unique().tolist():
+            members, where = self.by_class[c], cls == c
+            pick[where] = members[torch.randint(len(members), (int(where.sum()),), generator=self.gen)]
+        return pick
 
     def targets(self, idx: torch.Tensor, pick: torch.Tensor) -> torch.Tensor:
         """The batch's targets for the draws ``idx`` (real) and ``pick`` (synthetic), on the device."""
         ys = []
-        if self.n_real:
+        if len(idx):
             ys.append(self.real_t[idx.to(self.device)])
-        if self.n_syn:
+        if len(pick):
             ys.append(self.syn_t[pick.to(self.device)])
         return torch.cat(ys)
 
     def __call__(self) -> tuple[torch.Tensor, torch.Tensor]:
         idx, pick, params = self.draw()
         xs = []
-        if self.n_real:
+        if len(idx):
             xs.append(self.real_x[idx.to(self.device)])
-        if self.n_syn:
+        if len(pick):
             xs.append(self.syn_x[pick.to(self.device)])
         x = torch.cat(xs)
         # The images only: a crop or flip keeps the class and its soft label.
@@ -516,8 +595,8 @@ def cell_counters(plan: Plan, batches: _Batches) -> dict[str, Any]:
     return {
         "steps": plan.steps,
         "batch_size": plan.batch_size,
-        "images_real": plan.steps * batches.n_real,
-        "images_synthetic": plan.steps * batches.n_syn,
+        "images_real": batches.seen_real,
+        "images_synthetic": batches.seen_synthetic,
         "classic": batches.policy,
     }
 
@@ -571,9 +650,9 @@ def cell_result(
         "split": split,
         **counters,
         **score(split_of(plan, split)[1], preds, plan.num_classes),
-        "synthetic_share": plan.synthetic_share if "gan" in regime else None,
-        "confidence_threshold": plan.confidence_threshold if "gan" in regime else None,
-        "soft_labels": plan.soft_labels if "gan" in regime else None,
+        "synthetic_share": plan.synthetic_share if "gan" in regime else None,  # gan-augmenter: its p
+        "confidence_threshold": plan.confidence_threshold if _uses_pool_settings(regime) else None,
+        "soft_labels": plan.soft_labels if _uses_pool_settings(regime) else None,
         "seconds": seconds,
     }
 
@@ -707,6 +786,11 @@ def prepare(
         data_fingerprint=data.fingerprint,
         device=str(device),
     )
+    if "balanced-dataset" in plan.regimes and len(balanced_topup(plan)) == 0:
+        plan.regimes.remove("balanced-dataset")
+        plan.skipped_regimes["balanced-dataset"] = (
+            "the train split is balanced: BalancedDataset would add no image (it is the real regime)"
+        )
     select_seeds = [seed + SELECT_SEED_OFFSET + i for i in range(cfg.select_seeds)]
     needs_val = len(cfg.classic) > 1 or cfg.tune
     if needs_val and len(data.val) == 0:
@@ -835,6 +919,14 @@ def _summary_share_per_class(plan: Plan) -> dict[str, float] | None:
     return per_class_synthetic_share(plan)
 
 
+def _summary_topup(plan: Plan) -> dict[str, int] | None:
+    """Synthetic images per class that the balanced-dataset regime adds (None where not in the grid)."""
+    if "balanced-dataset" not in plan.regimes or len(plan.train_labels) == 0:
+        return None
+    added = plan.synthetic_labels[balanced_topup(plan)].bincount(minlength=plan.num_classes).tolist()
+    return dict(zip(plan.class_names, added, strict=True))
+
+
 def summarize(plan: Plan, cells: list[dict[str, Any]]) -> dict[str, Any]:
     """Aggregate the grid: per regime mean/CI, paired deltas vs ``real+classic``, the verdict."""
     names = plan.class_names
@@ -852,8 +944,9 @@ def summarize(plan: Plan, cells: list[dict[str, Any]]) -> dict[str, Any]:
             "confusion": np.sum([r["confusion"] for r in rows], axis=0).tolist(),
             "steps": rows[0]["steps"],
             "batch_size": rows[0]["batch_size"],
-            "images_real": rows[0]["images_real"],
-            "images_synthetic": rows[0]["images_synthetic"],
+            # Mean over seeds: the deployed regimes' real/synthetic mix varies with the draws.
+            "images_real": round(float(np.mean([r["images_real"] for r in rows]))),
+            "images_synthetic": round(float(np.mean([r["images_synthetic"] for r in rows]))),
         }
     baseline = BASELINE if BASELINE in regimes else ("real" if "real" in regimes else None)
     deltas: dict[str, Any] = {}
@@ -883,6 +976,8 @@ def summarize(plan: Plan, cells: list[dict[str, Any]]) -> dict[str, Any]:
         "confidence_threshold": plan.confidence_threshold,
         "soft_labels": plan.soft_labels,
         "synthetic_share_per_class": _summary_share_per_class(plan),
+        "skipped_regimes": dict(plan.skipped_regimes),
+        "balanced_topup": _summary_topup(plan),
         "classifier": plan.classifier,
         "steps": plan.steps,
         "batch_size": plan.batch_size,
@@ -982,3 +1077,55 @@ def verdict(summary: dict[str, Any]) -> dict[str, Any]:
         "classes_hurt": hurt,
         "text": text,
     }
+
+
+# ------------------------------------------------------------------------------------------------
+# deployment: the verdict as a line of code the user can copy.
+
+DEPLOY_IMPORT = "from augment import AugmentedDataset, BalancedDataset, GanAugmenter"
+
+
+def deploy_code(regime: str, run_dir: str, p: float) -> str:
+    """The line that gives a user's ``train_set`` what the deployed ``regime`` trained on."""
+    if regime == "gan-augmenter":
+        return f'train_set = AugmentedDataset(train_set, GanAugmenter.from_checkpoint("{run_dir}", p={p:g}))'
+    if regime == "balanced-dataset":
+        return f'train_set = BalancedDataset(train_set, GanAugmenter.from_checkpoint("{run_dir}"))'
+    raise ValueError(f"{regime!r} is not a deployed regime ({DEPLOYED_REGIMES})")
+
+
+def deployment(summary: dict[str, Any], run_dir: str) -> dict[str, Any] | None:
+    """What to put in training code, from the deployed regimes' test results (None: none in the grid).
+
+    A deployed regime is recommended only by the verdict's rule: its paired interval against the
+    classic baseline above 0 and, where the grid has ``real``, against real-only training too.
+    Otherwise the text says not to deploy, and every measured line is still given with its delta.
+    """
+    m, deltas, vs_real = VERDICT_METRIC, summary.get("deltas", {}), summary.get("deltas_vs_real", {})
+    rows: dict[str, Any] = {}
+    for r in DEPLOYED_REGIMES:
+        if r not in deltas:
+            continue
+        d, vr = deltas[r][m], vs_real.get(r, {}).get(m)
+        helped = _judge(d) == "helped" and (vr is None or _judge(vr) == "helped")
+        code = deploy_code(r, run_dir, summary["synthetic_share"])
+        rows[r] = {"code": code, "delta": d, "delta_vs_real": vr, "helped": helped}
+    if not rows:
+        return None
+    winners = [r for r in rows if rows[r]["helped"]]
+    best = max(winners, key=lambda r: rows[r]["delta"]["mean"]) if winners else None
+    base = f"{BASELINE} with {summary.get('classic_policy')}"
+
+    def measured(r: str) -> str:
+        real = f", vs real-only {_ci_text(rows[r]['delta_vs_real'])}" if rows[r]["delta_vs_real"] else ""
+        return f"{r} {_ci_text(rows[r]['delta'])} vs {base}{real}"
+
+    if best is not None:
+        text = f"Deploy it as measured ({measured(best)}): `{rows[best]['code']}`."
+    else:
+        text = (
+            "Do not deploy it on this evidence: no way users deploy the generator measurably beat "
+            f"{base} and real-only training ({'; '.join(measured(r) for r in rows)}). "
+            "Keep training without it; the lines measured are below."
+        )
+    return {"recommended": best, "import": DEPLOY_IMPORT, "regimes": rows, "text": text}

@@ -294,9 +294,19 @@ def regime_table(down: dict[str, Any]) -> list[str]:
         lines.append(
             f"| {r} | {_ci(s['accuracy'])} | {_ci(s['balanced_accuracy'])} | {_ci(s['macro_f1'])} | "
             f"{_ci(delta, signed=True) if delta else '(baseline)'} | "
-            f"{s['images_real'] // s['steps']} / {s['images_synthetic'] // s['steps']} |"
+            f"{round(s['images_real'] / s['steps'])} / {round(s['images_synthetic'] / s['steps'])} |"
         )
     return lines
+
+
+def _deploy_lines(deploy: dict[str, Any] | None) -> list[str]:
+    """The verdict as code: the recommended line, or every measured line under a "do not deploy"."""
+    if not deploy:
+        return []
+    rec = deploy["recommended"]
+    shown = [rec] if rec else list(deploy["regimes"])
+    code = [deploy["import"], *(f"{deploy['regimes'][r]['code']}  # {r}" for r in shown)]
+    return [f"**In your code.** {deploy['text']}", "", "```python", *code, "```", ""]
 
 
 def _downstream_lines(down: dict[str, Any]) -> list[str]:
@@ -336,6 +346,17 @@ def _downstream_lines(down: dict[str, Any]) -> list[str]:
         lines.append(
             f"Tuned on the validation split with {sel['tune']['regime']} (val balanced accuracy %: "
             f"{cands}); the table above is the test result of that choice."
+        )
+    if down.get("balanced_topup"):
+        added = ", ".join(f"{c} {n}" for c, n in down["balanced_topup"].items() if n)
+        lines.append(f"balanced-dataset adds synthetic images up to the largest class: {added}.")
+    for regime, why in (down.get("skipped_regimes") or {}).items():
+        lines.append(f"{regime} is not in the table: {why}.")
+    if "gan-augmenter" in down["regimes"]:
+        lines.append(
+            f"gan-augmenter is GanAugmenter(p={down['synthetic_share']:g}): each real image is replaced with that "
+            "probability by a synthetic image of its class; the deployed regimes use no classic augmentation, "
+            "no confidence filter and hard labels."
         )
     if "synthetic_kept" in sel:
         lines.append(f"Synthetic images kept by the filter: {sel['synthetic_kept']}.")
@@ -401,6 +422,7 @@ def render_markdown(result: dict[str, Any], files: dict[str, str]) -> str:
     lines = [f"# Evaluation of `{result['run_dir']}`", ""]
     if down:
         lines += [f"**Verdict.** {down['verdict']['text']}", ""]
+        lines += _deploy_lines(down.get("deploy"))
         if "deltas" in files:
             lines += [f"![Δ balanced accuracy per regime against {down.get('baseline')}]({files['deltas']})", ""]
     lines += [

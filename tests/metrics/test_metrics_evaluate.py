@@ -53,8 +53,11 @@ def evaluated(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple
 def test_every_cell_goes_through_map_fn(evaluated: tuple[Path, dict]) -> None:
     grid = [item for item in MAPPED if isinstance(item, tuple)]
     selection = [item for item in MAPPED if isinstance(item, dict)]
-    regimes = ["real", "real+classic", "real+gan", "real+gan+classic", "gan-only"]
+    # The tiny run's train split is balanced: BalancedDataset would add nothing, so it is left out.
+    regimes = ["real", "real+classic", "real+gan", "real+gan+classic", "gan-only", "gan-augmenter"]
     assert grid == [(r, s) for r in regimes for s in (0, 1)]
+    assert list(evaluated[1]["downstream"]["regimes"]) == regimes
+    assert "balanced-dataset" in evaluated[1]["downstream"]["skipped_regimes"]
     assert [s["settings"]["classic"] for s in selection] == ["crop", "crop+flip"]
 
 
@@ -82,8 +85,16 @@ def test_evaluate_writes_every_artifact(evaluated: tuple[Path, dict]) -> None:
     assert metrics["prdc"]["nearest_k"] == 5 and metrics["prdc"]["floor"] is not None
     assert 0.0 <= metrics["memorisation"]["near_copy_fraction"] <= 1.0
     down = metrics["downstream"]
-    assert list(down["regimes"]) == ["real", "real+classic", "real+gan", "real+gan+classic", "gan-only"]
-    assert {c["steps"] for c in down["cells"]} == {8} and len(down["cells"]) == 5 * 2
+    assert list(down["regimes"]) == [
+        "real",
+        "real+classic",
+        "real+gan",
+        "real+gan+classic",
+        "gan-only",
+        "gan-augmenter",
+    ]
+    assert down["deploy"]["regimes"]["gan-augmenter"]["code"].startswith("train_set = AugmentedDataset(")
+    assert {c["steps"] for c in down["cells"]} == {8} and len(down["cells"]) == 6 * 2
     assert down["classic_policy"] in ("crop", "crop+flip") and len(down["selection"]["classic"]["scores"]) == 2
     assert metrics["verdict"] == down["verdict"]["text"]
     rows = list(csv.DictReader((out / "per_class.csv").open()))

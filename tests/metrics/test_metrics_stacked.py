@@ -11,7 +11,7 @@ from augment.metrics import downstream, stacked
 from augment.metrics.downstream import _Batches, prepare, run_cell
 from augment.metrics.stacked import StackedBatches, StackedSmallCNN, fit_score_many
 from augment.models.classifier import SmallCNN
-from tests.metrics.test_metrics_downstream import ev, make_data, synthetic
+from test_metrics_downstream import ev, make_data, synthetic
 
 STRIP = ("seconds",)
 
