@@ -37,7 +37,13 @@ from augment.generate import quantize, sample
 from augment.io import ensure_dir
 from augment.metrics import downstream
 from augment.metrics.extractor import load_or_train_extractor
-from augment.metrics.frechet import InceptionFeatures, distance_report, frechet_distance, inception_weights_path
+from augment.metrics.frechet import (
+    InceptionFeatures,
+    distance_report,
+    frechet_distance,
+    inception_requested,
+    inception_weights_path,
+)
 from augment.metrics.memorisation import memorisation
 from augment.metrics.prdc import prdc_report
 from augment.metrics.report import write_report
@@ -146,7 +152,7 @@ def evaluate_run(
     snap = load_snapshot(snap_path)
     cfg = resolve_config(run_dir, snap_path, cfg, overrides)
     ev = cfg.evaluate
-    inception_asked = ev.extractor == "inception"
+    inception_asked = inception_requested(ev.extractor, ev.inception_weights)
     if inception_asked:
         inception_weights_path(ev.inception_weights)  # fail before any expensive work
     if data is None:
@@ -199,7 +205,7 @@ def _evaluate_loaded(
         f_ref[prdc_idx], ref_labels[prdc_idx], f_fake, fake_labels, f_real, real_labels, data.class_names
     )
     fid_inception = None
-    if inception_asked or ev.inception_weights is not None:
+    if inception_asked:
         inc = InceptionFeatures(ev.inception_weights)
         fid_inception = distance_report(
             "fid_inception",

@@ -112,3 +112,29 @@ for line in open("/proc/self/maps"):
     if lo <= ptr < hi:
         print(fields[5] if len(fields) > 5 else "anonymous")
 """
+
+
+@pytest.fixture(scope="session")
+def random_fid_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A randomly initialised FID InceptionV3 saved in torch-fidelity's weights format (a plain state
+    dict, the real file's keys and shapes), so the loading and feature code runs for real offline.
+
+    torch-fidelity builds the network and then loads weights in one constructor; the constructor's
+    load is skipped here only to read the random initial state out. Convolutions get He-normal
+    weights so activations keep their scale through ~100 layers (features of order 1, not 1e-10)."""
+    from torch_fidelity import feature_extractor_inceptionv3 as fe
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(fe, "load_state_dict_from_url", lambda *a, **k: {})
+        mp.setattr(fe.FeatureExtractorInceptionV3, "load_state_dict", lambda self, sd, strict=True: None)
+        net = fe.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
+    g = torch.Generator().manual_seed(0)
+    state = {}
+    for name, t in net.state_dict().items():
+        if name.endswith("conv.weight"):
+            fan_in = t[0].numel()
+            t = torch.randn(t.shape, generator=g) * (2.0 / fan_in) ** 0.5
+        state[name] = t.float().clone()
+    path = tmp_path_factory.mktemp("fid") / "weights-inception-2015-12-05-6726825d.pth"
+    torch.save(state, path)
+    return path

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 import threading
 import warnings
 from pathlib import Path
@@ -210,15 +211,25 @@ def inception_weights_path(configured: str | Path | None) -> Path:
     return path
 
 
-def check_inception_weights(path: Path) -> None:
-    """Refuse a file that is not the FID Inception state dict before handing it to torchmetrics.
+def inception_requested(extractor: str, configured: str | Path | None) -> bool:
+    """Whether a run asks for ``fid_inception``: ``evaluate.extractor=inception``, a configured
+    ``evaluate.inception_weights`` or ``$AUGMENT_INCEPTION_WEIGHTS`` in the environment (each alone is enough)."""
+    return extractor == "inception" or configured is not None or bool(os.environ.get(INCEPTION_ENV))
 
-    Loaded with ``weights_only=True``; checks the keys and the 1008-way head of the TF graph.
+
+def check_inception_weights(path: Path) -> dict[str, torch.Tensor]:
+    """Load the FID Inception state dict with ``weights_only=True`` and refuse any other file.
+
+    Checks the keys and the 1008-way head of the TF graph.
+
+    Returns:
+        The state dict (plain tensors).
     """
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unreadable file is the user's bad input
-        raise ConfigError(f"{path}: not a loadable weights file ({str(err).splitlines()[0][:120]})") from None
+        msg = (str(err).strip().splitlines() or [type(err).__name__])[0][:120]
+        raise ConfigError(f"{path}: not a loadable weights file ({msg})") from None
     missing = [k for k in _INCEPTION_KEYS if not isinstance(state, dict) or k not in state]
     if missing:
         raise ConfigError(f"{path}: not the InceptionV3 FID weights ({INCEPTION_FILE}): no tensor {missing[0]!r}")
@@ -227,27 +238,42 @@ def check_inception_weights(path: Path) -> None:
             f"{path}: fc.weight has shape {tuple(state['fc.weight'].shape)}, the FID network's is (1008, 2048) "
             "(torchvision's ImageNet Inception is not the FID network)"
         )
+    return state
 
 
 class InceptionFeatures:
-    """2048-d pool3 features of the FID InceptionV3 (torchmetrics + torch-fidelity, local weights)."""
+    """2048-d pool3 features of the FID InceptionV3 (torchmetrics + torch-fidelity, local weights).
+
+    torch-fidelity reads its weights file with ``torch.load(weights_only=False)``. The user's file is
+    therefore never handed to it: it is read here with ``weights_only=True``, checked, and written
+    again (plain tensors only) to a private temporary file that torch-fidelity loads.
+    """
 
     def __init__(self, weights: str | Path | None) -> None:
         path = inception_weights_path(weights)
-        check_inception_weights(path)
+        state = check_inception_weights(path)
         try:
             import torch_fidelity  # noqa: F401
         except ImportError:
             raise ConfigError(
                 f"fid_inception with {path} needs the torch-fidelity package (torchmetrics builds the FID "
-                "InceptionV3 with it): pip install torch-fidelity, or use evaluate.extractor=domain"
+                "InceptionV3 with it): pip install 'gan-augment[fid]', or use evaluate.extractor=domain"
             ) from None
         from torchmetrics.image.fid import NoTrainInceptionV3
 
         self.path = path
-        self.net = NoTrainInceptionV3(
-            name="inception-v3-compat", features_list=["2048"], feature_extractor_weights_path=str(path)
-        )
+        with tempfile.TemporaryDirectory(prefix="augment-inception-") as tmp:
+            clean = Path(tmp) / INCEPTION_FILE
+            torch.save({k: v for k, v in state.items() if isinstance(v, torch.Tensor)}, clean)
+            try:
+                self.net = NoTrainInceptionV3(
+                    name="inception-v3-compat", features_list=["2048"], feature_extractor_weights_path=str(clean)
+                )
+            except RuntimeError as err:  # load_state_dict: missing/unexpected keys or shapes
+                # The first line is a header ("Error(s) in loading state_dict for ..."); the next names the keys.
+                lines = [ln.strip() for ln in str(err).strip().splitlines() if ln.strip()]
+                msg = (lines[1:2] or lines[:1] or ["bad state dict"])[0][:160]
+                raise ConfigError(f"{path}: not the InceptionV3 FID weights ({msg})") from None
         self.num_features = 2048
 
     @torch.no_grad()

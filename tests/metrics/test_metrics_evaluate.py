@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -228,6 +229,29 @@ def test_fid_inception_without_weights_fails_before_any_work(
     res = CliRunner().invoke(app, ["evaluate", str(run_dir), "--set", "evaluate.extractor=inception"])
     assert res.exit_code == 2 and frechet.INCEPTION_FILE in res.output
     assert not (run_dir / "eval").exists() and not (run_dir / "cache").exists()
+
+
+@pytest.mark.slow
+def test_the_documented_environment_variable_alone_turns_fid_inception_on(
+    tiny_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, random_fid_weights: Path
+) -> None:
+    """``$AUGMENT_INCEPTION_WEIGHTS`` (no config field) computes fid_inception beside its floor, from the file."""
+    from augment.metrics import frechet
+
+    monkeypatch.setenv(frechet.INCEPTION_ENV, str(random_fid_weights))
+    run_dir = tmp_path / "run"
+    shutil.copytree(tiny_run, run_dir)
+    sets = [*FAST, "evaluate.samples_per_class=10", "evaluate.seeds=1", "evaluate.regimes=[real]"]
+    result = evaluate_run(run_dir, overrides=sets, progress=False)
+    fid = result["fid_inception"]
+    assert fid["weights"] == str(random_fid_weights)
+    assert math.isfinite(fid["fid_inception"]) and fid["fid_inception"] > 0
+    assert math.isfinite(fid["fid_inception_floor"]) and fid["fid_inception_floor"] >= 0
+    assert fid["fid_inception"] != result["fd_domain"]["fd_domain"]  # another feature space, another number
+    assert set(fid["per_class"]) == {"0", "1", "2"}
+    saved = json.loads((run_dir / "eval" / "metrics.json").read_text())
+    assert saved["fid_inception"]["fid_inception"] == pytest.approx(fid["fid_inception"])
+    assert "fid_inception" in (run_dir / "eval" / "report.md").read_text()
 
 
 @pytest.mark.slow

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -112,8 +114,43 @@ def test_inception_weights_are_checked_before_use(tmp_path) -> None:
     good = tmp_path / "fid.pth"
     torch.save(state, good)
     frechet.check_inception_weights(good)  # the shape of the real file passes
-    try:
-        import torch_fidelity  # noqa: F401
-    except ImportError:
-        with pytest.raises(ConfigError, match="torch-fidelity"):
-            frechet.InceptionFeatures(good)
+    # The three checked keys alone are not the network: torch-fidelity's strict load names the gap.
+    with pytest.raises(ConfigError, match="not the InceptionV3 FID weights .*Missing key"):
+        frechet.InceptionFeatures(good)
+
+
+def test_inception_features_run_the_weights_file_and_match_torchmetrics_fid(random_fid_weights) -> None:
+    """The real fid_inception path (file -> torch-fidelity network -> 2048-d features -> distance)
+    against torchmetrics' own FrechetInceptionDistance built from the same file on the same images."""
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    g = torch.Generator().manual_seed(1)
+    a = torch.randint(0, 256, (12, 1, 8, 8), generator=g, dtype=torch.uint8)
+    b = (torch.randint(0, 128, (12, 1, 8, 8), generator=g) + 64).to(torch.uint8)  # another distribution
+    inc = frechet.InceptionFeatures(random_fid_weights)
+    saved = torch.load(random_fid_weights, weights_only=True)
+    net_state = inc.net.state_dict()
+    assert torch.equal(net_state["fc.weight"], saved["fc.weight"])  # the file's weights, not a download
+    assert torch.equal(net_state["Mixed_7c.branch_pool.conv.weight"], saved["Mixed_7c.branch_pool.conv.weight"])
+    fa, fb = inc(a), inc(b)
+    assert fa.shape == (12, 2048) and fa.dtype == torch.float64
+    assert fa.std() > 1e-3 and not torch.allclose(fa.mean(0), fb.mean(0))  # real signal, not zeros
+    ours = frechet.frechet_distance(fa, fb)
+
+    ref = FrechetInceptionDistance(feature=2048, feature_extractor_weights_path=str(random_fid_weights))
+    ref.update(a.repeat(1, 3, 1, 1), real=True)
+    ref.update(b.repeat(1, 3, 1, 1), real=False)
+    theirs = float(ref.compute())
+    assert ours > 0
+    assert ours == pytest.approx(theirs, rel=1e-3)
+
+
+def test_inception_weights_with_pickled_code_are_refused_unread(tmp_path) -> None:
+    """A weights file that needs unpickling (any non-tensor object) never reaches torch-fidelity."""
+    state = {k: torch.zeros(1) for k in frechet._INCEPTION_KEYS}
+    state["fc.weight"] = torch.zeros(1008, 2048)
+    state["extra"] = Path("not-a-tensor")  # a pickled Python object: weights_only=True refuses it
+    bad = tmp_path / "pickled.pth"
+    torch.save(state, bad)
+    with pytest.raises(ConfigError, match="not a loadable weights file"):
+        frechet.InceptionFeatures(bad)
