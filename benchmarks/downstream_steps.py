@@ -20,8 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from augment.metrics import downstream  # noqa: E402
 from augment.metrics.stacked import fit_score_many  # noqa: E402
+from augment.metrics.verdict import mean_ci  # noqa: E402
 from benchmarks.common import append_results, grid_plan  # noqa: E402
 
 
@@ -50,7 +50,7 @@ def main() -> None:
         cells = fit_score_many([(p, r, s, "val") for r in args.regimes for s in seeds], progress=True, desc=f"{steps}")
         times[steps] = time.perf_counter() - start
         for r in args.regimes:
-            rows[steps, r] = downstream.mean_ci([c["balanced_accuracy"] for c in cells if c["regime"] == r])
+            rows[steps, r] = mean_ci([c["balanced_accuracy"] for c in cells if c["regime"] == r])
 
     def fmt(ci: dict) -> str:
         return f"{100 * ci['mean']:.1f} [{100 * ci['ci_low']:.1f}, {100 * ci['ci_high']:.1f}]"

@@ -23,9 +23,9 @@ import torch
 
 from augment import checkpoint
 from augment.config import EvaluateConfig
-from augment.data import ImageSet, PreparedData
+from augment.data import PreparedData
 from augment.errors import CheckpointError
-from augment.metrics import downstream
+from augment.metrics.classifier_training import TrainSpec, train_classifier
 from augment.models.classifier import SmallCNN
 
 log = logging.getLogger(__name__)
@@ -81,20 +81,11 @@ def train_extractor(
     images = torch.cat([data.train.images, data.val.images])
     labels = torch.cat([data.train.labels, data.val.labels])
     ids = list(data.train.ids) + list(data.val.ids)
-    # Reuse the downstream trainer: the extractor is the real+classic(crop) classifier of train+val.
-    empty = ImageSet(images[:0], labels[:0], [])
-    plan = downstream.Plan(
+    # The extractor is the real+classic(crop) classifier of train+val.
+    spec = TrainSpec(
         class_names=list(data.class_names),
         train_images=images,
         train_labels=labels,
-        val_images=empty.images,
-        val_labels=empty.labels,
-        test_images=empty.images,
-        test_labels=empty.labels,
-        synthetic_images=empty.images,
-        synthetic_labels=empty.labels,
-        regimes=["real+classic"],
-        seeds=[seed],
         classifier="smallcnn",
         steps=cfg.extractor_steps,
         batch_size=cfg.batch_size,
@@ -104,7 +95,7 @@ def train_extractor(
         device=str(device),
     )
     log.info("Training the domain extractor on %d train+val images (%d steps)...", len(labels), cfg.extractor_steps)
-    net, _ = downstream.train_classifier(plan, "real+classic", seed)
+    net, _ = train_classifier(spec, "real+classic", seed)
     return DomainExtractor(net=net.eval().requires_grad_(False), fingerprint=data.fingerprint, trained_on_ids=ids)
 
 

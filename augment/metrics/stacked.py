@@ -1,6 +1,6 @@
 """The downstream grid trained as stacked networks: many cells' classifiers as one.
 
-A cell trains one small CNN under one regime and seed (:mod:`augment.metrics.downstream`). The
+A cell trains one small CNN under one regime and seed (:mod:`augment.metrics.classifier_training`). The
 cells of a grid share the architecture, the steps, the batch size and the learning rate, so they
 can train side by side as one network, as ``torch.func.vmap`` would batch them: every convolution
 is grouped (``groups`` = cells, cell g's filters see only cell g's input channels), BatchNorm's
@@ -11,7 +11,7 @@ Each cell keeps what makes it that cell:
 
 * its initial weights: the lone cell's ``init_classifier(plan, seed)``, copied in;
 * its batches: its own generator draws its real and synthetic indices and classic parameters in
-  the lone cell's order (``downstream._Batches.draw``), so its images are the lone cell's bit for
+  the lone cell's order (``classifier_training._Batches.draw``), so its images are the lone cell's bit for
   bit; the pixels of all cells are then gathered from one shared copy in one indexing op and each
   classic policy is applied to all the cells that use it at once (tensor ops, no per-image loop);
 * its optimizer step: AdamW is elementwise, and the summed loss gives each cell's parameters the
@@ -42,7 +42,17 @@ from tqdm.auto import tqdm
 
 from augment.devices import keep_freed_memory
 from augment.metrics import downstream
-from augment.metrics.downstream import Plan, _as_float, _Batches
+from augment.metrics.classic import apply_classic, classic_augment
+from augment.metrics.classifier_training import (
+    WEIGHT_DECAY,
+    _as_float,
+    _Batches,
+    cell_counters,
+    init_classifier,
+    lr_scale,
+    torch_threads,
+)
+from augment.metrics.downstream import Plan
 from augment.models.classifier import SmallCNN
 
 #: A cell to train and score: (plan, regime, seed, split), split "val" (selection) or "test" (the grid).
@@ -163,10 +173,10 @@ class StackedBatches:
             sel = torch.tensor(members, device=self.device)
             batch = {k: torch.cat([params[m][k] for m in members]) for k in params[members[0]]}
             flat = x[sel].reshape(-1, *x.shape[2:])
-            x[sel] = downstream.apply_classic(flat, ops, batch).view(len(members), *x.shape[1:])
+            x[sel] = apply_classic(flat, ops, batch).view(len(members), *x.shape[1:])
         for m, (draws, _, _) in enumerate(self.cells):  # the torchvision backend: per cell, its own draws
             if draws.ops and draws.backend != "torch":
-                x[m] = downstream.classic_augment(x[m], draws.policy, draws.gen, draws.backend)
+                x[m] = classic_augment(x[m], draws.policy, draws.gen, draws.backend)
         b, c, h, w = x.shape[1:]
         x = x.transpose(0, 1).reshape(b, g * c, h, w).contiguous(memory_format=torch.channels_last)
         return x, targets
@@ -229,27 +239,27 @@ def train_stack(jobs: Sequence[Job], bar: tqdm | None = None) -> list[dict[str, 
     """Train the jobs (one stack key) as one :class:`StackedSmallCNN`; score each on its split."""
     start = time.time()
     plan = jobs[0][0]
-    keep_freed_memory()  # as a lone cell does: workers' malloc settings cost 2x (see downstream)
-    with downstream.torch_threads(plan.threads):
+    keep_freed_memory()  # as a lone cell does: workers' malloc settings (see train_classifier)
+    with torch_threads(plan.threads):
         model, draws = _train(jobs, torch.device(plan.device), bar)
         preds = predict(model, downstream.split_of(plan, jobs[0][3])[0])
     seconds = (time.time() - start) / len(jobs)
     return [
-        downstream.cell_result(p, regime, seed, split, downstream.cell_counters(p, d), preds[g], seconds)
+        downstream.cell_result(p, regime, seed, split, cell_counters(p, d), preds[g], seconds)
         for g, ((p, regime, seed, split), d) in enumerate(zip(jobs, draws, strict=True))
     ]
 
 
 def _train(jobs: Sequence[Job], device: torch.device, bar: tqdm | None) -> tuple[StackedSmallCNN, list[_Batches]]:
     plan = jobs[0][0]
-    nets = [downstream.init_classifier(p, seed) for p, _regime, seed, _split in jobs]
+    nets = [init_classifier(p, seed) for p, _regime, seed, _split in jobs]
     model = StackedSmallCNN(nets).to(device).to(memory_format=torch.channels_last)
     batches = StackedBatches(jobs, device)
-    opt = torch.optim.AdamW(model.parameters(), lr=plan.lr, weight_decay=downstream.WEIGHT_DECAY)
+    opt = torch.optim.AdamW(model.parameters(), lr=plan.lr, weight_decay=WEIGHT_DECAY)
     model.train()
     for step in range(plan.steps):
         for group in opt.param_groups:
-            group["lr"] = plan.lr * downstream.lr_scale(step, plan.steps)
+            group["lr"] = plan.lr * lr_scale(step, plan.steps)
         x, targets = batches()
         logits = model(x)  # (G, B, K)
         # Each cell's own mean cross-entropy (class indices or soft-label rows); their sum gives

@@ -15,10 +15,12 @@ import torch
 from torch.utils.data import TensorDataset
 
 from augment import BalancedDataset, GanAugmenter
-from augment.metrics import downstream
-from augment.metrics.downstream import _Batches, balanced_topup, deployment, mean_ci, prepare, run_cell, summarize
+from augment.metrics import downstream, verdict
+from augment.metrics.classifier_training import _Batches, balanced_topup
+from augment.metrics.downstream import prepare, run_cell
 from augment.metrics.report import render_markdown
 from augment.metrics.stacked import StackedBatches, fit_score_many
+from augment.metrics.verdict import deployment, mean_ci, summarize
 from test_metrics_downstream import ev, long_tail, make_data, synthetic
 
 DEPLOYED = ("gan-augmenter", "balanced-dataset")
@@ -170,13 +172,13 @@ def test_the_report_prints_code_that_builds_the_dataset_it_measured(tiny_run: Pa
         and "balanced-dataset adds synthetic images up to the largest class: 1 6, 2 9" in text
     )
     code = text.split("```python\n", 1)[1].split("```", 1)[0]
-    assert code.startswith(downstream.DEPLOY_IMPORT)
+    assert code.startswith(verdict.DEPLOY_IMPORT)
     # Run the printed lines on a user's train set of the run's size: each builds a dataset.
     aug = GanAugmenter.from_checkpoint(tiny_run)
     images = torch.zeros(21, 1, aug.image_size, aug.image_size, dtype=torch.uint8)
     for line in code.strip().splitlines()[1:]:
         scope = {"train_set": TensorDataset(images, plan.train_labels)}
-        exec(downstream.DEPLOY_IMPORT + "\n" + line, scope)
+        exec(verdict.DEPLOY_IMPORT + "\n" + line, scope)
         img, label = scope["train_set"][20]
         assert tuple(img.shape) == (1, aug.image_size, aug.image_size) and int(label) == 2
     assert "Do not deploy it on this evidence" in text or "Deploy it as measured" in text

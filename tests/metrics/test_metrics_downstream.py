@@ -15,18 +15,13 @@ from torch.nn import functional as F
 from augment.config import EvaluateConfig
 from augment.data import ImageSet, PreparedData
 from augment.errors import ConfigError
+from augment.metrics import classifier_training as training
 from augment.metrics import downstream
-from augment.metrics.downstream import (
-    classic_augment,
-    mean_ci,
-    per_class_synthetic_share,
-    prepare,
-    run_cell,
-    summarize,
-    synthetic_class_probs,
-    train_classifier,
-    verdict,
-)
+from augment.metrics.classic import classic_augment
+from augment.metrics.classifier_training import per_class_synthetic_share, synthetic_class_probs, train_classifier
+from augment.metrics.downstream import prepare, run_cell
+from augment.metrics.regimes import REGIMES
+from augment.metrics.verdict import mean_ci, summarize, verdict
 
 
 def make_data(k: int = 3, n_train: int = 24, n_val: int = 6, n_test: int = 12, seed: int = 0) -> PreparedData:
@@ -62,10 +57,10 @@ class CountingAdamW(torch.optim.AdamW):
 
 
 def test_every_regime_gets_the_same_optimizer_steps_and_batch(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(downstream.torch.optim, "AdamW", CountingAdamW)
+    monkeypatch.setattr(torch.optim, "AdamW", CountingAdamW)
     data = make_data()
     plan = prepare(data, *synthetic(), ev(steps=7))
-    for regime in downstream.REGIMES:
+    for regime in REGIMES:
         CountingAdamW.steps = 0
         cell = run_cell(plan, regime, 0)
         assert CountingAdamW.steps == 7, regime
@@ -79,7 +74,7 @@ def test_batches_draw_real_and_synthetic_as_the_regime_says() -> None:
     data.train.images.clamp_(max=250)  # real pixels < 255; synthetic pixels are all 255
     plan = prepare(data, *synthetic(), ev(synthetic_share=0.25, batch_size=16))
     for regime, want in (("real", 0), ("real+gan", 4), ("gan-only", 16)):
-        batches = downstream._Batches(plan, regime, torch.Generator().manual_seed(0))
+        batches = training._Batches(plan, regime, torch.Generator().manual_seed(0))
         x, y = batches()
         is_syn = (x == 1.0).flatten(1).all(dim=1)
         assert int(is_syn.sum()) == want, regime
@@ -93,9 +88,9 @@ def test_batches_are_assembled_on_the_classifiers_device() -> None:
     values; that the draws are the same on every device shows in the generators staying in step."""
     data = make_data()
     plan = prepare(data, *synthetic(), ev(synthetic_share=0.25, batch_size=16, classic=["crop+flip+affine"]))
-    for regime in downstream.REGIMES:
-        cpu = downstream._Batches(plan, regime, torch.Generator().manual_seed(3))
-        meta = downstream._Batches(plan, regime, torch.Generator().manual_seed(3), "meta")
+    for regime in REGIMES:
+        cpu = training._Batches(plan, regime, torch.Generator().manual_seed(3))
+        meta = training._Batches(plan, regime, torch.Generator().manual_seed(3), "meta")
         for _ in range(2):
             (xc, yc), (xm, ym) = cpu(), meta()
             assert xm.device.type == ym.device.type == "meta", regime
@@ -202,10 +197,28 @@ def test_confidence_filter_drops_images_the_real_classifier_rejects() -> None:
         run_cell(strict, "real+gan", 0)
 
 
+def test_a_cell_trains_from_its_train_spec_alone() -> None:
+    """The grid adds nothing hidden to training: a plan's classifier is the one its TrainSpec fields
+    alone give, bit for bit, and a spec needs no validation or test split (the extractor's case)."""
+    data = make_data()
+    plan = prepare(data, *synthetic(), ev(steps=5, confidence_threshold=0.2, classic=["crop", "crop+flip"]))
+    spec = training.TrainSpec(**{f.name: getattr(plan, f.name) for f in dataclasses.fields(training.TrainSpec)})
+    assert not hasattr(spec, "test_images")
+    for regime in ("real+classic", "real+gan+classic", "gan-augmenter"):
+        a, _ = train_classifier(plan, regime, 3)
+        b, _ = train_classifier(spec, regime, 3)
+        assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+    bare = training.TrainSpec(data.class_names, data.train.images, data.train.labels, steps=2, batch_size=8)
+    _, counters = train_classifier(bare, "real+classic", 0)
+    assert counters == {"steps": 2, "batch_size": 8, "images_real": 16, "images_synthetic": 0, "classic": "crop"}
+    with pytest.raises(ConfigError, match="needs synthetic images, the pool is empty"):
+        train_classifier(bare, "gan-augmenter", 0)
+
+
 def logits_after_training(plan: downstream.Plan, regime: str, seed: int = 0) -> torch.Tensor:
-    model, _ = downstream.train_classifier(plan, regime, seed)
+    model, _ = train_classifier(plan, regime, seed)
     with torch.no_grad():
-        return model(downstream._as_float(plan.test_images))
+        return model(training._as_float(plan.test_images))
 
 
 def test_one_hot_soft_labels_train_the_same_classifier_as_hard_labels() -> None:
@@ -220,7 +233,7 @@ def test_one_hot_soft_labels_train_the_same_classifier_as_hard_labels() -> None:
         assert (soft_logits - hard_logits).abs().max() < 1e-5, regime
     # The batch itself: the same images, targets the one-hot rows of the hard labels.
     (xh, yh), (xs, ys) = (
-        downstream._Batches(p, "real+gan+classic", torch.Generator().manual_seed(2))() for p in (plan, soft)
+        training._Batches(p, "real+gan+classic", torch.Generator().manual_seed(2))() for p in (plan, soft)
     )
     assert torch.equal(xh, xs) and ys.shape == (8, 3) and torch.equal(ys, F.one_hot(yh, 3).float())
 
@@ -305,7 +318,7 @@ def test_per_class_synthetic_share_is_the_batch_expectation() -> None:
     want = 12 * q / (12 * q + 4 * r)
     assert list(shares.values()) == pytest.approx(want.tolist(), abs=1e-6)
     # Empirically, over 200 drawn batches.
-    batches = downstream._Batches(plan, "real+gan", torch.Generator().manual_seed(0))
+    batches = training._Batches(plan, "real+gan", torch.Generator().manual_seed(0))
     syn_n, all_n = np.zeros(3), np.zeros(3)
     for _ in range(200):
         x, y = batches()
@@ -329,12 +342,12 @@ def test_the_filtered_pool_keeps_each_images_soft_label() -> None:
     assert (pool_p.gather(1, pool_y[:, None]) >= 0.4).all()
     # Each kept row is the filter classifier's output for that very image (retrained: deterministic).
     sel = plan.selection["filter"]
-    model, _ = downstream.train_classifier(dataclasses.replace(plan, soft_labels=False), sel["regime"], sel["seed"])
-    assert torch.allclose(downstream.predict_proba(model, pool_x), pool_p, atol=1e-6)
+    model, _ = train_classifier(dataclasses.replace(plan, soft_labels=False), sel["regime"], sel["seed"])
+    assert torch.allclose(training.predict_proba(model, pool_x), pool_p, atol=1e-6)
     # And in a drawn batch (no classic op in real+gan): every synthetic row's target is its image's.
-    batches = downstream._Batches(plan, "real+gan", torch.Generator().manual_seed(1))
+    batches = training._Batches(plan, "real+gan", torch.Generator().manual_seed(1))
     x, y = batches()
-    pool_f = downstream._as_float(pool_x)
+    pool_f = training._as_float(pool_x)
     for xi, yi in zip(x[batches.n_real :], y[batches.n_real :], strict=True):
         (where,) = torch.nonzero((pool_f == xi).flatten(1).all(dim=1), as_tuple=True)
         assert len(where) == 1 and torch.equal(yi, pool_p[where[0]])
@@ -349,7 +362,7 @@ def test_scores_match_scikit_learn() -> None:
     y = torch.randint(0, 4, (200,), generator=g)
     y[y == 3] = 2  # class 3 absent from the labels, still predicted below
     p = torch.where(torch.rand(200, generator=g) < 0.6, y, torch.randint(0, 4, (200,), generator=g))
-    out = downstream.score(y, p, 4)
+    out = training.score(y, p, 4)
     assert out["accuracy"] == pytest.approx(metrics.accuracy_score(y, p))
     assert out["balanced_accuracy"] == pytest.approx(metrics.balanced_accuracy_score(y, p))
     assert out["macro_f1"] == pytest.approx(

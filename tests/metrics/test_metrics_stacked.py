@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from augment.metrics import downstream, stacked
-from augment.metrics.downstream import _Batches, prepare, run_cell
+from augment.metrics.classifier_training import _as_float, _Batches, train_classifier
+from augment.metrics.downstream import prepare, run_cell
+from augment.metrics.regimes import REGIMES
 from augment.metrics.stacked import StackedBatches, StackedSmallCNN, fit_score_many
 from augment.models.classifier import SmallCNN
 from test_metrics_downstream import ev, make_data, synthetic
@@ -56,7 +58,7 @@ def test_a_stack_refuses_networks_of_different_shapes() -> None:
 def test_each_cell_in_a_stack_gets_the_lone_cells_batches_bit_for_bit(classic: str) -> None:
     plan = a_plan(classic=[classic], confidence_threshold=None)
     plan = dataclasses.replace(plan, synthetic_share=0.25)
-    jobs = [(plan, regime, seed, "test") for regime in downstream.REGIMES for seed in (0, 1)]
+    jobs = [(plan, regime, seed, "test") for regime in REGIMES for seed in (0, 1)]
     both = StackedBatches(jobs, torch.device("cpu"))
     lone = [_Batches(p, regime, torch.Generator().manual_seed(seed)) for p, regime, seed, _ in jobs]
     for _step in range(3):
@@ -91,17 +93,17 @@ def test_one_stacked_step_gives_the_lone_cells_logits() -> None:
     plan = dataclasses.replace(a_plan(classic=["crop+flip"]), steps=1, threads=1)
     jobs = [(plan, regime, seed, "test") for regime in ("real", "real+classic", "real+gan+classic") for seed in (0, 1)]
     model, _ = stacked._train(jobs, torch.device("cpu"), None)
-    x = downstream._as_float(plan.test_images)
+    x = _as_float(plan.test_images)
     got = model(x.repeat(1, len(jobs), 1, 1))
     for g, (p, regime, seed, _) in enumerate(jobs):
-        lone, _ = downstream.train_classifier(p, regime, seed)
+        lone, _ = train_classifier(p, regime, seed)
         with torch.no_grad():
             torch.testing.assert_close(got[g], lone(x), atol=1e-5, rtol=1e-5)
 
 
 def test_stacked_cells_score_as_lone_cells_and_repeat_exactly() -> None:
     plan = dataclasses.replace(a_plan(classic=["crop"]), steps=40, batch_size=16, threads=1)
-    jobs = [(plan, regime, seed, "test") for regime in downstream.REGIMES for seed in (0, 1)]
+    jobs = [(plan, regime, seed, "test") for regime in REGIMES for seed in (0, 1)]
     first = fit_score_many(jobs)
     assert [(c["regime"], c["seed"], c["split"]) for c in first] == [(r, s, "test") for _, r, s, _ in jobs]
     lone = [run_cell(plan, regime, seed) for _, regime, seed, _ in jobs]

@@ -1,0 +1,467 @@
+"""Training one downstream classifier: the batches each regime draws, the optimizer, the scores.
+
+A :class:`TrainSpec` holds what a classifier trains on (the real train split and a synthetic pool)
+and how (architecture, steps, batch size, learning rate, classic policy, synthetic share). Every
+*regime* gets the same optimizer steps and batch size; its batches are what differs:
+
+* ``real``: the real train split, no augmentation;
+* ``real+classic``: the real train split with the classic policy (:mod:`augment.metrics.classic`);
+* ``real+gan``: each batch takes ``synthetic_share`` of its images from the synthetic pool
+  (classes drawn to even out the real class imbalance, ``synthetic_sampling: balance``);
+* ``real+gan+classic``: the same, with the classic policy applied to the whole batch;
+* ``gan-only``: synthetic images only, classes uniform (Classification Accuracy Score);
+* ``gan-augmenter``: what ``AugmentedDataset(train, GanAugmenter(p=synthetic_share))`` feeds a
+  classifier: real images drawn uniformly, each replaced with probability p by a synthetic image
+  of its own class (the real class frequencies stay; no classic augmentation);
+* ``balanced-dataset``: what ``BalancedDataset(train, augmenter)`` feeds it: the real train split
+  plus synthetic images topping every class up to the largest class's count, drawn uniformly from
+  the union.
+
+The two deployed regimes draw from the whole synthetic pool (no confidence filter, hard labels),
+as the augmenter does. With ``soft_labels``, the synthetic images of a batch are trained against
+the probabilities ``synthetic_probs`` gives them instead of their one-hot class; real images keep
+their hard labels.
+
+Parameter initialisation, batch draws and augmentation all come from the seed, so a classifier
+depends only on ``(spec, regime, seed)``, in any thread or process. The downstream grid
+(:mod:`augment.metrics.downstream`) scores such classifiers on held-out splits; the domain
+feature extractor (:mod:`augment.metrics.extractor`) is one of them.
+
+Example:
+    >>> spec = TrainSpec(class_names=["a", "b"], train_images=images, train_labels=labels, steps=50)  # doctest: +SKIP
+    >>> model, counters = train_classifier(spec, "real+classic", seed=0)  # doctest: +SKIP
+    >>> predict_proba(model, test_images).argmax(dim=1)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from augment.devices import keep_freed_memory
+from augment.errors import ConfigError
+from augment.metrics.classic import GLOBAL_RNG_LOCK, apply_classic, classic_augment, classic_params, parse_classic
+from augment.metrics.regimes import DEPLOYED_REGIMES, REGIMES
+from augment.models.classifier import build_classifier
+
+#: AdamW's decoupled weight decay of every downstream classifier.
+WEIGHT_DECAY = 5e-4
+
+
+def _no_images() -> torch.Tensor:
+    return torch.empty(0, dtype=torch.uint8)
+
+
+def _no_labels() -> torch.Tensor:
+    return torch.empty(0, dtype=torch.int64)
+
+
+@dataclass
+class TrainSpec:
+    """What a classifier trains on and how: the real train split, the synthetic pool, the settings (picklable)."""
+
+    class_names: list[str]
+    train_images: torch.Tensor
+    train_labels: torch.Tensor
+    #: uint8 ``(N, C, H, W)`` and int64 ``(N,)``; empty where no regime draws synthetic images.
+    synthetic_images: torch.Tensor = field(default_factory=_no_images)
+    synthetic_labels: torch.Tensor = field(default_factory=_no_labels)
+    classifier: str = "smallcnn"
+    steps: int = 500
+    batch_size: int = 128
+    lr: float = 2e-3
+    synthetic_share: float = 0.5
+    synthetic_sampling: str = "balance"
+    confidence_threshold: float | None = None
+    #: Probability the filter classifier gives each synthetic image's own class (None = no filter).
+    synthetic_confidence: torch.Tensor | None = None
+    #: Train synthetic images against ``synthetic_probs`` instead of their one-hot class.
+    soft_labels: bool = False
+    #: The filter classifier's softmax, (N, K) row for row with ``synthetic_images`` (None = not trained).
+    synthetic_probs: torch.Tensor | None = None
+    classic: str = "crop"
+    #: "torch" (vectorised, the default) or "torchvision" (the v2 transforms themselves, per image).
+    classic_backend: str = "torch"
+    #: Intra-op threads: None = every core for a stacked grid, 1 for a lone cell.
+    threads: int | None = None
+    #: Where the classifiers train and predict ("cpu" or "cuda"); batches are drawn on the CPU.
+    device: str = "cpu"
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def _pool_keep(self) -> torch.Tensor | None:
+        """The confidence filter's mask over the synthetic images (None = keep them all)."""
+        if self.confidence_threshold is None or self.synthetic_confidence is None:
+            return None
+        return self.synthetic_confidence >= self.confidence_threshold
+
+    def synthetic_pool(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The synthetic images the cells may draw from (after the confidence filter)."""
+        keep = self._pool_keep()
+        if keep is None:
+            return self.synthetic_images, self.synthetic_labels
+        return self.synthetic_images[keep], self.synthetic_labels[keep]
+
+    def synthetic_pool_probs(self) -> torch.Tensor:
+        """The soft labels of :meth:`synthetic_pool`'s images, row for row (the same filter mask).
+
+        Raises:
+            ConfigError: no ``synthetic_probs`` (the downstream ``prepare`` trains the filter
+                classifier that gives them when ``soft_labels`` is on or tuned).
+            ValueError: ``synthetic_probs`` is not (N, K) for the N synthetic images.
+        """
+        if self.synthetic_probs is None:
+            raise ConfigError(
+                "evaluate.soft_labels: the plan has no synthetic_probs (prepare trains the filter "
+                "classifier that gives them when soft_labels is on or in tune_soft_labels)"
+            )
+        want = (len(self.synthetic_labels), self.num_classes)
+        if tuple(self.synthetic_probs.shape) != want:
+            raise ValueError(f"synthetic_probs is {tuple(self.synthetic_probs.shape)}, the synthetic pool needs {want}")
+        keep = self._pool_keep()
+        return self.synthetic_probs if keep is None else self.synthetic_probs[keep]
+
+
+def _as_float(images: torch.Tensor) -> torch.Tensor:
+    return images.float().div(127.5).sub(1.0)
+
+
+def synthetic_class_probs(real_counts: list[int], available: list[int], share: float, sampling: str) -> torch.Tensor:
+    """Class distribution of the synthetic part of a batch.
+
+    ``balance``: top up the real class frequencies so the whole batch is as close to uniform as
+    the share allows (q_c proportional to max(1/K - (1 - share) r_c, 0)); uniform for balanced
+    data. Classes without synthetic images get 0.
+    """
+    k = len(real_counts)
+    has = torch.tensor([a > 0 for a in available], dtype=torch.float64)
+    if has.sum() == 0:
+        raise ConfigError("no synthetic images left (the confidence filter removed them all)")
+    if sampling == "uniform" or share <= 0:
+        q = has.clone()
+    else:
+        r = torch.tensor(real_counts, dtype=torch.float64)
+        r = r / r.sum()
+        q = torch.clamp(1.0 / k - (1.0 - share) * r, min=0.0) * has
+        if q.sum() <= 1e-12:
+            q = has.clone()
+    return (q / q.sum()).float()
+
+
+def _composition(spec: TrainSpec, regime: str, syn_labels: torch.Tensor) -> tuple[int, int, torch.Tensor | None]:
+    """``(n_real, n_syn, q)`` of one regime's batches: how many real images (drawn uniformly over
+    the real train split), how many synthetic, and the synthetic part's class distribution."""
+    k = spec.num_classes
+    available = torch.bincount(syn_labels, minlength=k).tolist()
+    q = None
+    if regime == "gan-only":
+        n_syn = spec.batch_size
+        q = synthetic_class_probs([1] * k, available, 1.0, "uniform")
+    elif regime in ("real+gan", "real+gan+classic"):
+        n_syn = round(spec.synthetic_share * spec.batch_size)
+        q = synthetic_class_probs(
+            spec.train_labels.bincount(minlength=k).tolist(),
+            available,
+            spec.synthetic_share,
+            spec.synthetic_sampling,
+        )
+    else:
+        n_syn = 0
+    return spec.batch_size - n_syn, n_syn, q
+
+
+def per_class_synthetic_share(spec: TrainSpec) -> dict[str, float]:
+    """Expected fraction of each class's images in a ``real+gan`` batch that are synthetic.
+
+    The real part of a batch is drawn uniformly over the real train split and the synthetic part
+    from ``synthetic_class_probs`` (the spec's share, sampling and filtered pool), so class c gets
+    E[real] = n_real r_c and E[syn] = n_syn q_c images and s_c = E[syn] / (E[syn] + E[real]).
+    ``balance`` sampling gives the tail classes the largest s_c. A class with no image in either
+    part gets 0.
+
+    Raises:
+        ValueError: the spec holds no real train images (a downstream plan rebuilt from a summary).
+        ConfigError: the filtered synthetic pool is empty.
+
+    Example:
+        >>> per_class_synthetic_share(spec)  # doctest: +SKIP
+        {'T-shirt/top': 0.12, ..., 'Ankle boot': 0.93}
+    """
+    if len(spec.train_labels) == 0:
+        raise ValueError("per_class_synthetic_share needs the plan's real train split, it is empty")
+    n_real, n_syn, q = _composition(spec, "real+gan", spec.synthetic_pool()[1])
+    counts = spec.train_labels.bincount(minlength=spec.num_classes).double()
+    real = n_real * counts / counts.sum()
+    syn = n_syn * q.double()
+    total = real + syn
+    share = torch.where(total > 0, syn / total.clamp(min=1e-300), torch.zeros_like(total))
+    return dict(zip(spec.class_names, share.tolist(), strict=True))
+
+
+def balanced_topup(spec: TrainSpec) -> torch.Tensor:
+    """Rows of ``spec.synthetic_images`` that ``BalancedDataset(train, augmenter)`` adds, class by class.
+
+    Every class the train split holds is topped up to the largest class's count with synthetic
+    images ``0, 1, ...`` of that class (a class it does not hold gets none, as in
+    :class:`augment.augmenter.BalancedDataset`). Where a class needs more images than the pool
+    holds (``evaluate.synthetic_per_class``), the pool's images repeat so the class counts stay
+    those of the dataset users get.
+
+    Raises:
+        ConfigError: a class needs images and the pool has none of it.
+    """
+    counts = spec.train_labels.bincount(minlength=spec.num_classes).tolist()
+    goal = max(counts, default=0)
+    rows = []
+    for c, n in enumerate(counts):
+        need = goal - n if n > 0 else 0
+        if need == 0:
+            continue
+        members = torch.nonzero(spec.synthetic_labels == c).flatten()
+        if len(members) == 0:
+            raise ConfigError(
+                f"balanced-dataset: class {spec.class_names[c]!r} needs {need} synthetic images, none generated"
+            )
+        rows.append(members[torch.arange(need) % len(members)])
+    return torch.cat(rows) if rows else torch.empty(0, dtype=torch.int64)
+
+
+class _Batches:
+    """Draws one regime's minibatches: real and synthetic indices and the classic policy.
+
+    A batch is ``(x, y)``: ``y`` holds class indices, or, when the spec trains on soft labels and
+    the regime draws synthetic images, (B, K) probabilities (one-hot rows for the real images).
+    ``draw()`` makes the random draws of one batch (indices, then the classic parameters) without
+    touching pixels; ``images=False`` keeps no float copy of the images (a stacked grid gathers
+    every cell's pixels from one shared copy: :mod:`augment.metrics.stacked`).
+    """
+
+    def __init__(
+        self,
+        spec: TrainSpec,
+        regime: str,
+        gen: torch.Generator,
+        device: torch.device | str = "cpu",
+        *,
+        images: bool = True,
+    ) -> None:
+        # The images live on ``device`` (one copy per cell); the draws stay on the CPU generator,
+        # so a batch is the same on every device and only small index tensors cross over.
+        self.gen, self.device = gen, torch.device(device)
+        self.regime, self.batch_size = regime, spec.batch_size
+        self.real_y = spec.train_labels.to(self.device)
+        self.real_labels = spec.train_labels  # on the CPU, for the draws
+        deployed = regime in DEPLOYED_REGIMES
+        # The deployed regimes draw from every generated image, as the augmenter does.
+        syn_images, syn_labels = (spec.synthetic_images, spec.synthetic_labels) if deployed else spec.synthetic_pool()
+        keep = None if deployed else spec._pool_keep()
+        #: Row of each pool image in ``spec.synthetic_images`` (the pool is the filter's subset).
+        self.syn_rows = torch.arange(len(syn_labels)) if keep is None else torch.nonzero(keep).flatten()
+        if images:
+            self.real_x = _as_float(spec.train_images).to(self.device)
+            self.syn_x = _as_float(syn_images).to(self.device)
+        self.syn_y = syn_labels.to(self.device)
+        k = spec.num_classes
+        # Checked for every regime: a spec that asks for soft labels without probabilities is wrong.
+        syn_probs = spec.synthetic_pool_probs() if spec.soft_labels and not deployed else None
+        self.by_class = [torch.nonzero(syn_labels == c).flatten() for c in range(k)]
+        self.n_real, self.n_syn, self.q = _composition(spec, regime, syn_labels)
+        self.p = spec.synthetic_share if regime == "gan-augmenter" else 0.0
+        #: balanced-dataset: the synthetic rows the dataset adds (drawn uniformly with the real ones).
+        self.topup = balanced_topup(spec) if regime == "balanced-dataset" else _NO_INDEX
+        if (self.n_syn > 0 or deployed) and len(syn_labels) == 0:
+            raise ConfigError(f"regime {regime!r} needs synthetic images, the pool is empty")
+        #: Images drawn so far (the deployed regimes' mix varies from batch to batch).
+        self.seen_real = self.seen_synthetic = 0
+        # The targets the draws index: class indices, or with soft labels (only where the batch
+        # has synthetic images, so the real-only regimes are the hard-label ones bit for bit)
+        # one-hot rows for the real images and the filter's probabilities for the synthetic ones.
+        self.soft = syn_probs is not None and self.n_syn > 0
+        self.real_t, self.syn_t = self.real_y, self.syn_y
+        if self.soft:
+            self.real_t = torch.eye(k, device=self.device)[self.real_y]
+            self.syn_t = syn_probs.float().to(self.device)
+        self.policy = spec.classic if regime in ("real+classic", "real+gan+classic") else "none"
+        self.ops = parse_classic(self.policy)
+        self.backend = spec.classic_backend
+        self.size = spec.train_images.shape[-2]
+
+    def draw(self) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor] | None]:
+        """One batch's draws: real indices (into the train split), synthetic indices (into the pool),
+        and the classic parameters (None for the torchvision backend, which draws its own)."""
+        if self.regime == "gan-augmenter":
+            # GanAugmenter(p) on a uniformly drawn real batch: each image swapped for a synthetic
+            # image of its own class with probability p.
+            idx = torch.randint(len(self.real_y), (self.batch_size,), generator=self.gen)
+            swap = torch.rand(self.batch_size, generator=self.gen) < self.p
+            pick = self._of_classes(self.real_labels[idx[swap]])
+            idx = idx[~swap]
+        elif self.regime == "balanced-dataset":
+            # A uniform draw from BalancedDataset: items past the real ones are its synthetic top-up.
+            n = len(self.real_y)
+            u = torch.randint(n + len(self.topup), (self.batch_size,), generator=self.gen)
+            idx, pick = u[u < n], self.topup[u[u >= n] - n]
+        else:
+            idx = torch.randint(len(self.real_y), (self.n_real,), generator=self.gen) if self.n_real else _NO_INDEX
+            pick = _NO_INDEX
+            if self.n_syn:
+                pick = self._of_classes(torch.multinomial(self.q, self.n_syn, replacement=True, generator=self.gen))
+        self.seen_real += len(idx)
+        self.seen_synthetic += len(pick)
+        params = None
+        if self.ops and self.backend == "torch":
+            params = classic_params(self.ops, self.batch_size, self.size, self.gen)
+        return idx, pick, params
+
+    def _of_classes(self, cls: torch.Tensor) -> torch.Tensor:
+        """A random synthetic image (an index into the pool) of each class in ``cls``."""
+        pick = torch.empty(len(cls), dtype=torch.int64)
+        for c in cls.unique().tolist():
+            members, where = self.by_class[c], cls == c
+            pick[where] = members[torch.randint(len(members), (int(where.sum()),), generator=self.gen)]
+        return pick
+
+    def targets(self, idx: torch.Tensor, pick: torch.Tensor) -> torch.Tensor:
+        """The batch's targets for the draws ``idx`` (real) and ``pick`` (synthetic), on the device."""
+        ys = []
+        if len(idx):
+            ys.append(self.real_t[idx.to(self.device)])
+        if len(pick):
+            ys.append(self.syn_t[pick.to(self.device)])
+        return torch.cat(ys)
+
+    def __call__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        idx, pick, params = self.draw()
+        xs = []
+        if len(idx):
+            xs.append(self.real_x[idx.to(self.device)])
+        if len(pick):
+            xs.append(self.syn_x[pick.to(self.device)])
+        x = torch.cat(xs)
+        # The images only: a crop or flip keeps the class and its soft label.
+        if params is not None:
+            x = apply_classic(x, self.ops, params)
+        elif self.ops:
+            x = classic_augment(x, self.policy, self.gen, self.backend)
+        return x, self.targets(idx, pick)
+
+
+_NO_INDEX = torch.empty(0, dtype=torch.int64)
+
+
+def init_classifier(spec: TrainSpec, seed: int) -> torch.nn.Module:
+    """The classifier of a cell with ``seed``, initialised from torch's global RNG seeded under a lock
+    (the same weights in any thread, process or stack)."""
+    size, channels = spec.train_images.shape[-1], spec.train_images.shape[1]
+    with GLOBAL_RNG_LOCK, torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build_classifier(spec.classifier, spec.num_classes, channels, size)
+
+
+def lr_scale(step: int, steps: int) -> float:
+    """Linear warm-up over the first 5% of ``steps``, then cosine decay to 0 (every regime's schedule)."""
+    warmup = max(1, steps // 20)
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+
+
+def train_classifier(spec: TrainSpec, regime: str, seed: int) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Train one classifier for ``spec.steps`` steps under ``regime``; returns it and its counters."""
+    if regime not in REGIMES:
+        raise ConfigError(f"unknown regime {regime!r} (one of {REGIMES})")
+    # Cells often run in Dask worker processes, whose nanny sets MALLOC_TRIM_THRESHOLD_=65536: glibc
+    # then returns every freed activation to the OS and re-faults it the next step, which slows a cell
+    # there well below its speed in the main process (measured in benchmarks/RESULTS.md).
+    keep_freed_memory()
+    with torch_threads(spec.threads or 1):
+        return _train_classifier(spec, regime, seed)
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run a block with ``n`` intra-op threads (None: unchanged); the setting is process-wide, so
+    it is restored afterwards."""
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _train_classifier(spec: TrainSpec, regime: str, seed: int) -> tuple[torch.nn.Module, dict[str, Any]]:
+    model = init_classifier(spec, seed)
+    device = torch.device(spec.device)
+    model.to(device)
+    gen = torch.Generator().manual_seed(seed)
+    batches = _Batches(spec, regime, gen, device)
+    opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=WEIGHT_DECAY)
+    model.train()
+    for step in range(spec.steps):
+        for group in opt.param_groups:
+            group["lr"] = spec.lr * lr_scale(step, spec.steps)
+        x, y = batches()  # already on the device
+        # y is class indices, or (B, K) probabilities with soft labels: the same cross-entropy,
+        # -sum_k y_k log softmax_k, which for one-hot rows is the hard-label loss.
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    model.eval()
+    return model, cell_counters(spec, batches)
+
+
+def cell_counters(spec: TrainSpec, batches: _Batches) -> dict[str, Any]:
+    """What a cell trained on: steps, batch size, real and synthetic images seen, classic policy."""
+    return {
+        "steps": spec.steps,
+        "batch_size": spec.batch_size,
+        "images_real": batches.seen_real,
+        "images_synthetic": batches.seen_synthetic,
+        "classic": batches.policy,
+    }
+
+
+@torch.no_grad()
+def predict_proba(model: torch.nn.Module, images: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    """Softmax probabilities for uint8 images (on the CPU, whatever the model's device)."""
+    model.eval()
+    device = next(model.parameters()).device
+    out = [
+        torch.softmax(model(_as_float(images[i : i + batch_size].to(device))), dim=1).float().cpu()
+        for i in range(0, len(images), batch_size)
+    ]
+    return torch.cat(out) if out else torch.empty(0, 0)
+
+
+def score(labels: torch.Tensor, preds: torch.Tensor, num_classes: int) -> dict[str, Any]:
+    """Accuracy, balanced accuracy, macro-F1, per-class recall and the confusion matrix.
+
+    Same definitions as scikit-learn's ``accuracy_score``, ``balanced_accuracy_score`` (mean recall
+    over the classes present) and ``f1_score(average="macro", zero_division=0)`` over all classes.
+    """
+    cm = np.bincount(labels.numpy() * num_classes + preds.numpy(), minlength=num_classes**2)
+    cm = cm.reshape(num_classes, num_classes).astype(np.int64)  # rows: true class, columns: predicted
+    tp, true_n, pred_n = np.diag(cm).astype(np.float64), cm.sum(axis=1), cm.sum(axis=0)
+    recall = np.divide(tp, true_n, out=np.zeros_like(tp), where=true_n > 0)
+    precision = np.divide(tp, pred_n, out=np.zeros_like(tp), where=pred_n > 0)
+    denom = precision + recall
+    f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(tp), where=denom > 0)
+    return {
+        "accuracy": float(tp.sum() / max(cm.sum(), 1)),
+        "balanced_accuracy": float(recall[true_n > 0].mean()) if (true_n > 0).any() else 0.0,
+        "macro_f1": float(f1.mean()),
+        "per_class_recall": recall.tolist(),
+        "confusion": cm.tolist(),
+    }
