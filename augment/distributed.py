@@ -35,6 +35,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from augment.config import Config
 from augment.errors import ConfigError
+from augment.evaluate import best_snapshot_metric
 from augment.io import atomic_write_text, new_run_dir
 from augment.train import train
 
@@ -84,7 +85,16 @@ def run(cfg: Config, out: Path | None = None, resume: bool = False) -> Path:
         modules[type(module).__name__] = module
         return DistributedDataParallel(module, device_ids=device_ids)
 
-    run_dir, _ = train(cfg, out=run_dir, resume=resume, progress=rank == 0, rank=rank, world_size=world, wrap=wrap)
+    run_dir, _ = train(
+        cfg,
+        out=run_dir,
+        resume=resume,
+        progress=rank == 0,
+        metric_factory=best_snapshot_metric,
+        rank=rank,
+        world_size=world,
+        wrap=wrap,
+    )
     digests = {name: param_digest(m) for name, m in modules.items()}
     gathered: list[dict[str, str] | None] = [None] * world
     dist.all_gather_object(gathered, digests)

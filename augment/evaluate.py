@@ -121,6 +121,14 @@ def make_metric_fn(
     return metric_fn
 
 
+def best_snapshot_metric(
+    data: PreparedData, cfg: Config, run_dir: Path, device: torch.device | str = "cpu"
+) -> Callable[[torch.nn.Module], dict[str, float]]:
+    """The metric factory :func:`augment.train.train` takes (``metric_factory=``): :func:`make_metric_fn`
+    with the extractor cached in the run directory, where evaluation finds it again."""
+    return make_metric_fn(data, cfg, cache_dir=cfg.evaluate.cache_dir or run_dir / rundir.CACHE, device=device)
+
+
 def evaluate_run(
     run_dir: str | Path,
     cfg: Config | None = None,

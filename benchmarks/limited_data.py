@@ -71,8 +71,9 @@ sys.path.insert(0, str(REPO))
 from augment.config import Config, load_config  # noqa: E402
 from augment.data import load_data  # noqa: E402
 from augment.devices import resolve_device  # noqa: E402
-from augment.evaluate import evaluate_run  # noqa: E402
-from augment.metrics import downstream  # noqa: E402
+from augment.evaluate import best_snapshot_metric, evaluate_run  # noqa: E402
+from augment.metrics import classic, classifier_training, downstream  # noqa: E402
+from augment.metrics.regimes import VERDICT_METRIC  # noqa: E402
 from augment.train import loop_kwargs, train  # noqa: E402
 from benchmarks.common import append_results, command, git_commit, machine  # noqa: E402
 
@@ -167,7 +168,10 @@ def _digest(t: torch.Tensor) -> str:
 
 #: The code a cell's result depends on: a cache written by other code is never reused.
 CODE_VERSION = hashlib.sha1(
-    b"".join(Path(m.__file__).read_bytes() for m in (downstream, sys.modules["augment.models.classifier"]))
+    b"".join(
+        Path(m.__file__).read_bytes()
+        for m in (downstream, classifier_training, classic, sys.modules["augment.models.classifier"])
+    )
 ).hexdigest()[:16]
 
 
@@ -327,7 +331,7 @@ def row_metrics(result: dict[str, Any]) -> dict[str, Any]:
     mem_pc = {c: v["near_copy_fraction"] for c, v in mem.get("per_class", {}).items()}
     max_copy_class = max(mem_pc, key=mem_pc.get) if mem_pc else None
     floor = fd.get("fd_domain_floor")
-    m = downstream.VERDICT_METRIC
+    m = VERDICT_METRIC
     deltas, verdict = down["deltas"], down["verdict"]
     return {
         "fd_domain": fd.get("fd_domain"),
@@ -590,7 +594,7 @@ def run_profile(name: str, args: argparse.Namespace, rows: dict[str, list[str]],
         what = " ".join(sets) or "today's config"
         print(f"[{name}] {recipe}: training ({what})", flush=True)
         t0 = time.time()
-        train(cfg, out=run_dir, progress=False, data=data)
+        train(cfg, out=run_dir, progress=False, data=data, metric_factory=best_snapshot_metric)
         train_wall = time.time() - t0
         log_rows = [json.loads(line) for line in (run_dir / "metrics-train.jsonl").read_text().splitlines()]
         stats = [json.loads(line) for line in (run_dir / "stats.jsonl").read_text().splitlines()]

@@ -109,6 +109,7 @@ def via_library(config: str, sets: list[str], work: Path) -> tuple[list[tuple[st
 
     from augment.checkpoint import load_snapshot
     from augment.data import load_data
+    from augment.evaluate import best_snapshot_metric
     from augment.generate import counts_to_generate, write_samples
     from augment.train import train
 
@@ -120,7 +121,7 @@ def via_library(config: str, sets: list[str], work: Path) -> tuple[list[tuple[st
     rows.append(("load data", time.perf_counter() - start, "`load_data`"))
 
     start = time.perf_counter()
-    run_dir, snap_path = train(cfg, out=run_dir, progress=False, data=data)
+    run_dir, snap_path = train(cfg, out=run_dir, progress=False, data=data, metric_factory=best_snapshot_metric)
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     rows.append(("train", time.perf_counter() - start, f"`train` -> {snap_path.name}"))

@@ -22,7 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from augment.config import load_config  # noqa: E402
 from augment.data import ImageSet, PreparedData, load_data  # noqa: E402
 from augment.data.sources import FASHION_CLASSES  # noqa: E402
-from augment.train import set_threads, train, training_loop  # noqa: E402
+from augment.evaluate import best_snapshot_metric  # noqa: E402
+from augment.train import NetworkOptions, ScheduleOptions, set_threads, train, training_loop  # noqa: E402
 from benchmarks.common import append_results  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "out"
@@ -34,10 +35,8 @@ def seconds_per_kimg(data: PreparedData, kimg: float, width: int = 32) -> float:
             run_dir=Path(tmp),
             data=data,
             config={},
-            g_channels=width,
-            d_channels=width,
-            total_kimg=kimg,
-            snapshot_kimg=kimg * 10,
+            networks=NetworkOptions(g_channels=width, d_channels=width),
+            schedule=ScheduleOptions(total_kimg=kimg, snapshot_kimg=kimg * 10),
             progress=False,
         )
         ticks = [json.loads(line) for line in (Path(tmp) / "stats.jsonl").read_text().splitlines()]
@@ -71,7 +70,7 @@ def evaluate_seconds(overrides: list[str]) -> float:
                 "evaluate.classic=[crop]",
             ],
         )
-        run_dir, _ = train(cfg, progress=False)
+        run_dir, _ = train(cfg, progress=False, metric_factory=best_snapshot_metric)
         start = time.perf_counter()
         evaluate_run(run_dir, progress=False)
         return time.perf_counter() - start

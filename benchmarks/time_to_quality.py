@@ -31,7 +31,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from augment.config import load_config  # noqa: E402
 from augment.data import load_data  # noqa: E402
 from augment.devices import resolve_device  # noqa: E402
-from augment.evaluate import per_class_subset  # noqa: E402
+from augment.evaluate import (
+    best_snapshot_metric,  # noqa: E402
+    per_class_subset,  # noqa: E402
+)
 from augment.metrics.extractor import load_or_train_extractor  # noqa: E402
 from augment.metrics.frechet import frechet_distance  # noqa: E402
 from augment.train import loop_kwargs, train  # noqa: E402
@@ -105,7 +108,7 @@ def main() -> None:
     data = load_data(cfg.data, cfg.seed)
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = args.out or Path(tmp) / "run"
-        train(cfg, out=run_dir, progress=False, data=data)
+        train(cfg, out=run_dir, progress=False, data=data, metric_factory=best_snapshot_metric)
         rows = [json.loads(line) for line in (run_dir / "metrics-train.jsonl").read_text().splitlines()]
         floor = floor_value(data, cfg, cfg.evaluate.cache_dir or run_dir / "cache", device)
     best_row = min(rows, key=lambda r: r["fd_domain"])

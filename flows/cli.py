@@ -135,13 +135,14 @@ def train(
     """Train the class-conditional GAN; writes a run directory with snapshots and sample grids."""
     _setup_logging(quiet)
     from augment.config import load_config
+    from augment.evaluate import best_snapshot_metric
     from augment.train import check_new_run_dir
     from augment.train import train as train_gan
 
     cfg = load_config(config, set_)
     if not resume:
         check_new_run_dir(out)
-    run_dir, snap = train_gan(cfg, out=out, resume=resume, progress=not quiet)
+    run_dir, snap = train_gan(cfg, out=out, resume=resume, progress=not quiet, metric_factory=best_snapshot_metric)
     typer.echo(f"run directory: {run_dir}\ngenerator: {snap}")
 
 

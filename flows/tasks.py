@@ -21,6 +21,7 @@ from augment.config import Config, EvaluateConfig, GenerateConfig
 from augment.data import PreparedData, load_data
 from augment.devices import resolve_device, usable_cores
 from augment.errors import AugmentError
+from augment.evaluate import best_snapshot_metric
 from augment.generate import ShardSpec
 from augment.train import train
 
@@ -119,7 +120,15 @@ def train_task(
     progress: bool = False,
 ) -> tuple[Path, Path]:
     """Train the cGAN into ``run_dir``; returns ``(run_dir, snapshot_path)`` (``progress``: a bar with an ETA)."""
-    return train(cfg, out=run_dir, resume=resume, progress=progress, data=data, on_tick=on_tick)
+    return train(
+        cfg,
+        out=run_dir,
+        resume=resume,
+        progress=progress,
+        data=data,
+        on_tick=on_tick,
+        metric_factory=best_snapshot_metric,
+    )
 
 
 @task(name="generate-shard", cache_policy=NO_CACHE, **SHARD_RETRIES)

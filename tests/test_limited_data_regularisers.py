@@ -17,7 +17,7 @@ from augment.diffaug import AdaptiveAugment, DiffAugment
 from augment.losses import GanLoss, LeCam
 from augment.models import ConditionalGenerator, ProjectionDiscriminator
 from augment.train import loop_kwargs, train
-from conftest import tiny_config
+from conftest import flat_options, tiny_config
 
 
 def test_diffaug_probability_zero_is_identity_and_one_is_plain_diffaugment() -> None:
@@ -113,9 +113,9 @@ SWITCHES = ("train.ada_target=0.6", "train.ada_kimg=0.05", "train.lecam_weight=0
 
 def test_switches_reach_the_loop_and_change_training(tmp_path: Path) -> None:
     cfg = tiny_config(tmp_path, "train.kimg=0.128", *SWITCHES)
-    kw = loop_kwargs(cfg)
+    kw = flat_options(loop_kwargs(cfg))
     assert (kw["ada_target"], kw["ada_kimg"], kw["lecam_weight"], kw["mode_seeking"]) == (0.6, 0.05, 0.3, 1.0)
-    off = loop_kwargs(tiny_config(tmp_path))
+    off = flat_options(loop_kwargs(tiny_config(tmp_path)))
     assert (off["ada_target"], off["lecam_weight"], off["mode_seeking"]) == (None, 0.0, 0.0)
     run, _ = train(cfg, out=tmp_path / "on", progress=False)
     base, _ = train(tiny_config(tmp_path, "train.kimg=0.128"), out=tmp_path / "off", progress=False)

@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from augment import checkpoint
+from augment.devices import resolve_device
 from augment.errors import CheckpointError, ConfigError
-from augment.train import resolve_device, train
-from conftest import tiny_config
+from augment.train import train
+from conftest import flat_options, tiny_config
 
 
 def _weights(path: Path) -> dict[str, torch.Tensor]:
@@ -141,7 +142,7 @@ def test_precision_auto_is_bf16_exactly_where_the_cpu_computes_it(tmp_path: Path
     with pytest.raises(ConfigError, match="train.precision must be auto, fp32 or bf16, got 'fp16'"):
         resolve_precision("fp16", cpu)
     kwargs = loop_kwargs(tiny_config(tmp_path, "train.precision=auto"), "cpu")
-    assert kwargs["precision"] == ("bf16" if native else "fp32")
+    assert kwargs["performance"].precision == ("bf16" if native else "fp32")
 
 
 def test_bf16_training_is_reproducible_and_differs_from_fp32(tmp_path: Path) -> None:
@@ -181,7 +182,7 @@ def test_cuda_section_replaces_cpu_settings_only_on_cuda(tmp_path: Path) -> None
     from augment.train import loop_kwargs
 
     cfg = tiny_config(tmp_path, "train.cuda.batch_size=256", "train.cuda.lr_d=1e-3", "train.cuda.r1_interval=8")
-    cpu, gpu = loop_kwargs(cfg, "cpu"), loop_kwargs(cfg, "cuda")  # pure config logic: no GPU needed
+    cpu, gpu = flat_options(loop_kwargs(cfg, "cpu")), flat_options(loop_kwargs(cfg, "cuda"))  # no GPU needed
     assert (cpu["batch_size"], cpu["lr_d"], cpu["compile"], cpu["r1_interval"], cpu["precision"]) == (
         32,
         2e-4,
@@ -199,8 +200,8 @@ def test_cuda_section_replaces_cpu_settings_only_on_cuda(tmp_path: Path) -> None
     )
     assert gpu["channels_last"] is True and cpu["channels_last"] is False
     modes = tiny_config(tmp_path, "train.compile=true", "train.cuda.compile_mode=reduce-overhead")
-    assert loop_kwargs(modes, "cpu")["compile_mode"] == "default"
-    assert loop_kwargs(modes, "cuda")["compile_mode"] == "reduce-overhead"
+    assert loop_kwargs(modes, "cpu")["performance"].compile_mode == "default"
+    assert loop_kwargs(modes, "cuda")["performance"].compile_mode == "reduce-overhead"
 
 
 def test_lazy_r1_is_resumed_on_the_same_steps(tmp_path: Path) -> None:

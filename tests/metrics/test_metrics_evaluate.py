@@ -16,9 +16,9 @@ from typer.testing import CliRunner
 from augment import checkpoint
 from augment.data import ImageSet, load_data
 from augment.errors import CheckpointError, ConfigError
-from augment.evaluate import evaluate_run, make_metric_fn
+from augment.evaluate import best_snapshot_metric, evaluate_run, make_metric_fn
 from augment.metrics import extractor as extractor_mod
-from augment.train import training_loop
+from augment.train import NetworkOptions, ScheduleOptions, training_loop
 from conftest import tiny_config
 from flows.cli import app
 
@@ -135,12 +135,8 @@ def test_the_test_split_never_reaches_the_gan(tmp_path: Path) -> None:
             run_dir=tmp_path / name,
             data=d,
             config=cfg.to_dict(),
-            z_dim=8,
-            g_channels=8,
-            d_channels=8,
-            total_kimg=0.064,
-            batch_size=32,
-            snapshot_kimg=1.0,
+            networks=NetworkOptions(z_dim=8, g_channels=8, d_channels=8),
+            schedule=ScheduleOptions(total_kimg=0.064, batch_size=32, snapshot_kimg=1.0),
             progress=False,
         )
         states.append(checkpoint.load_snapshot(snap).generator_state)
@@ -173,7 +169,10 @@ def test_training_keeps_the_best_snapshot_by_fd_domain(tmp_path: Path) -> None:
         "evaluate.batch_size=16",
         "evaluate.samples_per_class=10",
     )
-    run_dir, snap = train(cfg, out=tmp_path / "run", progress=False)
+    with pytest.raises(ConfigError, match="train.eval_kimg=0.064 keeps the best snapshot by a metric"):
+        train(cfg, out=tmp_path / "refused", progress=False)  # training does not build evaluation's metric
+    assert not (tmp_path / "refused").exists()
+    run_dir, snap = train(cfg, out=tmp_path / "run", progress=False, metric_factory=best_snapshot_metric)
     assert snap == run_dir / checkpoint.BEST_SNAPSHOT
     lines = [json.loads(x) for x in (run_dir / "metrics-train.jsonl").read_text().splitlines()]
     assert len(lines) == 2 and all(x["fd_domain"] > 0 for x in lines)

@@ -1,0 +1,113 @@
+"""The training loop's options, grouped as EDM groups ``G_kwargs`` / ``D_kwargs`` / ``loss_kwargs``,
+and :func:`loop_kwargs`, which reads them off a config. Every field says its unit."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from augment.config import Config
+from augment.devices import resolve_precision
+
+
+@dataclass(frozen=True)
+class NetworkOptions:
+    """Architecture of G and D (fixed for a run: a resume takes it from the training state)."""
+
+    z_dim: int = 64  #: latent dimensions per image
+    g_channels: int = 64  #: G's channels at the output resolution (doubling per halving, capped by max_mult)
+    d_channels: int = 64  #: D's channels at the input resolution
+    max_mult: int = 4  #: cap on the channel multiplier at low resolutions
+    d_spectral_norm: bool = False  #: spectral normalisation of D's layers
+
+
+@dataclass(frozen=True)
+class LossOptions:
+    """The adversarial recipe: loss, regularisers and what D's inputs are augmented with."""
+
+    loss: str = "hinge"  #: ``hinge`` or ``nonsaturating``
+    r1_gamma: float = 0.1  #: R1 penalty weight on real images
+    r1_interval: int = 1  #: D steps per (lazy) R1 pass; the penalty is scaled by it
+    diffaug: tuple[str, ...] = ("translation", "cutout")  #: DiffAugment policies on every D input
+    ada_target: float | None = None  #: ADA's r_t target for E[sign(D(real))]; None: fixed DiffAugment
+    ada_kimg: float = 20.0  #: kimg for ADA's p to move by 1
+    lecam_weight: float = 0.0  #: LeCam regulariser weight (0: off)
+    mode_seeking: float = 0.0  #: MSGAN mode-seeking weight for G (0: off)
+
+
+@dataclass(frozen=True)
+class ScheduleOptions:
+    """How long, how fast and how often: every length in kimg (thousands of real images shown to D)."""
+
+    total_kimg: float = 50.0  #: training length
+    batch_size: int = 64  #: real images per step, all ranks together
+    lr_g: float = 2e-4  #: Adam learning rate of G
+    lr_d: float = 2e-4  #: Adam learning rate of D
+    betas: tuple[float, float] = (0.0, 0.99)  #: Adam betas of both players
+    ema_kimg: float = 1.0  #: half-life of G's EMA weights (0: no averaging)
+    snapshot_kimg: float = 10.0  #: interval of snapshots, sample grids and the training state
+    eval_kimg: float = 0.0  #: interval of best-snapshot evaluations (0: off)
+    max_minutes: float | None = None  #: wall-clock budget; stops early, with a final snapshot
+
+
+@dataclass(frozen=True)
+class PerformanceOptions:
+    """How the steps run; none of these changes what is computed beyond float rounding."""
+
+    precision: str = "fp32"  #: ``fp32`` or ``bf16`` autocast (``auto`` is resolved by :func:`loop_kwargs`)
+    channels_last: bool = False  #: NHWC memory layout
+    compile: bool = False  #: torch.compile the adversarial passes (R1 stays eager)
+    compile_mode: str = "default"  #: torch.compile's mode (``reduce-overhead``: CUDA graphs on CUDA)
+
+
+def loop_kwargs(cfg: Config, device: torch.device | str = "cpu") -> dict[str, Any]:
+    """The keyword arguments of :func:`training_loop` that a config decides (on ``device``: on
+    CUDA, ``train.cuda`` replaces the batch size, learning rates, precision, layout, compile (and
+    its mode) and R1 interval; ``precision: auto`` comes back as the ``fp32`` or ``bf16`` that ``device`` gets)."""
+    t, m = cfg.train, cfg.model
+    cuda = torch.device(device).type == "cuda"
+    gpu = t.cuda
+    networks = NetworkOptions(
+        z_dim=m.z_dim,
+        g_channels=m.g_channels,
+        d_channels=m.d_channels,
+        max_mult=m.max_mult,
+        d_spectral_norm=m.d_spectral_norm,
+    )
+    loss = LossOptions(
+        loss=t.loss,
+        r1_gamma=t.r1_gamma,
+        r1_interval=gpu.r1_interval if cuda else t.r1_interval,
+        diffaug=tuple(t.diffaug),
+        ada_target=t.ada_target,
+        ada_kimg=t.ada_kimg,
+        lecam_weight=t.lecam_weight,
+        mode_seeking=t.mode_seeking,
+    )
+    schedule = ScheduleOptions(
+        total_kimg=t.kimg,
+        batch_size=gpu.batch_size if cuda else t.batch_size,
+        lr_g=(gpu.lr_g or t.lr_g) if cuda else t.lr_g,
+        lr_d=(gpu.lr_d or t.lr_d) if cuda else t.lr_d,
+        betas=tuple(t.betas),
+        ema_kimg=t.ema_kimg,
+        snapshot_kimg=t.snapshot_kimg,
+        eval_kimg=t.eval_kimg,
+        max_minutes=t.max_minutes,
+    )
+    performance = PerformanceOptions(
+        precision=resolve_precision(gpu.precision if cuda else t.precision, device),
+        channels_last=gpu.channels_last if cuda else t.channels_last,
+        compile=gpu.compile if cuda else t.compile,
+        compile_mode=gpu.compile_mode if cuda else t.compile_mode,
+    )
+    return dict(
+        config=cfg.to_dict(),
+        seed=cfg.seed,
+        networks=networks,
+        loss=loss,
+        schedule=schedule,
+        performance=performance,
+    )

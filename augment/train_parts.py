@@ -1,0 +1,271 @@
+"""The training loop's parts: the networks, what a training state holds, ticks and the best snapshot.
+
+They keep :func:`augment.train.training_loop` a page that reads top to bottom; each owns one piece of
+state the loop would otherwise carry in local variables.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from augment import checkpoint, rundir
+from augment.data import PreparedData
+from augment.diffaug import AdaptiveAugment
+from augment.losses import GanLoss
+from augment.models import ConditionalGenerator, ProjectionDiscriminator
+from augment.train_options import NetworkOptions, PerformanceOptions
+
+log = logging.getLogger(__name__)
+
+MetricFn = Callable[[torch.nn.Module], dict[str, float]]
+
+
+@dataclass
+class StepModules:
+    """The modules the two players' steps call (wrapped for DDP and/or compiled, or the eager ones)."""
+
+    G: torch.nn.Module
+    D: torch.nn.Module
+    #: The G step needs gradients through D, not of D's weights: it runs D frozen and unwrapped
+    #: (no DDP all-reduce for gradients nobody uses), as StyleGAN2-ADA's phases do.
+    D_frozen: torch.nn.Module
+    D_r1: torch.nn.Module | None = None  #: eager D for the R1 pass when the adversarial passes are compiled
+    compiled: bool = False
+
+
+@dataclass
+class Networks:
+    G: torch.nn.Module
+    D: torch.nn.Module
+    G_ema: torch.nn.Module
+    g_kwargs: dict[str, Any]
+    d_kwargs: dict[str, Any]
+
+    @classmethod
+    def build(
+        cls,
+        opts: NetworkOptions,
+        data: PreparedData,
+        device: torch.device,
+        state: dict[str, Any] | None,
+        channels_last: bool,
+    ) -> Networks:
+        size, channels = data.train.images.shape[-1], data.train.images.shape[1]
+        shared = dict(num_classes=data.num_classes, image_size=size, channels=channels, max_mult=opts.max_mult)
+        g_kwargs = dict(shared, z_dim=opts.z_dim, width=opts.g_channels)
+        d_kwargs = dict(shared, width=opts.d_channels, spectral=opts.d_spectral_norm)
+        if state is not None:  # on resume the architecture comes from the checkpoint
+            g_kwargs, d_kwargs = dict(state["generator_kwargs"]), dict(state["discriminator_kwargs"])
+        G = ConditionalGenerator(**g_kwargs).to(device).train()
+        D = ProjectionDiscriminator(**d_kwargs).to(device).train()
+        if channels_last:
+            G, D = G.to(memory_format=torch.channels_last), D.to(memory_format=torch.channels_last)
+        G_ema = copy.deepcopy(G).eval().requires_grad_(False)
+        return cls(G, D, G_ema, g_kwargs, d_kwargs)
+
+    def step_modules(
+        self, wrap: Callable[[torch.nn.Module], torch.nn.Module] | None, perf: PerformanceOptions
+    ) -> StepModules:
+        G_step, D_step = (wrap(self.G), wrap(self.D)) if wrap is not None else (self.G, self.D)
+        if not perf.compile:
+            return StepModules(G_step, D_step, self.D)
+        mode = perf.compile_mode
+        D_frozen = torch.compile(D_step if wrap is None else self.D, mode=mode)
+        return StepModules(torch.compile(G_step, mode=mode), torch.compile(D_step, mode=mode), D_frozen, D_step, True)
+
+    @torch.no_grad()
+    def update_ema(self, beta: float) -> None:
+        """Parameters averaged, BatchNorm statistics copied."""
+        if not hasattr(self, "_ema_lists"):
+            self._ema_lists = [list(m.parameters()) for m in (self.G_ema, self.G)]
+            self._ema_lists += [list(m.buffers()) for m in (self.G_ema, self.G)]
+        ema_params, g_params, ema_bufs, g_bufs = self._ema_lists
+        torch._foreach_lerp_(ema_params, g_params, 1.0 - beta)
+        for b_ema, b in zip(ema_bufs, g_bufs, strict=True):
+            b_ema.copy_(b)
+
+
+@dataclass
+class TrainingState:
+    """Everything a resume needs, and the inference snapshot made from it."""
+
+    nets: Networks
+    opt_G: torch.optim.Optimizer
+    opt_D: torch.optim.Optimizer
+    gen: torch.Generator
+    ada: AdaptiveAugment | None
+    loss_fn: GanLoss
+    data: PreparedData
+    config: dict[str, Any]
+    cur_nimg: int = 0
+    best: dict[str, Any] = field(default_factory=lambda: {"value": float("inf"), "kimg": None})
+
+    def restore(self, state: dict[str, Any], rank: int) -> None:
+        self.nets.G.load_state_dict(state["G"])
+        self.nets.D.load_state_dict(state["D"])
+        self.nets.G_ema.load_state_dict(state["G_ema"])
+        self.opt_G.load_state_dict(state["opt_G"])
+        self.opt_D.load_state_dict(state["opt_D"])
+        self.gen.set_state(state["rng"])
+        if rank > 0:  # only rank 0's stream is saved; the others continue from a fresh, distinct one
+            self.gen.manual_seed(int(torch.randint(1 << 62, (1,), generator=self.gen)) + rank)
+        self.cur_nimg = int(state["cur_nimg"])
+        self.best = dict(state.get("best", self.best))
+        if self.ada is not None and state.get("ada") is not None:
+            self.ada.load_state_dict(state["ada"])
+        if self.loss_fn.lecam is not None and state.get("lecam_ema") is not None:
+            self.loss_fn.lecam.ema.copy_(state["lecam_ema"].to(self.loss_fn.lecam.ema.device))
+
+    def snapshot(self, nimg: int, metrics: dict[str, float] | None = None) -> checkpoint.Snapshot:
+        return checkpoint.Snapshot(
+            generator_state={k: v.detach().cpu().clone() for k, v in self.nets.G_ema.state_dict().items()},
+            generator_kwargs=self.nets.g_kwargs,
+            class_names=list(self.data.class_names),
+            class_counts=self.data.train.counts(self.data.num_classes),
+            config=self.config,
+            kimg=nimg / 1000,
+            data_fingerprint=self.data.fingerprint,
+            metrics=metrics or {},
+        )
+
+    def save(self, path: Path, nimg: int) -> None:
+        lecam = self.loss_fn.lecam
+        checkpoint.save(
+            {
+                "format": checkpoint.STATE_FORMAT,
+                "G": self.nets.G.state_dict(),
+                "D": self.nets.D.state_dict(),
+                "G_ema": self.nets.G_ema.state_dict(),
+                "opt_G": self.opt_G.state_dict(),
+                "opt_D": self.opt_D.state_dict(),
+                "rng": self.gen.get_state(),
+                "cur_nimg": nimg,
+                "best": self.best,
+                "ada": self.ada.state_dict() if self.ada is not None else None,
+                "lecam_ema": lecam.ema.detach().cpu() if lecam is not None else None,
+                "generator_kwargs": self.nets.g_kwargs,
+                "discriminator_kwargs": self.nets.d_kwargs,
+                "class_names": list(self.data.class_names),
+                "data_fingerprint": self.data.fingerprint,
+                "config": self.config,
+            },
+            path,
+        )
+
+
+class Ticker:
+    """Losses averaged over a tick, speed, ``stats.jsonl`` and the progress bar.
+
+    A tick reads the losses back (a host sync): every kimg on the CPU, every 64 steps on a GPU.
+    """
+
+    def __init__(
+        self,
+        run_dir: Path,
+        total_kimg: float,
+        cur_nimg: int,
+        step_nimg: int,
+        snap_nimg: int,
+        device: torch.device,
+        progress: bool,
+        start_time: float,
+    ) -> None:
+        self.stats_path = run_dir / rundir.STATS
+        self.total_nimg = int(total_kimg * 1000)
+        self.tick_nimg = min(max(1000, 64 * step_nimg if device.type == "cuda" else 0), snap_nimg)
+        self.loss_sum = torch.zeros(2, device=device)
+        self.loss_steps = 0
+        self.start_nimg, self.start_time, self.run_start = cur_nimg, time.time(), start_time
+        self.on_tick: Callable[[dict[str, float]], None] | None = None
+        self.bar = tqdm(
+            total=total_kimg,
+            initial=cur_nimg / 1000,
+            unit="kimg",
+            disable=not progress,
+            dynamic_ncols=True,
+            bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} kimg [{elapsed}<{remaining}{postfix}]",
+        )
+
+    def add(self, loss_D: torch.Tensor, loss_G: torch.Tensor) -> None:
+        with torch.no_grad():
+            self.loss_sum += torch.stack([loss_D.detach(), loss_G.detach()])  # no host sync per step
+        self.loss_steps += 1
+
+    def maybe_tick(self, prev_nimg: int, cur_nimg: int, done: bool, ada: AdaptiveAugment | None, write: bool) -> None:
+        if not (done or cur_nimg // self.tick_nimg > prev_nimg // self.tick_nimg):
+            return
+        now = time.time()
+        ld, lg = (self.loss_sum / max(self.loss_steps, 1)).tolist()
+        tick = {
+            "kimg": cur_nimg / 1000,
+            "loss_D": ld,
+            "loss_G": lg,
+            "images_per_s": (cur_nimg - self.start_nimg) / max(now - self.start_time, 1e-9),
+            "elapsed_s": now - self.run_start,
+        }
+        if ada is not None:
+            tick["ada_p"], tick["ada_rt"] = float(ada.p), float(ada.rt)
+        self.loss_sum.zero_()
+        self.loss_steps = 0
+        self.start_nimg, self.start_time = cur_nimg, now
+        ada_text = f" p={tick['ada_p']:.2f}" if ada is not None else ""
+        self.bar.set_postfix_str(f"img/s={tick['images_per_s']:.0f} D={ld:.3f} G={lg:.3f}{ada_text}", refresh=False)
+        self.bar.update(min(cur_nimg, self.total_nimg) / 1000 - self.bar.n)
+        if write:
+            with open(self.stats_path, "a") as fh:
+                fh.write(json.dumps(tick) + "\n")
+        if self.on_tick is not None:
+            self.on_tick(tick)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+class BestSnapshot:
+    """Every ``eval_nimg``: the metric of the EMA generator, ``metrics-train.jsonl``, and the best snapshot."""
+
+    def __init__(
+        self,
+        run_dir: Path,
+        metric_fn: MetricFn | None,
+        best_metric: str,
+        eval_nimg: int,
+        trained: TrainingState,
+        start_time: float,
+    ) -> None:
+        self.run_dir, self.metric_fn, self.best_metric, self.eval_nimg = run_dir, metric_fn, best_metric, eval_nimg
+        self.trained, self.start_time, self.eval_seconds = trained, start_time, 0.0
+
+    def maybe_evaluate(
+        self, prev_nimg: int, cur_nimg: int, done: bool, on_tick: Callable[[dict[str, float]], None] | None
+    ) -> None:
+        if self.metric_fn is None or self.eval_nimg <= 0:
+            return
+        if not (done or cur_nimg // self.eval_nimg > prev_nimg // self.eval_nimg):
+            return
+        eval_start = time.time()
+        metrics = self.metric_fn(self.trained.nets.G_ema)
+        self.eval_seconds += time.time() - eval_start
+        value = metrics[self.best_metric]
+        log.info("kimg %.1f: %s", cur_nimg / 1000, " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+        # Wall time with and without the evaluations themselves (for time-to-quality curves).
+        elapsed = time.time() - self.start_time
+        timing = {"elapsed_s": elapsed, "train_s": elapsed - self.eval_seconds}
+        with open(self.run_dir / rundir.TRAIN_METRICS, "a") as fh:
+            fh.write(json.dumps({"kimg": cur_nimg / 1000, **metrics, **timing}) + "\n")
+        if on_tick is not None:
+            on_tick({"kimg": cur_nimg / 1000, **metrics})
+        if value < self.trained.best["value"]:
+            self.trained.best = {"value": value, "kimg": cur_nimg / 1000}
+            snap = self.trained.snapshot(cur_nimg, metrics)
+            checkpoint.save_snapshot(snap, self.run_dir / rundir.BEST_SNAPSHOT)
