@@ -3,6 +3,7 @@ and :func:`loop_kwargs`, which reads them off a config. Every field says its uni
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -111,3 +112,33 @@ def loop_kwargs(cfg: Config, device: torch.device | str = "cpu") -> dict[str, An
         schedule=schedule,
         performance=performance,
     )
+
+
+_GROUPS = {
+    "networks": NetworkOptions,
+    "loss": LossOptions,
+    "schedule": ScheduleOptions,
+    "performance": PerformanceOptions,
+}
+
+
+def flat_options(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """:func:`loop_kwargs`' grouped options as one flat ``{field: value}`` (for tables and comparisons)."""
+    return {k: v for g in _GROUPS for k, v in dataclasses.asdict(kwargs[g]).items()}
+
+
+def replace_options(kwargs: dict[str, Any], **fields: Any) -> dict[str, Any]:
+    """A copy of :func:`loop_kwargs`' result with some fields replaced by name, whichever group holds them.
+
+    Raises:
+        TypeError: a name no group has.
+    """
+    out = dict(kwargs)
+    for group, cls in _GROUPS.items():
+        mine = {k: v for k, v in fields.items() if k in {f.name for f in dataclasses.fields(cls)}}
+        if mine:
+            out[group] = dataclasses.replace(out[group], **mine)
+    unknown = set(fields) - {f.name for cls in _GROUPS.values() for f in dataclasses.fields(cls)}
+    if unknown:
+        raise TypeError(f"no training-loop option named {sorted(unknown)}")
+    return out

@@ -38,6 +38,7 @@ from augment.evaluate import (
 from augment.metrics.extractor import load_or_train_extractor  # noqa: E402
 from augment.metrics.frechet import frechet_distance  # noqa: E402
 from augment.train import loop_kwargs, train  # noqa: E402
+from augment.train_options import flat_options  # noqa: E402
 from benchmarks.common import append_results  # noqa: E402
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
@@ -116,7 +117,7 @@ def main() -> None:
     first_within = next(r for r in rows if r["fd_domain"] <= args.within * best)
     # The value after 1 minute only where training ran past it (a shorter run has no such value).
     at_minute = [r for r in rows if r["train_s"] <= 60] if rows[-1]["train_s"] >= 60 else []
-    kw = loop_kwargs(cfg, device)
+    kw = flat_options(loop_kwargs(cfg, device))
     mode = f" ({kw['compile_mode']})" if kw["compile_mode"] != "default" else ""
     settings = (
         f"batch {kw['batch_size']}, {kw['precision']}, channels_last {kw['channels_last']}, compile "

@@ -31,10 +31,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from augment.config import load_config  # noqa: E402
 from augment.data import load_data  # noqa: E402
-from augment.devices import resolve_precision  # noqa: E402
+from augment.devices import (
+    resolve_device,  # noqa: E402
+    resolve_precision,  # noqa: E402
+)
 from augment.losses import GanLoss  # noqa: E402
 from augment.models import ConditionalGenerator, ProjectionDiscriminator  # noqa: E402
-from augment.train import loop_kwargs, resolve_device, set_threads, training_loop  # noqa: E402
+from augment.train import loop_kwargs, set_threads, training_loop  # noqa: E402
+from augment.train_options import replace_options  # noqa: E402
 from benchmarks.common import peak_gflops, publish  # noqa: E402
 
 
@@ -93,10 +97,10 @@ def flops_per_image(cfg, data, device, batch: int, r1_interval: int) -> float:
 def project_loop(cfg, data, device, steps: int, **overrides) -> float:
     """Images/s of augment.train.training_loop (median over ticks after the first: compile and
     cudnn autotuning stay out)."""
-    kwargs = loop_kwargs(cfg) | overrides
-    kimg = steps * kwargs["batch_size"] / 1000
+    kwargs = replace_options(loop_kwargs(cfg), **overrides)
+    kimg = steps * kwargs["schedule"].batch_size / 1000
     with tempfile.TemporaryDirectory() as tmp:
-        kwargs |= dict(total_kimg=kimg, snapshot_kimg=kimg * 10, eval_kimg=0, max_minutes=None)
+        kwargs = replace_options(kwargs, total_kimg=kimg, snapshot_kimg=kimg * 10, eval_kimg=0, max_minutes=None)
         training_loop(run_dir=Path(tmp), data=data, device=device, progress=False, **kwargs)
         ticks = [json.loads(line) for line in (Path(tmp) / "stats.jsonl").read_text().splitlines()]
     rates = sorted(t["images_per_s"] for t in ticks[1:-1] or ticks)

@@ -59,14 +59,6 @@ def tiny_config(tmp_path: Path, *overrides: str) -> Config:
     )
 
 
-def flat_options(loop_kw: dict) -> dict:
-    """``augment.train.loop_kwargs``' grouped options as one flat dict of field -> value."""
-    import dataclasses
-
-    groups = ("networks", "loss", "schedule", "performance")
-    return {k: v for g in groups for k, v in dataclasses.asdict(loop_kw[g]).items()}
-
-
 @pytest.fixture
 def tiny_cfg(tmp_path: Path) -> Config:
     return tiny_config(tmp_path)

@@ -15,6 +15,7 @@ from augment.config import load_config
 from augment.evaluate import evaluate_run
 from augment.metrics import downstream
 from augment.metrics.regimes import REGIMES
+from augment.train_options import replace_options
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -151,5 +152,5 @@ def test_recipe_overrides_and_inert_switch(monkeypatch: pytest.MonkeyPatch) -> N
     assert limited_data.inert_overrides(base, z, ["model.z_dim=128"]) == []
     # A switch the training loop never receives is reported (the benchmark refuses to run it).
     real = limited_data.loop_kwargs
-    monkeypatch.setattr(limited_data, "loop_kwargs", lambda cfg: {k: v for k, v in real(cfg).items() if k != "z_dim"})
+    monkeypatch.setattr(limited_data, "loop_kwargs", lambda cfg: replace_options(real(cfg), z_dim=base.model.z_dim))
     assert limited_data.inert_overrides(base, z, ["model.z_dim=128"]) == ["model.z_dim=128"]

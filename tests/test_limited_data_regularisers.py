@@ -17,7 +17,8 @@ from augment.diffaug import AdaptiveAugment, DiffAugment
 from augment.losses import GanLoss, LeCam
 from augment.models import ConditionalGenerator, ProjectionDiscriminator
 from augment.train import loop_kwargs, train
-from conftest import flat_options, tiny_config
+from augment.train_options import flat_options
+from conftest import tiny_config
 
 
 def test_diffaug_probability_zero_is_identity_and_one_is_plain_diffaugment() -> None:

@@ -13,7 +13,8 @@ from augment import checkpoint
 from augment.devices import resolve_device
 from augment.errors import CheckpointError, ConfigError
 from augment.train import train
-from conftest import flat_options, tiny_config
+from augment.train_options import flat_options
+from conftest import tiny_config
 
 
 def _weights(path: Path) -> dict[str, torch.Tensor]:
