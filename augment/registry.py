@@ -3,8 +3,10 @@
 Pure decisions on an evaluation's ``metrics.json`` (no MLflow, no Prefect, no torch):
 :func:`gate_from_metrics` reads a version's :class:`Gate` number, :func:`decide_promotion` says
 whether it replaces the champion and why (in points, like the report), :func:`run_fingerprint` says
-whether a scheduled run has anything new to train, and :func:`headline_metrics` names the numbers
-logged beside every pipeline run. :mod:`augment.tracking` applies the decisions to MLflow.
+whether a scheduled run has anything new to train, and :func:`headline_metrics` /
+:func:`cell_metrics` name the numbers logged beside every pipeline run and downstream cell
+(``fidelity/...``, ``downstream/...``, ``per_class/...``; :func:`metric_segment` makes every part
+MLflow-legal). :mod:`augment.tracking` applies the decisions to MLflow.
 
 Example:
     >>> decide_promotion(Gate("fd_domain", 1.0, False), Gate("fd_domain", 2.0, False), "3")
@@ -22,7 +24,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from augment.metrics.regimes import GAN_REGIMES, MIN_VERDICT_SEEDS
+from augment.metrics.regimes import BASELINE, GAN_REGIMES, MIN_VERDICT_SEEDS, REGIMES
 
 __all__ = [
     "CHALLENGER",
@@ -34,8 +36,13 @@ __all__ = [
     "Promotion",
     "decide_promotion",
     "gate_from_metrics",
+    "cell_metrics",
+    "delta_name",
     "headline_metrics",
     "metric_key",
+    "metric_name",
+    "metric_segment",
+    "regime_from_segment",
     "run_fingerprint",
 ]
 
@@ -43,18 +50,77 @@ CHAMPION = "champion"
 CHALLENGER = "challenger"
 
 
-_BAD_NAME = re.compile(r"[^\w./\- ]")
+# MLflow metric names: a group, then what is measured, then what it is measured on, joined by "/" (the one
+# separator; MLflow's UI groups charts by the first part). Every part goes through metric_segment.
+FIDELITY = "fidelity"  # the generator against real images: distances beside their floors, precision/recall/...
+MEMORISATION = "memorisation"
+DOWNSTREAM = "downstream"  # classifiers trained per regime and scored on the real test split
+PER_CLASS = "per_class"
+TRAIN = "train"  # the training loop's ticks, stepped by images shown
+GENERATE = "generate"
+
+# Anything MLflow rejects in a name (it allows letters, digits, "_", "-", ".", " " and "/"), and "/"
+# itself inside one part, where it would read as a separator ("T-shirt/top" is one class).
+_BAD_PART = re.compile(r"[^\w.\- ]")
+
+
+def metric_segment(name: str) -> str:
+    """One part of a metric name, MLflow-legal: ``real+gan`` -> ``real_gan``, ``T-shirt/top`` -> ``T-shirt_top``.
+
+    Every character MLflow rejects (``+``, ``:``, brackets, ...) and ``/`` become ``_``; a part that
+    would read as a path (empty, ``.``, ``..``) becomes underscores, since MLflow refuses names whose
+    normalised path differs. The one function that makes names legal: regimes, classes, baselines.
+
+    Example:
+        >>> metric_segment("real+gan+classic"), metric_segment("T-shirt/top")
+        ('real_gan_classic', 'T-shirt_top')
+    """
+    part = _BAD_PART.sub("_", str(name))
+    return "_" * max(len(part), 1) if part.strip(".") == "" else part
 
 
 def metric_key(name: str) -> str:
-    """An MLflow-safe metric/param name: ``real+gan`` -> ``real_gan`` (MLflow rejects ``+``)."""
-    return _BAD_NAME.sub("_", str(name))
+    """A whole metric or param name made MLflow-legal part by part (``/`` kept as the separator).
+
+    Example:
+        >>> metric_key("downstream/balanced_acc/real+gan")
+        'downstream/balanced_acc/real_gan'
+    """
+    return "/".join(metric_segment(part) for part in str(name).split("/"))
+
+
+def metric_name(*parts: str) -> str:
+    """``parts`` as one metric name: each made legal by :func:`metric_segment`, joined by ``/``.
+
+    Example:
+        >>> metric_name(DOWNSTREAM, "delta_vs_real+classic_pts", "real+gan", "ci_low")
+        'downstream/delta_vs_real_classic_pts/real_gan/ci_low'
+    """
+    return "/".join(metric_segment(p) for p in parts)
+
+
+def delta_name(baseline: str) -> str:
+    """The name part of a paired change in balanced accuracy against ``baseline``, in points."""
+    return metric_segment(f"delta_vs_{baseline}_pts")
+
+
+def regime_from_segment(segment: str) -> str:
+    """The regime a name part stands for (``real_gan`` -> ``real+gan``); unknown parts come back as they are."""
+    return {metric_segment(r): r for r in REGIMES}.get(segment, segment)
 
 
 @dataclass(frozen=True)
 class Gate:
     """The number a version is judged by: ``metric`` (name), ``value``, its direction and, when the
-    evaluation measured one, its 95% ``interval`` (reported beside the decision, never hidden)."""
+    evaluation measured one, its 95% ``interval`` (reported beside the decision, never hidden).
+
+    ``metric`` is the gate's own identifier (``downstream_delta``: the best GAN regime's paired
+    delta of balanced accuracy against real+classic, as a fraction; ``fd_domain``), stored with each
+    registered version as its ``gate.metric``/``gate.value`` tags and read back from those tags, never
+    from a run's MLflow metrics. Renaming the run metrics therefore leaves every champion registered
+    earlier comparable; changing these identifiers or the unit of ``value`` would not (a champion
+    judged by another ``metric`` is "not comparable" and would keep its alias for good).
+    """
 
     metric: str
     value: float | None
@@ -222,43 +288,72 @@ def run_fingerprint(data_fingerprint: str, config: Mapping[str, Any]) -> str:
 
 
 def headline_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
-    """The evaluation's numbers under short MLflow names, for the UI's compare view and ``augment compare``.
+    """The evaluation's numbers under MLflow names that say what they are, for the UI and ``augment compare``.
 
-    Overall: ``fd_domain`` and ``kid_domain`` beside their real-vs-real ``*_floor`` (the same for
-    ``fid_inception``), ``precision/recall/density/coverage`` (and ``*_floor``), ``near_copy_fraction``;
-    downstream: per regime ``acc.<regime>`` (mean balanced accuracy) and ``delta.<regime>`` with
-    ``.ci_low``/``.ci_high`` (paired, against the baseline). Per class, grouped under ``class/``:
-    ``class/fd_domain.<c>`` and ``class/recall_delta.<c>`` (recall change of the verdict's GAN regime).
-    Regimes and classes are named MLflow-safe (``real_gan`` for ``real+gan``). The full record is the
-    ``eval/metrics.json`` artifact.
+    * ``fidelity/<name>`` and ``fidelity/<name>_floor`` (its real-vs-real floor) for ``fd_domain``,
+      ``kid_domain`` (and ``fid_inception``/``kid_inception`` when measured), ``precision``, ``recall``,
+      ``density``, ``coverage``; ``memorisation/near_copy_fraction``;
+    * ``downstream/balanced_acc/<regime>``: mean balanced accuracy over the seeds;
+    * ``downstream/delta_vs_<baseline>_pts/<regime>`` with ``/ci_low`` and ``/ci_high``: the paired
+      change in balanced accuracy against the baseline (``real_classic``), in points like the report;
+      ``downstream/delta_vs_real_pts/<regime>`` likewise for the GAN regimes against real-only training;
+    * ``per_class/<distance>/<class>``, and ``per_class/recall_delta_vs_<baseline>_pts/<regime>/<class>``.
+
+    Regimes and classes pass through :func:`metric_segment` (``real_gan`` for ``real+gan``). The full
+    record is the ``eval/metrics.json`` artifact.
+
+    Example:
+        >>> headline_metrics({"downstream": {"baseline": "real+classic",
+        ...     "deltas": {"real+gan": {"balanced_accuracy": {"mean": 0.031}}}}})
+        {'downstream/delta_vs_real_classic_pts/real_gan': 3.1}
     """
     out: dict[str, float] = {}
 
-    def put(name: str, value: Any) -> None:
+    def put(value: Any, *parts: str, scale: float = 1.0) -> None:
         if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
-            out[metric_key(name)] = float(value)
+            # Rounded when scaled: 100 * 0.031 is 3.1 pts, not 3.1000000000000005.
+            out[metric_name(*parts)] = float(value) if scale == 1 else round(scale * float(value), 10)
 
     for name in ("fd_domain", "fid_inception"):
         block = metrics.get(name) or {}
         kid = name.replace("fd_", "kid_").replace("fid_", "kid_")
         for key in (name, f"{name}_floor", kid, f"{kid}_floor"):
-            put(key, block.get(key))
+            put(block.get(key), FIDELITY, key)
         for cls, row in (block.get("per_class") or {}).items():
-            put(f"class/{name}.{cls}", (row or {}).get(name))
+            put((row or {}).get(name), PER_CLASS, name, cls)
     prdc = metrics.get("prdc") or {}
     for key in ("precision", "recall", "density", "coverage"):
-        put(key, (prdc.get("synthetic") or {}).get(key))
-        put(f"{key}_floor", (prdc.get("floor") or {}).get(key))
-    put("near_copy_fraction", (metrics.get("memorisation") or {}).get("near_copy_fraction"))
+        put((prdc.get("synthetic") or {}).get(key), FIDELITY, key)
+        put((prdc.get("floor") or {}).get(key), FIDELITY, f"{key}_floor")
+    put((metrics.get("memorisation") or {}).get("near_copy_fraction"), MEMORISATION, "near_copy_fraction")
     down = metrics.get("downstream") or {}
     for regime, row in (down.get("regimes") or {}).items():
-        put(f"acc.{regime}", ((row or {}).get("balanced_accuracy") or {}).get("mean"))
-    for regime, row in (down.get("deltas") or {}).items():
-        ci = (row or {}).get("balanced_accuracy") or {}
-        put(f"delta.{regime}", ci.get("mean"))
-        put(f"delta.{regime}.ci_low", ci.get("ci_low"))
-        put(f"delta.{regime}.ci_high", ci.get("ci_high"))
-    best = (down.get("verdict") or {}).get("regime")
-    for cls, ci in (((down.get("deltas") or {}).get(best) or {}).get("per_class_recall") or {}).items():
-        put(f"class/recall_delta.{cls}", (ci or {}).get("mean"))
+        put(((row or {}).get("balanced_accuracy") or {}).get("mean"), DOWNSTREAM, "balanced_acc", regime)
+    families = [(down.get("baseline") or BASELINE, down.get("deltas")), ("real", down.get("deltas_vs_real"))]
+    for baseline, deltas in families:
+        for regime, row in (deltas or {}).items():
+            ci = (row or {}).get("balanced_accuracy") or {}
+            put(ci.get("mean"), DOWNSTREAM, delta_name(baseline), regime, scale=100)
+            put(ci.get("ci_low"), DOWNSTREAM, delta_name(baseline), regime, "ci_low", scale=100)
+            put(ci.get("ci_high"), DOWNSTREAM, delta_name(baseline), regime, "ci_high", scale=100)
+            for cls, rec in ((row or {}).get("per_class_recall") or {}).items():
+                put((rec or {}).get("mean"), PER_CLASS, f"recall_{delta_name(baseline)}", regime, cls, scale=100)
+    return out
+
+
+def cell_metrics(cell: Mapping[str, Any], class_names: list[str]) -> dict[str, float]:
+    """One downstream (regime, seed) cell's scores under the names of its child run.
+
+    ``downstream/accuracy`` (plain), ``downstream/balanced_acc``, ``downstream/macro_f1``,
+    ``downstream/seconds`` and ``per_class/recall/<class>`` (the classifier's recall on that class of
+    the test split; generator fidelity is ``fidelity/recall`` on the parent, a different quantity).
+
+    Example:
+        >>> cell_metrics({"balanced_accuracy": 0.4, "per_class_recall": [1.0, 0.0]}, ["a", "b/c"])
+        {'downstream/balanced_acc': 0.4, 'per_class/recall/a': 1.0, 'per_class/recall/b_c': 0.0}
+    """
+    names = {"accuracy": "accuracy", "balanced_accuracy": "balanced_acc", "macro_f1": "macro_f1", "seconds": "seconds"}
+    out = {metric_name(DOWNSTREAM, short): float(cell[key]) for key, short in names.items() if key in cell}
+    for name, recall in zip(class_names, cell.get("per_class_recall") or [], strict=False):
+        out[metric_name(PER_CLASS, "recall", name)] = float(recall)
     return out

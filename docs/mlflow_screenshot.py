@@ -8,8 +8,8 @@ Needs Debian's Chromium (``apt-get install chromium``) and a running UI::
     .venv/bin/python docs/mlflow_screenshot.py --ui http://127.0.0.1:5000 --out docs/mlflow_compare.png
 
 It drives Chromium over the DevTools protocol (plain ``--screenshot`` cannot click): closes the
-assistant side panel, turns on "Show diff only", adds ``delta.real_gan`` to the parallel-coordinates
-plot, then captures a 1600x2300 page.
+assistant side panel, turns on "Show diff only", adds ``downstream/delta_vs_real_classic_pts/real_gan`` to
+the parallel-coordinates plot, then captures a 1600x2300 page.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ STEPS = [
     'document.querySelector("[data-component-id=\\"mlflow.assistant.chat_panel.close\\"]")?.click()',
     'Array.from(document.querySelectorAll("[role=switch]")).forEach(s => s.click())',
     'const m = document.querySelectorAll("input[role=combobox]")[1]; m.focus(); m.click()',
-    "type:delta.real_gan",
+    "type:downstream/delta_vs_real_classic_pts/real_gan",
     "key:Enter",
     "key:Escape",
     "document.activeElement.blur()",

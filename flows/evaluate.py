@@ -15,6 +15,7 @@ cell; the stacked grid gives those to float rounding (a grouped convolution sums
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from prefect import flow, get_run_logger
 
 from augment import rundir
 from augment.config import Config
-from augment.registry import headline_metrics, metric_key
+from augment.registry import cell_metrics, headline_metrics
 from augment.tracking import Tracker
 from flows.tasks import call_task, local_workers, log_artifacts_task, task_runner_for
 
@@ -87,30 +88,51 @@ CELL_PARAMS = (
 )
 
 
-def log_cells(tracker: Tracker, parent: str, result: dict[str, Any]) -> None:
-    """One child run per downstream (regime, seed) cell: its settings as params, its scores as metrics."""
+def cell_times(cells: list[dict[str, Any]], end: float) -> list[tuple[float, float]]:
+    """``(start, end)`` of each cell's child run, in seconds since the epoch.
+
+    Evaluation records how long each cell took (``seconds``; a stacked cell: its share of its stack's
+    wall time) but not when, and the grid is the last thing it measures. So the cells are placed back
+    to back in grid order, the last one ending at ``end`` (when the measurements ended): each child
+    run lasts exactly its recorded duration. Cells that shared a stack or ran side by side on Dask are
+    shown one after another.
+    """
+    spans: list[tuple[float, float]] = []
+    for cell in reversed(cells):
+        start = end - max(float(cell.get("seconds") or 0.0), 0.0)
+        spans.append((start, end))
+        end = start
+    return spans[::-1]
+
+
+def log_cells(tracker: Tracker, parent: str, result: dict[str, Any], end: float | None = None) -> None:
+    """One child run per downstream (regime, seed) cell: its settings as params, its scores as metrics
+    (:func:`augment.registry.cell_metrics`), its recorded duration as the run's start and end
+    (:func:`cell_times`; ``end``: when the evaluation's measurements ended, default now)."""
     down = result.get("downstream") or {}
     names = result.get("class_names") or []
-    for cell in down.get("cells") or []:
+    cells = down.get("cells") or []
+    for cell, (start, stop) in zip(cells, cell_times(cells, time.time() if end is None else end), strict=True):
         regime, seed = cell["regime"], cell["seed"]
-        with tracker.run(f"{regime} seed {seed}", kind="downstream", parent=parent, tags={"regime": regime}) as rid:
+        name, tags = f"{regime} seed {seed}", {"regime": regime}
+        with tracker.run(name, kind="downstream", parent=parent, tags=tags, start_time=start, end_time=stop) as rid:
             params = {k: cell.get(k) for k in CELL_PARAMS}
             params.update(classifier=down.get("classifier"), classic_policy=down.get("classic_policy"))
             tracker.log_params(rid, {k: v for k, v in params.items() if v is not None})
-            scores = {k: cell[k] for k in ("accuracy", "balanced_accuracy", "macro_f1", "seconds") if k in cell}
-            for name, recall in zip(names, cell.get("per_class_recall") or [], strict=False):
-                scores[f"recall.{metric_key(name)}"] = recall
-            tracker.log_metrics(rid, scores)
+            tracker.log_metrics(rid, cell_metrics(cell, names))
 
 
 def evaluate_stage(
     cfg: Config, run_dir: Path, tracker: Tracker, parent: str, progress: bool = False
 ) -> tuple[dict[str, Any], Path]:
     """Evaluate ``run_dir`` and log it under the pipeline run ``parent``; returns ``(metrics, report path)``."""
+    started = time.time()
     result = run_evaluate(run_dir, cfg, progress=progress)
     if not cfg.evaluate.dask_address:  # what `workers: auto` turned into on this machine
         tracker.log_params(parent, {"evaluate.workers_used": local_workers(cfg.evaluate)})
-    log_cells(tracker, parent, result)
+    # `seconds`: the evaluation's measurements, without writing the report and plots that follow the grid.
+    measured = result.get("seconds")
+    log_cells(tracker, parent, result, end=started + measured if isinstance(measured, int | float) else None)
     tracker.log_metrics(parent, headline_metrics(result))
     eval_dir = Path(run_dir) / rundir.EVAL
     log_artifacts_task(tracker, parent, [(p, rundir.EVAL) for p in sorted(eval_dir.iterdir()) if p.is_file()])

@@ -28,6 +28,7 @@ from prefect.futures import wait
 from augment.checkpoint import load_snapshot
 from augment.config import Config, GenerateConfig
 from augment.generate import ShardSpec, counts_to_generate, write_samples
+from augment.registry import GENERATE, PER_CLASS, metric_name
 from augment.rundir import GENERATED, find_snapshot, run_config
 from augment.tracking import TAG_FINGERPRINT, Tracker, make_tracker
 from flows.tasks import generate_shard_task, log_artifacts_task, task_runner_for
@@ -78,8 +79,8 @@ def generate_stage(cfg: Config, snapshot: Path, out_dir: Path, tracker: Tracker,
     manifest = run_generate(snapshot, out_dir, counts, g)
     params = {"generate.target": g.target, "generate.seed": g.seed, "generate.shard_size": g.shard_size}
     tracker.log_params(run_id, {**params, "snapshot": snapshot.name})
-    per_class = {f"images.{n}": float(c) for n, c in zip(snap.class_names, counts, strict=True)}
-    tracker.log_metrics(run_id, {"images": float(sum(counts)), **per_class})
+    per_class = {metric_name(PER_CLASS, "images", n): float(c) for n, c in zip(snap.class_names, counts, strict=True)}
+    tracker.log_metrics(run_id, {metric_name(GENERATE, "images"): float(sum(counts)), **per_class})
     tracker.set_tags(run_id, {TAG_FINGERPRINT: snap.data_fingerprint})
     log_artifacts_task(tracker, run_id, [(manifest, None), (manifest.parent / "grid.png", None)])
     return manifest, counts

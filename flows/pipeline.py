@@ -64,7 +64,7 @@ def registry_section(promotion: Promotion | None, model_name: str, tracking_enab
         "```python",
         "import mlflow",
         f'model = mlflow.pyfunc.load_model("{promotion.model_uri}")',
-        'images = model.predict({"label": [0, 1], "seed": [0, 0]})  # (N, C, H, W) in [0, 1]',
+        'images = model.predict({"label": [0, 1], "index": [0, 0]})  # (N, C, H, W) in [0, 1]',
         "```",
     ]
     return "\n".join(lines) + "\n"

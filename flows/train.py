@@ -13,6 +13,7 @@ from augment import rundir
 from augment.config import Config, load_config
 from augment.data import PreparedData
 from augment.devices import resolve_device
+from augment.registry import TRAIN, metric_name
 from augment.rundir import prepare_run_dir
 from augment.tracking import TAG_FINGERPRINT, TAG_TRAIN_COUNTS, Tracker, make_tracker
 from augment.train import check_new_run_dir, loop_kwargs
@@ -22,7 +23,8 @@ log = logging.getLogger(__name__)
 
 
 def tick_logger(tracker: Tracker, run_id: str) -> Callable[[dict[str, float]], None]:
-    """``on_tick`` for the training loop: every tick's numbers as MLflow metrics, step = images shown.
+    """``on_tick`` for the training loop: every tick's numbers as MLflow metrics ``train/<name>``
+    (``train/loss_D``, ``train/images_per_s``, ``train/fd_domain`` at an evaluation tick), step = images shown.
 
     A failed metric write is logged and skipped: losing a point of a curve must not kill a training run.
     """
@@ -32,7 +34,7 @@ def tick_logger(tracker: Tracker, run_id: str) -> Callable[[dict[str, float]], N
         nonlocal warned
         step = int(round(tick["kimg"] * 1000))
         try:
-            tracker.log_metrics(run_id, {k: v for k, v in tick.items() if k != "kimg"}, step=step)
+            tracker.log_metrics(run_id, {metric_name(TRAIN, k): v for k, v in tick.items() if k != "kimg"}, step=step)
         except Exception as err:  # noqa: BLE001 - tracking is best effort during training
             if not warned:
                 log.warning("could not log training metrics to MLflow (%s); training continues", err)
@@ -63,7 +65,7 @@ def train_stage(
 ) -> tuple[Path, Path, str | None]:
     """Train into ``run_dir`` under MLflow run ``run_id``; returns ``(run_dir, snapshot, model_uri)``."""
     device = resolve_device(cfg.train.device)  # what `auto` turned into on this machine
-    used = {"train.device_used": device.type, "train.precision_used": loop_kwargs(cfg, device)["precision"]}
+    used = {"train.device_used": device.type, "train.precision_used": loop_kwargs(cfg, device)["performance"].precision}
     tracker.log_params(run_id, {**cfg.flat(), **used})
     tracker.set_tags(run_id, {**data_tags(data), "run_dir": str(run_dir)})
     tracker.log_dataset(run_id, data, name=f"{cfg.name}-train", source=data_source(cfg))

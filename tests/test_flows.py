@@ -103,7 +103,13 @@ def test_mlflow_holds_the_parent_run_its_children_and_their_numbers(first: dict)
     }
     assert cells == {(r, str(s)) for r in ("real+classic", "real+gan") for s in range(3)}
     cell = next(c for c in children if c.data.tags[TAG_KIND] == "downstream")
-    assert 0.0 <= cell.data.metrics["balanced_accuracy"] <= 1.0 and "recall.2" in cell.data.metrics
+    assert 0.0 <= cell.data.metrics["downstream/balanced_acc"] <= 1.0 and "per_class/recall/2" in cell.data.metrics
+    # Each cell's child run lasts as long as the cell took, and the cells do not share one instant.
+    downstream = [c for c in children if c.data.tags[TAG_KIND] == "downstream"]
+    for c in downstream:
+        seconds = (c.info.end_time - c.info.start_time) / 1000
+        assert seconds == pytest.approx(c.data.metrics["downstream/seconds"], abs=1.0)
+    assert len({c.info.start_time for c in downstream}) == len(downstream)
 
     # Params from the flattened resolved config, data fingerprint and git commit as tags, dataset input.
     assert parent.data.params["train.kimg"] == str(cfg.train.kimg)
@@ -115,14 +121,16 @@ def test_mlflow_holds_the_parent_run_its_children_and_their_numbers(first: dict)
     assert json.loads(parent.data.tags["train_counts"]) == metrics_json["counts"]["train"]
 
     # Headline metrics equal metrics.json; the training curve is stepped by images shown.
-    assert parent.data.metrics["fd_domain"] == pytest.approx(metrics_json["fd_domain"]["fd_domain"])
+    assert parent.data.metrics["fidelity/fd_domain"] == pytest.approx(metrics_json["fd_domain"]["fd_domain"])
     delta = metrics_json["downstream"]["deltas"]["real+gan"]["balanced_accuracy"]
-    assert parent.data.metrics["delta.real_gan"] == pytest.approx(delta["mean"])
+    name = "downstream/delta_vs_real_classic_pts/real_gan"
+    assert parent.data.metrics[name] == pytest.approx(100 * delta["mean"])  # in points, like the report
+    assert parent.data.metrics[f"{name}/ci_low"] == pytest.approx(100 * delta["ci_low"])
     train = next(c for c in children if c.data.tags[TAG_KIND] == "train")
     used = (train.data.params["train.device_used"], train.data.params["train.precision_used"])
     assert used == ("cpu", "fp32")  # what `device: auto` and the config's precision became here
     assert parent.data.params["evaluate.workers_used"] == "1"
-    curve = client.get_metric_history(train.info.run_id, "loss_D")
+    curve = client.get_metric_history(train.info.run_id, "train/loss_D")
     assert [m.step for m in curve] == [128, 256]
 
     # Artifacts: config, sample grids over training, manifest, plots, metrics.json, report.md.
@@ -183,7 +191,7 @@ def test_augment_compare_puts_the_runs_side_by_side(first: dict, tmp_path: Path)
     assert result.exit_code == 0, result.output
     shown = result.output.splitlines()
     assert max(len(line) for line in shown) <= 100, "the table must fit the terminal"
-    assert any(line.startswith("Δ bal. acc. real_gan vs real+classic (pts)") for line in shown)
+    assert any(line.startswith("Δ bal. acc. real+gan vs real+classic (pts)") for line in shown)
     assert any(line.startswith("verdict") for line in shown) and any(
         line.startswith("--set overrides") for line in shown
     )
@@ -191,9 +199,11 @@ def test_augment_compare_puts_the_runs_side_by_side(first: dict, tmp_path: Path)
         rows = list(csv.DictReader(fh))
     assert len(rows) >= 1 and rows[-1]["alias"] == CHAMPION  # oldest last: the first run's v1
     assert rows[-1]["model"] == "digits-cgan v1" and rows[-1]["train_per_class"] == "0:36 1:36 2:36"
-    for key in ("fd_domain", "fd_domain_floor", "delta_pts.real_gan.mean", "delta_pts.real_gan.ci_low"):
-        float(rows[-1][key])  # numbers, not formatted strings
-    lo, mean, hi = (float(rows[-1][f"delta_pts.real_gan.{p}"]) for p in ("ci_low", "mean", "ci_high"))
+    # Columns named as the MLflow metrics they hold; numbers, not formatted strings.
+    delta = "downstream/delta_vs_real_classic_pts/real_gan"
+    for key in ("fidelity/fd_domain", "fidelity/fd_domain_floor", delta, f"{delta}/ci_low"):
+        float(rows[-1][key])
+    lo, mean, hi = (float(rows[-1][k]) for k in (f"{delta}/ci_low", delta, f"{delta}/ci_high"))
     assert lo <= mean <= hi
     assert rows[-1]["verdict"] in ("helped", "hurt", "no measurable benefit", "not enough seeds for an interval")
     fps = {r["fingerprint"] for r in rows}
@@ -215,11 +225,12 @@ def test_compare_fits_narrow_terminals_by_grouping_runs() -> None:
             "overrides": "train.kimg=5",
             "fingerprint": "81ebaddcc2b636a1",
             "train_per_class": "0:36 1:36 2:36",
-            "fd_domain": 2.19,
-            "fd_domain_floor": 1.81,
-            "delta_pts.real_gan.mean": -0.5,
-            "delta_pts.real_gan.ci_low": -4.3,
-            "delta_pts.real_gan.ci_high": 3.3,
+            "fidelity/fd_domain": 2.19,
+            "fidelity/fd_domain_floor": 1.81,
+            "downstream/delta_vs_real_classic_pts/real_gan": -0.5,
+            "downstream/delta_vs_real_classic_pts/real_gan/ci_low": -4.3,
+            "downstream/delta_vs_real_classic_pts/real_gan/ci_high": 3.3,
+            "downstream/delta_vs_real_pts/real_gan": 1.5,
             "model": f"digits-cgan v{i}",
             "alias": "-",
         }
@@ -229,6 +240,11 @@ def test_compare_fits_narrow_terminals_by_grouping_runs() -> None:
     assert max(len(line) for line in text.splitlines()) <= 80
     assert text.count("abcdef00") == 1 and "abcdef04" in text  # every run shown once
     assert "-0.5 [-4.3, +3.3]" in text and "2.19 (1.81)" in text
+    # Against the report's baseline first, then against real-only training (no interval logged: none shown).
+    labels = list(dict.fromkeys(line.split("  ")[0] for line in text.splitlines() if line.startswith("Δ")))
+    assert labels == ["Δ bal. acc. real+gan vs real+classic (pts)", "Δ bal. acc. real+gan vs real (pts)"]
+    vs_real = [line for line in text.splitlines() if line.startswith("Δ bal. acc. real+gan vs real (pts)")]
+    assert vs_real and all(set(line.split("(pts)", 1)[1].split()) == {"+1.5"} for line in vs_real)
 
 
 def test_a_failing_stage_marks_the_runs_failed_and_keeps_the_checkpoint(tmp_path: Path):
@@ -269,7 +285,7 @@ def test_train_and_generate_flows_track_their_own_runs(tmp_path: Path):
     assert (g.data.tags[TAG_KIND], g.info.status) == ("generate", "FINISHED")
     assert trained["model_uri"].startswith("models:/")
     assert Path(generated["manifest"]).is_file() and generated["counts"] == [3, 3, 3]
-    assert g.data.metrics["images"] == 9.0 and g.data.metrics["images.1"] == 3.0
+    assert g.data.metrics["generate/images"] == 9.0 and g.data.metrics["per_class/images/1"] == 3.0
 
 
 def test_task_runner_follows_the_evaluate_config():
@@ -433,7 +449,8 @@ def test_two_pipelines_at_once_share_the_store_and_the_output_root(tmp_path: Pat
     runs = pipeline_runs(cfg)
     assert len(runs) == 2 and {r.info.status for r in runs} == {"FINISHED"}
     for run in runs:
-        assert "fd_domain" in run.data.metrics and any(k.startswith("delta.") for k in run.data.metrics)
+        assert "fidelity/fd_domain" in run.data.metrics
+        assert any(k.startswith("downstream/delta_vs_real_classic_pts/") for k in run.data.metrics)
     assert {r.data.tags.get("mlflow.runName") for r in runs} != {None}
 
 

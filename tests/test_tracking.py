@@ -22,10 +22,12 @@ from augment.registry import (
     CHALLENGER,
     CHAMPION,
     Gate,
+    cell_metrics,
     decide_promotion,
     gate_from_metrics,
     headline_metrics,
     metric_key,
+    metric_segment,
 )
 from augment.tracking import (
     TAG_COMMIT,
@@ -108,7 +110,9 @@ def test_gate_and_headline_metrics_read_the_evaluation_layout():
         "prdc": {"synthetic": {"precision": 0.7, "recall": 0.5}, "floor": {"precision": 0.95}},
         "memorisation": {"near_copy_fraction": 0.0},
         "downstream": {
+            "baseline": "real+classic",
             "regimes": {"real+classic": {"balanced_accuracy": {"mean": 0.8}}},
+            "deltas_vs_real": {"real+gan": {"balanced_accuracy": {"mean": 0.02, "ci_low": 0.01, "ci_high": 0.03}}},
             "deltas": {
                 "real+gan": {"balanced_accuracy": ci, "per_class_recall": {"0": {"mean": 0.1}}},
                 "real+gan+classic": {"balanced_accuracy": {**ci, "mean": 0.05}},
@@ -128,35 +132,65 @@ def test_gate_and_headline_metrics_read_the_evaluation_layout():
     one = {"downstream": {"deltas": {"real+gan": {"balanced_accuracy": {"mean": 0.1, "n": 1}}}}}
     assert gate_from_metrics(one, "downstream").valid is False
 
+    # Grouped names that say what they are; deltas in points like the report, baseline in the name.
     assert headline_metrics(metrics) == {
-        "fd_domain": 4.5,
-        "fd_domain_floor": 1.5,
-        "kid_domain": 0.2,
-        "kid_domain_floor": 0.01,
-        "class/fd_domain.0": 9.0,
-        "class/fd_domain.a b": 3.0,
-        "precision": 0.7,
-        "recall": 0.5,
-        "precision_floor": 0.95,
-        "near_copy_fraction": 0.0,
-        "acc.real_classic": 0.8,
-        "delta.real_gan": 0.03,
-        "delta.real_gan.ci_low": -0.01,
-        "delta.real_gan.ci_high": 0.07,
-        "delta.real_gan_classic": 0.05,
-        "delta.real_gan_classic.ci_low": -0.01,
-        "delta.real_gan_classic.ci_high": 0.07,
-        "delta.gan-only": 0.9,
-        "delta.gan-only.ci_low": -0.01,
-        "delta.gan-only.ci_high": 0.07,
-        "class/recall_delta.0": 0.1,
+        "fidelity/fd_domain": 4.5,
+        "fidelity/fd_domain_floor": 1.5,
+        "fidelity/kid_domain": 0.2,
+        "fidelity/kid_domain_floor": 0.01,
+        "per_class/fd_domain/0": 9.0,
+        "per_class/fd_domain/a b": 3.0,
+        "fidelity/precision": 0.7,
+        "fidelity/recall": 0.5,
+        "fidelity/precision_floor": 0.95,
+        "memorisation/near_copy_fraction": 0.0,
+        "downstream/balanced_acc/real_classic": 0.8,
+        "downstream/delta_vs_real_classic_pts/real_gan": 3.0,
+        "downstream/delta_vs_real_classic_pts/real_gan/ci_low": -1.0,
+        "downstream/delta_vs_real_classic_pts/real_gan/ci_high": 7.0,
+        "downstream/delta_vs_real_classic_pts/real_gan_classic": 5.0,
+        "downstream/delta_vs_real_classic_pts/real_gan_classic/ci_low": -1.0,
+        "downstream/delta_vs_real_classic_pts/real_gan_classic/ci_high": 7.0,
+        "downstream/delta_vs_real_classic_pts/gan-only": 90.0,
+        "downstream/delta_vs_real_classic_pts/gan-only/ci_low": -1.0,
+        "downstream/delta_vs_real_classic_pts/gan-only/ci_high": 7.0,
+        "downstream/delta_vs_real_pts/real_gan": 2.0,
+        "downstream/delta_vs_real_pts/real_gan/ci_low": 1.0,
+        "downstream/delta_vs_real_pts/real_gan/ci_high": 3.0,
+        "per_class/recall_delta_vs_real_classic_pts/real_gan/0": 10.0,
     }
+    # Without real+classic in the grid the deltas are against real, and the names say so.
+    real_base = {"downstream": {"baseline": "real", "deltas": {"real+gan": {"balanced_accuracy": {"mean": -0.1}}}}}
+    assert headline_metrics(real_base) == {"downstream/delta_vs_real_pts/real_gan": -10.0}
+
+
+def test_a_cell_logs_classifier_scores_apart_from_generator_fidelity():
+    cell = {"accuracy": 0.9, "balanced_accuracy": 0.85, "macro_f1": 0.8, "seconds": 2.5, "per_class_recall": [1, 0.7]}
+    scores = cell_metrics(cell, ["0", "T-shirt/top"])
+    assert scores == {
+        "downstream/accuracy": 0.9,
+        "downstream/balanced_acc": 0.85,
+        "downstream/macro_f1": 0.8,
+        "downstream/seconds": 2.5,
+        "per_class/recall/0": 1.0,
+        "per_class/recall/T-shirt_top": 0.7,
+    }
+    # The classifier's per-class recall and the generator's recall never share a name or a prefix.
+    fidelity = headline_metrics({"prdc": {"synthetic": {"recall": 0.5}}})
+    assert set(fidelity) == {"fidelity/recall"} and not set(fidelity) & set(scores)
+    assert not any(k.startswith("fidelity/recall/") for k in scores)
 
 
 def test_metric_names_are_mlflow_safe():
-    assert metric_key("real+gan+classic") == "real_gan_classic"
-    assert metric_key("class/fd_domain.T-shirt/top") == "class/fd_domain.T-shirt/top"
-    assert metric_key("a:b(c)") == "a_b_c_"
+    from mlflow.utils.validation import _validate_metric_name
+
+    assert metric_segment("real+gan+classic") == "real_gan_classic"
+    assert metric_segment("T-shirt/top") == "T-shirt_top"  # a class name is one part, never two
+    assert metric_segment("a:b(c)") == "a_b_c_"
+    assert [metric_segment(x) for x in ("", ".", "..")] == ["_", "_", "__"]
+    assert metric_key("downstream/balanced_acc/real+gan") == "downstream/balanced_acc/real_gan"
+    for name in ("per_class/recall/..", "per_class/recall/", "a//b", "downstream/balanced_acc/real+gan", "x/ü é"):
+        _validate_metric_name(metric_key(name))  # MLflow's own check: raises on an illegal name
 
 
 def test_resolve_uri_prefers_the_environment(monkeypatch: pytest.MonkeyPatch):
@@ -237,6 +271,66 @@ def test_a_failing_run_ends_failed_never_finished(tracker: MlflowTracker):
         assert tracker.client.get_run(run_id).info.status == "FAILED"
 
 
+def test_a_run_recorded_after_the_fact_keeps_its_measured_start_and_end(tracker: MlflowTracker):
+    t0 = time.time() - 60
+    with tracker.run("cell", kind="downstream", start_time=t0, end_time=t0 + 12.5) as run_id:
+        tracker.log_metrics(run_id, {"downstream/seconds": 12.5})
+    info = tracker.client.get_run(run_id).info
+    assert info.status == "FINISHED"
+    assert (info.start_time, info.end_time) == (round(t0 * 1000), round((t0 + 12.5) * 1000))
+
+
+def test_downstream_cells_get_their_recorded_durations_as_start_and_end(tracker: MlflowTracker):
+    from flows.evaluate import log_cells
+
+    cells = [
+        {"regime": "real+classic", "seed": 0, "seconds": 3.0, "balanced_accuracy": 0.8},
+        {"regime": "real+gan", "seed": 0, "seconds": 5.5, "balanced_accuracy": 0.7},
+        {"regime": "real+gan", "seed": 1, "seconds": 0.25, "balanced_accuracy": 0.9},
+    ]
+    end = time.time() - 30
+    with tracker.run("pipeline", kind="pipeline") as parent:
+        log_cells(tracker, parent, {"downstream": {"cells": cells}, "class_names": ["a", "b"]}, end=end)
+    runs = tracker.client.search_runs(
+        [tracker.experiment_id], f"tags.`mlflow.parentRunId` = '{parent}'", order_by=["attributes.start_time ASC"]
+    )
+    assert [r.info.run_name for r in runs] == ["real+classic seed 0", "real+gan seed 0", "real+gan seed 1"]
+    for run, cell in zip(runs, cells, strict=True):
+        seconds = (run.info.end_time - run.info.start_time) / 1000
+        assert seconds == pytest.approx(cell["seconds"], abs=1e-3) == run.data.metrics["downstream/seconds"]
+    assert len({r.info.start_time for r in runs}) == 3, "children do not share one instant"
+    # Back to back, the last ending where the measurements ended.
+    assert runs[0].info.end_time == runs[1].info.start_time and runs[1].info.end_time == runs[2].info.start_time
+    assert runs[-1].info.end_time == round(end * 1000)
+
+
+def test_compare_lines_up_runs_logged_under_the_old_metric_names(store: str):
+    from augment.tracking import compare_runs
+
+    tracker = MlflowTracker(store, "compare-names")
+    with tracker.run("old", kind="pipeline", start_time=time.time() - 120) as old:
+        tracker.log_metrics(old, {"fd_domain": 2.0, "delta.real_gan": 0.031, "delta.real_gan.ci_low": -0.01})
+    with tracker.run("new", kind="pipeline") as new:
+        tracker.log_metrics(
+            new,
+            headline_metrics(
+                {
+                    "downstream": {
+                        "deltas": {"real+gan": {"balanced_accuracy": {"mean": 0.05, "ci_low": 0.01, "ci_high": 0.09}}}
+                    },
+                    "fd_domain": {"fd_domain": 1.0},
+                }
+            ),
+        )
+    table = compare_runs(store, "compare-names").set_index("run")
+    delta = "downstream/delta_vs_real_classic_pts/real_gan"
+    assert table.loc["old", "fidelity/fd_domain"] == 2.0 and table.loc["new", "fidelity/fd_domain"] == 1.0
+    assert table.loc["old", delta] == pytest.approx(3.1) and table.loc["new", delta] == pytest.approx(5.0)
+    assert table.loc["old", f"{delta}/ci_low"] == pytest.approx(-1.0)
+    assert math.isnan(table.loc["old", f"{delta}/ci_high"]) and table.loc["new", f"{delta}/ci_high"] == 9.0
+    assert list(table.columns[-2:]) == ["model", "alias"]
+
+
 # The generator as a pyfunc model, the registry and the gate. -----------------------------------
 
 
@@ -254,34 +348,54 @@ def test_generator_is_a_pyfunc_from_code_without_pickles(tracker: MlflowTracker,
     local = Path(mlflow.artifacts.download_artifacts(logged["model_uri"]))
     files = {p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file()}
     assert not any(f.endswith((".pkl", ".pickle", ".cloudpickle")) for f in files), files
-    assert "generator_model.py" in files and "code/augment/tracking.py" in files
+    assert "generator_model.py" in files and "code/augment/tracking/model.py" in files
     assert f"artifacts/{logged['snapshot'].name}" in files
     mlmodel = mlflow.models.Model.load(str(local))
     assert mlmodel.flavors["python_function"]["model_code_path"].endswith("generator_model.py")
     requirements = (local / "requirements.txt").read_text().split()
     assert any(r.startswith("torch==") for r in requirements) and any(r.startswith("mlflow==") for r in requirements)
     inputs = mlmodel.signature.inputs.to_dict()
-    assert [(c["name"], c["type"]) for c in inputs] == [("label", "long"), ("seed", "long")]
+    # `index` is the sample's number within its class; `seed` (its earlier name) is still accepted.
+    assert [(c["name"], c["type"], c["required"]) for c in inputs] == [
+        ("label", "long", True),
+        ("index", "long", False),
+        ("seed", "long", False),
+    ]
     assert list(mlmodel.signature.outputs.to_dict()[0]["tensor-spec"]["shape"]) == [-1, 1, 8, 8]
     assert mlmodel.metadata["class_names"] == ["0", "1", "2"]
 
 
-def test_predict_returns_images_that_depend_only_on_label_and_seed(logged: dict):
+def test_predict_returns_images_that_depend_only_on_label_and_index(logged: dict):
     import mlflow
 
     model = mlflow.pyfunc.load_model(logged["model_uri"])
-    batch = model.predict({"label": [0, 1, 2, 2], "seed": [0, 0, 0, 7]})
+    batch = model.predict({"label": [0, 1, 2, 2], "index": [0, 0, 0, 7]})
     assert batch.shape == (4, 1, 8, 8) and batch.dtype == np.float32
     assert batch.min() >= 0.0 and batch.max() <= 1.0
-    alone = model.predict(pd.DataFrame({"label": [2], "seed": [7]}))
+    alone = model.predict(pd.DataFrame({"label": [2], "index": [7]}))
     np.testing.assert_allclose(alone[0], batch[3], atol=1e-6)  # neither batch nor position matter
-    assert not np.allclose(batch[2], batch[3]), "different seeds give different images"
+    assert not np.allclose(batch[2], batch[3]), "different indices give different images"
     # The same image `augment generate --seed 0` writes as sample 7 of class 2.
     snap = load_snapshot(logged["snapshot"])
     expected = (sample(snap.generator(), torch.tensor([2]), torch.tensor([7]), seed=0) + 1) / 2
     np.testing.assert_allclose(alone, expected.numpy(), atol=1e-6)
     with pytest.raises(Exception, match="not a class"):
-        model.predict({"label": [3], "seed": [0]})
+        model.predict({"label": [3], "index": [0]})
+
+
+def test_predict_accepts_seed_as_the_old_name_of_index(logged: dict):
+    import mlflow
+
+    model = mlflow.pyfunc.load_model(logged["model_uri"])
+    by_index = model.predict({"label": [0, 2, 2], "index": [0, 0, 7]})
+    np.testing.assert_array_equal(model.predict({"label": [0, 2, 2], "seed": [0, 0, 7]}), by_index)
+    np.testing.assert_allclose(model.predict(pd.DataFrame({"label": [2], "seed": [7]}))[0], by_index[2], atol=1e-6)
+    with pytest.raises(Exception, match="not both"):
+        model.predict({"label": [0], "index": [0], "seed": [1]})
+    with pytest.raises(Exception, match=r"lacks column\(s\) \['index'\]"):
+        model.predict({"label": [0]})
+    with pytest.raises(Exception, match="'seed' values must be >= 0"):
+        model.predict({"label": [0], "seed": [-1]})
 
 
 def test_promotion_gate_moves_champion_only_when_beaten(tracker: MlflowTracker, logged: dict):
