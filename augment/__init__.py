@@ -4,6 +4,7 @@ Public API::
 
     from augment import load_config, load_data, train, Snapshot, load_snapshot
     from augment import GanAugmenter, BalancedDataset, SyntheticDataset
+    from augment import read_evaluation, Evaluation   # eval/metrics.json, typed
 """
 
 import os
@@ -15,6 +16,7 @@ from augment.config import Config, load_config  # noqa: E402
 from augment.data import PreparedData, load_data  # noqa: E402
 from augment.errors import AugmentError, CheckpointError, ConfigError, DataError, OutputError  # noqa: E402
 from augment.generate import counts_to_generate, sample, write_samples  # noqa: E402
+from augment.metrics.result import Evaluation, read_evaluation  # noqa: E402
 from augment.train import train  # noqa: E402
 
 __version__ = "0.1.0"
@@ -47,6 +49,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "DataError",
+    "Evaluation",
     "GanAlbumentations",
     "GanAugmenter",
     "GanTransform",
@@ -59,6 +62,7 @@ __all__ = [
     "load_config",
     "load_data",
     "load_snapshot",
+    "read_evaluation",
     "sample",
     "train",
     "write_samples",

@@ -35,8 +35,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from augment.config import Config
 from augment.errors import ConfigError
-from augment.evaluate import best_snapshot_metric
 from augment.io import atomic_write_text, new_run_dir
+from augment.metrics.evaluate import best_snapshot_metric
 from augment.train import train
 
 log = logging.getLogger(__name__)

@@ -50,7 +50,7 @@ GRID_SEED = 123
 log = logging.getLogger(__name__)
 
 #: Builds the best-snapshot metric once the run directory exists: ``(data, cfg, run_dir, device) -> MetricFn``
-#: (:func:`augment.evaluate.make_metric_fn` is the one the ``augment`` command hands in).
+#: (:func:`augment.metrics.evaluate.best_snapshot_metric` is the one the ``augment`` command hands in).
 MetricFactory = Callable[[PreparedData, Config, Path, torch.device], MetricFn]
 
 
@@ -292,7 +292,7 @@ def train(
 
     ``train.eval_kimg > 0`` ranks snapshots by a metric that the caller supplies as
     ``metric_factory(data, cfg, run_dir, device)`` (called once the run directory exists);
-    evaluation owns that metric (:func:`augment.evaluate.make_metric_fn`), training only calls it.
+    evaluation owns that metric (:func:`augment.metrics.evaluate.best_snapshot_metric`), training only calls it.
 
     Example:
         >>> from augment.config import load_config
@@ -302,7 +302,8 @@ def train(
     if cfg.train.eval_kimg > 0 and metric_factory is None:
         raise ConfigError(
             f"train.eval_kimg={cfg.train.eval_kimg:g} keeps the best snapshot by a metric, and none was given: "
-            "pass metric_factory=augment.evaluate.make_metric_fn (the augment command does), or set train.eval_kimg=0"
+            "pass metric_factory=augment.metrics.evaluate.best_snapshot_metric (the augment command does), "
+            "or set train.eval_kimg=0"
         )
     device = resolve_device(cfg.train.device)
     set_threads(cfg.train.threads)

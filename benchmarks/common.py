@@ -126,8 +126,8 @@ def grid_plan(config: str, overrides: list[str], run_dir: Path | None, kimg: flo
     from augment.checkpoint import find_snapshot, load_snapshot
     from augment.config import load_config
     from augment.data import load_data
-    from augment.evaluate import generate_uint8
     from augment.metrics import downstream
+    from augment.metrics.evaluate import generate_uint8
     from augment.train import train
 
     cfg = load_config(config, overrides)

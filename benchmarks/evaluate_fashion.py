@@ -112,10 +112,11 @@ def resummarize(run_dir: Path) -> dict:
     from augment.checkpoint import find_snapshot, load_snapshot
     from augment.config import load_config
     from augment.data import load_data
-    from augment.evaluate import generate_uint8, per_class_subset
     from augment.metrics import downstream
+    from augment.metrics.evaluate import generate_uint8, per_class_subset
     from augment.metrics.memorisation import memorisation
     from augment.metrics.report import write_report
+    from augment.metrics.verdict import summarize
 
     path = run_dir / "eval" / "metrics.json"
     result = json.loads(path.read_text())
@@ -142,7 +143,7 @@ def resummarize(run_dir: Path) -> dict:
         classic=old["classic_policy"],
         selection=old["selection"],
     )
-    down = downstream.summarize(plan, old["cells"])
+    down = summarize(plan, old["cells"])
     down["cells"] = old["cells"]
     result["downstream"], result["verdict"] = down, down["verdict"]["text"]
     cfg = load_config(run_dir / "config.yaml")

@@ -22,7 +22,7 @@ more per image shows it. ``--minutes M`` instead gives every row the same wall t
 train+val, never test) is kept every ``--eval-kimg`` (default K/5).
 
 Everything runs in this process through the library (``augment.train.train``,
-``augment.evaluate.evaluate_run``): the data is loaded once per profile and the domain feature
+``augment.metrics.evaluate.evaluate_run``): the data is loaded once per profile and the domain feature
 extractor is trained once per profile (one shared ``evaluate.cache_dir``). The downstream cells
 whose regime has no GAN in it (``real``, ``real+classic`` and the validation-split choice of the
 classic baseline) do not depend on the generator; they are computed for the first row of a profile
@@ -71,8 +71,8 @@ sys.path.insert(0, str(REPO))
 from augment.config import Config, load_config  # noqa: E402
 from augment.data import load_data  # noqa: E402
 from augment.devices import resolve_device  # noqa: E402
-from augment.evaluate import best_snapshot_metric, evaluate_run  # noqa: E402
 from augment.metrics import classic, classifier_training, downstream  # noqa: E402
+from augment.metrics.evaluate import best_snapshot_metric, evaluate_run  # noqa: E402
 from augment.metrics.regimes import VERDICT_METRIC  # noqa: E402
 from augment.train import loop_kwargs, train  # noqa: E402
 from benchmarks.common import append_results, command, git_commit, machine  # noqa: E402
@@ -187,7 +187,7 @@ def plan_signature(plan: downstream.Plan) -> str:
 
 
 class CellMap:
-    """A ``map_fn`` for :func:`augment.evaluate.evaluate_run` (and ``downstream.prepare``).
+    """A ``map_fn`` for :func:`augment.metrics.evaluate.evaluate_run` (and ``downstream.prepare``).
 
     Cells of :func:`downstream.run_grid_item` and :func:`downstream._selection_cell` whose regime
     has no "gan" are looked up in ``cache`` by (profile, function, regime, seed, settings, plan

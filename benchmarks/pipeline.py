@@ -12,7 +12,7 @@ Two modes:
   as a model), the registry (registration, promotion gate, report) and Prefect's bookkeeping.
 * ``--via library`` calls ``augment.data.load_data``, ``augment.train.train``,
   ``augment.generate.write_samples`` (as ``flows/generate.py`` does) and
-  ``augment.evaluate.evaluate_run`` directly and times each. Needs neither Prefect nor MLflow (for a
+  ``augment.metrics.evaluate.evaluate_run`` directly and times each. Needs neither Prefect nor MLflow (for a
   GPU box with only the library's dependencies).
 
 Sub-rows come from the run directory in both modes: the training loop's own elapsed time
@@ -109,8 +109,8 @@ def via_library(config: str, sets: list[str], work: Path) -> tuple[list[tuple[st
 
     from augment.checkpoint import load_snapshot
     from augment.data import load_data
-    from augment.evaluate import best_snapshot_metric
     from augment.generate import counts_to_generate, write_samples
+    from augment.metrics.evaluate import best_snapshot_metric
     from augment.train import train
 
     cfg = load_config(config, sets)
@@ -138,7 +138,7 @@ def via_library(config: str, sets: list[str], work: Path) -> tuple[list[tuple[st
 
     start = time.perf_counter()
     try:
-        from augment.evaluate import evaluate_run
+        from augment.metrics.evaluate import evaluate_run
 
         evaluate_run(run_dir, progress=False)
         rows.append(("evaluate", time.perf_counter() - start, "`evaluate_run`"))

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from augment.config import load_config  # noqa: E402
 from augment.data import ImageSet, PreparedData, load_data  # noqa: E402
 from augment.data.sources import FASHION_CLASSES  # noqa: E402
-from augment.evaluate import best_snapshot_metric  # noqa: E402
+from augment.metrics.evaluate import best_snapshot_metric  # noqa: E402
 from augment.train import NetworkOptions, ScheduleOptions, set_threads, train, training_loop  # noqa: E402
 from benchmarks.common import append_results  # noqa: E402
 
@@ -56,7 +56,7 @@ def random_data(num_classes: int, per_class: int, size: int, channels: int) -> P
 
 def evaluate_seconds(overrides: list[str]) -> float:
     """Wall time of `augment evaluate` on a briefly trained run (the cost of evaluation, not GAN quality)."""
-    from augment.evaluate import evaluate_run
+    from augment.metrics.evaluate import evaluate_run
 
     with tempfile.TemporaryDirectory() as tmp:
         cfg = load_config(

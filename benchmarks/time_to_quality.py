@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from augment.config import load_config  # noqa: E402
 from augment.data import load_data  # noqa: E402
 from augment.devices import resolve_device  # noqa: E402
-from augment.evaluate import (
+from augment.metrics.evaluate import (
     best_snapshot_metric,  # noqa: E402
     per_class_subset,  # noqa: E402
 )

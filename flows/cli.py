@@ -135,7 +135,7 @@ def train(
     """Train the class-conditional GAN; writes a run directory with snapshots and sample grids."""
     _setup_logging(quiet)
     from augment.config import load_config
-    from augment.evaluate import best_snapshot_metric
+    from augment.metrics.evaluate import best_snapshot_metric
     from augment.train import check_new_run_dir
     from augment.train import train as train_gan
 
@@ -217,7 +217,7 @@ def evaluate(
 ) -> None:
     """Measure a trained run: fd_domain/KID with floors, PRDC, memorisation, downstream verdict."""
     _setup_logging(quiet)
-    from augment.evaluate import evaluate_run
+    from augment.metrics.evaluate import evaluate_run
 
     result = evaluate_run(run_dir, overrides=set_, progress=not quiet)
     fd = result["fd_domain"]

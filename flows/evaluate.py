@@ -52,7 +52,7 @@ def evaluate_flow(
     ``fan_out``: every downstream cell is a task on the flow's task runner (Dask); else the grid
     trains as stacked networks inside this flow run. ``progress``: bars with an ETA.
     """
-    from augment.evaluate import evaluate_run
+    from augment.metrics.evaluate import evaluate_run
 
     logger = get_run_logger()
     map_fn = prefect_map if fan_out else None

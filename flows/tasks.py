@@ -21,8 +21,8 @@ from augment.config import Config, EvaluateConfig, GenerateConfig
 from augment.data import PreparedData, load_data
 from augment.devices import resolve_device, usable_cores
 from augment.errors import AugmentError
-from augment.evaluate import best_snapshot_metric
 from augment.generate import ShardSpec
+from augment.metrics.evaluate import best_snapshot_metric
 from augment.train import train
 
 log = logging.getLogger(__name__)

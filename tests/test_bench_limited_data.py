@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from augment.config import load_config
-from augment.evaluate import evaluate_run
 from augment.metrics import downstream
+from augment.metrics.evaluate import evaluate_run
 from augment.metrics.regimes import REGIMES
 from augment.train_options import replace_options
 

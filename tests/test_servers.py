@@ -253,7 +253,7 @@ def test_served_deployment_runs_on_a_real_prefect_server(tmp_path: Path):
 @pytest.mark.slow
 def test_dask_grid_gives_the_sequential_numbers(tiny_run: Path, tmp_path: Path, prefect_harness):
     from augment.config import EvaluateConfig
-    from augment.evaluate import evaluate_run
+    from augment.metrics.evaluate import evaluate_run
     from flows.evaluate import evaluate_flow, task_runner_for
 
     # One intra-op thread per cell everywhere: the thread count changes the order of float sums.

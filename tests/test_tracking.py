@@ -500,8 +500,8 @@ def test_the_policy_imports_neither_mlflow_nor_prefect() -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
         return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout
 
-    same = "import augment.registry as r, augment.metrics.downstream as d; "
-    same += "print(r.MIN_VERDICT_SEEDS is d.MIN_VERDICT_SEEDS and r.GAN_REGIMES is d.GAN_REGIMES)"
+    same = "import augment.registry as r, augment.metrics.verdict as v; "
+    same += "print(r.MIN_VERDICT_SEEDS is v.MIN_VERDICT_SEEDS and r.GAN_REGIMES is v.GAN_REGIMES)"
     assert loaded(same).strip() == "True"  # one list of regimes, one seed rule
     policy = "import sys, augment.registry; print(sorted(m for m in ('mlflow', 'prefect') if m in sys.modules))"
     assert loaded(policy).strip() == "[]"

@@ -68,12 +68,6 @@ from augment.metrics.classifier_training import (
 )
 from augment.metrics.regimes import BASELINE, DEPLOYED_REGIMES, GAN_REGIMES, REGIMES
 
-# The grid's last steps, for callers that run it end to end (``augment.evaluate``), and the verdict's
-# seed rule, which the promotion policy shares (tests check it is one object).
-from augment.metrics.regimes import MIN_VERDICT_SEEDS as MIN_VERDICT_SEEDS
-from augment.metrics.verdict import deployment as deployment
-from augment.metrics.verdict import summarize as summarize
-
 log = logging.getLogger(__name__)
 
 #: Seeds of the validation-split selection cells start here, past any grid's ``seed, seed + 1, ...``.

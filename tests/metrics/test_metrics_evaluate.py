@@ -15,9 +15,10 @@ from typer.testing import CliRunner
 
 from augment import checkpoint
 from augment.data import ImageSet, load_data
-from augment.errors import CheckpointError, ConfigError
-from augment.evaluate import best_snapshot_metric, evaluate_run, make_metric_fn
+from augment.errors import CheckpointError, ConfigError, DataError
 from augment.metrics import extractor as extractor_mod
+from augment.metrics.evaluate import best_snapshot_metric, evaluate_run, make_metric_fn
+from augment.metrics.result import read_evaluation
 from augment.train import NetworkOptions, ScheduleOptions, training_loop
 from conftest import tiny_config
 from flows.cli import app
@@ -106,6 +107,26 @@ def test_evaluate_writes_every_artifact(evaluated: tuple[Path, dict]) -> None:
     assert report.index("(deltas.png)") < report.index("## Downstream")
     assert "not FID" in report and "FID)" not in report.replace("not FID", "")
     assert result["files"]["report"] == str(out / "report.md")
+
+
+@pytest.mark.slow
+def test_metrics_json_reads_back_into_the_typed_evaluation(evaluated: tuple[Path, dict], tmp_path: Path) -> None:
+    run_dir, result = evaluated
+    back = read_evaluation(run_dir)  # a run directory finds eval/metrics.json
+    assert back == read_evaluation(run_dir / "eval" / "metrics.json")
+    assert back["verdict"] == result["verdict"] == result["downstream"]["verdict"]["text"]
+    assert back["fd_domain"]["fd_domain"] == pytest.approx(result["fd_domain"]["fd_domain"])
+    assert back["class_names"] == ["0", "1", "2"] and back["sizes"]["test"] == 60
+    assert result["files"]["metrics"].endswith("metrics.json") and "files" not in back  # written after the file
+    # A file that does not fit the contract is refused, naming the key.
+    broken = json.loads((run_dir / "eval" / "metrics.json").read_text())
+    broken["sizes"]["test"] = "sixty"
+    del broken["verdict"]
+    (tmp_path / "metrics.json").write_text(json.dumps(broken))
+    with pytest.raises(DataError, match=r"not an evaluation result: (verdict|sizes\.test)"):
+        read_evaluation(tmp_path / "metrics.json")
+    with pytest.raises(DataError, match="no evaluation here"):
+        read_evaluation(tmp_path / "nothing")
 
 
 @pytest.mark.slow

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ from augment.errors import CheckpointError
 from augment.generate import quantize, sample
 from augment.io import ensure_dir
 from augment.metrics import downstream
+from augment.metrics.classifier_training import torch_threads
 from augment.metrics.extractor import load_or_train_extractor
 from augment.metrics.frechet import (
     InceptionFeatures,
@@ -47,6 +49,8 @@ from augment.metrics.frechet import (
 from augment.metrics.memorisation import memorisation
 from augment.metrics.prdc import prdc_report
 from augment.metrics.report import write_report
+from augment.metrics.result import Evaluation
+from augment.metrics.verdict import deployment, summarize
 
 log = logging.getLogger(__name__)
 
@@ -137,8 +141,9 @@ def evaluate_run(
     progress: bool = True,
     data: PreparedData | None = None,
     map_fn: downstream.MapFn | None = None,
-) -> dict[str, Any]:
-    """Evaluate a run directory and write ``RUN_DIR/eval/``; returns the metrics dict.
+) -> Evaluation:
+    """Evaluate a run directory and write ``RUN_DIR/eval/``; returns its
+    :class:`~augment.metrics.result.Evaluation` (what ``metrics.json`` holds).
 
     Args:
         run_dir: a directory written by ``augment train`` (holds ``network-*.pt``, ``config.yaml``).
@@ -166,7 +171,7 @@ def evaluate_run(
     if data is None:
         data = load_data(cfg.data, cfg.seed)
     check_data_matches(snap, data)
-    with downstream.torch_threads(ev.threads):  # small CNNs: one thread each is fastest (see config)
+    with torch_threads(ev.threads):  # small CNNs: one thread each is fastest (see config)
         return _evaluate_loaded(run_dir, snap_path, snap, cfg, data, start, inception_asked, progress, map_fn)
 
 
@@ -180,56 +185,26 @@ def _evaluate_loaded(
     inception_asked: bool,
     progress: bool,
     map_fn: downstream.MapFn | None,
-) -> dict[str, Any]:
+) -> Evaluation:
     """The measurements of :func:`evaluate_run`, once the snapshot and matching data are loaded."""
     ev = cfg.evaluate
     out_dir = ensure_dir(run_dir / rundir.EVAL)
     device = resolve_device(ev.device, "evaluate.device")
     G = snap.generator(device)
-    k = data.num_classes
-    warnings: list[str] = []
 
     # Feature extractor (real train+val only; cached by data fingerprint).
     ext = load_or_train_extractor(
         data, ev, cache_dir=ev.cache_dir or run_dir / rundir.CACHE, seed=cfg.seed, device=device
     )
-    test_ids = set(data.test.ids)
-    if test_ids & set(ext.trained_on_ids):  # a cache from other splits must never leak test images in
+    if set(data.test.ids) & set(ext.trained_on_ids):  # a cache from other splits must never leak test images in
         raise CheckpointError(f"{ext.path}: the feature extractor was trained on test images")
 
-    # Distance sets: synthetic and real train with equal per-class counts, against the test split.
-    counts = metric_counts(data, ev.samples_per_class, data.test.counts(k))
-    log.info("Sampling %d synthetic images for the distances...", sum(counts))
-    fake_u8, fake_labels = generate_uint8(G, counts, cfg.generate.seed)
-    real_idx = per_class_subset(data.train.labels, counts, cfg.seed)
-    real_u8, real_labels = data.train.images[real_idx], data.train.labels[real_idx]
-    ref_u8, ref_labels = data.test.images, data.test.labels
-    f_fake, f_real, f_ref = ext.features(fake_u8), ext.features(real_u8), ext.features(ref_u8)
-    fd = distance_report("fd_domain", f_fake, fake_labels, f_real, real_labels, f_ref, ref_labels, data.class_names)
-    warnings += fd.pop("warnings")
-    # PRDC with the reference cut to the same per-class sizes (k-NN radii depend on sample size).
-    prdc_idx = per_class_subset(ref_labels, counts, cfg.seed + PRDC_SUBSET_SEED_OFFSET)
-    prdc = prdc_report(
-        f_ref[prdc_idx], ref_labels[prdc_idx], f_fake, fake_labels, f_real, real_labels, data.class_names
-    )
-    fid_inception = None
-    if inception_asked:
-        inc = InceptionFeatures(ev.inception_weights)
-        fid_inception = distance_report(
-            "fid_inception",
-            inc(fake_u8),
-            fake_labels,
-            inc(real_u8),
-            real_labels,
-            inc(ref_u8),
-            ref_labels,
-            data.class_names,
-        )
-        fid_inception["weights"] = str(inc.path)
-        warnings += fid_inception.pop("warnings")
+    # Distances, PRDC (and FID with the Inception weights): synthetic vs real-train sets of equal
+    # per-class counts, each against the test split.
+    dist = _distances(G, ext, cfg, data, inception_asked)
 
     # Synthetic pool for the classifiers and the memorisation check.
-    pool_counts = [ev.synthetic_per_class] * k
+    pool_counts = [ev.synthetic_per_class] * data.num_classes
     log.info("Sampling %d synthetic images for the downstream pool...", sum(pool_counts))
     pool_u8, pool_labels = generate_uint8(G, pool_counts, cfg.generate.seed)
     mem = memorisation(
@@ -243,7 +218,98 @@ def _evaluate_loaded(
     )
 
     # Downstream grid: selection on val inside prepare, then regime x seed cells on test.
-    plan = downstream.prepare(data, pool_u8, pool_labels, ev, seed=cfg.seed, map_fn=map_fn, device=device)
+    down = _downstream(data, pool_u8, pool_labels, cfg, device, run_dir, map_fn, progress)
+
+    result: Evaluation = {
+        "run_dir": str(run_dir),
+        "snapshot": {"path": str(snap_path), "kimg": snap.kimg, "train_metrics": snap.metrics},
+        "data_fingerprint": data.fingerprint,
+        "class_names": list(data.class_names),
+        "counts": data.counts(),
+        "sizes": {s: len(data.split(s)) for s in ("train", "val", "test")},
+        "feature_extractor": {
+            "name": "domain",
+            "architecture": "smallcnn",
+            "feature_dims": ext.num_features,
+            "trained_on": "train+val",
+            "n_trained_on": len(ext.trained_on_ids),
+            "cache": str(ext.path),
+        },
+        "generate_seed": cfg.generate.seed,
+        "fd_domain": dist.fd,
+        "prdc": dist.prdc,
+        "memorisation": mem,
+        "downstream": down,
+        "verdict": down["verdict"]["text"],
+        "warnings": dist.warnings,
+        "config": cfg.to_dict(),
+        "seconds": time.time() - start,
+    }
+    if dist.fid_inception is not None:
+        result["fid_inception"] = dist.fid_inception
+    samples = {
+        "real": dist.real_u8,
+        "real_labels": dist.real_labels,
+        "synthetic": pool_u8,
+        "synthetic_labels": pool_labels,
+        "train": data.train.images,
+    }
+    paths = write_report(out_dir, result, samples)
+    result["files"] = {key: str(p) for key, p in paths.items()}
+    log.info("Evaluation written to %s (%.0f s): %s", out_dir, time.time() - start, down["verdict"]["text"])
+    return result
+
+
+@dataclass
+class _Distances:
+    fd: dict[str, Any]
+    prdc: dict[str, Any]
+    fid_inception: dict[str, Any] | None
+    warnings: list[str]
+    real_u8: torch.Tensor  #: the real-train set the floors are measured with (shown in samples.png)
+    real_labels: torch.Tensor
+
+
+def _distances(G: torch.nn.Module, ext: Any, cfg: Config, data: PreparedData, inception_asked: bool) -> _Distances:
+    """fd_domain/KID and PRDC in the domain extractor's features, fid_inception in InceptionV3's, each
+    beside its real-vs-real floor measured with the same per-class counts."""
+    ev = cfg.evaluate
+    counts = metric_counts(data, ev.samples_per_class, data.test.counts(data.num_classes))
+    log.info("Sampling %d synthetic images for the distances...", sum(counts))
+    fake_u8, fake_labels = generate_uint8(G, counts, cfg.generate.seed)
+    real_idx = per_class_subset(data.train.labels, counts, cfg.seed)
+    real_u8, real_labels = data.train.images[real_idx], data.train.labels[real_idx]
+    ref_u8, ref_labels = data.test.images, data.test.labels
+    f_fake, f_real, f_ref = ext.features(fake_u8), ext.features(real_u8), ext.features(ref_u8)
+    names = data.class_names
+    fd = distance_report("fd_domain", f_fake, fake_labels, f_real, real_labels, f_ref, ref_labels, names)
+    warnings = fd.pop("warnings")
+    # PRDC with the reference cut to the same per-class sizes (k-NN radii depend on sample size).
+    prdc_idx = per_class_subset(ref_labels, counts, cfg.seed + PRDC_SUBSET_SEED_OFFSET)
+    prdc = prdc_report(f_ref[prdc_idx], ref_labels[prdc_idx], f_fake, fake_labels, f_real, real_labels, names)
+    fid = None
+    if inception_asked:
+        inc = InceptionFeatures(ev.inception_weights)
+        fid = distance_report(
+            "fid_inception", inc(fake_u8), fake_labels, inc(real_u8), real_labels, inc(ref_u8), ref_labels, names
+        )
+        fid["weights"] = str(inc.path)
+        warnings += fid.pop("warnings")
+    return _Distances(fd, prdc, fid, warnings, real_u8, real_labels)
+
+
+def _downstream(
+    data: PreparedData,
+    pool_u8: torch.Tensor,
+    pool_labels: torch.Tensor,
+    cfg: Config,
+    device: torch.device,
+    run_dir: Path,
+    map_fn: downstream.MapFn | None,
+    progress: bool,
+) -> dict[str, Any]:
+    """The classic-baseline selection on val, the regime x seed grid on test, and its summary."""
+    plan = downstream.prepare(data, pool_u8, pool_labels, cfg.evaluate, seed=cfg.seed, map_fn=map_fn, device=device)
     # map_fn=None: the grid trains as stacked networks here (a bar over its steps); a map_fn runs one
     # call per (regime, seed) cell: builtin map one by one (lazily, so the bar moves), an
     # orchestrator's parallel map (Prefect tasks, Dask) side by side.
@@ -260,45 +326,7 @@ def _evaluate_loaded(
             cell["balanced_accuracy"],
             cell["seconds"],
         )
-    down = downstream.summarize(plan, cells)
-    down["deploy"] = downstream.deployment(down, str(run_dir))
+    down = summarize(plan, cells)
+    down["deploy"] = deployment(down, str(run_dir))
     down["cells"] = cells
-
-    result: dict[str, Any] = {
-        "run_dir": str(run_dir),
-        "snapshot": {"path": str(snap_path), "kimg": snap.kimg, "train_metrics": snap.metrics},
-        "data_fingerprint": data.fingerprint,
-        "class_names": list(data.class_names),
-        "counts": data.counts(),
-        "sizes": {s: len(data.split(s)) for s in ("train", "val", "test")},
-        "feature_extractor": {
-            "name": "domain",
-            "architecture": "smallcnn",
-            "feature_dims": ext.num_features,
-            "trained_on": "train+val",
-            "n_trained_on": len(ext.trained_on_ids),
-            "cache": str(ext.path),
-        },
-        "generate_seed": cfg.generate.seed,
-        "fd_domain": fd,
-        "prdc": prdc,
-        "memorisation": mem,
-        "downstream": down,
-        "verdict": down["verdict"]["text"],
-        "warnings": warnings,
-        "config": cfg.to_dict(),
-    }
-    if fid_inception is not None:
-        result["fid_inception"] = fid_inception
-    result["seconds"] = time.time() - start
-    samples = {
-        "real": real_u8,
-        "real_labels": real_labels,
-        "synthetic": pool_u8,
-        "synthetic_labels": pool_labels,
-        "train": data.train.images,
-    }
-    paths = write_report(out_dir, result, samples)
-    result["files"] = {key: str(p) for key, p in paths.items()}
-    log.info("Evaluation written to %s (%.0f s): %s", out_dir, time.time() - start, down["verdict"]["text"])
-    return result
+    return down
