@@ -91,12 +91,13 @@ CELL_PARAMS = (
 def cell_times(cells: list[dict[str, Any]], end: float) -> list[tuple[float, float]]:
     """``(start, end)`` of each cell's child run, in seconds since the epoch.
 
-    Evaluation records how long each cell took (``seconds``; a stacked cell: its share of its stack's
-    wall time) but not when, and the grid is the last thing it measures. So the cells are placed back
-    to back in grid order, the last one ending at ``end`` (when the measurements ended): each child
-    run lasts exactly its recorded duration. Cells that shared a stack or ran side by side on Dask are
-    shown one after another.
+    A cell records the wall-clock span it ran in (``started_at``/``ended_at``: a stacked cell shares
+    its stack's, cells on Dask workers overlap as they ran). An evaluation written before cells
+    recorded it has only each cell's ``seconds``: those cells are placed back to back in grid order,
+    the last one ending at ``end`` (when the measurements ended), each lasting its recorded duration.
     """
+    if cells and all(c.get("started_at") is not None and c.get("ended_at") is not None for c in cells):
+        return [(float(c["started_at"]), float(c["ended_at"])) for c in cells]
     spans: list[tuple[float, float]] = []
     for cell in reversed(cells):
         start = end - max(float(cell.get("seconds") or 0.0), 0.0)
@@ -107,7 +108,7 @@ def cell_times(cells: list[dict[str, Any]], end: float) -> list[tuple[float, flo
 
 def log_cells(tracker: Tracker, parent: str, result: dict[str, Any], end: float | None = None) -> None:
     """One child run per downstream (regime, seed) cell: its settings as params, its scores as metrics
-    (:func:`augment.registry.cell_metrics`), its recorded duration as the run's start and end
+    (:func:`augment.registry.cell_metrics`), its recorded wall-clock span as the run's start and end
     (:func:`cell_times`; ``end``: when the evaluation's measurements ended, default now)."""
     down = result.get("downstream") or {}
     names = result.get("class_names") or []

@@ -280,7 +280,8 @@ def test_a_run_recorded_after_the_fact_keeps_its_measured_start_and_end(tracker:
     assert (info.start_time, info.end_time) == (round(t0 * 1000), round((t0 + 12.5) * 1000))
 
 
-def test_downstream_cells_get_their_recorded_durations_as_start_and_end(tracker: MlflowTracker):
+def test_cells_of_an_older_evaluation_get_their_recorded_durations_as_start_and_end(tracker: MlflowTracker):
+    """Cells recorded before they carried started_at/ended_at: laid back to back, each its duration."""
     from flows.evaluate import log_cells
 
     cells = [

@@ -109,10 +109,24 @@ def split_of(plan: Plan, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     return (plan.val_images, plan.val_labels) if split == "val" else (plan.test_images, plan.test_labels)
 
 
+#: A cell's timing keys: ``seconds`` (its share of the work: a stacked cell's is its stack's wall time
+#: over the cells in it) and the wall-clock span it ran in (``started_at``/``ended_at``, seconds since
+#: the epoch; a stack's cells share their stack's). Everything else in a cell is a function of its inputs.
+TIMING_KEYS = ("seconds", "started_at", "ended_at")
+
+
 def cell_result(
-    plan: Plan, regime: str, seed: int, split: str, counters: dict[str, Any], preds: torch.Tensor, seconds: float
+    plan: Plan,
+    regime: str,
+    seed: int,
+    split: str,
+    counters: dict[str, Any],
+    preds: torch.Tensor,
+    seconds: float,
+    span: tuple[float, float],
 ) -> dict[str, Any]:
-    """The JSON-able row of one trained cell: its settings, counters and scores on ``split``."""
+    """The JSON-able row of one trained cell: its settings, counters and scores on ``split``, and its
+    timing (:data:`TIMING_KEYS`; ``span`` = (start, end) of the wall-clock interval it ran in)."""
     return {
         "regime": regime,
         "seed": seed,
@@ -123,6 +137,8 @@ def cell_result(
         "confidence_threshold": plan.confidence_threshold if _uses_pool_settings(regime) else None,
         "soft_labels": plan.soft_labels if _uses_pool_settings(regime) else None,
         "seconds": seconds,
+        "started_at": span[0],
+        "ended_at": span[1],
     }
 
 
@@ -131,7 +147,8 @@ def _fit_score(plan: Plan, regime: str, seed: int, split: str) -> dict[str, Any]
     model, counters = train_classifier(plan, regime, seed)
     with torch_threads(plan.threads or 1):
         preds = predict_proba(model, split_of(plan, split)[0]).argmax(dim=1)
-    return cell_result(plan, regime, seed, split, counters, preds, time.time() - start)
+    end = time.time()
+    return cell_result(plan, regime, seed, split, counters, preds, end - start, (start, end))
 
 
 def run_cell(plan: Plan, regime: str, seed: int) -> dict[str, Any]:

@@ -243,9 +243,10 @@ def train_stack(jobs: Sequence[Job], bar: tqdm | None = None) -> list[dict[str, 
     with torch_threads(plan.threads):
         model, draws = _train(jobs, torch.device(plan.device), bar)
         preds = predict(model, downstream.split_of(plan, jobs[0][3])[0])
-    seconds = (time.time() - start) / len(jobs)
+    end = time.time()
+    seconds = (end - start) / len(jobs)
     return [
-        downstream.cell_result(p, regime, seed, split, cell_counters(p, d), preds[g], seconds)
+        downstream.cell_result(p, regime, seed, split, cell_counters(p, d), preds[g], seconds, (start, end))
         for g, ((p, regime, seed, split), d) in enumerate(zip(jobs, draws, strict=True))
     ]
 
