@@ -27,8 +27,6 @@ from pathlib import Path
 
 import torch
 
-from augment.io import atomic_save
-
 _CHUNK = 1024
 
 
@@ -130,30 +128,8 @@ def memorisation(
 def save_pairs_image(
     path: Path, synthetic: torch.Tensor, train: torch.Tensor, pairs: list[dict], title: str = ""
 ) -> Path:
-    """Closest synthetic (top row) / GAN-training (bottom row) pairs with their distances, as PNG."""
-    import matplotlib
+    """Closest synthetic (top row) / GAN-training (bottom row) pairs with their distances, as PNG
+    (:func:`augment.metrics.plots.pairs_figure`)."""
+    from augment.metrics.plots import pairs_figure, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    n = max(len(pairs), 1)
-    fig, axes = plt.subplots(2, n, figsize=(1.1 * n, 2.6), squeeze=False)
-    for j in range(n):
-        for row in range(2):
-            ax = axes[row][j]
-            ax.axis("off")
-            if j >= len(pairs):
-                continue
-            img = (synthetic if row == 0 else train)[pairs[j]["synthetic" if row == 0 else "train"]]
-            arr = img.permute(1, 2, 0).numpy()
-            ax.imshow(arr[:, :, 0] if arr.shape[2] == 1 else arr, cmap="gray", vmin=0, vmax=255)
-            if row == 0:
-                ax.set_title(f"{pairs[j]['distance']:.3f}", fontsize=7)
-    fig.text(0.005, 0.72, "synthetic", rotation=90, fontsize=7, va="center")
-    fig.text(0.005, 0.28, "nearest train", rotation=90, fontsize=7, va="center")
-    if title:
-        fig.suptitle(title, fontsize=8)
-    fig.tight_layout()
-    atomic_save(Path(path), lambda tmp: fig.savefig(tmp, format="png", dpi=110))
-    plt.close(fig)
-    return Path(path)
+    return save_figure(pairs_figure(synthetic, train, pairs, title=title), Path(path))

@@ -21,21 +21,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from augment.io import atomic_save, atomic_write_text, ensure_dir
+from augment.io import atomic_write_text, ensure_dir
+from augment.metrics.plots import deltas_figure as deltas_figure  # re-exported: the headline figure
+from augment.metrics.plots import plot_confusion, plot_deltas, plot_per_class_recall, plot_regimes, plot_samples
 from augment.rundir import METRICS_JSON, PER_CLASS_CSV, REPORT_MD
 
 DELTAS_PNG = "deltas.png"
 #: What per_class.csv says for the recall of a class without test images.
 NO_TEST = "no test images"
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def jsonable(obj: Any) -> Any:
@@ -129,137 +122,6 @@ def _csv_text(rows: list[dict[str, Any]]) -> str:
 
 
 # ------------------------------------------------------------------------------------------------
-# Plots.
-
-
-def _save(fig: Any, path: Path) -> Path:
-    plt = _plt()
-    atomic_save(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
-    plt.close(fig)
-    return path
-
-
-def deltas_figure(down: dict[str, Any]) -> Any:
-    """The headline picture: each regime's paired change in balanced accuracy against the baseline
-    (points, dots with 95% intervals) and a zero line; above zero means "helped". A regime without
-    an interval (too few seeds) is drawn as a hollow dot."""
-    plt = _plt()
-    base = down.get("baseline") or "baseline"
-    regimes = [r for r in down.get("regimes", {}) if r in down.get("deltas", {})]
-    fig, ax = plt.subplots(figsize=(6.4, 0.9 + 0.45 * max(len(regimes), 1)))
-    ax.axvline(0.0, color="0.3", linewidth=1, linestyle="--", label=f"no change vs {base}")
-    for i, r in enumerate(regimes):
-        ci = down["deltas"][r]["balanced_accuracy"]
-        mean = 100 * ci["mean"]
-        gan = "gan" in r
-        color = "tab:orange" if gan else "tab:blue"
-        if ci.get("ci_low") is None:
-            ax.plot([mean], [i], "o", mfc="none", color=color)
-            continue
-        lo, hi = 100 * ci["ci_low"], 100 * ci["ci_high"]
-        ax.errorbar([mean], [i], xerr=[[mean - lo], [hi - mean]], fmt="o", color=color, capsize=4)
-    ax.set_yticks(range(len(regimes)), regimes)
-    ax.invert_yaxis()
-    ax.set_xlabel(f"Δ balanced accuracy vs {base} (pts), real test split (n={down.get('n_test')})")
-    status = (down.get("verdict") or {}).get("status", "")
-    ax.set_title(f"Does it help? {status} ({len(down.get('seeds', []))} seeds, 95% CI, paired by seed)", fontsize=9)
-    ax.legend(fontsize=7, loc="lower right")
-    return fig
-
-
-def plot_deltas(path: Path, down: dict[str, Any]) -> Path:
-    """:func:`deltas_figure` saved as PNG."""
-    return _save(deltas_figure(down), path)
-
-
-def plot_regimes(path: Path, down: dict[str, Any]) -> Path:
-    """Bars of accuracy / balanced accuracy / macro-F1 per regime with 95% intervals."""
-    plt = _plt()
-    regimes = list(down["regimes"])
-    metrics = ["accuracy", "balanced_accuracy", "macro_f1"]
-    fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(regimes), 3.4))
-    width = 0.8 / len(metrics)
-    for j, m in enumerate(metrics):
-        means = [down["regimes"][r][m]["mean"] for r in regimes]
-        lows = [down["regimes"][r][m]["ci_low"] for r in regimes]
-        highs = [down["regimes"][r][m]["ci_high"] for r in regimes]
-        err = [
-            [mu - lo if lo is not None else 0 for mu, lo in zip(means, lows, strict=True)],
-            [hi - mu if hi is not None else 0 for mu, hi in zip(means, highs, strict=True)],
-        ]
-        ax.bar(np.arange(len(regimes)) + (j - 1) * width, means, width, yerr=err, capsize=3, label=m.replace("_", " "))
-    ax.set_xticks(np.arange(len(regimes)), regimes, fontsize=8)
-    lo = min(min(v["values"]) for r in regimes for k, v in down["regimes"][r].items() if k in metrics)
-    ax.set_ylim(max(0.0, lo - 0.1), 1.0)
-    ax.set_ylabel(f"real test split (n={down['n_test']})")
-    ax.set_title(
-        f"{down['classifier']}, {down['steps']} steps x {down['batch_size']}, {len(down['seeds'])} seeds, "
-        "mean and 95% CI",
-        fontsize=9,
-    )
-    ax.legend(fontsize=7, loc="lower right")
-    return _save(fig, path)
-
-
-def plot_per_class_recall(path: Path, down: dict[str, Any], class_names: list[str]) -> Path:
-    plt = _plt()
-    regimes = list(down["regimes"])
-    fig, ax = plt.subplots(figsize=(max(5.0, 0.9 * len(class_names) + 2), 3.4))
-    width = 0.8 / max(len(regimes), 1)
-    x = np.arange(len(class_names))
-    for j, r in enumerate(regimes):
-        vals = [down["regimes"][r]["per_class_recall"][c] for c in class_names]
-        ax.bar(x + (j - (len(regimes) - 1) / 2) * width, vals, width, label=r)
-    ax.set_xticks(x, class_names, fontsize=7, rotation=30, ha="right")
-    ax.set_ylim(0, 1.05)
-    ax.set_ylabel("recall (mean over seeds)")
-    ax.legend(fontsize=7, ncol=min(len(regimes), 5), loc="lower center", bbox_to_anchor=(0.5, 1.0))
-    return _save(fig, path)
-
-
-def plot_confusion(path: Path, down: dict[str, Any], class_names: list[str]) -> Path:
-    plt = _plt()
-    shown = [r for r in (down.get("baseline"), down.get("verdict", {}).get("regime")) if r in down["regimes"]]
-    shown = list(dict.fromkeys(shown)) or list(down["regimes"])[:1]
-    fig, axes = plt.subplots(1, len(shown), figsize=(4.2 * len(shown), 3.9), squeeze=False)
-    for ax, r in zip(axes[0], shown, strict=True):
-        cm = np.asarray(down["regimes"][r]["confusion"], dtype=float)
-        cm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
-        ax.imshow(cm, cmap="Blues", vmin=0, vmax=1)
-        ax.set_title(f"{r} (rows: true, summed over seeds)", fontsize=8)
-        ax.set_xticks(range(len(class_names)), class_names, fontsize=6, rotation=90)
-        ax.set_yticks(range(len(class_names)), class_names, fontsize=6)
-    return _save(fig, path)
-
-
-def plot_samples(
-    path: Path,
-    real: torch.Tensor,
-    real_labels: torch.Tensor,
-    fake: torch.Tensor,
-    fake_labels: torch.Tensor,
-    class_names: list[str],
-    per_class: int = 8,
-) -> Path:
-    """One row per class: real train images on the left, synthetic on the right (uint8 inputs)."""
-    plt = _plt()
-    k = len(class_names)
-    fig, axes = plt.subplots(k, 2 * per_class, figsize=(0.55 * 2 * per_class, 0.6 * k + 0.4), squeeze=False)
-    for c in range(k):
-        for side, (imgs, labels) in enumerate(((real, real_labels), (fake, fake_labels))):
-            chosen = imgs[labels == c][:per_class]
-            for j in range(per_class):
-                ax = axes[c][side * per_class + j]
-                ax.axis("off")
-                if j < len(chosen):
-                    arr = chosen[j].permute(1, 2, 0).numpy()
-                    ax.imshow(arr[:, :, 0] if arr.shape[2] == 1 else arr, cmap="gray", vmin=0, vmax=255)
-        axes[c][0].text(-0.3, 0.5, class_names[c], transform=axes[c][0].transAxes, ha="right", va="center", fontsize=6)
-    fig.suptitle("left: real (train split)    right: synthetic", fontsize=8)
-    return _save(fig, path)
-
-
-# ------------------------------------------------------------------------------------------------
 # report.md
 
 
@@ -297,6 +159,58 @@ def regime_table(down: dict[str, Any]) -> list[str]:
             f"{round(s['images_real'] / s['steps'])} / {round(s['images_synthetic'] / s['steps'])} |"
         )
     return lines
+
+
+def real_only_gaps(down: dict[str, Any]) -> dict[str, dict[str, Any]] | None:
+    """Each augmented regime's balanced accuracy minus real-only training's, paired by seed (mean and
+    95% interval), when real-only training has the highest mean of every regime in the grid; else None.
+
+    Without per-seed cells (a re-summarised grid) the gaps are the differences of the means, without
+    intervals.
+    """
+    from augment.metrics.verdict import mean_ci
+
+    m, regimes = "balanced_accuracy", down.get("regimes", {})
+    if "real" not in regimes or len(regimes) < 2 or regimes["real"][m].get("mean") is None:
+        return None
+    real = regimes["real"][m]["mean"]
+    if any(s[m].get("mean") is None or s[m]["mean"] >= real for r, s in regimes.items() if r != "real"):
+        return None
+    by: dict[str, dict[int, float]] = {}
+    for cell in down.get("cells") or []:
+        by.setdefault(cell["regime"], {})[cell["seed"]] = cell[m]
+    gaps = {}
+    for r, s in regimes.items():
+        if r == "real":
+            continue
+        seeds = sorted(set(by.get(r, {})) & set(by.get("real", {})))
+        if seeds:
+            gaps[r] = mean_ci([by[r][seed] - by["real"][seed] for seed in seeds])
+        else:
+            gaps[r] = {"mean": s[m]["mean"] - real, "ci_low": None, "ci_high": None, "n": 0}
+    return gaps
+
+
+def _real_only_lines(down: dict[str, Any]) -> list[str]:
+    """The plain sentence when training on the real images alone beat every augmentation."""
+    gaps = real_only_gaps(down)
+    if gaps is None:
+        return []
+    ordered = sorted(gaps.items(), key=lambda kv: kv[1]["mean"], reverse=True)
+    listed = "; ".join(f"{r} {_ci(g, signed=True)}" for r, g in ordered)
+    below = [r for r, g in ordered if g.get("ci_high") is not None and g["ci_high"] < 0]
+    if len(below) == len(gaps):
+        measured = "Every gap is measurable (its interval is below 0)."
+    elif below:
+        measured = f"Measurable (interval below 0) for {', '.join(below)}; the others' intervals include 0."
+    else:
+        measured = "No gap is measurable: every interval includes 0 or there are too few seeds for one."
+    real = down["regimes"]["real"]["balanced_accuracy"]["mean"]
+    return [
+        f"**Real-only training beat every augmentation.** It has the highest mean balanced accuracy "
+        f"({_pct(real)}%); each regime's difference from it, paired by seed (pts, 95% CI): {listed}. {measured}",
+        "",
+    ]
 
 
 def _deploy_lines(deploy: dict[str, Any] | None) -> list[str]:
@@ -422,6 +336,7 @@ def render_markdown(result: dict[str, Any], files: dict[str, str]) -> str:
     lines = [f"# Evaluation of `{result['run_dir']}`", ""]
     if down:
         lines += [f"**Verdict.** {down['verdict']['text']}", ""]
+        lines += _real_only_lines(down)
         lines += _deploy_lines(down.get("deploy"))
         if "deltas" in files:
             lines += [f"![Δ balanced accuracy per regime against {down.get('baseline')}]({files['deltas']})", ""]
@@ -474,7 +389,7 @@ def write_report(
     """Write metrics.json, per_class.csv, the plots and report.md into ``out_dir``.
 
     Args:
-        result: the dict :func:`augment.evaluate.evaluate_run` returns.
+        result: the dict :func:`augment.metrics.evaluate.evaluate_run` returns.
         samples: uint8 tensors for the pictures: ``real``, ``real_labels``, ``synthetic``,
             ``synthetic_labels`` (sample grid) and ``train`` (nearest-pairs image).
     """
