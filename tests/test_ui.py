@@ -86,17 +86,27 @@ def ui(tmp_path_factory: pytest.TempPathFactory, prefect_harness) -> dict:
         stop(proc)
 
 
-def test_the_runs_table_lists_the_pipeline_run_not_the_genai_overview(ui: dict) -> None:
+def printed_links(output: str) -> tuple[str, str]:
+    """The runs-table link and this run's link that `augment run` prints, as URL fragments."""
+    (line,) = [ln for ln in output.splitlines() if ln.startswith("MLflow UI: ")]
+    table, run = re.findall(r"(http://\S+)", line)
+    return table.split("#", 1)[1], run.rstrip(")").split("#", 1)[1]
+
+
+def test_the_printed_link_opens_the_runs_table_with_the_verdict_column(ui: dict) -> None:
     exp_id, parent = ui["exp"].experiment_id, ui["parent"]
-    text = visible_text(chromium(ui["tmp"], f"{ui['base']}/#/experiments/{exp_id}/runs", "--dump-dom"))
+    table, _ = printed_links(ui["output"])
+    assert table.startswith(f"/experiments/{exp_id}/runs?") and "viewStateShareKey=" in table
+    text = visible_text(chromium(ui["tmp"], f"{ui['base']}/#{table}", "--dump-dom"))
     assert f"Runs - Experiment {exp_id} - MLflow" in text  # the page title of the runs tab
     assert "Run Name" in text and "Created" in text  # the table's header
     assert parent.info.run_name in text
-    assert re.search(r"\b\d+ matching runs?\b", text), text[:2000]
+    assert re.search(r"\b1 matching run\b", text), text[:2000]  # the view's filter: pipeline runs only
+    assert TAG_VERDICT in text and parent.data.tags[TAG_VERDICT] in text, text[:3000]  # the verdict column
     for overview in ("Token Usage", "Tokens per Trace", "Cost Breakdown"):  # the GenAI overview's panels
         assert overview not in text
     shot = ui["tmp"] / "runs.png"
-    chromium(ui["tmp"], f"{ui['base']}/#/experiments/{exp_id}/runs", f"--screenshot={shot}")
+    chromium(ui["tmp"], f"{ui['base']}/#{table}", f"--screenshot={shot}")
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
 
 
@@ -104,8 +114,7 @@ def test_the_printed_link_opens_the_pipeline_run_with_its_verdict(ui: dict) -> N
     exp_id, parent = ui["exp"].experiment_id, ui["parent"]
     verdict = parent.data.tags[TAG_VERDICT]
     assert verdict  # e.g. "no measurable benefit"
-    (link,) = re.findall(r"then open (http://\S+)", ui["output"])
-    fragment = link.split("#", 1)[1]
+    _, fragment = printed_links(ui["output"])
     assert fragment == f"/experiments/{exp_id}/runs/{parent.info.run_id}"
     text = visible_text(chromium(ui["tmp"], f"{ui['base']}/#{fragment}", "--dump-dom"))
     assert parent.info.run_name in text

@@ -31,11 +31,13 @@ from augment.tracking.store import (
     TAG_FINGERPRINT,
     TAG_KIND,
     TAG_RUN_FINGERPRINT,
+    TAG_RUNS_VIEW,
     check_reachable,
     first_line,
     git_commit,
     param_value,
     resolve_uri,
+    runs_view_state,
     sqlite_path,
     store_init_lock,
     use_uri,
@@ -206,14 +208,19 @@ class MlflowTracker(_RunContext):
     def _experiment(self, name: str) -> str:
         found = self.client.get_experiment_by_name(name)
         if found is not None:
-            if TAG_EXPERIMENT_KIND not in (found.tags or {}):  # made by an older version: open on the runs too
+            tags = found.tags or {}
+            if TAG_EXPERIMENT_KIND not in tags:  # made by an older version: open on the runs too
                 self.client.set_experiment_tag(found.experiment_id, TAG_EXPERIMENT_KIND, EXPERIMENT_KIND)
+            if tags.get(TAG_RUNS_VIEW) != runs_view_state():  # an older view (or none): today's columns
+                self.client.set_experiment_tag(found.experiment_id, TAG_RUNS_VIEW, runs_view_state())
             return found.experiment_id
         db = sqlite_path(self.uri)
         location = (db.resolve().parent / "mlartifacts").as_uri() if db is not None else None
         try:
             return self.client.create_experiment(
-                name, artifact_location=location, tags={TAG_EXPERIMENT_KIND: EXPERIMENT_KIND}
+                name,
+                artifact_location=location,
+                tags={TAG_EXPERIMENT_KIND: EXPERIMENT_KIND, TAG_RUNS_VIEW: runs_view_state()},
             )
         except MlflowException:  # another process created it first
             found = self.client.get_experiment_by_name(name)

@@ -43,6 +43,41 @@ TAG_NOTE = "mlflow.note.content"  # the run's description in MLflow's UI
 #: instead of the GenAI overview.
 TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
+#: A saved runs-table view (MLflow's ``mlflow.sharedViewState.<key>`` experiment tag, opened with
+#: ``?viewStateShareKey=<key>``): the pipeline runs, newest first, with the verdict and headline columns.
+RUNS_VIEW_KEY = "gan-augment-verdicts"
+TAG_RUNS_VIEW = f"mlflow.sharedViewState.{RUNS_VIEW_KEY}"
+#: The sidebar's "Model training" workflow (MLflow 3 opens on GenAI unless the link says otherwise).
+WORKFLOW_QUERY = "workflowType=machine_learning"
+
+
+def runs_view_state() -> str:
+    """The JSON of the saved runs-table view: pipeline runs only, newest first, the verdict tag,
+    the headline delta and the distance beside its floor as columns."""
+    from augment.registry import DOWNSTREAM, FIDELITY, metric_name
+
+    delta = metric_name(DOWNSTREAM, "delta_vs_real+classic_pts", "real+gan+classic")
+    columns = [
+        f"tags.`{TAG_VERDICT}`",
+        f"metrics.`{delta}`",
+        f"metrics.`{metric_name(FIDELITY, 'fd_domain')}`",
+        f"metrics.`{metric_name(FIDELITY, 'fd_domain_floor')}`",
+        f"tags.`{TAG_OVERRIDES}`",
+    ]
+    return json.dumps(
+        {
+            "selectedColumns": columns,
+            "searchFilter": f"tags.`{TAG_KIND}` = 'pipeline'",
+            "orderByKey": "attributes.start_time",
+            "orderByAsc": False,
+        }
+    )
+
+
+def runs_table_url(base: str, experiment_id: str) -> str:
+    """The experiment's runs table in the saved view, on the model-training workflow."""
+    return f"{base}/#/experiments/{experiment_id}/runs?viewStateShareKey={RUNS_VIEW_KEY}&{WORKFLOW_QUERY}"
+
 
 CONNECT_TIMEOUT_S = 5.0
 
