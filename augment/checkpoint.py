@@ -12,6 +12,8 @@ Both hold only tensors and plain containers, so loading never unpickles code.
 
 from __future__ import annotations
 
+import errno
+import io
 import pickle
 import warnings
 from dataclasses import dataclass, field
@@ -20,8 +22,8 @@ from typing import Any
 
 import torch
 
-from augment.errors import CheckpointError
-from augment.io import atomic_save
+from augment.errors import CheckpointError, OutputError
+from augment.io import atomic_write_bytes
 from augment.models import ConditionalGenerator
 from augment.rundir import BEST_SNAPSHOT, FINAL_SNAPSHOT, TRAINING_STATE, find_snapshot  # noqa: F401 (re-exported)
 
@@ -30,8 +32,21 @@ STATE_FORMAT = "gan-augment/training-state/v1"
 
 
 def save(obj: dict[str, Any], path: Path) -> None:
-    """``torch.save`` to a temporary file, then rename (a crash never leaves half a checkpoint)."""
-    atomic_save(Path(path), lambda tmp: torch.save(obj, tmp))
+    """``torch.save`` to a temporary file, then rename (a crash never leaves half a checkpoint).
+
+    A full disk is an :class:`OutputError` naming ``path`` (the temporary file is removed).
+    """
+    path = Path(path)
+    # Serialised in memory first: torch's own file writer reports a full disk as an opaque
+    # "unexpected pos" RuntimeError, a plain write as OSError(ENOSPC).
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    try:
+        atomic_write_bytes(path, buf.getvalue())
+    except OSError as err:
+        if err.errno == errno.ENOSPC:
+            raise OutputError(f"no space left on device: {path}") from None
+        raise
 
 
 def load(path: Path, expect_format: str | None = None) -> dict[str, Any]:

@@ -14,14 +14,23 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from augment.addresses import dask_address_problem, tracking_uri_problem
 from augment.errors import ConfigError
+from augment.yamlio import read_yaml
 
 SUPPORTED_SIZES = (8, 16, 28, 32, 64)
+
+
+def _checked_dask_address(v: str | None) -> str | None:
+    problem = dask_address_problem(v) if v is not None else None
+    if problem:
+        raise ValueError(problem)
+    return v
 
 
 class _Section(BaseModel):
@@ -151,7 +160,8 @@ class TrainConfig(_Section):
     r1_interval: int = Field(1, ge=1)
     lr_g: float = Field(2e-4, gt=0)
     lr_d: float = Field(2e-4, gt=0)
-    betas: tuple[float, float] = (0.0, 0.99)
+    #: Adam's (beta1, beta2), each in [0, 1) (Adam refuses others only once training has started).
+    betas: tuple[Annotated[float, Field(ge=0.0, lt=1.0)], Annotated[float, Field(ge=0.0, lt=1.0)]] = (0.0, 0.99)
     #: Half-life of the generator's EMA, in thousands of images shown.
     ema_kimg: float = Field(1.0, ge=0)
     snapshot_kimg: float = Field(10.0, gt=0)
@@ -208,6 +218,11 @@ class GenerateConfig(_Section):
     #: An existing Dask scheduler (tcp://host:8786) for the shards; its workers must share the
     #: output filesystem (they write the PNGs into the staging folder beside the output folder).
     dask_address: str | None = None
+
+    @field_validator("dask_address")
+    @classmethod
+    def _dask_address(cls, v: str | None) -> str | None:
+        return _checked_dask_address(v)
 
     @model_validator(mode="after")
     def _counts(self) -> GenerateConfig:
@@ -291,6 +306,11 @@ class EvaluateConfig(_Section):
     #: An existing Dask scheduler (tcp://host:8786) for the cells; replaces workers.
     dask_address: str | None = None
 
+    @field_validator("dask_address")
+    @classmethod
+    def _dask_address(cls, v: str | None) -> str | None:
+        return _checked_dask_address(v)
+
     @field_validator("workers", mode="wrap")
     @classmethod
     def _workers(cls, v: Any, handler: Any) -> int | str:
@@ -342,6 +362,14 @@ class TrackingConfig(_Section):
     experiment: str = "gan-augment"
     registered_model: str | None = None
     promote_on: Literal["downstream", "fd_domain"] = "downstream"
+
+    @field_validator("uri")
+    @classmethod
+    def _uri(cls, v: str) -> str:
+        problem = tracking_uri_problem(v)
+        if problem:
+            raise ValueError(problem)
+        return v
 
 
 class OutputConfig(_Section):
@@ -427,43 +455,6 @@ def config_from_dict(raw: dict[str, Any], source: str = "<config>") -> Config:
         return Config.model_validate(raw)
     except ValidationError as err:
         raise ConfigError(_format_error(err, source, raw)) from None
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """YAML's safe loader, refusing a mapping that gives one key twice (YAML keeps the last silently)."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: dict[Any, int] = {}
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r} (first on line {seen[key] + 1})", key_node.start_mark
-                )
-            seen[key] = key_node.start_mark.line
-        return super().construct_mapping(node, deep=deep)
-
-
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
-    try:
-        raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
-    except yaml.constructor.ConstructorError as err:
-        mark = err.problem_mark
-        raise ConfigError(f"{path} line {mark.line + 1}: {err.problem}") from None
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark is not None else ""
-        raise ConfigError(f"{path}: not valid YAML{where}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not a text file") from None
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: top level must be a mapping, got {type(raw).__name__}")
-    return raw
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:

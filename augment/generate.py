@@ -11,7 +11,11 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import errno
+import fcntl
+import glob
 import hashlib
 import io
 import logging
@@ -42,6 +46,9 @@ MANIFEST_FIELDS = ["path", "label", "class_name", "seed", "index"]
 MARKER = ".gan-augment-generated"
 #: What a generated folder holds (folders written before the marker existed are recognised by it).
 GENERATED_ENTRIES = frozenset({MANIFEST, "grid.png", "images", MARKER})
+#: Staging folders are ``.NAME.partial-XXXXXXXX`` beside the output folder ``NAME``.
+PARTIAL_INFIX = ".partial-"
+LOCK_SIGNATURE = b"gan-augment generate lock\n"
 
 
 def check_replaceable(out_dir: Path) -> None:
@@ -65,6 +72,79 @@ def check_replaceable(out_dir: Path) -> None:
         f"{out_dir.resolve()}: not a folder generate wrote (it holds {len(names)} other entries, e.g. "
         f"{sorted(names)[0]!r}); generation replaces only its own output: give an empty or new folder (--out)"
     )
+
+
+def lock_path(out_dir: Path) -> Path:
+    """The lock file of output folder ``out_dir``: ``.NAME.lock`` beside it (it exists only while a generation runs)."""
+    return Path(out_dir).parent / f".{Path(out_dir).name}.lock"
+
+
+@contextlib.contextmanager
+def output_lock(out_dir: Path) -> Iterator[Path]:
+    """Hold an exclusive ``flock`` on :func:`lock_path` while one generation writes ``out_dir``.
+
+    A second generation into the same folder is refused at once (an :class:`OutputError` naming
+    the folder) instead of racing the first one's swap. The kernel drops the lock when its
+    process dies, SIGKILL included, so a stale lock file never blocks a later run. The file is
+    removed on release; a waiter that opened the removed file notices (another inode) and retries.
+    """
+    path = lock_path(out_dir)
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:
+            if err.errno == errno.ENOSPC:
+                raise
+            raise OutputError(f"cannot write to {path.parent}: {err.strerror or err}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise OutputError(
+                f"{out_dir}: another augment generate is writing this folder now (it holds {path}); "
+                "wait for it to finish, or give another --out"
+            ) from None
+        try:
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)  # the previous holder removed the file after we opened it: lock the new one
+    # Signed, so a file of the user's that happens to bear the name is refused, never removed.
+    held = os.read(fd, len(LOCK_SIGNATURE) + 1)
+    if held not in (b"", LOCK_SIGNATURE):
+        os.close(fd)
+        raise OutputError(f"{path}: exists and is not generate's lock file; move it, or give another --out")
+    if not held:
+        os.write(fd, LOCK_SIGNATURE)
+    try:
+        yield path
+    finally:
+        path.unlink(missing_ok=True)  # while still locked: a waiter then sees another inode
+        os.close(fd)
+
+
+def remove_stale_partials(out_dir: Path) -> list[Path]:
+    """Remove the staging folders an interrupted generation of ``out_dir`` left behind; returns them.
+
+    Call it only while holding :func:`output_lock` (no live generation owns one then). A folder
+    is removed only when it is named ``.NAME.partial-*`` and carries :data:`MARKER` (or is empty:
+    killed between its creation and its marker), so nothing else of the user's is ever touched.
+    """
+    out_dir = Path(out_dir)
+    removed = []
+    for path in sorted(out_dir.parent.glob(f".{glob.escape(out_dir.name)}{PARTIAL_INFIX}*")):
+        if path.is_symlink() or not path.is_dir():
+            continue
+        if (path / MARKER).is_file():
+            shutil.rmtree(path, ignore_errors=True)
+        elif not any(path.iterdir()):
+            path.rmdir()
+        else:
+            continue
+        log.info("removed %s, left by an interrupted generation", path)
+        removed.append(path)
+    return removed
 
 
 def counts_to_generate(
@@ -255,8 +335,10 @@ def write_samples(
 ) -> Path:
     """Write ``counts[c]`` images of every class, ``manifest.csv`` and ``grid.png`` to ``out_dir``.
 
-    The set is built in a temporary sibling folder (``.NAME.partial-*``) and renamed into place
-    when complete, so an interrupted generation never leaves a folder that looks finished. The
+    The set is built in a temporary sibling folder (``.NAME.partial-*``, marked) and renamed into
+    place when complete, so an interrupted generation never leaves a folder that looks finished;
+    the next generation into ``out_dir`` removes such leftovers. One generation at a time writes
+    ``out_dir`` (:func:`output_lock`); a full disk is an :class:`OutputError` naming it. The
     work is cut into shards of ``shard_size`` images (``None``: one per class) that
     ``map_fn(write_shard, shards)`` runs: the builtin ``map`` in this process, or a parallel map
     (Prefect tasks on Dask: ``flows/generate.py``) whose workers see the staging folder. The
@@ -281,10 +363,38 @@ def write_samples(
     # Absolute: Dask workers (of another working directory) write into the staging folder.
     parent = ensure_dir(out_dir.parent).absolute()
     try:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=parent))
+        with output_lock(out_dir):
+            remove_stale_partials(out_dir)
+            _write_staged(snapshot, G, out_dir, parent, counts, shards, seed, progress, map_fn)
     except OSError as err:
+        if err.errno == errno.ENOSPC:
+            raise OutputError(f"no space left on device: {out_dir}") from None
+        raise
+    log.info("wrote %d images to %s (%d shards)", sum(counts), out_dir, len(shards))
+    return out_dir / MANIFEST
+
+
+def _write_staged(
+    snapshot: Snapshot,
+    G: torch.nn.Module,
+    out_dir: Path,
+    parent: Path,
+    counts: list[int],
+    shards: list[ShardSpec],
+    seed: int,
+    progress: bool,
+    map_fn: Callable[..., Iterable[list[dict[str, Any]]]],
+) -> None:
+    """Build the set in a marked staging folder beside ``out_dir``, then swap it in (the caller holds the lock)."""
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}{PARTIAL_INFIX}", dir=parent))
+    except OSError as err:
+        if err.errno == errno.ENOSPC:
+            raise
         raise OutputError(f"cannot write to {parent}: {err.strerror or err}") from None
     try:
+        # Marked first: a staging folder left by SIGKILL is recognised as generation's own and removed.
+        (tmp / MARKER).write_text("written by gan-augment's generate; it replaces this folder whole\n")
         shards = [replace(s, staging=tmp) for s in shards]
         for c, name in enumerate(snapshot.class_names):
             (tmp / "images" / class_dirname(c, name)).mkdir(parents=True, exist_ok=True)
@@ -304,7 +414,6 @@ def write_samples(
             writer.writeheader()
             writer.writerows(rows)
         save_class_grid(G, tmp / "grid.png", len(snapshot.class_names), seed)
-        (tmp / MARKER).write_text("written by gan-augment's generate; it replaces this folder whole\n")
         check_replaceable(out_dir)  # again: the folder may have changed while the shards ran
         if out_dir.exists():
             shutil.rmtree(out_dir)
@@ -312,15 +421,24 @@ def write_samples(
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    log.info("wrote %d images to %s (%d shards)", sum(counts), out_dir, len(shards))
-    return out_dir / MANIFEST
+
+
+#: A grid PNG is at least this wide: one 28 px image per column would otherwise be too small to see.
+GRID_MIN_WIDTH_PX = 400
 
 
 def save_class_grid(G: torch.nn.Module, path: Path, num_classes: int, seed: int = 0, per_row: int = 10) -> None:
-    """A grid PNG with one row per class (samples 0..per_row-1 of each class)."""
-    from torchvision.utils import save_image
+    """A grid PNG with one row per class (samples 0..per_row-1 of each class).
+
+    The grid is enlarged by a whole factor, each pixel repeated (nearest neighbour, no smoothing),
+    until it is at least :data:`GRID_MIN_WIDTH_PX` wide; the generated sample PNGs keep their size.
+    """
+    from torchvision.utils import make_grid, save_image
 
     labels = torch.arange(num_classes).repeat_interleave(per_row)
     indices = torch.arange(per_row).repeat(num_classes)
     imgs = sample(G, labels, indices, seed)
-    atomic_save(Path(path), lambda tmp: save_image(imgs * 0.5 + 0.5, tmp, nrow=per_row, padding=1, format="png"))
+    grid = make_grid(imgs * 0.5 + 0.5, nrow=per_row, padding=1)
+    factor = max(1, -(-GRID_MIN_WIDTH_PX // grid.shape[-1]))
+    grid = grid.repeat_interleave(factor, dim=-2).repeat_interleave(factor, dim=-1)
+    atomic_save(Path(path), lambda tmp: save_image(grid, tmp, format="png"))

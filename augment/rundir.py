@@ -23,11 +23,15 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import errno
+import re
+import shutil
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from augment.errors import CheckpointError
+from augment.errors import CheckpointError, OutputError
 from augment.io import ensure_dir, new_run_dir
 
 if TYPE_CHECKING:
@@ -76,16 +80,40 @@ def find_snapshot(run_dir: str | Path) -> Path:
     return snaps[-1]
 
 
+def run_name(name: str) -> str:
+    """The config ``name`` as it appears in a run directory's name (``my run`` -> ``my-run``).
+
+    Example:
+        >>> run_name("my run")
+        'my-run'
+    """
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-") or "run"
+
+
 def latest_run_dir(root: str | Path, name: str) -> Path | None:
     """The newest run of config ``name`` under ``root`` that can be resumed (has a training state)."""
-    runs = sorted(p for p in Path(root).glob(f"*-{name}") if (p / TRAINING_STATE).is_file())
+    root = Path(root)
+    if not root.is_dir():
+        return None
+    # By the whole name: a run of `fashion-digits` is not a run of `digits`.
+    pattern = re.compile(rf"\d+-{re.escape(run_name(name))}")
+    runs = sorted(p for p in root.iterdir() if pattern.fullmatch(p.name) and (p / TRAINING_STATE).is_file())
     return runs[-1] if runs else None
 
 
 def prepare_run_dir(cfg: Config, out: Path | None = None, resume: bool = False) -> Path:
-    """The run directory: ``out`` if given, the latest run of this config when resuming, else a new one."""
+    """The run directory: ``out`` if given, the latest run of this config when resuming, else a new one.
+
+    ``out`` must be a folder (or not exist yet): a file or a symlink there is refused, since the
+    run would write through the link into a folder the user did not name.
+    """
     if out is not None:
-        run_dir = ensure_dir(Path(out))
+        out = Path(out)
+        if out.is_symlink():
+            raise OutputError(f"{out}: is a symlink; give train a folder of its own (--out)")
+        if out.exists() and not out.is_dir():
+            raise OutputError(f"{out}: is a file, not a folder; give train a folder of its own (--out)")
+        run_dir = ensure_dir(out)
         if resume and not (run_dir / TRAINING_STATE).is_file():
             raise CheckpointError(f"{run_dir}: nothing to resume (no {TRAINING_STATE})")
         return run_dir
@@ -94,7 +122,48 @@ def prepare_run_dir(cfg: Config, out: Path | None = None, resume: bool = False) 
         if run_dir is None:
             raise CheckpointError(f"{cfg.output.root}: no run of {cfg.name!r} with a training state to resume")
         return run_dir
-    return new_run_dir(cfg.output.root, cfg.name)
+    return new_run_dir(cfg.output.root, run_name(cfg.name))
+
+
+def has_checkpoint(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds a complete checkpoint (a snapshot or a training state)."""
+    return (run_dir / TRAINING_STATE).is_file() or any(run_dir.glob(NETWORK_GLOB))
+
+
+@contextlib.contextmanager
+def claim_run_dir(cfg: Config, out: Path | None = None, resume: bool = False) -> Iterator[Path]:
+    """:func:`prepare_run_dir`, undone when the block fails before the run wrote a checkpoint.
+
+    A run that stops on a config error, a full disk, SIGTERM or Ctrl-C before its first snapshot
+    leaves nothing a user could mistake for a run: the folder is removed when this call created
+    it, else only the entries it added. A run with a checkpoint is kept (``--resume`` continues
+    it); a resumed run's folder is never touched. A full disk (``ENOSPC``) becomes one
+    :class:`OutputError` line: ``no space left on device: <path>``.
+
+    Example:
+        >>> with claim_run_dir(cfg, tmp_path / "run") as run_dir:  # doctest: +SKIP
+        ...     training_loop(run_dir=run_dir, ...)
+    """
+    existed = out is not None and Path(out).is_dir()
+    before = {p.name for p in Path(out).iterdir()} if existed else set()
+    run_dir = prepare_run_dir(cfg, out, resume)
+    try:
+        yield run_dir
+    except BaseException as err:
+        if not resume and not has_checkpoint(run_dir):
+            if existed:
+                for entry in run_dir.iterdir():
+                    if entry.name in before:
+                        continue
+                    if entry.is_dir() and not entry.is_symlink():
+                        shutil.rmtree(entry, ignore_errors=True)
+                    else:
+                        entry.unlink(missing_ok=True)
+            else:
+                shutil.rmtree(run_dir, ignore_errors=True)
+        if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+            raise OutputError(f"no space left on device: {err.filename or run_dir}") from None
+        raise
 
 
 def holds_a_run(folder: Path) -> str | None:

@@ -7,12 +7,15 @@ Heavy imports (torch, Prefect, MLflow) happen inside the commands so ``augment -
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import json
 import logging
 import os
 import shutil
+import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
@@ -99,7 +102,18 @@ def _bars_and_logs(progress: bool) -> Iterator[None]:
         yield
 
 
+def _clear_bars() -> None:
+    """Erase the progress bars a failed stage left drawn, so the message that follows starts its own line."""
+    std = sys.modules.get("tqdm.std")  # never imported: no bar was drawn
+    for bar in list(getattr(getattr(std, "tqdm", None), "_instances", ())):
+        if getattr(bar, "disable", True) or not hasattr(bar, "pos"):  # hidden, or interrupted while being built
+            continue
+        bar.leave = False
+        bar.close()
+
+
 def fail(message: str, code: int = 2) -> None:
+    _clear_bars()
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code)
 
@@ -117,8 +131,35 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             fail(str(err).splitlines()[0] if str(err) else type(err).__name__)
         except PermissionError as err:
             fail(f"permission denied: {err.filename or err}")
+        except OSError as err:
+            if err.errno != errno.ENOSPC:
+                raise
+            where = f": {err.filename}" if err.filename else " (the output's file system is full)"
+            fail(f"no space left on device{where}")
 
     return wrapper
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived: raised in the main thread so ``finally`` blocks remove staging folders and temporary
+    files (a BaseException: no ``except Exception`` on the way swallows it)."""
+
+
+@contextlib.contextmanager
+def _terminate_cleanly() -> Iterator[None]:
+    """Turn SIGTERM into :class:`Terminated` while a command writes files (the default action kills at once)."""
+    if threading.current_thread() is not threading.main_thread():  # signal handlers live in the main thread
+        yield
+        return
+
+    def _raise(signum: int, frame: Any) -> None:
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, _raise)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @app.command()
@@ -142,7 +183,8 @@ def train(
     cfg = load_config(config, set_)
     if not resume:
         check_new_run_dir(out)
-    run_dir, snap = train_gan(cfg, out=out, resume=resume, progress=not quiet, metric_factory=best_snapshot_metric)
+    with _terminate_cleanly(), _bars_and_logs(not quiet):
+        run_dir, snap = train_gan(cfg, out=out, resume=resume, progress=not quiet, metric_factory=best_snapshot_metric)
     typer.echo(f"run directory: {run_dir}\ngenerator: {snap}")
 
 
@@ -176,6 +218,8 @@ def generate(
 
     if per_class is not None and total is not None:
         fail("give --per-class or --total, not both")
+    if dask_address is not None:  # before the run is read: a typo fails in seconds
+        _check_dask_address(dask_address)
     snapshot = find_snapshot(run_dir)
     snap = load_snapshot(snapshot)
     gcfg = run_config(run_dir, snapshot=snapshot).generate
@@ -196,14 +240,15 @@ def generate(
         }
     )
     out_dir = out or Path(run_dir) / GENERATED
-    if g.workers > 1 or g.dask_address:
-        from flows.generate import run_generate
+    with _terminate_cleanly(), _bars_and_logs(not quiet):
+        if g.workers > 1 or g.dask_address:
+            from flows.generate import run_generate
 
-        manifest = run_generate(snapshot, out_dir, counts, g)
-    else:
-        manifest = write_samples(
-            snap, out_dir, counts, seed=g.seed, batch_size=g.batch_size, progress=not quiet, shard_size=g.shard_size
-        )
+            manifest = run_generate(snapshot, out_dir, counts, g)
+        else:
+            manifest = write_samples(
+                snap, out_dir, counts, seed=g.seed, batch_size=g.batch_size, progress=not quiet, shard_size=g.shard_size
+            )
     per = ", ".join(f"{n}: {c}" for n, c in zip(snap.class_names, counts, strict=True))
     typer.echo(f"generated {sum(counts)} images ({per})\nmanifest: {manifest}\ngrid: {manifest.parent / 'grid.png'}")
 
@@ -262,23 +307,67 @@ def inspect_data(
 # Orchestration and tracking: the pipeline as a Prefect flow, schedules, the MLflow UI, comparison.
 
 
+def _check_uri(uri: str) -> str:
+    """``uri`` when its form is a usable tracking store, else one line naming it (and where it came from)."""
+    from augment.addresses import tracking_uri_problem
+    from augment.errors import TrackingError
+
+    problem = tracking_uri_problem(uri)
+    if problem:
+        where = " (from MLFLOW_TRACKING_URI)" if os.environ.get("MLFLOW_TRACKING_URI") == uri else ""
+        raise TrackingError(f"tracking URI {uri!r}{where} is malformed: {problem}")
+    return uri
+
+
+def _check_dask_address(address: str, timeout_s: float = 3.0) -> None:
+    """Raise :class:`ConfigError` (one line naming ``address``) unless a Dask scheduler could be there.
+
+    The form is checked (``tcp://HOST:PORT``), then one TCP connection is tried with ``timeout_s``: a
+    Dask client would otherwise retry for 30 s and end in a Prefect traceback. It lives here, not in
+    the flows, because importing those (Prefect, MLflow) takes seconds before the check could run.
+    """
+    import socket
+
+    from augment.addresses import dask_address_problem, split_host_port
+    from augment.errors import ConfigError
+
+    problem = dask_address_problem(address)
+    if problem:
+        raise ConfigError(f"Dask scheduler address {address!r} is malformed: {problem}")
+    host, port = split_host_port(address.strip().rpartition("://")[2])
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            pass
+    except OSError as err:
+        reason = err.strerror or str(err) or type(err).__name__
+        raise ConfigError(
+            f"Dask scheduler {address} is unreachable ({reason}, {timeout_s:g} s timeout); "
+            "start it, or give another --dask-address / dask_address"
+        ) from None
+
+
 def _check_tracking(cfg: Any) -> None:
-    """Fail in seconds, before Prefect starts, when the tracking store cannot be reached."""
+    """Fail in seconds, before Prefect starts, when the tracking store or a Dask scheduler cannot be reached."""
     if cfg.tracking.enabled:
         from augment.tracking import check_reachable, resolve_uri
 
-        check_reachable(resolve_uri(cfg.tracking.uri))
+        check_reachable(_check_uri(resolve_uri(cfg.tracking.uri)))
+    for address in {cfg.generate.dask_address, cfg.evaluate.dask_address} - {None}:
+        _check_dask_address(address)
 
 
 def _ui_hint(uri: str, experiment_id: str | None, run_id: str | None) -> str:
-    from augment.tracking import DEFAULT_URI
+    """Where to look: the experiment's runs table (its saved verdict view) and this run's page."""
+    from augment.tracking import DEFAULT_URI, runs_table_url
 
     where = "augment ui" if uri == DEFAULT_URI else f"augment ui --uri '{uri}'"
     if uri.startswith(("http://", "https://")):
         base, where = uri.rstrip("/"), None
     else:
         base = "http://127.0.0.1:5000"
-    page = f"{base}/#/experiments/{experiment_id}/runs/{run_id}" if experiment_id and run_id else base
+    page = runs_table_url(base, experiment_id) if experiment_id else base
+    if experiment_id and run_id:
+        page += f"  (this run: {base}/#/experiments/{experiment_id}/runs/{run_id})"
     return f"MLflow UI: {where}  then open {page}" if where else f"MLflow UI: {page}"
 
 
@@ -335,6 +424,24 @@ def run(
         typer.echo(_ui_hint(result["tracking_uri"], result.get("experiment_id"), result["mlflow_run_id"]))
 
 
+def _check_schedule(cron: str, timezone: str | None) -> None:
+    """One line naming a cron string or time zone that Prefect's schedule would refuse (before any server is needed)."""
+    import zoneinfo
+
+    from prefect.client.schemas.schedules import CronSchedule
+    from pydantic import ValidationError
+
+    if timezone is not None:
+        try:
+            zoneinfo.ZoneInfo(timezone)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            fail(f"--timezone {timezone!r} is not an IANA time zone (e.g. UTC, Europe/Berlin, America/New_York)")
+    try:
+        CronSchedule(cron=cron, timezone=timezone or "UTC")
+    except ValidationError:
+        fail(f'--cron {cron!r} is not a valid cron schedule (five fields, e.g. "0 3 * * *": 03:00 every day)')
+
+
 @app.command()
 @handle_errors
 def serve(
@@ -354,6 +461,7 @@ def serve(
     """
     _setup_logging(False)
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    _check_schedule(cron, timezone)
     from augment.config import load_config
 
     cfg = load_config(config, set_)
@@ -389,7 +497,7 @@ def ui(
     store = uri if uri is not None and config is None else resolve_uri(uri)
     if store.startswith(("http://", "https://")):
         fail(f"{store} is a tracking server already: open it in a browser")
-    check_reachable(store)
+    check_reachable(_check_uri(store))
     typer.echo(f"MLflow UI on http://127.0.0.1:{port} for {store} (Ctrl-C stops it)")
     sys.stdout.flush()
     # One worker and no job runner (GenAI judges): a dozen processes otherwise, on a laptop's cores.
@@ -433,14 +541,15 @@ def compare(
     from augment.errors import OutputError
     from augment.tracking import compare_display, compare_runs, resolve_uri
 
+    if csv is not None and not csv.parent.is_dir():  # before the store is read: fail without the table
+        raise OutputError(f"{csv}: cannot write the CSV: folder {csv.parent} does not exist")
     if config is not None:
         from augment.config import load_config
 
         tracking = load_config(config).tracking
         uri, experiment = uri or tracking.uri, experiment or tracking.experiment
-    table = compare_runs(
-        resolve_uri(uri) if uri is None or config is not None else uri, experiment or "gan-augment", limit=limit
-    )
+    store = _check_uri(resolve_uri(uri) if uri is None or config is not None else uri)
+    table = compare_runs(store, experiment or "gan-augment", limit=limit)
     if table.empty:
         typer.echo(f"no pipeline runs in experiment {experiment or 'gan-augment'!r}")
         return
@@ -457,8 +566,13 @@ def main() -> None:
     try:
         app()
     except KeyboardInterrupt:
+        _clear_bars()
         typer.echo("interrupted", err=True)
         sys.exit(130)
+    except Terminated:
+        _clear_bars()
+        typer.echo("terminated (SIGTERM)", err=True)
+        sys.exit(128 + signal.SIGTERM)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from prefect import flow, get_run_logger
 from augment import rundir
 from augment.config import Config, load_config
 from augment.registry import Promotion, gate_from_metrics, run_fingerprint
-from augment.rundir import prepare_run_dir
+from augment.rundir import claim_run_dir
 from augment.tracking import (
     TAG_ALIAS,
     TAG_MODEL,
@@ -106,53 +106,58 @@ def pipeline(
                 "data_fingerprint": data.fingerprint,
                 "champion": champion.model_uri,
             }
-    run_dir = prepare_run_dir(cfg)
-    logger.info("run directory %s, data %s", run_dir, data.fingerprint)
+    with claim_run_dir(cfg) as run_dir:  # a run that fails before its first checkpoint leaves no folder
+        logger.info("run directory %s, data %s", run_dir, data.fingerprint)
 
-    tags = {
-        **data_tags(data),
-        "run_dir": str(run_dir.resolve()),
-        "config": str(config),
-        TAG_OVERRIDES: " ".join(overrides or []) or "(none)",  # why runs of one config differ
-    }
-    with tracker.run(f"{cfg.name} {run_dir.name}", kind="pipeline", tags=tags) as parent:
-        tracker.log_params(parent, cfg.flat())
-        tracker.log_dataset(parent, data, name=f"{cfg.name}-train", source=data_source(cfg))
+        tags = {
+            **data_tags(data),
+            "run_dir": str(run_dir.resolve()),
+            "config": str(config),
+            TAG_OVERRIDES: " ".join(overrides or []) or "(none)",  # why runs of one config differ
+        }
+        with tracker.run(f"{cfg.name} {run_dir.name}", kind="pipeline", tags=tags) as parent:
+            tracker.log_params(parent, cfg.flat())
+            tracker.log_dataset(parent, data, name=f"{cfg.name}-train", source=data_source(cfg))
 
-        # Train.
-        with tracker.run("train", kind="train", parent=parent) as train_run:
-            run_dir, snapshot, model_uri = train_stage(cfg, data, run_dir, tracker, train_run, progress=progress)
-        # Generate.
-        with tracker.run("generate", kind="generate", parent=parent) as generate_run:
-            generate_stage(cfg, snapshot, run_dir / rundir.GENERATED, tracker, generate_run)
-        # Evaluate.
-        metrics, report = evaluate_stage(cfg, run_dir, tracker, parent, progress=progress)
-        verdict = (metrics.get("downstream") or {}).get("verdict") or {}
-        if verdict:  # the runs table's verdict column, and the verdict paragraph as the run's description
-            tracker.set_tags(parent, {TAG_VERDICT: verdict.get("status", ""), TAG_NOTE: verdict.get("text", "")})
+            # Train.
+            with tracker.run("train", kind="train", parent=parent) as train_run:
+                run_dir, snapshot, model_uri = train_stage(cfg, data, run_dir, tracker, train_run, progress=progress)
+            # Generate.
+            with tracker.run("generate", kind="generate", parent=parent) as generate_run:
+                generate_stage(cfg, snapshot, run_dir / rundir.GENERATED, tracker, generate_run)
+            # Evaluate.
+            metrics, report = evaluate_stage(cfg, run_dir, tracker, parent, progress=progress)
+            verdict = (metrics.get("downstream") or {}).get("verdict") or {}
+            if verdict:  # the runs table's verdict column, and the verdict paragraph as the run's description
+                tracker.set_tags(parent, {TAG_VERDICT: verdict.get("status", ""), TAG_NOTE: verdict.get("text", "")})
 
-        # Register.
-        promotion = None
-        if model_uri is not None:
-            gate = gate_from_metrics(metrics, cfg.tracking.promote_on)
-            promotion = tracker.register(
-                model_uri, model_name, gate, run_id=parent, data_fingerprint=data.fingerprint, run_fingerprint=run_fp
-            )
-        with open(report, "a") as fh:
-            fh.write(registry_section(promotion, model_name, cfg.tracking.enabled))
-        if promotion is not None:
-            tracker.set_tags(
-                parent,
-                {
-                    TAG_MODEL: model_name,
-                    TAG_VERSION: promotion.version,
-                    TAG_ALIAS: promotion.alias,
-                    TAG_REASON: promotion.reason,
-                },
-            )
-            logger.info("%s v%s -> %s: %s", model_name, promotion.version, promotion.alias, promotion.reason)
-        tracker.set_tags(parent, {TAG_REPORT: str(Path(report).resolve())})
-        log_artifacts_task(tracker, parent, [(Path(report), rundir.EVAL)])
+            # Register.
+            promotion = None
+            if model_uri is not None:
+                gate = gate_from_metrics(metrics, cfg.tracking.promote_on)
+                promotion = tracker.register(
+                    model_uri,
+                    model_name,
+                    gate,
+                    run_id=parent,
+                    data_fingerprint=data.fingerprint,
+                    run_fingerprint=run_fp,
+                )
+            with open(report, "a") as fh:
+                fh.write(registry_section(promotion, model_name, cfg.tracking.enabled))
+            if promotion is not None:
+                tracker.set_tags(
+                    parent,
+                    {
+                        TAG_MODEL: model_name,
+                        TAG_VERSION: promotion.version,
+                        TAG_ALIAS: promotion.alias,
+                        TAG_REASON: promotion.reason,
+                    },
+                )
+                logger.info("%s v%s -> %s: %s", model_name, promotion.version, promotion.alias, promotion.reason)
+            tracker.set_tags(parent, {TAG_REPORT: str(Path(report).resolve())})
+            log_artifacts_task(tracker, parent, [(Path(report), rundir.EVAL)])
 
     return {
         "skipped": False,

@@ -14,7 +14,7 @@ from augment.config import Config, load_config
 from augment.data import PreparedData
 from augment.devices import resolve_device
 from augment.registry import TRAIN, metric_name
-from augment.rundir import prepare_run_dir
+from augment.rundir import claim_run_dir
 from augment.tracking import TAG_FINGERPRINT, TAG_TRAIN_COUNTS, Tracker, make_tracker
 from augment.train import check_new_run_dir, loop_kwargs
 from flows.tasks import load_data_task, log_artifacts_task, train_task
@@ -91,8 +91,9 @@ def train_flow(
     data = load_data_task(cfg)
     if not resume:
         check_new_run_dir(Path(out) if out else None)
-    run_dir = prepare_run_dir(cfg, Path(out) if out else None, resume)
-    with tracker.run(f"{cfg.name} train {run_dir.name}", kind="train") as run_id:
-        run_dir, snap, model_uri = train_stage(cfg, data, run_dir, tracker, run_id, resume)
+    # A run that fails before its first checkpoint leaves no folder (or only what was there before).
+    with claim_run_dir(cfg, Path(out) if out else None, resume) as run_dir:
+        with tracker.run(f"{cfg.name} train {run_dir.name}", kind="train") as run_id:
+            run_dir, snap, model_uri = train_stage(cfg, data, run_dir, tracker, run_id, resume)
     logger.info("trained %s -> %s (MLflow run %s)", cfg.name, snap, run_id)
     return {"run_dir": str(run_dir), "snapshot": str(snap), "mlflow_run_id": run_id, "model_uri": model_uri}

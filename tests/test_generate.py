@@ -83,15 +83,20 @@ def test_write_samples_manifest_pngs_and_grid(tiny_run: Path, tmp_path: Path) ->
     assert {r["class_name"] for r in rows} == {"0", "2"} and {r["seed"] for r in rows} == {"1"}
     with Image.open(tmp_path / "gen" / rows[0]["path"]) as img:
         assert img.size == (8, 8) and img.mode == "L"
-    with Image.open(tmp_path / "gen" / "grid.png") as grid:
-        # one row per class (3 rows), 10 samples per row, 1-pixel padding
-        assert grid.size == (10 * 9 + 1, 3 * 9 + 1)
+    with Image.open(tmp_path / "gen" / "grid.png") as img:
+        grid = np.asarray(img.convert("L"), dtype=int)
+    # One row per class (3 rows) of 10 samples with 1-pixel padding (91 px wide), every pixel
+    # repeated 5x5 so the grid is at least 400 px wide; the blocks are whole (no smoothing).
+    assert grid.shape == (5 * (3 * 9 + 1), 5 * (10 * 9 + 1))
+    small = grid[::5, ::5]
+    assert np.array_equal(np.repeat(np.repeat(small, 5, axis=0), 5, axis=1), grid)
     images, labels = read_generated(tmp_path / "gen")
     assert images.shape == (5, 1, 8, 8) and labels.tolist() == [0, 0, 0, 2, 2]
-    # the PNGs hold exactly the sampled images
+    # the PNGs hold exactly the sampled images, and the grid shows them (class 0, sample 2) at their size
     direct = sample(snap.generator(), torch.tensor([0]), torch.tensor([2]), seed=1)
     expected = ((direct.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     assert np.abs(images[2].numpy().astype(int) - expected[0].numpy().astype(int)).max() <= 1
+    assert np.abs(small[1:9, 1 + 2 * 9 : 9 + 2 * 9] - expected[0, 0].numpy().astype(int)).max() <= 1
     assert [p.name for p in tmp_path.iterdir()] == ["gen"]  # no temporary folder left behind
 
 

@@ -50,3 +50,30 @@ def test_the_readme_stays_a_five_minute_read() -> None:
     assert len(README.splitlines()) < 200
     for link in re.findall(r"\]\(((?:docs|benchmarks|examples)/[^)#]+)\)", README):
         assert (REPO / link).exists(), link
+
+
+def test_every_command_and_option_the_readme_lists_exists() -> None:
+    """The README's command block against the real CLI: each command's --help names each option shown."""
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    blocks = [body for _, body in re.findall(r"^```(\w*)\n(.*?)^```", README, re.M | re.S)]
+    block = next(b for b in blocks if b.startswith("augment train"))
+    commands: dict[str, set[str]] = {}
+    current = None
+    for line in block.splitlines():
+        code = line.split("#", 1)[0]
+        words = code.split()
+        if words[:1] == ["augment"]:
+            current = words[1]
+            commands[current] = set()
+        if current is not None:
+            commands[current] |= set(re.findall(r"(?<![\w-])(--[a-z][a-z-]*|-q)\b", code))
+    assert set(commands) == {"train", "generate", "evaluate", "run", "inspect-data", "serve", "ui", "compare"}
+    runner = CliRunner()
+    for command, options in commands.items():
+        res = runner.invoke(app, [command, "--help"], env={"COLUMNS": "200"})
+        assert res.exit_code == 0, (command, res.output)
+        for option in options:
+            assert option in res.output, f"README: `augment {command} {option}` is not an option of the command"

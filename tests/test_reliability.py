@@ -101,6 +101,95 @@ def test_sigkill_at_random_points_then_resume_matches_uninterrupted(tmp_path: Pa
     assert all(torch.equal(ema_a[k], ema_b[k]) for k in ema_a)
 
 
+# --- what the tool may delete, SIGTERM --------------------------------------------------------
+
+
+def test_next_generation_removes_only_marked_staging_folders_of_its_output(tiny_run: Path, tmp_path: Path) -> None:
+    from augment.generate import MARKER, write_samples
+
+    def staging(name: str, *files: str) -> Path:
+        folder = tmp_path / name
+        folder.mkdir()
+        for f in files:
+            (folder / f).write_text("x")
+        return folder
+
+    killed = staging(".gen.partial-killed1", MARKER, "manifest.csv")  # SIGKILL'd mid-run: marked
+    empty = staging(".gen.partial-killed2")  # SIGKILL'd between mkdtemp and the marker
+    users = staging(".gen.partial-mine", "thesis.tex")  # the user's own, named alike: no marker
+    other = staging(".other.partial-killed3", MARKER)  # another output folder's: not this run's business
+    write_samples(checkpoint.load_snapshot(tiny_run / checkpoint.FINAL_SNAPSHOT), tmp_path / "gen", [1, 1, 1])
+    assert not killed.exists() and not empty.exists()
+    assert (users / "thesis.tex").is_file() and (other / MARKER).is_file()
+    assert not (tmp_path / ".gen.lock").exists()  # the lock file lives only while a generation runs
+
+    (tmp_path / ".mine.lock").write_text("a file of the user's that bears a lock's name")
+    with pytest.raises(AugmentError, match="is not generate's lock file"):
+        write_samples(checkpoint.load_snapshot(tiny_run / checkpoint.FINAL_SNAPSHOT), tmp_path / "mine", [1, 1, 1])
+    assert (tmp_path / ".mine.lock").read_text().startswith("a file of the user's") and not (tmp_path / "mine").exists()
+
+
+def test_failed_train_removes_only_what_it_added(tmp_path: Path) -> None:
+    from augment import rundir
+    from augment.config import save_config
+    from conftest import tiny_config
+
+    cfg = tiny_config(tmp_path)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("the user's")
+    with pytest.raises(ConfigError), rundir.claim_run_dir(cfg, mine) as run_dir:
+        save_config(cfg, run_dir / rundir.CONFIG)
+        (run_dir / rundir.CACHE).mkdir()
+        raise ConfigError("a value only training reaches")
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+
+    with pytest.raises(ConfigError), rundir.claim_run_dir(cfg) as run_dir:  # a new numbered folder
+        save_config(cfg, run_dir / rundir.CONFIG)
+        raise ConfigError("a value only training reaches")
+    assert list((tmp_path / "runs").iterdir()) == []
+
+    with pytest.raises(KeyboardInterrupt), rundir.claim_run_dir(cfg, tmp_path / "kept") as run_dir:
+        (run_dir / rundir.snapshot_name(0)).write_bytes(b"a complete snapshot")  # resumable: kept
+        raise KeyboardInterrupt
+    assert (tmp_path / "kept" / rundir.snapshot_name(0)).is_file()
+
+
+def _wait_for(path: Path, proc: subprocess.Popen, timeout_s: float = 300) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not path.is_file():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.02)
+
+
+@pytest.mark.slow
+def test_sigterm_during_train_leaves_no_folder_before_a_checkpoint_and_resumes_after(tmp_path: Path) -> None:
+    env = {**os.environ, "TQDM_DISABLE": "1"}
+    # Before the first checkpoint (one snapshot, at the end of 50 kimg): the run folder goes.
+    early = tmp_path / "early"
+    cmd = _train_cmd(early, resume=False) + ["--set", "train.kimg=50", "--set", "train.snapshot_kimg=50"]
+    proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for(early / "config.yaml", proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM and err.strip() == "terminated (SIGTERM)", err
+    assert not early.exists()
+
+    # After one: the folder stays with complete checkpoints only, and --resume finishes the run.
+    run, short = tmp_path / "run", ["--set", "train.kimg=0.64"]
+    proc = subprocess.Popen(_train_cmd(run, resume=False) + short, env=env, cwd=REPO, stderr=subprocess.PIPE, text=True)
+    _wait_for(run / checkpoint.TRAINING_STATE, proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM and err.strip() == "terminated (SIGTERM)", err
+    assert _all_checkpoints_readable(run) >= 2 and not list(run.glob(".*.tmp"))
+    res = subprocess.run(
+        _train_cmd(run, resume=True) + short, env=env, cwd=REPO, capture_output=True, text=True, timeout=600
+    )
+    assert res.returncode == 0, res.stderr
+    assert checkpoint.load(run / checkpoint.TRAINING_STATE)["cur_nimg"] == 640
+
+
 # --- fuzzing ----------------------------------------------------------------------------------
 
 _KEYS = [
@@ -131,6 +220,8 @@ _KEYS = [
     "target",
     "root",
     "classes",
+    "uri",
+    "dask_address",
 ]
 _scalars = st.one_of(
     st.none(),
@@ -138,7 +229,7 @@ _scalars = st.one_of(
     st.integers(-(10**6), 10**6),
     st.floats(allow_nan=True, allow_infinity=True),
     st.text(max_size=12),
-    st.sampled_from(["hinge", "digits", "balance", "auto", "cpu", "[1, 2]", "1e-3"]),
+    st.sampled_from(["hinge", "digits", "balance", "auto", "cpu", "[1, 2]", "1e-3", "sqlite://x.db", "tcp://h:99999"]),
 )
 _values = st.recursive(
     _scalars,

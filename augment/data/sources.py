@@ -10,9 +10,11 @@ from __future__ import annotations
 import csv
 import gzip
 import logging
+import re
 import shutil
 import struct
 import subprocess
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -195,7 +197,26 @@ def load_image(path: Path, cfg: DataConfig) -> np.ndarray:
     """Decode one image file to ``uint8 (C, H, W)``; DataError names the file and the problem."""
     want = "L" if cfg.channels == 1 else "RGB"
     try:
-        with Image.open(path) as img:
+        with warnings.catch_warnings():
+            # PIL only warns between its limit and twice it: any image over the limit is refused.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(path)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        found = re.search(r"\((\d+) pixels\)", str(err))
+        size = f"{int(found.group(1))} pixels" if found else "too many pixels"
+        raise DataError(
+            f"{path}: image of {size} is over the data limit of {Image.MAX_IMAGE_PIXELS} pixels "
+            "(a possible decompression bomb); refused without decoding it"
+        ) from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise DataError(f"{path}: corrupt or unreadable image ({err})") from None
+    if img.size != (cfg.image_size, cfg.image_size):  # from the header: a huge image is never decoded
+        img.close()
+        raise DataError(
+            f"{path}: image is {img.size[0]}x{img.size[1]} but data.image_size={cfg.image_size} (no silent resize)"
+        )
+    try:
+        with img:
             img.load()  # decodes fully: a truncated file fails here, not later
             if img.mode in ("I;16", "I;16L", "I;16B", "I") and want == "L" and cfg.convert == "L":
                 # 16-bit grayscale: PIL's convert("L") clips every value above 255 to white; scale instead.

@@ -244,7 +244,7 @@ def check_inception_weights(path: Path) -> dict[str, torch.Tensor]:
 class InceptionFeatures:
     """2048-d pool3 features of the FID InceptionV3 (torchmetrics + torch-fidelity, local weights).
 
-    torch-fidelity reads its weights file with ``torch.load(weights_only=False)``. The user's file is
+    torch-fidelity unpickles its weights file (``torch.load`` with weights-only loading off). The user's file is
     therefore never handed to it: it is read here with ``weights_only=True``, checked, and written
     again (plain tensors only) to a private temporary file that torch-fidelity loads.
     """
