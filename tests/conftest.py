@@ -75,6 +75,51 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return run_dir
 
 
+# A pipeline in about half a minute: a small extractor, a small pool, 2 regimes x 3 seeds of 10 steps
+# (3 seeds: the fewest that make a verdict, which the promotion gate requires).
+PIPELINE_FAST = [
+    "evaluate.seeds=3",
+    "evaluate.extractor_steps=30",
+    "evaluate.synthetic_per_class=20",
+    "evaluate.classic=['crop']",
+    "evaluate.regimes=['real+classic','real+gan']",
+    "evaluate.steps=10",
+    "evaluate.batch_size=32",
+    "tracking.experiment=flows-tests",
+]
+
+
+def write_pipeline_config(tmp: Path, *overrides: str) -> tuple[Path, Config]:
+    """The tiny pipeline config (:data:`PIPELINE_FAST`) saved as ``tmp/tiny.yaml``."""
+    from augment.config import save_config
+
+    cfg = tiny_config(tmp, *PIPELINE_FAST, *overrides)
+    path = tmp / "tiny.yaml"
+    save_config(cfg, path)
+    return path, cfg
+
+
+def augment_command(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """The real console command, reporting to the session's test Prefect API."""
+    from prefect.settings import PREFECT_API_URL
+
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
+    return subprocess.run(
+        [sys.executable, "-m", "flows.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
+
+
+@pytest.fixture(scope="session")
+def pipeline_run(tmp_path_factory: pytest.TempPathFactory, prefect_harness) -> dict:
+    """`augment run` on the tiny pipeline config once per session, through the console command
+    (the flow tests and the UI test read its store; later tests may add runs to it)."""
+    tmp = tmp_path_factory.mktemp("pipeline")
+    path, cfg = write_pipeline_config(tmp)
+    result = augment_command("run", str(path), "--quiet", cwd=tmp)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return {"tmp": tmp, "path": path, "cfg": cfg, "output": result.stdout}
+
+
 @pytest.fixture(scope="session")
 def prefect_harness():
     """One temporary Prefect API (SQLite) for every flow test of the session (starts in ~12 s)."""

@@ -16,34 +16,20 @@ from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
 from augment.checkpoint import find_snapshot, load_snapshot
-from augment.config import Config, save_config
+from augment.config import Config
 from augment.errors import ConfigError
 from augment.registry import CHALLENGER, CHAMPION
 from augment.tracking import TAG_FINGERPRINT, TAG_KIND
-from conftest import tiny_config
+from conftest import PIPELINE_FAST, augment_command, write_pipeline_config
 from flows.cli import app
 
-# A pipeline in about half a minute: a small extractor, a small pool, 2 regimes x 3 seeds of 10 steps
-# (3 seeds: the fewest that make a verdict, which the promotion gate requires).
-FAST = [
-    "evaluate.seeds=3",
-    "evaluate.extractor_steps=30",
-    "evaluate.synthetic_per_class=20",
-    "evaluate.classic=['crop']",
-    "evaluate.regimes=['real+classic','real+gan']",
-    "evaluate.steps=10",
-    "evaluate.batch_size=32",
-    "tracking.experiment=flows-tests",
-]
+FAST = PIPELINE_FAST
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 
-def write_config(tmp: Path, *overrides: str) -> tuple[Path, Config]:
-    cfg = tiny_config(tmp, *FAST, *overrides)
-    path = tmp / "tiny.yaml"
-    save_config(cfg, path)
-    return path, cfg
+write_config = write_pipeline_config
+augment = augment_command
 
 
 def client_for(cfg: Config) -> MlflowClient:
@@ -58,24 +44,10 @@ def pipeline_runs(cfg: Config) -> list:
     )
 
 
-def augment(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    """The real console command, reporting to the session's test Prefect API."""
-    from prefect.settings import PREFECT_API_URL
-
-    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
-    return subprocess.run(
-        [sys.executable, "-m", "flows.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
-    )
-
-
 @pytest.fixture(scope="module")
-def first(tmp_path_factory: pytest.TempPathFactory, prefect_harness) -> dict:
-    """`augment run CONFIG` once, through the console command."""
-    tmp = tmp_path_factory.mktemp("pipeline")
-    path, cfg = write_config(tmp)
-    result = augment("run", str(path), "--quiet", cwd=tmp)
-    assert result.returncode == 0, result.stdout + result.stderr
-    return {"tmp": tmp, "path": path, "cfg": cfg, "output": result.stdout}
+def first(pipeline_run: dict) -> dict:
+    """`augment run CONFIG` once, through the console command (the session's pipeline run)."""
+    return pipeline_run
 
 
 def test_augment_run_prints_the_report_and_how_to_open_the_ui(first: dict):

@@ -24,7 +24,7 @@ from augment.errors import AugmentError, ConfigError, DataError
 from conftest import REPO, TINY
 
 KILL_SEED = 1234
-KILL_POINTS = 5
+KILL_POINTS = 3
 
 
 def _train_cmd(run_dir: Path, resume: bool) -> list[str]:

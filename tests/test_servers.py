@@ -25,6 +25,7 @@ from test_flows import FAST
 
 from augment.checkpoint import find_snapshot
 from augment.config import save_config
+from augment.metrics.downstream import TIMING_KEYS
 from augment.registry import CHAMPION, Gate
 from augment.tracking import TAG_KIND, MlflowTracker, download_snapshot
 from conftest import REPO, tiny_config
@@ -274,7 +275,7 @@ def test_dask_grid_gives_the_sequential_numbers(tiny_run: Path, tmp_path: Path, 
     parallel = evaluate_flow.with_options(task_runner=runner)(str(dask_dir), overrides, fan_out=True)
 
     def cells(result: dict) -> list[dict]:
-        rows = [{k: v for k, v in c.items() if k != "seconds"} for c in result["downstream"]["cells"]]
+        rows = [{k: v for k, v in c.items() if k not in TIMING_KEYS} for c in result["downstream"]["cells"]]
         return sorted(rows, key=lambda c: (c["regime"], c["seed"]))
 
     assert len(cells(parallel)) == 6

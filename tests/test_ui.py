@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
-from test_flows import augment, write_config
 from test_servers import free_port, start, stop, wait_http
 
 from augment.tracking import TAG_KIND, TAG_NOTE, TAG_VERDICT
@@ -63,15 +62,16 @@ def visible_text(dom: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def ui(tmp_path_factory: pytest.TempPathFactory, prefect_harness) -> dict:
-    """`augment run` on the tiny config, then `augment ui` serving its store on a free port."""
+def ui(tmp_path_factory: pytest.TempPathFactory, pipeline_run: dict) -> dict:
+    """The session's tiny `augment run` (its store), served by `augment ui` on a free port."""
     tmp = tmp_path_factory.mktemp("ui")
-    path, cfg = write_config(tmp, "tracking.experiment=ui-tests")
-    result = augment("run", str(path), "--quiet", cwd=tmp)
-    assert result.returncode == 0, result.stdout + result.stderr
+    cfg, result = pipeline_run["cfg"], pipeline_run
     client = MlflowClient(tracking_uri=cfg.tracking.uri)
-    exp = client.get_experiment_by_name("ui-tests")
-    (parent,) = client.search_runs([exp.experiment_id], f"tags.`{TAG_KIND}` = 'pipeline'")
+    exp = client.get_experiment_by_name(cfg.tracking.experiment)
+    pipelines = client.search_runs(
+        [exp.experiment_id], f"tags.`{TAG_KIND}` = 'pipeline'", order_by=["attributes.start_time ASC"]
+    )
+    parent = pipelines[0]  # the run whose link `augment run` printed (the flow tests may have added more)
     port = free_port()
     proc = start(
         [sys.executable, "-m", "flows.cli", "ui", "--uri", cfg.tracking.uri, "--port", str(port)],
@@ -81,7 +81,14 @@ def ui(tmp_path_factory: pytest.TempPathFactory, prefect_harness) -> dict:
     )
     try:
         wait_http(f"http://127.0.0.1:{port}/health", 120, proc)
-        yield {"tmp": tmp, "base": f"http://127.0.0.1:{port}", "exp": exp, "parent": parent, "output": result.stdout}
+        yield {
+            "tmp": tmp,
+            "base": f"http://127.0.0.1:{port}",
+            "exp": exp,
+            "parent": parent,
+            "pipelines": pipelines,
+            "output": result["output"],
+        }
     finally:
         stop(proc)
 
@@ -101,7 +108,8 @@ def test_the_printed_link_opens_the_runs_table_with_the_verdict_column(ui: dict)
     assert f"Runs - Experiment {exp_id} - MLflow" in text  # the page title of the runs tab
     assert "Run Name" in text and "Created" in text  # the table's header
     assert parent.info.run_name in text
-    assert re.search(r"\b1 matching run\b", text), text[:2000]  # the view's filter: pipeline runs only
+    n = len(ui["pipelines"])  # the view's filter: pipeline runs only, not their child runs
+    assert re.search(rf"\b{n} matching runs?\b", text), text[:2000]
     assert TAG_VERDICT in text and parent.data.tags[TAG_VERDICT] in text, text[:3000]  # the verdict column
     for overview in ("Token Usage", "Tokens per Trace", "Cost Breakdown"):  # the GenAI overview's panels
         assert overview not in text

@@ -261,7 +261,7 @@ def test_the_documented_environment_variable_alone_turns_fid_inception_on(
     monkeypatch.setenv(frechet.INCEPTION_ENV, str(random_fid_weights))
     run_dir = tmp_path / "run"
     shutil.copytree(tiny_run, run_dir)
-    sets = [*FAST, "evaluate.samples_per_class=10", "evaluate.seeds=1", "evaluate.regimes=[real]"]
+    sets = [*FAST, "evaluate.samples_per_class=4", "evaluate.seeds=1", "evaluate.regimes=[real]"]
     result = evaluate_run(run_dir, overrides=sets, progress=False)
     fid = result["fid_inception"]
     assert fid["weights"] == str(random_fid_weights)
