@@ -13,7 +13,7 @@ import math
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any
 
 import mlflow
 import numpy as np
@@ -55,75 +55,13 @@ def _ms(seconds: float | None) -> int | None:
     return None if seconds is None else int(round(seconds * 1000))
 
 
-@runtime_checkable
-class Tracker(Protocol):
-    """What the flows need from an experiment tracker (run ids are opaque strings).
+class Tracker:
+    """What the flows need from an experiment tracker (run ids are opaque strings); as it is, the
+    tracker of a run with tracking disabled: every call a no-op, :meth:`register` returns ``None``.
 
     Times are seconds since the epoch (``time.time()``); ``None`` means now. A run recorded after the
     fact (a downstream cell measured inside the evaluation) passes its measured start and end.
     """
-
-    uri: str
-
-    def start_run(
-        self,
-        name: str,
-        *,
-        kind: str,
-        parent: str | None = None,
-        tags: Mapping[str, str] | None = None,
-        start_time: float | None = None,
-    ) -> str: ...
-    def end_run(self, run_id: str, status: str = "FINISHED", end_time: float | None = None) -> None: ...
-    def log_params(self, run_id: str, params: Mapping[str, Any]) -> None: ...
-    def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int | None = None) -> None: ...
-    def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None: ...
-    def log_artifact(self, run_id: str, path: Path, artifact_path: str | None = None) -> None: ...
-    def log_dataset(self, run_id: str, data: PreparedData, *, name: str, source: str) -> None: ...
-    def log_generator(self, run_id: str, snapshot_path: Path) -> str | None: ...
-    def register(
-        self, model_uri: str, name: str, gate: Gate, *, run_id: str, data_fingerprint: str, run_fingerprint: str = ""
-    ) -> Promotion | None: ...
-    def champion(self, name: str) -> Champion | None: ...
-    def run(
-        self,
-        name: str,
-        *,
-        kind: str,
-        parent: str | None = None,
-        tags: Mapping[str, str] | None = None,
-        start_time: float | None = None,
-        end_time: float | None = None,
-    ) -> contextlib.AbstractContextManager[str]: ...
-
-
-class _RunContext:
-    """``tracker.run(...)``: a run that ends FINISHED on success and FAILED on any exception."""
-
-    @contextlib.contextmanager
-    def run(
-        self,
-        name: str,
-        *,
-        kind: str,
-        parent: str | None = None,
-        tags: Mapping[str, str] | None = None,
-        start_time: float | None = None,
-        end_time: float | None = None,
-    ) -> Iterator[str]:
-        run_id = self.start_run(name, kind=kind, parent=parent, tags=tags, start_time=start_time)  # type: ignore[attr-defined]
-        try:
-            yield run_id
-        except BaseException:
-            # KeyboardInterrupt, Prefect cancellation and errors alike: never FINISHED.
-            with contextlib.suppress(Exception):
-                self.end_run(run_id, "FAILED")  # type: ignore[attr-defined]
-            raise
-        self.end_run(run_id, "FINISHED", end_time=end_time)  # type: ignore[attr-defined]
-
-
-class NullTracker(_RunContext):
-    """Tracking disabled: every call is a no-op; :meth:`register` returns ``None``."""
 
     uri = ""
 
@@ -171,8 +109,34 @@ class NullTracker(_RunContext):
     def champion(self, name: str) -> Champion | None:
         return None
 
+    @contextlib.contextmanager
+    def run(
+        self,
+        name: str,
+        *,
+        kind: str,
+        parent: str | None = None,
+        tags: Mapping[str, str] | None = None,
+        start_time: float | None = None,
+        end_time: float | None = None,
+    ) -> Iterator[str]:
+        """A run that ends FINISHED on success and FAILED on any exception."""
+        run_id = self.start_run(name, kind=kind, parent=parent, tags=tags, start_time=start_time)
+        try:
+            yield run_id
+        except BaseException:
+            # KeyboardInterrupt, Prefect cancellation and errors alike: never FINISHED.
+            with contextlib.suppress(Exception):
+                self.end_run(run_id, "FAILED")
+            raise
+        self.end_run(run_id, "FINISHED", end_time=end_time)
 
-class MlflowTracker(_RunContext):
+
+class NullTracker(Tracker):
+    """Tracking disabled (``tracking.enabled: false``): :class:`Tracker`'s no-ops."""
+
+
+class MlflowTracker(Tracker):
     """Log to an MLflow tracking store (``sqlite:///file.db``, ``http://host:port``, ...).
 
     Args:
