@@ -51,6 +51,11 @@ class Networks:
     g_kwargs: dict[str, Any]
     d_kwargs: dict[str, Any]
 
+    def __post_init__(self) -> None:
+        # The EMA update's operands, listed once: load_state_dict copies into these same tensors.
+        self._ema_params, self._g_params = list(self.G_ema.parameters()), list(self.G.parameters())
+        self._ema_bufs, self._g_bufs = list(self.G_ema.buffers()), list(self.G.buffers())
+
     @classmethod
     def build(
         cls,
@@ -86,12 +91,8 @@ class Networks:
     @torch.no_grad()
     def update_ema(self, beta: float) -> None:
         """Parameters averaged, BatchNorm statistics copied."""
-        if not hasattr(self, "_ema_lists"):
-            self._ema_lists = [list(m.parameters()) for m in (self.G_ema, self.G)]
-            self._ema_lists += [list(m.buffers()) for m in (self.G_ema, self.G)]
-        ema_params, g_params, ema_bufs, g_bufs = self._ema_lists
-        torch._foreach_lerp_(ema_params, g_params, 1.0 - beta)
-        for b_ema, b in zip(ema_bufs, g_bufs, strict=True):
+        torch._foreach_lerp_(self._ema_params, self._g_params, 1.0 - beta)
+        for b_ema, b in zip(self._ema_bufs, self._g_bufs, strict=True):
             b_ema.copy_(b)
 
 
