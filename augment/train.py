@@ -175,7 +175,9 @@ def training_loop(
         loss_D.backward()
         opt_D.step()
 
-        # Generator step.
+        # Generator step (its classes: the real batch's, or every class equally often).
+        if loss.g_labels == "uniform":
+            y = torch.randint(data.num_classes, (batch_size,), generator=gen, device=device)
         z = torch.randn(batch_size, nets.G.z_dim, generator=gen, device=device)
         opt_G.zero_grad(set_to_none=True)
         nets.D.requires_grad_(False)

@@ -117,6 +117,7 @@ RECIPES: dict[str, list[str]] = {
     "mode_seeking": ["train.mode_seeking=1.0"],
     "mode_seeking_0.2": ["train.mode_seeking=0.2"],
     "lecam_0.01": ["train.lecam_weight=0.01"],
+    "g_uniform": ["train.g_labels=uniform"],
     "z128": ["model.z_dim=128"],
     "wide": ["model.g_channels=48", "model.d_channels=48"],
     "narrow": ["model.g_channels=24", "model.d_channels=24"],

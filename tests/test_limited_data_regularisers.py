@@ -1,4 +1,5 @@
-"""The limited-data switches of the GAN recipe: adaptive augmentation (ADA), LeCam, mode seeking.
+"""The limited-data switches of the GAN recipe: adaptive augmentation (ADA), LeCam, mode seeking,
+class-balanced generator labels.
 
 Each is checked against its defining formula on known values, for its effect on training, and for
 an exact resume (its state lives in the training state).
@@ -109,15 +110,22 @@ def test_mode_seeking_term_pairs_latents_of_one_class() -> None:
         GanLoss(mode_seeking=-1)
 
 
-SWITCHES = ("train.ada_target=0.6", "train.ada_kimg=0.05", "train.lecam_weight=0.3", "train.mode_seeking=1.0")
+SWITCHES = (
+    "train.ada_target=0.6",
+    "train.ada_kimg=0.05",
+    "train.lecam_weight=0.3",
+    "train.mode_seeking=1.0",
+    "train.g_labels=uniform",
+)
 
 
 def test_switches_reach_the_loop_and_change_training(tmp_path: Path) -> None:
     cfg = tiny_config(tmp_path, "train.kimg=0.128", *SWITCHES)
     kw = flat_options(loop_kwargs(cfg))
     assert (kw["ada_target"], kw["ada_kimg"], kw["lecam_weight"], kw["mode_seeking"]) == (0.6, 0.05, 0.3, 1.0)
+    assert kw["g_labels"] == "uniform"
     off = flat_options(loop_kwargs(tiny_config(tmp_path)))
-    assert (off["ada_target"], off["lecam_weight"], off["mode_seeking"]) == (None, 0.0, 0.0)
+    assert (off["ada_target"], off["lecam_weight"], off["mode_seeking"], off["g_labels"]) == (None, 0.0, 0.0, "data")
     run, _ = train(cfg, out=tmp_path / "on", progress=False)
     base, _ = train(tiny_config(tmp_path, "train.kimg=0.128"), out=tmp_path / "off", progress=False)
     state = checkpoint.load(run / "training-state.pt", checkpoint.STATE_FORMAT)
@@ -138,6 +146,39 @@ def test_resume_with_the_switches_equals_an_uninterrupted_run(tmp_path: Path) ->
     assert torch.equal(a["ada"]["p"], b["ada"]["p"]) and torch.equal(a["lecam_ema"], b["lecam_ema"])
 
 
+def test_uniform_generator_labels_train_every_class_equally_often(tmp_path: Path, monkeypatch) -> None:
+    """On a 4:1 long tail, G's step sees the tail class 4x less often with ``data`` labels and as
+    often as the head with ``uniform``; D's fakes keep the real batch's labels either way."""
+    seen: dict[str, list[torch.Tensor]] = {"G": [], "D": []}
+    real_g, real_d = GanLoss.generator, GanLoss.discriminator
+
+    def spy_g(self, G, D, y, z, gen=None):
+        seen["G"].append(y.clone())
+        return real_g(self, G, D, y, z, gen)
+
+    def spy_d(self, G, D, real, y, *args, **kwargs):
+        seen["D"].append(y.clone())
+        return real_d(self, G, D, real, y, *args, **kwargs)
+
+    monkeypatch.setattr(GanLoss, "generator", spy_g)
+    monkeypatch.setattr(GanLoss, "discriminator", spy_d)
+    share = {}
+    for mode in ("data", "uniform"):
+        seen["G"].clear(), seen["D"].clear()
+        sets = [
+            "data.classes=['0','1']",
+            "data.per_class=null",
+            "data.imbalance={ratio: 0.25, max_per_class: 40}",
+            "train.kimg=4",
+        ]
+        train(tiny_config(tmp_path, *sets, f"train.g_labels={mode}"), out=tmp_path / mode, progress=False)
+        g, d = torch.cat(seen["G"]), torch.cat(seen["D"])
+        share[mode] = (g.eq(1).float().mean().item(), d.eq(1).float().mean().item())
+    # The train split is about 36 : 9 images (0.2 of the images are class 1).
+    assert share["data"][0] == pytest.approx(0.2, abs=0.04) and share["data"][1] == pytest.approx(0.2, abs=0.04)
+    assert share["uniform"][0] == pytest.approx(0.5, abs=0.04) and share["uniform"][1] == pytest.approx(0.2, abs=0.04)
+
+
 @pytest.mark.parametrize(
     ("override", "words"),
     [
@@ -145,6 +186,7 @@ def test_resume_with_the_switches_equals_an_uninterrupted_run(tmp_path: Path) ->
         ("train.lecam_weight=-1", "lecam_weight"),
         ("train.mode_seeking=-0.5", "mode_seeking"),
         ("train.ada_kimg=0", "ada_kimg"),
+        ("train.g_labels=balanced", "g_labels"),
     ],
 )
 def test_bad_switch_values_are_config_errors(tmp_path: Path, override: str, words: str) -> None:
