@@ -12,10 +12,12 @@ export MLFLOW_HTTP_REQUEST_MAX_RETRIES ?= 1
 # Installing the pinned set: uv unpacks wheels in parallel (35 s against pip's 150 s on 2 cores, torch's
 # CUDA wheel included; benchmarks/RESULTS.md), so it is fetched into the venv first; where it cannot be
 # had, pip does the same install. uv reads no pip.conf: the indexes and wheel folders pip is configured
-# with (the local copies of torch and torchvision) are handed to it.
+# with (the local copies of torch and torchvision) are handed to it. Hardlinks from uv's cache instead of
+# copies: 4.3 GB of torch and CUDA libraries are written once, not twice (20-24 s against 34-40 s with a
+# cold cache; uv copies by itself where the cache is on another file system).
 PIP_INDEXES := $(shell $(PYTHON) -m pip config get global.extra-index-url 2>/dev/null)
 PIP_LINKS   := $(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null)
-UV_ENV := UV_LINK_MODE=copy UV_INDEX_STRATEGY=unsafe-best-match \
+UV_ENV := UV_LINK_MODE=hardlink UV_INDEX_STRATEGY=unsafe-best-match \
 	$(if $(PIP_INDEXES),UV_EXTRA_INDEX_URL="$(PIP_INDEXES)") $(if $(PIP_LINKS),UV_FIND_LINKS="$(PIP_LINKS)")
 define install
 	if $(PIP) install --quiet uv >/dev/null 2>&1 && test -x $(BIN)/uv; then \
