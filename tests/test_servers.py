@@ -169,7 +169,7 @@ def test_served_deployment_runs_on_a_real_prefect_server(tmp_path: Path):
         "PREFECT_HOME": str(tmp_path / "prefect-home"),
         "PREFECT_API_URL": api,
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_RUNNER_POLL_FREQUENCY": "5",
+        "PREFECT_RUNNER_POLL_FREQUENCY": "1",
     }
     env.pop("MLFLOW_TRACKING_URI", None)
     work = tmp_path / "work"
