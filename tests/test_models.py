@@ -128,10 +128,10 @@ def test_r1_on_an_eager_twin_equals_the_same_pass_and_lazy_r1_scales() -> None:
     loss = GanLoss("hinge", ["translation"], r1_gamma=10.0)
 
     def run(**kw: object) -> float:
-        return float(loss.discriminator(*args, torch.Generator().manual_seed(1), **kw))
+        return loss.discriminator(*args, torch.Generator().manual_seed(1), **kw).item()
 
-    plain = float(
-        GanLoss("hinge", ["translation"], r1_gamma=0.0).discriminator(*args, torch.Generator().manual_seed(1))
+    plain = (
+        GanLoss("hinge", ["translation"], r1_gamma=0.0).discriminator(*args, torch.Generator().manual_seed(1)).item()
     )
     same_pass, twin = run(), run(D_r1=D)
     assert twin == pytest.approx(same_pass, rel=1e-6) and same_pass > plain
