@@ -39,7 +39,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 # The same plus the test tools, every module compiled to bytecode once (~23 s): the tests start dozens
 # of Python processes, and where PYTHONDONTWRITEBYTECODE is set (as on these machines; it also turns uv's
 # --compile-bytecode into a no-op) each would compile torch's, Prefect's and MLflow's modules again
-# (the whole suite: 946 s before, 516 s after). compileall writes regardless; the one file it cannot
+# (the whole suite from a fresh clone: 946 s before, 506 s after). compileall writes regardless; the one file it cannot
 # compile is torch's test helper written in Python 3.12 syntax, never imported on 3.11.
 $(VENV)/.installed-dev: $(VENV)/.installed
 	$(call install,-e '.[dev]')

@@ -69,7 +69,7 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from augment.config import Config, load_config  # noqa: E402
+from augment.config import Config, EvaluateConfig, load_config  # noqa: E402
 from augment.data import load_data  # noqa: E402
 from augment.devices import resolve_device  # noqa: E402
 from augment.metrics import classic, classifier_training, downstream  # noqa: E402
@@ -145,11 +145,11 @@ USES: dict[str, list[str]] = {
 DEFAULTS = {
     "kimg": 10.0,
     "seeds": 5,
-    # The shipped classifier budget (evaluate.steps / batch_size defaults). At 300 x 64 (this
-    # benchmark's default until 2026-12-03) classic augmentation was under-trained: real-only beat
-    # the val-chosen classic baseline by 11 pts on the long tail, and every verdict read that.
-    "steps": 500,
-    "batch_size": 128,
+    # The classifier budget the product ships (read from EvaluateConfig's defaults). At 300 x 64
+    # (this benchmark's default until 2026-12-03) classic augmentation was under-trained: real-only
+    # beat the val-chosen classic baseline by 11 pts on the long tail, and every verdict read that.
+    "steps": EvaluateConfig.model_fields["steps"].default,
+    "batch_size": EvaluateConfig.model_fields["batch_size"].default,
     "synthetic_per_class": 300,
     "extractor_steps": 400,
 }
@@ -479,8 +479,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     budget.add_argument("--minutes", type=float, default=None, help="wall-time budget per row instead")
     ap.add_argument("--eval-kimg", type=float, default=None, help="fd_domain every this many kimg (default kimg/5)")
     ap.add_argument("--seeds", type=int, default=None, help="downstream seeds (default 5)")
-    ap.add_argument("--steps", type=int, default=None, help="classifier steps (default 500)")
-    ap.add_argument("--batch-size", type=int, default=None, help="classifier batch (default 128)")
+    ap.add_argument("--steps", type=int, default=None, help="classifier steps (default: evaluate.steps, 500)")
+    ap.add_argument("--batch-size", type=int, default=None, help="classifier batch (default: evaluate.batch_size)")
     ap.add_argument("--synthetic-per-class", type=int, default=None, help="downstream pool per class (default 300)")
     ap.add_argument("--extractor-steps", type=int, default=None, help="domain extractor steps (default 400)")
     ap.add_argument(

@@ -189,7 +189,7 @@ def test_cuda_section_replaces_cpu_settings_only_on_cuda(tmp_path: Path) -> None
         32,
         2e-4,
         False,
-        16,  # configs/digits.yaml's lazy R1
+        cfg.train.r1_interval,  # the config's own (digits: lazy R1, 16)
         "fp32",
     )
     assert (gpu["batch_size"], gpu["lr_d"], gpu["lr_g"], gpu["compile"], gpu["r1_interval"], gpu["precision"]) == (
