@@ -118,6 +118,7 @@ RECIPES: dict[str, list[str]] = {
     "mode_seeking": ["train.mode_seeking=1.0"],
     "mode_seeking_0.2": ["train.mode_seeking=0.2"],  # the Fashion-MNIST config's own since 2026-12-03 (inert there)
     "no_mode_seeking": ["train.mode_seeking=0.0"],  # the recipe before it
+    "mode_seeking_0.5": ["train.mode_seeking=0.5"],
     "lecam_0.01": ["train.lecam_weight=0.01"],
     "g_uniform": ["train.g_labels=uniform"],
     "z128": ["model.z_dim=128"],
