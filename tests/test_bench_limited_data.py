@@ -83,6 +83,15 @@ def test_quick_digits_rows_cache_and_pool_match_plain_map(tmp_path: Path) -> Non
     lines = [ln for ln in table.splitlines() if ln.startswith("| ")]
     assert lines[0] == "| " + " | ".join(limited_data.COLUMNS) + " |"
     assert [ln.split(" | ")[0].removeprefix("| ") for ln in lines[1:]] == ["baseline", "combined"]
+    # The selection column is what the training kept: the lowest fd_domain against train+val it logged.
+    col = limited_data.COLUMNS.index("selection fd_domain (train+val)")
+    for ln, r in zip(lines[1:], rows, strict=True):
+        log = (Path(r["run_dir"]) / "metrics-train.jsonl").read_text().splitlines()
+        logged = [json.loads(x) for x in log]
+        assert len(logged) >= 2
+        best = min(logged, key=lambda x: x["fd_domain"])
+        assert best["kimg"] == r["best_kimg"]
+        assert ln.split(" | ")[col] == f"{best['fd_domain']:.2f}"
 
     # Sample uses on the trained baseline, in a second invocation: the GAN-free cells come from the
     # cache file the first one wrote; `soft` trains on soft labels, `fixed` does not.
