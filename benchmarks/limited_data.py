@@ -402,12 +402,18 @@ def _pts(d: dict | None) -> str:
     return f"{100 * d['mean']:+.1f} [{100 * d['ci_low']:+.1f}, {100 * d['ci_high']:+.1f}]"
 
 
+def best_check(curve: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The training's best ``fd_domain`` check (``metrics-train.jsonl``: against the real train+val
+    split), the snapshot it kept; None when it checked nothing."""
+    return min(curve, key=lambda r: r["fd_domain"]) if curve else None
+
+
 def selection_fd(row: dict[str, Any]) -> float | None:
-    """The best snapshot's ``fd_domain`` against the real train+val split: the training's own model
-    selection, the one column of a row that the test split did not decide (a recipe is chosen by it
-    and by validation numbers, never by the test-split columns beside it)."""
-    curve = row.get("train_curve") or []
-    return min(r["fd_domain"] for r in curve) if curve else None
+    """The best snapshot's ``fd_domain`` against train+val: the training's own model selection, the one
+    column of a row that the test split did not decide (a recipe is chosen by it and by validation
+    numbers, never by the test-split columns beside it)."""
+    best = best_check(row.get("train_curve") or [])
+    return best["fd_domain"] if best else None
 
 
 def table_line(row: dict[str, Any]) -> str:
@@ -616,7 +622,7 @@ def run_profile(name: str, args: argparse.Namespace, rows: dict[str, list[str]],
         train_wall = time.time() - t0
         log_rows = [json.loads(line) for line in (run_dir / "metrics-train.jsonl").read_text().splitlines()]
         stats = [json.loads(line) for line in (run_dir / "stats.jsonl").read_text().splitlines()]
-        best = min(log_rows, key=lambda r: r["fd_domain"]) if log_rows else None
+        best = best_check(log_rows)
         before = (cell_map.cached, cell_map.computed)
         t0 = time.time()
         result = evaluate_run(run_dir, overrides=ev_sets, progress=False, data=data, map_fn=cell_map)
