@@ -38,6 +38,12 @@ one; the downstream cells are most of it)::
     .venv/bin/python benchmarks/limited_data.py --profiles longtail --kimg 20 --combined ada,lecam
     .venv/bin/python benchmarks/limited_data.py --profiles fm50 --recipes baseline ada --minutes 3
     .venv/bin/python benchmarks/limited_data.py --quick --no-append          # 1-2 minute smoke run
+    .venv/bin/python benchmarks/limited_data.py --profiles longtail --recipes baseline lr_5e-4 \\
+        --kimg 200 --eval-kimg 25 --screen  # training curves only (train+val fd_domain): ~5 min a row
+
+``--screen`` is the cheap first pass: it trains the rows and tables each one's selection curve (the
+EMA generator's ``fd_domain`` against train+val at every check), with no downstream run and no
+test-split number, to pick which rows deserve the full evaluation.
 
 Raw numbers go to ``benchmarks/results/limited_data_<profile>.json`` (``--json PATH``; ``{profile}``
 in PATH is replaced), one markdown table per profile to ``benchmarks/RESULTS.md`` (``--no-append``:
@@ -119,6 +125,7 @@ RECIPES: dict[str, list[str]] = {
     "mode_seeking_0.2": ["train.mode_seeking=0.2"],  # the Fashion-MNIST config's own since 2026-12-03 (inert there)
     "no_mode_seeking": ["train.mode_seeking=0.0"],  # the recipe before it
     "mode_seeking_0.5": ["train.mode_seeking=0.5"],
+    "lr_5e-4": ["train.lr_g=0.0005", "train.lr_d=0.0005"],
     "lecam_0.01": ["train.lecam_weight=0.01"],
     "g_uniform": ["train.g_labels=uniform"],
     "z128": ["model.z_dim=128"],
@@ -516,7 +523,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--uses", nargs="+", default=[], choices=list(USES), help="ways of using the samples (see USES)")
     ap.add_argument("--uses-run", type=Path, default=None, help="evaluate --uses on this trained run, train nothing")
     ap.add_argument("--allow-inert", action="store_true", help="run rows whose switches do not reach training")
+    ap.add_argument(
+        "--screen",
+        action="store_true",
+        help="train the rows and table their selection curves (train+val fd_domain) only: no downstream, no test split",
+    )
     args = ap.parse_args(argv)
+    if args.screen and (args.uses or args.uses_run):
+        raise SystemExit("--screen trains and tables selection curves only; --uses needs the downstream run")
     base = QUICK if args.quick else DEFAULTS
     for name, value in base.items():
         if getattr(args, name) is None and not (name == "kimg" and args.minutes is not None):
@@ -622,24 +636,20 @@ def run_profile(name: str, args: argparse.Namespace, rows: dict[str, list[str]],
         train_wall = time.time() - t0
         log_rows = [json.loads(line) for line in (run_dir / "metrics-train.jsonl").read_text().splitlines()]
         stats = [json.loads(line) for line in (run_dir / "stats.jsonl").read_text().splitlines()]
-        best = best_check(log_rows)
+        row = screen_row(recipe, sets, run_dir, log_rows, stats, train_wall)
+        if args.screen:
+            res["rows"].append(row)
+            print(f"[{name}] {recipe}: {screen_line(row)}", flush=True)
+            continue
         before = (cell_map.cached, cell_map.computed)
         t0 = time.time()
         result = evaluate_run(run_dir, overrides=ev_sets, progress=False, data=data, map_fn=cell_map)
         eval_s = time.time() - t0
-        row = {
-            "recipe": recipe,
-            "overrides": sets,
-            "train_s": log_rows[-1]["train_s"] if log_rows else stats[-1]["elapsed_s"],
-            "train_wall_s": train_wall,
-            "kimg": stats[-1]["kimg"],
-            "best_kimg": best["kimg"] if best else None,
+        row |= {
             "eval_s": eval_s,
             "cells_cached": cell_map.cached - before[0],
             "cells_computed": cell_map.computed - before[1],
-            "run_dir": str(run_dir),
             "metrics": row_metrics(result),
-            "train_curve": log_rows,
             "raw": {
                 k: result.get(k)
                 for k in ("snapshot", "sizes", "fd_domain", "prdc", "memorisation", "downstream", "verdict", "seconds")
@@ -682,6 +692,63 @@ def run_profile(name: str, args: argparse.Namespace, rows: dict[str, list[str]],
     return res
 
 
+def screen_row(
+    recipe: str, sets: list[str], run_dir: Path, curve: list[dict[str, Any]], stats: list[dict[str, Any]], wall: float
+) -> dict[str, Any]:
+    """A ``--screen`` row: the training's own numbers, nothing the test split decided."""
+    best = best_check(curve)
+    return {
+        "recipe": recipe,
+        "overrides": sets,
+        "train_s": curve[-1]["train_s"] if curve else stats[-1]["elapsed_s"],
+        "train_wall_s": wall,
+        "kimg": stats[-1]["kimg"],
+        "best_kimg": best["kimg"] if best else None,
+        "run_dir": str(run_dir),
+        "train_curve": curve,
+    }
+
+
+def screen_line(row: dict[str, Any]) -> str:
+    """``fd@kimg`` along the selection curve, e.g. ``0.74@100 0.45@200``."""
+    return " ".join(f"{r['fd_domain']:.2f}@{_kimg(r['kimg'])}" for r in row["train_curve"]) or "no checks"
+
+
+def _kimg(k: float) -> str:
+    """A check's kimg as a reader wants it: whole above 10 (the loop checks at 100.032), 3 digits below."""
+    return f"{k:.0f}" if k >= 10 else f"{k:.3g}"
+
+
+SCREEN_COLUMNS = ["recipe", "overrides", "train s", "kimg", "best selection fd_domain (kimg)", "selection curve (fd@kimg)"]
+
+
+def render_screen(res: dict[str, Any]) -> str:
+    """The ``--screen`` table: per row, the selection ``fd_domain`` (EMA generator against the real
+    train+val split) at every check; the cheap first pass that picks the rows worth a downstream run."""
+    b = res["budget"]
+    budget = f"{b['kimg']:g} kimg" if b["minutes"] is None else f"{b['minutes']:g} min (kimg varies)"
+    lines = [
+        f"Screen, profile `{res['profile']}`: `{res['config']}` {' '.join(res['profile_overrides'])}; train "
+        f"{res['sizes']['train']} images; budget {budget} per recipe; fd_domain of the EMA generator against "
+        f"train+val every {b['eval_kimg']:g} kimg (no test-split number, no downstream run); train s without the checks.",
+        "",
+        "| " + " | ".join(SCREEN_COLUMNS) + " |",
+        "|" + "---|" * len(SCREEN_COLUMNS),
+    ]
+    for r in res["rows"]:
+        best = selection_fd(r)
+        cells = [
+            r["recipe"],
+            " ".join(f"`{o}`" for o in r["overrides"]) or "today's config",
+            f"{r['train_s']:.0f}",
+            f"{r['kimg']:g}",
+            f"{_num(best, '.3f')} ({r['best_kimg']:g})" if best is not None else "n/a",
+            screen_line(r),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def render_uses(res: dict[str, Any]) -> str:
     """The second table: one trained run, the ways its samples enter training."""
     lines = [
@@ -720,7 +787,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
             res = run_profile(name, args, rows, executor)
             path = json_path(args, name)
             res["json"] = str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
-            res["table"] = render(res) if res["rows"] else ""
+            res["table"] = (render_screen(res) if args.screen else render(res)) if res["rows"] else ""
             if res.get("uses"):
                 res["table"] += ("\n\n" if res["table"] else "") + render_uses(res)
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -729,7 +796,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
             print(f"wrote {path}", flush=True)
             if not (args.no_append or args.quick):
                 budget = f"{args.kimg:g} kimg" if args.minutes is None else f"{args.minutes:g} min"
-                append_results(f"limited_data: {name}, {budget} per recipe, {args.seeds} seeds", res["table"])
+                what = "screen (selection curves only)" if args.screen else f"{args.seeds} seeds"
+                append_results(f"limited_data: {name}, {budget} per recipe, {what}", res["table"])
             results[name] = res
     finally:
         if executor is not None:

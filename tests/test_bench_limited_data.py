@@ -163,3 +163,30 @@ def test_recipe_overrides_and_inert_switch(monkeypatch: pytest.MonkeyPatch) -> N
     real = limited_data.loop_kwargs
     monkeypatch.setattr(limited_data, "loop_kwargs", lambda cfg: replace_options(real(cfg), z_dim=base.model.z_dim))
     assert limited_data.inert_overrides(base, z, ["model.z_dim=128"]) == ["model.z_dim=128"]
+
+
+def test_screen_tables_the_selection_curves_and_runs_no_downstream(tmp_path: Path) -> None:
+    out = tmp_path / "runs"
+    res = limited_data.main(
+        ["--quick", "--screen", "--profiles", "digits", "--recipes", "baseline", "lr_5e-4", "--eval-kimg", "0.128"]
+        + ["--workers", "1", "--out", str(out), "--json", str(tmp_path / "screen.json"), "--no-append"]
+    )["digits"]
+    rows = res["rows"]
+    assert [r["recipe"] for r in rows] == ["baseline", "lr_5e-4"]
+    assert rows[1]["overrides"] == limited_data.RECIPES["lr_5e-4"]
+    lines = [ln for ln in res["table"].splitlines() if ln.startswith("| ")]
+    assert lines[0] == "| " + " | ".join(limited_data.SCREEN_COLUMNS) + " |"
+    for ln, r in zip(lines[1:], rows, strict=True):
+        logged = [json.loads(x) for x in (Path(r["run_dir"]) / "metrics-train.jsonl").read_text().splitlines()]
+        assert [x["kimg"] for x in logged] == pytest.approx([0.128, 0.256, 0.384, 0.512])
+        assert r["train_curve"] == logged
+        best = min(logged, key=lambda x: x["fd_domain"])
+        cells = ln.removeprefix("| ").removesuffix(" |").split(" | ")
+        assert cells[4] == f"{best['fd_domain']:.3f} ({best['kimg']:g})"
+        assert cells[5] == " ".join(f"{x['fd_domain']:.2f}@{x['kimg']:.3g}" for x in logged)  # 0.128 ... 0.512
+        assert "metrics" not in r and not (Path(r["run_dir"]) / "eval").exists()  # nothing scored on test
+    # The two rows trained differently (the recipe reached the loop): different curves.
+    assert rows[0]["train_curve"] != rows[1]["train_curve"]
+    assert not (out / "digits" / "cells-cache.json").exists()
+    with pytest.raises(SystemExit, match="--screen"):
+        limited_data.parse_args(["--screen", "--uses", "fixed"])
