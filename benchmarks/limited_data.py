@@ -719,7 +719,14 @@ def _kimg(k: float) -> str:
     return f"{k:.0f}" if k >= 10 else f"{k:.3g}"
 
 
-SCREEN_COLUMNS = ["recipe", "overrides", "train s", "kimg", "best selection fd_domain (kimg)", "selection curve (fd@kimg)"]
+SCREEN_COLUMNS = [
+    "recipe",
+    "overrides",
+    "train s",
+    "kimg",
+    "best selection fd_domain (kimg)",
+    "selection curve (fd@kimg)",
+]
 
 
 def render_screen(res: dict[str, Any]) -> str:
@@ -730,7 +737,8 @@ def render_screen(res: dict[str, Any]) -> str:
     lines = [
         f"Screen, profile `{res['profile']}`: `{res['config']}` {' '.join(res['profile_overrides'])}; train "
         f"{res['sizes']['train']} images; budget {budget} per recipe; fd_domain of the EMA generator against "
-        f"train+val every {b['eval_kimg']:g} kimg (no test-split number, no downstream run); train s without the checks.",
+        f"train+val every {b['eval_kimg']:g} kimg (no test-split number, no downstream run); train s without "
+        "the checks.",
         "",
         "| " + " | ".join(SCREEN_COLUMNS) + " |",
         "|" + "---|" * len(SCREEN_COLUMNS),
