@@ -126,6 +126,13 @@ RECIPES: dict[str, list[str]] = {
     "no_mode_seeking": ["train.mode_seeking=0.0"],  # the recipe before it
     "mode_seeking_0.5": ["train.mode_seeking=0.5"],
     "lr_5e-4": ["train.lr_g=0.0005", "train.lr_d=0.0005"],
+    "ema_3": ["train.ema_kimg=3"],
+    "ema_10": ["train.ema_kimg=10"],
+    "r1_0.01": ["train.r1_gamma=0.01"],
+    "r1_1": ["train.r1_gamma=1.0"],
+    "nonsaturating": ["train.loss=nonsaturating"],
+    "diffaug_color": ["train.diffaug=[color, translation, cutout]"],
+    "batch_32": ["train.batch_size=32"],
     "lecam_0.01": ["train.lecam_weight=0.01"],
     "g_uniform": ["train.g_labels=uniform"],
     "z128": ["model.z_dim=128"],
@@ -749,8 +756,8 @@ def render_screen(res: dict[str, Any]) -> str:
             r["recipe"],
             " ".join(f"`{o}`" for o in r["overrides"]) or "today's config",
             f"{r['train_s']:.0f}",
-            f"{r['kimg']:g}",
-            f"{_num(best, '.3f')} ({r['best_kimg']:g})" if best is not None else "n/a",
+            _kimg(r["kimg"]),
+            f"{_num(best, '.3f')} ({_kimg(r['best_kimg'])})" if best is not None else "n/a",
             screen_line(r),
         ]
         lines.append("| " + " | ".join(cells) + " |")
