@@ -457,16 +457,25 @@ def table_line(row: dict[str, Any]) -> str:
     return "| " + " | ".join(str(c).replace("|", "/") for c in cells) + " |"
 
 
+def budget_text(b: dict[str, Any]) -> str:
+    """A profile's training budget as its table says it: ``640 kimg`` or ``15 min (kimg varies)``."""
+    return f"{b['kimg']:g} kimg" if b["minutes"] is None else f"{b['minutes']:g} min (kimg varies)"
+
+
+def table_head(columns: list[str]) -> list[str]:
+    """A markdown table's header and rule lines."""
+    return ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+
+
 def render(res: dict[str, Any]) -> str:
     """The markdown body of one profile: settings, the table (one line per recipe), the floors."""
     b, ev, rows = res["budget"], res["evaluate"], res["rows"]
     first = rows[0]["metrics"] if rows else {}
-    budget = (
-        f"{b['kimg']:g} kimg per recipe" if b["minutes"] is None else f"{b['minutes']:g} min per recipe (kimg varies)"
-    )
+    budget = budget_text(b)
     lines = [
         f"profile `{res['profile']}`: `{res['config']}` {' '.join(res['profile_overrides'])}; "
-        f"train/val/test {res['sizes']['train']}/{res['sizes']['val']}/{res['sizes']['test']}; budget {budget}, "
+        f"train/val/test {res['sizes']['train']}/{res['sizes']['val']}/{res['sizes']['test']}; "
+        f"budget {budget} per recipe, "
         f"best snapshot by fd_domain every {b['eval_kimg']:g} kimg; train s = the training loop's time without the "
         f"fd_domain evaluations; kimg = best / total; selection fd_domain = that best snapshot's fd_domain against "
         f"train+val, the only generator column the test split did not decide.",
@@ -475,8 +484,7 @@ def render(res: dict[str, Any]) -> str:
         f"{res['sizes']['test']} real test images; Δ = paired mean over seeds, 95% t-interval, in points, "
         "against real+classic with the classic policy chosen on val (per row: see the JSON).",
         "",
-        "| " + " | ".join(COLUMNS) + " |",
-        "|" + "---|" * len(COLUMNS),
+        *table_head(COLUMNS),
         *[table_line(r) for r in rows],
     ]
     if rows:
@@ -740,15 +748,14 @@ def render_screen(res: dict[str, Any]) -> str:
     """The ``--screen`` table: per row, the selection ``fd_domain`` (EMA generator against the real
     train+val split) at every check; the cheap first pass that picks the rows worth a downstream run."""
     b = res["budget"]
-    budget = f"{b['kimg']:g} kimg" if b["minutes"] is None else f"{b['minutes']:g} min (kimg varies)"
+    budget = budget_text(b)
     lines = [
         f"Screen, profile `{res['profile']}`: `{res['config']}` {' '.join(res['profile_overrides'])}; train "
         f"{res['sizes']['train']} images; budget {budget} per recipe; fd_domain of the EMA generator against "
         f"train+val every {b['eval_kimg']:g} kimg (no test-split number, no downstream run); train s without "
         "the checks.",
         "",
-        "| " + " | ".join(SCREEN_COLUMNS) + " |",
-        "|" + "---|" * len(SCREEN_COLUMNS),
+        *table_head(SCREEN_COLUMNS),
     ]
     for r in res["rows"]:
         best = selection_fd(r)
