@@ -19,6 +19,7 @@ class NetworkOptions:
 
     z_dim: int = 64  #: latent dimensions per image
     g_channels: int = 64  #: G's channels at the output resolution (doubling per halving, capped by max_mult)
+    g_arch: str = "dcgan"  #: ``dcgan`` (a convolution per resolution) or ``resnet`` (residual blocks of two)
     d_channels: int = 64  #: D's channels at the input resolution
     max_mult: int = 4  #: cap on the channel multiplier at low resolutions
     d_spectral_norm: bool = False  #: spectral normalisation of D's layers
@@ -74,6 +75,7 @@ def loop_kwargs(cfg: Config, device: torch.device | str = "cpu") -> dict[str, An
     networks = NetworkOptions(
         z_dim=m.z_dim,
         g_channels=m.g_channels,
+        g_arch=m.g_arch,
         d_channels=m.d_channels,
         max_mult=m.max_mult,
         d_spectral_norm=m.d_spectral_norm,

@@ -138,6 +138,7 @@ RECIPES: dict[str, list[str]] = {
     "z128": ["model.z_dim=128"],
     "wide": ["model.g_channels=48", "model.d_channels=48"],
     "narrow": ["model.g_channels=24", "model.d_channels=24"],
+    "g_resnet": ["model.g_arch=resnet"],
 }
 
 #: How the synthetic images enter the classifier's training (``--uses``), evaluated on one trained

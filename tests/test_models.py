@@ -7,6 +7,7 @@ import copy
 import pytest
 import torch
 import torch.utils._python_dispatch
+from torch import nn
 
 from augment.diffaug import DiffAugment, cutout, translation
 from augment.losses import GanLoss
@@ -16,8 +17,9 @@ from augment.models.generator import upsample_conv3x3
 
 @pytest.mark.parametrize("size", [8, 16, 28, 32, 64])
 @pytest.mark.parametrize("channels", [1, 3])
-def test_shapes_and_range(size: int, channels: int) -> None:
-    G = ConditionalGenerator(4, size, channels, z_dim=8, width=8)
+@pytest.mark.parametrize("residual", [False, True])
+def test_shapes_and_range(size: int, channels: int, residual: bool) -> None:
+    G = ConditionalGenerator(4, size, channels, z_dim=8, width=8, residual=residual)
     D = ProjectionDiscriminator(4, size, channels, width=8)
     x = G(torch.randn(5, 8), torch.tensor([0, 1, 2, 3, 0]))
     assert x.shape == (5, channels, size, size)
@@ -31,9 +33,10 @@ def test_unsupported_size_fails_loudly() -> None:
         layout(9)
 
 
-def test_generator_is_conditioned_on_class() -> None:
+@pytest.mark.parametrize("residual", [False, True])
+def test_generator_is_conditioned_on_class(residual: bool) -> None:
     torch.manual_seed(0)
-    G = ConditionalGenerator(2, 8, 1, z_dim=8, width=8)
+    G = ConditionalGenerator(2, 8, 1, z_dim=8, width=8, residual=residual)
     with torch.no_grad():
         G.norm0.beta.weight[1] += 3.0  # make class 1 differ
     G.eval()
@@ -207,11 +210,13 @@ class _MixedLayouts(torch.utils._python_dispatch.TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def test_channels_last_networks_keep_every_activation_nhwc_and_compute_the_same() -> None:
+@pytest.mark.parametrize("residual", [False, True])
+def test_channels_last_networks_keep_every_activation_nhwc_and_compute_the_same(residual: bool) -> None:
     # A mixed-layout elementwise op is ~30x slower on the CPU; before the networks followed their
     # weights' layout, G's body ran NCHW against NHWC weights and D's stddev concat fell back to NCHW.
     torch.manual_seed(0)
-    G, D = ConditionalGenerator(3, 16, 1, z_dim=8, width=8), ProjectionDiscriminator(3, 16, 1, width=8)
+    G = ConditionalGenerator(3, 16, 1, z_dim=8, width=8, residual=residual)
+    D = ProjectionDiscriminator(3, 16, 1, width=8)
     G_cl, D_cl = (copy.deepcopy(m).to(memory_format=torch.channels_last) for m in (G, D))
     z, y = torch.randn(BATCH, 8), torch.tensor([0, 1, 2, 0, 1, 2])  # fp32: oneDNN's path, as in training
     with _MixedLayouts() as probe:
@@ -238,3 +243,18 @@ def test_nchw_networks_run_nchw() -> None:
         y = torch.tensor([0, 1, 2, 0, 1, 2])
         D(G(torch.randn(BATCH, 8), y), y).sum().backward()
     assert probe.mixed == [] and seen == {"nchw", None}
+
+
+def test_residual_block_is_biggan_with_its_shortcut_upsampled_after_the_1x1_convolution() -> None:
+    torch.manual_seed(0)
+    G = ConditionalGenerator(3, 16, 1, z_dim=8, width=8, residual=True).double().eval()
+    block = G.blocks[0]
+    x, y = torch.randn(4, block.norm1.bn.num_features, 4, 4, dtype=torch.float64), torch.tensor([0, 1, 2, 0])
+    up = nn.functional.interpolate
+    h = nn.functional.conv2d(up(torch.relu(block.norm1(x, y)), scale_factor=2.0), block.conv1.weight, padding=1)
+    h = block.conv2(torch.relu(block.norm2(h, y)))
+    torch.testing.assert_close(block(x, y), h + block.skip(up(x, scale_factor=2.0)))
+    # Two convolutions per resolution and a shortcut: more parameters than the DCGAN blocks.
+    dcgan = ConditionalGenerator(3, 16, 1, z_dim=8, width=8)
+    assert len(G.blocks) == len(dcgan.blocks) == 2
+    assert sum(p.numel() for p in G.blocks.parameters()) > sum(p.numel() for p in dcgan.blocks.parameters())

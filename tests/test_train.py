@@ -229,3 +229,20 @@ def test_compiled_training_follows_the_eager_run(tmp_path: Path) -> None:
     a, b = _weights(eager / "training-state.pt"), _weights(compiled / "training-state.pt")
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=1e-3, atol=1e-4, msg=k)
+
+
+def test_resnet_generator_trains_and_its_snapshot_rebuilds_it(tmp_path: Path, tiny_run: Path) -> None:
+    run, _ = train(tiny_config(tmp_path, "model.g_arch=resnet"), out=tmp_path / "resnet", progress=False)
+    snap = checkpoint.load_snapshot(run / "network-final.pt")
+    assert snap.generator_kwargs["residual"] is True
+    G = snap.generator()
+    assert G.residual
+    x = G(torch.randn(3, 8), torch.tensor([0, 1, 2]))
+    assert x.shape == (3, 1, 8, 8) and torch.isfinite(x).all()
+    # Snapshots written before the switch have no `residual` key: they rebuild the DCGAN generator.
+    old = checkpoint.load_snapshot(tiny_run / "network-final.pt")
+    assert old.generator_kwargs["residual"] is False
+    old.generator_kwargs.pop("residual")
+    assert not old.generator().residual
+    with pytest.raises(ConfigError, match="g_arch"):
+        tiny_config(tmp_path, "model.g_arch=stylegan")

@@ -1,4 +1,5 @@
-"""DCGAN-style class-conditional generator with conditional BatchNorm (Miyato & Koyama 2018)."""
+"""Class-conditional generator with conditional BatchNorm (Miyato & Koyama 2018): DCGAN-style (one
+convolution per resolution) or residual (BigGAN-style blocks of two, ``residual=True``)."""
 
 from __future__ import annotations
 
@@ -85,6 +86,25 @@ class UpBlock(nn.Module):
         return torch.relu(self.norm(upsample_conv3x3(x, self.conv.weight), y))
 
 
+class ResUpBlock(nn.Module):
+    """BigGAN's generator block: CBN, ReLU, upsample 2x + 3x3 convolution, CBN, ReLU, 3x3 convolution,
+    added to a shortcut of the input (1x1 convolution, then nearest upsampling: the same function as
+    upsampling first, at a quarter of the cost)."""
+
+    def __init__(self, cin: int, cout: int, num_classes: int) -> None:
+        super().__init__()
+        self.norm1 = ConditionalBatchNorm2d(cin, num_classes)
+        self.conv1 = nn.Conv2d(cin, cout, 3, padding=1, bias=False)
+        self.norm2 = ConditionalBatchNorm2d(cout, num_classes)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
+        self.skip = nn.Conv2d(cin, cout, 1)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        h = upsample_conv3x3(torch.relu(self.norm1(x, y)), self.conv1.weight)
+        h = self.conv2(torch.relu(self.norm2(h, y)))
+        return h + nn.functional.interpolate(self.skip(x), scale_factor=2.0, mode="nearest")
+
+
 class ConditionalGenerator(nn.Module):
     """Maps ``(z, class)`` to an image in [-1, 1] of shape ``(channels, image_size, image_size)``.
 
@@ -92,13 +112,24 @@ class ConditionalGenerator(nn.Module):
         >>> g = ConditionalGenerator(num_classes=3, image_size=8, channels=1, z_dim=16, width=16)
         >>> g(torch.randn(2, 16), torch.tensor([0, 2])).shape
         torch.Size([2, 1, 8, 8])
+
+    ``residual=True`` builds BigGAN-style blocks (:class:`ResUpBlock`, two convolutions each, batch
+    normalisation before the output convolution) instead of one convolution per resolution.
     """
 
     def __init__(
-        self, num_classes: int, image_size: int, channels: int, z_dim: int = 64, width: int = 64, max_mult: int = 4
+        self,
+        num_classes: int,
+        image_size: int,
+        channels: int,
+        z_dim: int = 64,
+        width: int = 64,
+        max_mult: int = 4,
+        residual: bool = False,
     ) -> None:
         super().__init__()
         self.num_classes, self.image_size, self.channels, self.z_dim = num_classes, image_size, channels, z_dim
+        self.residual = residual
         start, n_up = layout(image_size)
         widths = [width * min(2 ** (n_up - i), max_mult) for i in range(n_up + 1)]
         self.start = start
@@ -107,14 +138,20 @@ class ConditionalGenerator(nn.Module):
         # a few thousand steps the generator would learn to ignore the class) and through CBN.
         self.embed = nn.Embedding(num_classes, z_dim)
         self.fc = nn.Linear(2 * z_dim, widths[0] * start * start, bias=False)
-        self.norm0 = ConditionalBatchNorm2d(widths[0], num_classes)
-        self.blocks = nn.ModuleList(UpBlock(widths[i], widths[i + 1], num_classes) for i in range(n_up))
+        block = ResUpBlock if residual else UpBlock
+        # DCGAN: normalise the projection, each block ends normalised; residual: each block starts
+        # with its normalisation, and the sum of the last one is normalised before the output.
+        self.norm0 = ConditionalBatchNorm2d(widths[-1 if residual else 0], num_classes)
+        self.blocks = nn.ModuleList(block(widths[i], widths[i + 1], num_classes) for i in range(n_up))
         self.to_img = nn.Conv2d(widths[-1], channels, 3, padding=1)
 
     def forward(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         x = self.fc(torch.cat([z, self.embed(y)], dim=1)).view(z.shape[0], -1, self.start, self.start)
         x = x.contiguous(memory_format=memory_format_of(self.to_img.weight))  # no-op unless channels_last
-        x = torch.relu(self.norm0(x, y))
+        if not self.residual:
+            x = torch.relu(self.norm0(x, y))
         for block in self.blocks:
             x = block(x, y)
+        if self.residual:
+            x = torch.relu(self.norm0(x, y))
         return torch.tanh(self.to_img(x))
