@@ -24,7 +24,7 @@ import torch
 
 from augment.errors import CheckpointError, OutputError
 from augment.io import atomic_write_bytes
-from augment.models import ConditionalGenerator
+from augment.models import ConditionalGenerator, SnapshotEnsemble
 from augment.rundir import BEST_SNAPSHOT, FINAL_SNAPSHOT, TRAINING_STATE, find_snapshot  # noqa: F401 (re-exported)
 
 SNAPSHOT_FORMAT = "gan-augment/snapshot/v1"
@@ -82,7 +82,12 @@ def load(path: Path, expect_format: str | None = None) -> dict[str, Any]:
 
 @dataclass
 class Snapshot:
-    """An inference snapshot: build the EMA generator with :meth:`generator`."""
+    """An inference snapshot: build the EMA generator with :meth:`generator`.
+
+    A snapshot ensemble (``train.ensemble``) also holds ``members``: the weights of the other EMA
+    generators of the mixture (same architecture), checked at ``member_kimg``; ``generator_state``
+    is the best single one (checked at ``kimg``).
+    """
 
     generator_state: dict[str, torch.Tensor]
     generator_kwargs: dict[str, Any]
@@ -93,16 +98,24 @@ class Snapshot:
     data_fingerprint: str
     metrics: dict[str, float] = field(default_factory=dict)
     path: Path | None = None
+    members: list[dict[str, torch.Tensor]] = field(default_factory=list)
+    member_kimg: list[float] = field(default_factory=list)
 
-    def generator(self, device: str | torch.device = "cpu") -> ConditionalGenerator:
+    def generator(self, device: str | torch.device = "cpu") -> ConditionalGenerator | SnapshotEnsemble:
+        """The EMA generator in eval mode (a :class:`SnapshotEnsemble` when the snapshot has members)."""
+        gens = [self._build(state) for state in (self.generator_state, *self.members)]
+        G = gens[0] if len(gens) == 1 else SnapshotEnsemble(gens)
+        return G.to(device).eval().requires_grad_(False)
+
+    def _build(self, state: dict[str, torch.Tensor]) -> ConditionalGenerator:
         G = ConditionalGenerator(**self.generator_kwargs)
         try:
-            G.load_state_dict(self.generator_state)
+            G.load_state_dict(state)
         except RuntimeError as err:
             raise CheckpointError(
                 f"{self.path}: generator weights do not match its architecture ({str(err).splitlines()[0]})"
             ) from None
-        return G.to(device).eval().requires_grad_(False)
+        return G
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -115,6 +128,7 @@ class Snapshot:
             "kimg": self.kimg,
             "data_fingerprint": self.data_fingerprint,
             "metrics": self.metrics,
+            **({"members": self.members, "member_kimg": self.member_kimg} if self.members else {}),
         }
 
 
@@ -135,6 +149,8 @@ def load_snapshot(path: Path) -> Snapshot:
             data_fingerprint=str(obj["data_fingerprint"]),
             metrics=dict(obj.get("metrics", {})),
             path=Path(path),
+            members=list(obj.get("members", [])),
+            member_kimg=[float(k) for k in obj.get("member_kimg", [])],
         )
     except (KeyError, TypeError) as err:
         raise CheckpointError(f"{path}: snapshot is missing field {err}") from None

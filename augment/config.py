@@ -170,6 +170,10 @@ class TrainConfig(_Section):
     snapshot_kimg: float = Field(10.0, gt=0)
     #: Evaluate the EMA generator's fd_domain every this many kimg and keep the best (0 = off).
     eval_kimg: float = Field(0.0, ge=0)
+    #: Snapshot ensemble (needs eval_kimg): at the end, the best snapshot becomes an equal mixture of
+    #: up to this many checked EMA generators, added greedily while the mixture's fd_domain (train+val)
+    #: drops; candidates are the 3x this many best checks. 1 = the single best snapshot.
+    ensemble: int = Field(1, ge=1)
     #: Adaptive discriminator augmentation (Karras et al. 2020, StyleGAN2-ADA): each DiffAugment
     #: policy is applied to an image with probability p, and p is steered so that E[sign(D(real))]
     #: (D's overfitting heuristic r_t) stays at this target (0.6 in the paper). None = fixed
@@ -209,6 +213,12 @@ class TrainConfig(_Section):
     @model_validator(mode="after")
     def _mode_needs_compile(self) -> TrainConfig:
         return _check_compile_mode(self)
+
+    @model_validator(mode="after")
+    def _ensemble_needs_checks(self) -> TrainConfig:
+        if self.ensemble > 1 and self.eval_kimg <= 0:
+            raise ValueError(f"ensemble {self.ensemble} mixes checked snapshots and needs eval_kimg > 0")
+        return self
 
 
 class GenerateConfig(_Section):

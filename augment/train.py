@@ -155,7 +155,9 @@ def training_loop(
     )
     ticker = Ticker(run_dir, schedule.total_kimg, cur_nimg, step_nimg, snap_nimg, device, progress, start_time)
     ticker.on_tick = on_tick if is_main else None
-    evaluator = BestSnapshot(run_dir, metric_fn if is_main else None, best_metric, eval_nimg, trained, start_time)
+    evaluator = BestSnapshot(
+        run_dir, metric_fn if is_main else None, best_metric, eval_nimg, trained, start_time, schedule.ensemble
+    )
     log.info("Training for %g kimg...", schedule.total_kimg)
     stop_reason = "done"
     while cur_nimg < total_nimg:

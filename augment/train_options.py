@@ -52,6 +52,7 @@ class ScheduleOptions:
     ema_kimg: float = 1.0  #: half-life of G's EMA weights (0: no averaging)
     snapshot_kimg: float = 10.0  #: interval of snapshots, sample grids and the training state
     eval_kimg: float = 0.0  #: interval of best-snapshot evaluations (0: off)
+    ensemble: int = 1  #: most EMA snapshots mixed into the best snapshot (1: the single best)
     max_minutes: float | None = None  #: wall-clock budget; stops early, with a final snapshot
 
 
@@ -100,6 +101,7 @@ def loop_kwargs(cfg: Config, device: torch.device | str = "cpu") -> dict[str, An
         ema_kimg=t.ema_kimg,
         snapshot_kimg=t.snapshot_kimg,
         eval_kimg=t.eval_kimg,
+        ensemble=t.ensemble,
         max_minutes=t.max_minutes,
     )
     performance = PerformanceOptions(

@@ -7,6 +7,7 @@ state the loop would otherwise carry in local variables.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 import time
@@ -110,6 +111,8 @@ class TrainingState:
     config: dict[str, Any]
     cur_nimg: int = 0
     best: dict[str, Any] = field(default_factory=lambda: {"value": float("inf"), "kimg": None})
+    #: The snapshot ensemble's candidates: the best checks, ``{"kimg", "value", "generator"}``, best first.
+    pool: list[dict[str, Any]] = field(default_factory=list)
 
     def restore(self, state: dict[str, Any], rank: int) -> None:
         self.nets.G.load_state_dict(state["G"])
@@ -122,6 +125,7 @@ class TrainingState:
             self.gen.manual_seed(int(torch.randint(1 << 62, (1,), generator=self.gen)) + rank)
         self.cur_nimg = int(state["cur_nimg"])
         self.best = dict(state.get("best", self.best))
+        self.pool = [dict(entry) for entry in state.get("ensemble_pool", [])]
         if self.ada is not None and state.get("ada") is not None:
             self.ada.load_state_dict(state["ada"])
         if self.loss_fn.lecam is not None and state.get("lecam_ema") is not None:
@@ -152,6 +156,7 @@ class TrainingState:
                 "rng": self.gen.get_state(),
                 "cur_nimg": nimg,
                 "best": self.best,
+                "ensemble_pool": self.pool,
                 "ada": self.ada.state_dict() if self.ada is not None else None,
                 "lecam_ema": lecam.ema.detach().cpu() if lecam is not None else None,
                 "generator_kwargs": self.nets.g_kwargs,
@@ -233,7 +238,11 @@ class Ticker:
 
 
 class BestSnapshot:
-    """Every ``eval_nimg``: the metric of the EMA generator, ``metrics-train.jsonl``, and the best snapshot."""
+    """Every ``eval_nimg``: the metric of the EMA generator, ``metrics-train.jsonl``, and the best snapshot.
+
+    With ``ensemble`` > 1 it also keeps the ``3 * ensemble`` best checked generators and, once
+    training is done, makes the best snapshot their mixture (:func:`select_ensemble`).
+    """
 
     def __init__(
         self,
@@ -243,9 +252,11 @@ class BestSnapshot:
         eval_nimg: int,
         trained: TrainingState,
         start_time: float,
+        ensemble: int = 1,
     ) -> None:
         self.run_dir, self.metric_fn, self.best_metric, self.eval_nimg = run_dir, metric_fn, best_metric, eval_nimg
         self.trained, self.start_time, self.eval_seconds = trained, start_time, 0.0
+        self.ensemble = ensemble
 
     def maybe_evaluate(
         self, prev_nimg: int, cur_nimg: int, done: bool, on_tick: Callable[[dict[str, float]], None] | None
@@ -268,5 +279,76 @@ class BestSnapshot:
             on_tick({"kimg": cur_nimg / 1000, **metrics})
         if value < self.trained.best["value"]:
             self.trained.best = {"value": value, "kimg": cur_nimg / 1000}
-            snap = self.trained.snapshot(cur_nimg, metrics)
-            checkpoint.save_snapshot(snap, self.run_dir / rundir.BEST_SNAPSHOT)
+            checkpoint.save_snapshot(self.trained.snapshot(cur_nimg, metrics), self.run_dir / rundir.BEST_SNAPSHOT)
+        if self.ensemble > 1:
+            self._add_to_pool(cur_nimg / 1000, value)
+            if done:
+                self._save_ensemble()
+
+    def _add_to_pool(self, kimg: float, value: float) -> None:
+        pool = self.trained.pool
+        if len(pool) >= 3 * self.ensemble and value >= pool[-1]["value"]:
+            return
+        state = {k: v.detach().cpu().clone() for k, v in self.trained.nets.G_ema.state_dict().items()}
+        pool.append({"kimg": kimg, "value": value, "generator": state})
+        pool.sort(key=lambda e: (e["value"], e["kimg"]))
+        del pool[3 * self.ensemble :]
+
+    def _save_ensemble(self) -> None:
+        """Replace the best snapshot by the mixture :func:`select_ensemble` picks from the pool."""
+        assert self.metric_fn is not None
+        path = self.run_dir / rundir.BEST_SNAPSHOT
+        best = checkpoint.load_snapshot(path)
+        device = next(self.trained.nets.G_ema.parameters()).device
+        pool = self.trained.pool
+
+        head = dataclasses.replace(best, generator_state=pool[0]["generator"], kimg=pool[0]["kimg"])
+
+        def score(others: list[int]) -> float:
+            trial = dataclasses.replace(head, members=[pool[i]["generator"] for i in others])
+            return self.metric_fn(trial.generator(device))[self.best_metric]
+
+        chosen, value = select_ensemble(len(pool), self.ensemble, pool[0]["value"], score)
+        if len(chosen) == 1:
+            log.info("Snapshot ensemble: no check lowered %s below the best snapshot's", self.best_metric)
+            return
+        members = [pool[i] for i in chosen[1:]]
+        metrics = {**best.metrics, self.best_metric: value, f"{self.best_metric}_single": pool[0]["value"]}
+        ensemble = dataclasses.replace(
+            head,
+            members=[m["generator"] for m in members],
+            member_kimg=[m["kimg"] for m in members],
+            metrics=metrics,
+        )
+        checkpoint.save_snapshot(ensemble, path)
+        log.info(
+            "Snapshot ensemble of %d checks (kimg %s): %s %.4g against %.4g for the best alone",
+            len(chosen),
+            ", ".join(f"{pool[i]['kimg']:g}" for i in chosen),
+            self.best_metric,
+            value,
+            pool[0]["value"],
+        )
+
+
+def select_ensemble(n: int, k: int, first_value: float, score: Callable[[list[int]], float]) -> tuple[list[int], float]:
+    """Greedy forward selection (Caruana et al. 2004, without replacement) of up to ``k`` of ``n``
+    candidates: start from candidate 0 (score ``first_value``) and add, one at a time, the candidate
+    whose mixture scores lowest, while that lowers the score. ``score(others)`` is the score of the
+    mixture of candidate 0 and the candidates ``others``. Returns ``(chosen, their score)``.
+
+    Example:
+        >>> values = {(0,): 1.0, (0, 1): 0.9, (0, 2): 0.7, (0, 2, 1): 0.8}
+        >>> select_ensemble(3, 3, 1.0, lambda idx: values[(0, *idx)])
+        ([0, 2], 0.7)
+    """
+    chosen, best = [0], first_value
+    while len(chosen) < k:
+        trials = [(score([*chosen[1:], i]), i) for i in range(n) if i not in chosen]
+        if not trials:
+            break
+        value, i = min(trials)
+        if value >= best:
+            break
+        chosen, best = [*chosen, i], value
+    return chosen, best

@@ -139,6 +139,7 @@ RECIPES: dict[str, list[str]] = {
     "wide": ["model.g_channels=48", "model.d_channels=48"],
     "narrow": ["model.g_channels=24", "model.d_channels=24"],
     "g_resnet": ["model.g_arch=resnet"],
+    "ensemble_3": ["train.ensemble=3"],
 }
 
 #: How the synthetic images enter the classifier's training (``--uses``), evaluated on one trained
