@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,8 @@ from augment.augmenter import GanAugmenter
 from augment.data import load_data
 from augment.errors import ConfigError
 from augment.generate import write_samples
-from augment.metrics.evaluate import best_snapshot_metric, make_metric_fn
+from augment.metrics.evaluate import best_snapshot_metric, evaluate_run, make_metric_fn
+from augment.metrics.result import read_evaluation
 from augment.models import ConditionalGenerator, SnapshotEnsemble
 from augment.train import train
 from augment.train_parts import select_ensemble
@@ -166,3 +168,15 @@ def test_a_resumed_ensemble_run_hands_on_the_same_mixture(ensemble_run, tmp_path
     assert a.members and a.member_kimg == b.member_kimg and a.metrics == b.metrics
     for sa, sb in zip([a.generator_state, *a.members], [b.generator_state, *b.members], strict=True):
         assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_evaluation_names_the_mixture_it_evaluated(ensemble_run, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    shutil.copytree(ensemble_run[0], run_dir)
+    fast = ["evaluate.steps=8", "evaluate.seeds=2", "evaluate.classic=[crop]", "evaluate.extractor_steps=5"]
+    result = evaluate_run(run_dir, overrides=fast, progress=False)
+    snap = checkpoint.load_snapshot(run_dir / checkpoint.BEST_SNAPSHOT)
+    assert result["snapshot"]["member_kimg"] == snap.member_kimg and snap.member_kimg
+    kimg = snap.member_kimg[0]
+    assert f"(a mixture with the checks at {kimg:.1f} kimg)" in (run_dir / "eval" / "report.md").read_text()
+    assert read_evaluation(run_dir)["snapshot"]["member_kimg"] == snap.member_kimg

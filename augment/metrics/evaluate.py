@@ -222,7 +222,12 @@ def _evaluate_loaded(
 
     result: Evaluation = {
         "run_dir": str(run_dir),
-        "snapshot": {"path": str(snap_path), "kimg": snap.kimg, "train_metrics": snap.metrics},
+        "snapshot": {
+            "path": str(snap_path),
+            "kimg": snap.kimg,
+            "train_metrics": snap.metrics,
+            **({"member_kimg": snap.member_kimg} if snap.members else {}),
+        },
         "data_fingerprint": data.fingerprint,
         "class_names": list(data.class_names),
         "counts": data.counts(),

@@ -330,6 +330,12 @@ def _per_class_lines(result: dict[str, Any], regimes: list[str]) -> list[str]:
     return lines
 
 
+def _members_text(snap: dict[str, Any]) -> str:
+    """`` (a mixture with the checks at 500.0, 620.0 kimg)`` for a snapshot ensemble, else nothing."""
+    members = snap.get("member_kimg") or []
+    return f" (a mixture with the checks at {', '.join(f'{k:.1f}' for k in members)} kimg)" if members else ""
+
+
 def render_markdown(result: dict[str, Any], files: dict[str, str]) -> str:
     down = result.get("downstream")
     names, sizes, snap = result["class_names"], result["sizes"], result["snapshot"]
@@ -341,7 +347,7 @@ def render_markdown(result: dict[str, Any], files: dict[str, str]) -> str:
         if "deltas" in files:
             lines += [f"![Δ balanced accuracy per regime against {down.get('baseline')}]({files['deltas']})", ""]
     lines += [
-        f"Generator: `{Path(snap['path']).name}` at {snap['kimg']:.1f} kimg. Data fingerprint "
+        f"Generator: `{Path(snap['path']).name}` at {snap['kimg']:.1f} kimg{_members_text(snap)}. Data fingerprint "
         f"`{result['data_fingerprint']}`, {len(names)} classes; train/val/test images: "
         f"{sizes['train']}/{sizes['val']}/{sizes['test']}. The test split is real and reached neither the GAN "
         "nor the feature extractor.",

@@ -32,6 +32,7 @@ class SnapshotInfo(TypedDict):
     path: str
     kimg: float
     train_metrics: dict[str, float]  #: the best-snapshot metric at that snapshot, if training measured one
+    member_kimg: NotRequired[list[float]]  #: a snapshot ensemble's other members (``train.ensemble``)
 
 
 class FeatureExtractorInfo(TypedDict):
