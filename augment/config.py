@@ -170,6 +170,9 @@ class TrainConfig(_Section):
     snapshot_kimg: float = Field(10.0, gt=0)
     #: Evaluate the EMA generator's fd_domain every this many kimg and keep the best (0 = off).
     eval_kimg: float = Field(0.0, ge=0)
+    #: Synthetic images scored at each check per train+val image (each class's count capped by
+    #: evaluate.samples_per_class first): more images, less sampling noise in which check wins.
+    eval_oversample: int = Field(1, ge=1)
     #: Snapshot ensemble (needs eval_kimg): at the end, the best snapshot becomes an equal mixture of
     #: up to this many checked EMA generators, added greedily while the mixture's fd_domain (train+val)
     #: drops; candidates are the 3x this many best checks. 1 = the single best snapshot.

@@ -140,6 +140,7 @@ RECIPES: dict[str, list[str]] = {
     "narrow": ["model.g_channels=24", "model.d_channels=24"],
     "g_resnet": ["model.g_arch=resnet"],
     "ensemble_3": ["train.ensemble=3"],
+    "ensemble_3_oversample_4": ["train.ensemble=3", "train.eval_oversample=4"],
 }
 
 #: How the synthetic images enter the classifier's training (``--uses``), evaluated on one trained
@@ -309,6 +310,10 @@ def recipe_overrides(names: list[str], combined: list[str] | None) -> dict[str, 
     return rows
 
 
+#: Train settings that reach the best-snapshot metric (``make_metric_fn`` reads them), not the loop.
+METRIC_FIELDS = ("train.eval_oversample",)
+
+
 def inert_overrides(base: Config, cfg: Config, overrides: list[str]) -> list[str]:
     """The ``train.*`` / ``model.*`` overrides of a row that change nothing the training loop gets
     (a switch validated by the config but not wired into ``augment.train.loop_kwargs``)."""
@@ -316,7 +321,7 @@ def inert_overrides(base: Config, cfg: Config, overrides: list[str]) -> list[str
     inert = []
     for item in overrides:
         key = item.split("=", 1)[0]
-        if not key.startswith(("train.", "model.")):
+        if not key.startswith(("train.", "model.")) or key in METRIC_FIELDS:
             continue
         one = base.model_copy(deep=True)  # this override alone on the base config
         section, field = key.split(".", 1)

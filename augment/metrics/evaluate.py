@@ -106,15 +106,17 @@ def make_metric_fn(
 
     The reference is the real train+val split (model selection never sees the test split); the
     synthetic set uses fixed latents (``generate.seed``), as many per class as the reference has
-    (capped by ``evaluate.samples_per_class``), so values are comparable across training. The
-    extractor runs on ``device`` (the training device).
+    (capped by ``evaluate.samples_per_class``) times ``train.eval_oversample``, so values are
+    comparable across training. The extractor runs on ``device`` (the training device).
     """
     ev = cfg.evaluate
     ext = load_or_train_extractor(data, ev, cache_dir=cache_dir, seed=cfg.seed, device=device)
     ref_images = torch.cat([data.train.images, data.val.images])
     ref_labels = torch.cat([data.train.labels, data.val.labels])
     ref = ext.features(ref_images)
-    counts = [min(ev.samples_per_class, n) for n in torch.bincount(ref_labels, minlength=data.num_classes).tolist()]
+    oversample = cfg.train.eval_oversample
+    ref_counts = torch.bincount(ref_labels, minlength=data.num_classes).tolist()
+    counts = [oversample * min(ev.samples_per_class, n) for n in ref_counts]
     labels = torch.cat([torch.full((n,), c, dtype=torch.int64) for c, n in enumerate(counts)])
     indices = torch.cat([torch.arange(n, dtype=torch.int64) for n in counts])
 

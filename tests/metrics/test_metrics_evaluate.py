@@ -210,6 +210,21 @@ def test_metric_fn_is_deterministic_for_one_generator(tiny_run: Path, tmp_path: 
     assert fn(G) == fn(G)
 
 
+def test_eval_oversample_scores_that_many_more_images_per_check(tiny_run: Path, tmp_path: Path) -> None:
+    sets = ["evaluate.extractor_steps=5", "evaluate.batch_size=16", "evaluate.samples_per_class=10"]
+    G = checkpoint.load_snapshot(checkpoint.find_snapshot(tiny_run)).generator()
+    seen: list[int] = []
+    G.register_forward_hook(lambda m, i, o: seen.append(len(o)))
+    values = []
+    for k in (1, 3):
+        cfg = tiny_config(tmp_path, *sets, f"train.eval_oversample={k}")
+        data = load_data(cfg.data, cfg.seed)
+        values.append(make_metric_fn(data, cfg, cache_dir=tmp_path / "cache")(G)["fd_domain"])
+        assert sum(seen) == 3 * 10 * k  # 3 classes, 10 per class (the cap), k times
+        seen.clear()
+    assert values[0] != values[1] and all(v > 0 for v in values)
+
+
 # -- bad inputs ------------------------------------------------------------------------------------
 
 
