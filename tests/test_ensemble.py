@@ -180,3 +180,28 @@ def test_evaluation_names_the_mixture_it_evaluated(ensemble_run, tmp_path: Path)
     kimg = snap.member_kimg[0]
     assert f"(a mixture with the checks at {kimg:.1f} kimg)" in (run_dir / "eval" / "report.md").read_text()
     assert read_evaluation(run_dir)["snapshot"]["member_kimg"] == snap.member_kimg
+
+
+def test_selection_noise_rescores_snapshots_and_mixtures_under_other_latents(ensemble_run) -> None:
+    from benchmarks import selection_noise
+
+    run_dir = ensemble_run[0]
+    out = selection_noise.main(
+        [
+            str(run_dir),
+            "network-final.pt",
+            "--mix",
+            "network-final.pt,network-best.pt",
+            "--seeds",
+            "3",
+            "--oversample",
+            "1",
+            "2",
+        ]
+    )
+    assert set(out) == {1, 2}
+    for values in out.values():
+        assert set(values) == {"network-final.pt", "network-final.pt+network-best.pt"}
+        assert all(len(v) == 3 and len(set(v)) == 3 and min(v) > 0 for v in values.values())  # each draw differs
+    assert out[1]["network-final.pt"] != out[2]["network-final.pt"]
+    assert selection_noise.table(out[1]).splitlines()[-1].startswith("| mean (sd) | ")
