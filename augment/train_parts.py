@@ -131,9 +131,13 @@ class TrainingState:
         if self.loss_fn.lecam is not None and state.get("lecam_ema") is not None:
             self.loss_fn.lecam.ema.copy_(state["lecam_ema"].to(self.loss_fn.lecam.ema.device))
 
+    def ema_state(self) -> dict[str, torch.Tensor]:
+        """A CPU copy of the EMA generator's weights."""
+        return {k: v.detach().cpu().clone() for k, v in self.nets.G_ema.state_dict().items()}
+
     def snapshot(self, nimg: int, metrics: dict[str, float] | None = None) -> checkpoint.Snapshot:
         return checkpoint.Snapshot(
-            generator_state={k: v.detach().cpu().clone() for k, v in self.nets.G_ema.state_dict().items()},
+            generator_state=self.ema_state(),
             generator_kwargs=self.nets.g_kwargs,
             class_names=list(self.data.class_names),
             class_counts=self.data.train.counts(self.data.num_classes),
@@ -289,8 +293,7 @@ class BestSnapshot:
         pool = self.trained.pool
         if len(pool) >= 3 * self.ensemble and value >= pool[-1]["value"]:
             return
-        state = {k: v.detach().cpu().clone() for k, v in self.trained.nets.G_ema.state_dict().items()}
-        pool.append({"kimg": kimg, "value": value, "generator": state})
+        pool.append({"kimg": kimg, "value": value, "generator": self.trained.ema_state()})
         pool.sort(key=lambda e: (e["value"], e["kimg"]))
         del pool[3 * self.ensemble :]
 
@@ -311,6 +314,10 @@ class BestSnapshot:
         chosen, value = select_ensemble(len(pool), self.ensemble, pool[0]["value"], score)
         if len(chosen) == 1:
             log.info("Snapshot ensemble: no check lowered %s below the best snapshot's", self.best_metric)
+            if best.members:  # a mixture an earlier stop of this run chose from fewer checks
+                single = {**best.metrics, self.best_metric: pool[0]["value"]}
+                single.pop(f"{self.best_metric}_single", None)
+                checkpoint.save_snapshot(dataclasses.replace(head, members=[], member_kimg=[], metrics=single), path)
             return
         members = [pool[i] for i in chosen[1:]]
         metrics = {**best.metrics, self.best_metric: value, f"{self.best_metric}_single": pool[0]["value"]}
