@@ -205,3 +205,27 @@ def test_selection_noise_rescores_snapshots_and_mixtures_under_other_latents(ens
         assert all(len(v) == 3 and len(set(v)) == 3 and min(v) > 0 for v in values.values())  # each draw differs
     assert out[1]["network-final.pt"] != out[2]["network-final.pt"]
     assert selection_noise.table(out[1]).splitlines()[-1].startswith("| mean (sd) | ")
+
+
+def test_a_resumed_stop_that_keeps_the_best_check_alone_replaces_the_earlier_mixture(
+    ensemble_run, tmp_path: Path
+) -> None:
+    values = ensemble_run[1][:4]  # the checks a 0.256-kimg stop makes (training never reads the metric)
+    lo, hi = sorted(values)[1:3]
+    cfg = tiny_config(tmp_path, *[s for s in ENSEMBLE_RUN if not s.startswith("train.kimg")], "train.kimg=0.256")
+    part, _ = train(cfg, out=tmp_path / "part", progress=False, metric_factory=_distance_to((lo + hi) / 2))
+    first = checkpoint.load_snapshot(part / checkpoint.BEST_SNAPSHOT)
+    assert len(first.members) == 1 and first.metrics["fd_domain"] < 1e-6  # the first stop hands on a mixture
+
+    # The resumed stop scores every new check and every mixture worse than the best check alone.
+    def worse(data, cfg, run_dir, device):
+        return lambda G: {"fd_domain": 1e9}
+
+    train(tiny_config(tmp_path, *ENSEMBLE_RUN), out=part, resume=True, progress=False, metric_factory=worse)
+    snap = checkpoint.load_snapshot(part / checkpoint.BEST_SNAPSHOT)
+    assert snap.members == [] and snap.member_kimg == []
+    assert snap.kimg == first.kimg and all(
+        torch.equal(snap.generator_state[k], first.generator_state[k]) for k in first.generator_state
+    )
+    assert snap.metrics["fd_domain"] == first.metrics["fd_domain_single"] and "fd_domain_single" not in snap.metrics
+    assert not isinstance(snap.generator(), SnapshotEnsemble)
