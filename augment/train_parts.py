@@ -298,44 +298,54 @@ class BestSnapshot:
         del pool[3 * self.ensemble :]
 
     def _save_ensemble(self) -> None:
-        """Replace the best snapshot by the mixture :func:`select_ensemble` picks from the pool."""
+        """Replace the best snapshot by the mixture :func:`ensemble_snapshot` picks from the pool."""
         assert self.metric_fn is not None
         path = self.run_dir / rundir.BEST_SNAPSHOT
         best = checkpoint.load_snapshot(path)
         device = next(self.trained.nets.G_ema.parameters()).device
-        pool = self.trained.pool
+        snap = ensemble_snapshot(best, self.trained.pool, self.ensemble, self.metric_fn, self.best_metric, device)
+        if snap.members or best.members:  # a single best replaces a mixture an earlier stop of this run chose
+            checkpoint.save_snapshot(snap, path)
 
-        head = dataclasses.replace(best, generator_state=pool[0]["generator"], kimg=pool[0]["kimg"])
 
-        def score(others: list[int]) -> float:
-            trial = dataclasses.replace(head, members=[pool[i]["generator"] for i in others])
-            return self.metric_fn(trial.generator(device))[self.best_metric]
+def ensemble_snapshot(
+    best: checkpoint.Snapshot,
+    pool: list[dict[str, Any]],
+    k: int,
+    metric_fn: MetricFn,
+    best_metric: str,
+    device: torch.device | str = "cpu",
+) -> checkpoint.Snapshot:
+    """The best snapshot as the mixture of up to ``k`` of the ``pool``'s checks (``{"kimg", "value",
+    "generator"}``, best first) that :func:`select_ensemble` builds by ``metric_fn``; ``best`` alone
+    (its head the pool's best, no members) when no mixture scores lower."""
+    head = dataclasses.replace(best, generator_state=pool[0]["generator"], kimg=pool[0]["kimg"])
 
-        chosen, value = select_ensemble(len(pool), self.ensemble, pool[0]["value"], score)
-        if len(chosen) == 1:
-            log.info("Snapshot ensemble: no check lowered %s below the best snapshot's", self.best_metric)
-            if best.members:  # a mixture an earlier stop of this run chose from fewer checks
-                single = {**best.metrics, self.best_metric: pool[0]["value"]}
-                single.pop(f"{self.best_metric}_single", None)
-                checkpoint.save_snapshot(dataclasses.replace(head, members=[], member_kimg=[], metrics=single), path)
-            return
-        members = [pool[i] for i in chosen[1:]]
-        metrics = {**best.metrics, self.best_metric: value, f"{self.best_metric}_single": pool[0]["value"]}
-        ensemble = dataclasses.replace(
-            head,
-            members=[m["generator"] for m in members],
-            member_kimg=[m["kimg"] for m in members],
-            metrics=metrics,
-        )
-        checkpoint.save_snapshot(ensemble, path)
-        log.info(
-            "Snapshot ensemble of %d checks (kimg %s): %s %.4g against %.4g for the best alone",
-            len(chosen),
-            ", ".join(f"{pool[i]['kimg']:g}" for i in chosen),
-            self.best_metric,
-            value,
-            pool[0]["value"],
-        )
+    def score(others: list[int]) -> float:
+        trial = dataclasses.replace(head, members=[pool[i]["generator"] for i in others])
+        return metric_fn(trial.generator(device))[best_metric]
+
+    chosen, value = select_ensemble(len(pool), k, pool[0]["value"], score)
+    if len(chosen) == 1:
+        log.info("Snapshot ensemble: no check lowered %s below the best snapshot's", best_metric)
+        single = {**best.metrics, best_metric: pool[0]["value"]}
+        single.pop(f"{best_metric}_single", None)
+        return dataclasses.replace(head, members=[], member_kimg=[], metrics=single)
+    members = [pool[i] for i in chosen[1:]]
+    log.info(
+        "Snapshot ensemble of %d checks (kimg %s): %s %.4g against %.4g for the best alone",
+        len(chosen),
+        ", ".join(f"{pool[i]['kimg']:g}" for i in chosen),
+        best_metric,
+        value,
+        pool[0]["value"],
+    )
+    return dataclasses.replace(
+        head,
+        members=[m["generator"] for m in members],
+        member_kimg=[m["kimg"] for m in members],
+        metrics={**best.metrics, best_metric: value, f"{best_metric}_single": pool[0]["value"]},
+    )
 
 
 def select_ensemble(n: int, k: int, first_value: float, score: Callable[[list[int]], float]) -> tuple[list[int], float]:

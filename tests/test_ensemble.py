@@ -134,9 +134,19 @@ def test_a_trained_run_hands_on_the_mixture_that_its_checks_scored_best(ensemble
     assert checkpoint.load_snapshot(run_dir / checkpoint.FINAL_SNAPSHOT).members == []
 
 
-def test_fd_domain_of_a_trained_ensemble_is_the_loaded_mixtures(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def fd_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An ensemble run chosen by the real train+val ``fd_domain``."""
+    tmp = tmp_path_factory.mktemp("fd")
+    run_dir, _ = train(
+        tiny_config(tmp, *ENSEMBLE_RUN), out=tmp / "fd", progress=False, metric_factory=best_snapshot_metric
+    )
+    return run_dir
+
+
+def test_fd_domain_of_a_trained_ensemble_is_the_loaded_mixtures(fd_run: Path, tmp_path: Path) -> None:
+    run_dir = fd_run
     cfg = tiny_config(tmp_path, *ENSEMBLE_RUN)
-    run_dir, _ = train(cfg, out=tmp_path / "fd", progress=False, metric_factory=best_snapshot_metric)
     snap = checkpoint.load_snapshot(run_dir / checkpoint.BEST_SNAPSHOT)
     fn = make_metric_fn(load_data(cfg.data, cfg.seed), cfg, cache_dir=run_dir / "cache")
     assert fn(snap.generator())["fd_domain"] == pytest.approx(snap.metrics["fd_domain"], rel=1e-6)
@@ -229,3 +239,44 @@ def test_a_resumed_stop_that_keeps_the_best_check_alone_replaces_the_earlier_mix
     )
     assert snap.metrics["fd_domain"] == first.metrics["fd_domain_single"] and "fd_domain_single" not in snap.metrics
     assert not isinstance(snap.generator(), SnapshotEnsemble)
+
+
+def test_ensemble_size_reselects_the_trained_mixture_from_the_pool(ensemble_run, tmp_path: Path) -> None:
+    from benchmarks import ensemble_size
+
+    run_dir, _, target = ensemble_run
+    trained = checkpoint.load_snapshot(run_dir / checkpoint.BEST_SNAPSHOT)
+    metric = _distance_to(target)(None, None, None, None)
+    rows = ensemble_size.reselect(run_dir, [1, 3], tmp_path / "sizes", metric_fn=metric)
+    # k = the run's own size: the same greedy on the same pool and metric gives the mixture training handed on.
+    again = checkpoint.load_snapshot(tmp_path / "sizes" / "ensemble_3" / checkpoint.BEST_SNAPSHOT)
+    assert trained.members and again.kimg == trained.kimg and again.member_kimg == trained.member_kimg
+    assert again.metrics == trained.metrics and rows[1]["kimg"] == [trained.kimg, *trained.member_kimg]
+    # k = 1: the best check alone, recorded with its own value.
+    alone = checkpoint.load_snapshot(tmp_path / "sizes" / "ensemble_1" / checkpoint.BEST_SNAPSHOT)
+    assert alone.members == [] and alone.kimg == trained.kimg and "fd_domain_single" not in alone.metrics
+    assert alone.metrics["fd_domain"] == rows[0]["fd_domain"] == trained.metrics["fd_domain_single"]
+    assert all(torch.equal(alone.generator_state[k], trained.generator_state[k]) for k in trained.generator_state)
+    # Each size is a run `augment evaluate` reads: config, split and snapshot, no training state.
+    copied = {p.name for p in (tmp_path / "sizes" / "ensemble_1").iterdir()}
+    assert {"config.yaml", "network-best.pt"} <= copied and "training-state.pt" not in copied
+
+
+def test_ensemble_size_scores_with_the_runs_own_fd_domain(fd_run: Path, tmp_path: Path) -> None:
+    from benchmarks import ensemble_size
+
+    trained = checkpoint.load_snapshot(fd_run / checkpoint.BEST_SNAPSHOT)
+    rows = ensemble_size.main([str(fd_run), "--k", "3", "--out", str(tmp_path / "sizes")])
+    again = checkpoint.load_snapshot(tmp_path / "sizes" / "ensemble_3" / checkpoint.BEST_SNAPSHOT)
+    assert again.member_kimg == trained.member_kimg and rows[0]["kimg"] == [trained.kimg, *trained.member_kimg]
+    assert again.metrics["fd_domain"] == pytest.approx(trained.metrics["fd_domain"], rel=1e-6)
+
+
+def test_ensemble_size_needs_a_run_that_kept_a_pool(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks import ensemble_size
+
+    run_dir, _ = train(tiny_config(tmp_path, "train.kimg=0.064"), out=tmp_path / "plain", progress=False)
+    with pytest.raises(SystemExit) as exc:
+        ensemble_size.main([str(run_dir), "--k", "2", "--out", str(tmp_path / "sizes")])
+    assert exc.value.code == 2
+    assert "kept no ensemble pool: train it with train.ensemble > 1" in capsys.readouterr().err
