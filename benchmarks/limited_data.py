@@ -432,9 +432,22 @@ def best_check(curve: list[dict[str, Any]]) -> dict[str, Any] | None:
 def selection_fd(row: dict[str, Any]) -> float | None:
     """The best snapshot's ``fd_domain`` against train+val: the training's own model selection, the one
     column of a row that the test split did not decide (a recipe is chosen by it and by validation
-    numbers, never by the test-split columns beside it)."""
+    numbers, never by the test-split columns beside it). For a snapshot ensemble (``train.ensemble``)
+    that is the mixture's value, which training recorded in the snapshot, not its best check's."""
+    snap = (row.get("raw") or {}).get("snapshot") or {}
+    if "fd_domain" in snap.get("train_metrics", {}):
+        return snap["train_metrics"]["fd_domain"]
     best = best_check(row.get("train_curve") or [])
     return best["fd_domain"] if best else None
+
+
+def kimg_cell(row: dict[str, Any]) -> str:
+    """``best / total`` kimg; a snapshot ensemble's other members after a ``+`` (``620 + 180, 360 / 640``)."""
+    if row["best_kimg"] is None:
+        return f"{row['kimg']:g}"
+    members = ((row.get("raw") or {}).get("snapshot") or {}).get("member_kimg") or []
+    plus = f" + {', '.join(_kimg(k) for k in members)}" if members else ""
+    return f"{_kimg(row['best_kimg']) if members else format(row['best_kimg'], 'g')}{plus} / {row['kimg']:g}"
 
 
 def table_line(row: dict[str, Any]) -> str:
@@ -447,7 +460,7 @@ def table_line(row: dict[str, Any]) -> str:
     cells = [
         row["recipe"],
         f"{row['train_s']:.0f}" if row["train_s"] >= 10 else f"{row['train_s']:.1f}",
-        f"{row['best_kimg']:g} / {row['kimg']:g}" if row["best_kimg"] is not None else f"{row['kimg']:g}",
+        kimg_cell(row),
         _num(selection_fd(row), ".2f"),
         f"{_num(m['fd_domain'], '.2f')} ({_num(m['fd_domain_floor'], '.2f')})",
         _num(m["fd_ratio"], ".1f"),
@@ -484,7 +497,8 @@ def render(res: dict[str, Any]) -> str:
         f"train/val/test {res['sizes']['train']}/{res['sizes']['val']}/{res['sizes']['test']}; "
         f"budget {budget} per recipe, "
         f"best snapshot by fd_domain every {b['eval_kimg']:g} kimg; train s = the training loop's time without the "
-        f"fd_domain evaluations; kimg = best / total; selection fd_domain = that best snapshot's fd_domain against "
+        "fd_domain evaluations; kimg = best / total (a snapshot ensemble's other members after +); "
+        "selection fd_domain = that best snapshot's fd_domain against "
         f"train+val, the only generator column the test split did not decide.",
         f"Downstream: {ev['classifier']} {ev['steps']} steps x {ev['batch_size']} in every regime, "
         f"{ev['seeds']} seeds, {ev['synthetic_per_class']} synthetic images per class, balanced accuracy on "

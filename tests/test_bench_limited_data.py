@@ -190,3 +190,21 @@ def test_screen_tables_the_selection_curves_and_runs_no_downstream(tmp_path: Pat
     assert not (out / "digits" / "cells-cache.json").exists()
     with pytest.raises(SystemExit, match="--screen"):
         limited_data.parse_args(["--screen", "--uses", "fixed"])
+
+
+def test_an_ensemble_row_tables_the_mixtures_selection_value_and_its_members() -> None:
+    saved = json.loads((REPO / "benchmarks/results/limited_data_longtail_seed1_ensemble3_640kimg.json").read_text())
+    row = saved["rows"][0]  # a real row: train.ensemble=3 on the long tail's second draw
+    snap = row["raw"]["snapshot"]
+    assert snap["member_kimg"] == [180.032, 360.0]
+    best_alone = min(c["fd_domain"] for c in row["train_curve"])
+    assert snap["train_metrics"]["fd_domain"] < best_alone  # the mixture training handed on scored lower
+    cells = limited_data.table_line(row).split(" | ")
+    assert cells[limited_data.COLUMNS.index("kimg")] == "620 + 180, 360 / 640"
+    selection = limited_data.COLUMNS.index("selection fd_domain (train+val)")
+    assert cells[selection] == f"{snap['train_metrics']['fd_domain']:.2f}" == "0.22"
+    # A single snapshot's row keeps the best check's value and kimg.
+    single = {**row, "raw": {**row["raw"], "snapshot": None}}
+    cells = limited_data.table_line(single).split(" | ")
+    assert cells[limited_data.COLUMNS.index("kimg")] == "620.032 / 640"
+    assert cells[selection] == f"{best_alone:.2f}" == "0.30"
