@@ -411,6 +411,9 @@ COLUMNS = [
 ]
 
 
+RAW_KEYS = ("snapshot", "sizes", "fd_domain", "prdc", "memorisation", "downstream", "verdict", "seconds")
+
+
 def _num(x: float | None, fmt: str = ".3f") -> str:
     return "n/a" if x is None or (isinstance(x, float) and not math.isfinite(x)) else format(x, fmt)
 
@@ -686,10 +689,7 @@ def run_profile(name: str, args: argparse.Namespace, rows: dict[str, list[str]],
             "cells_cached": cell_map.cached - before[0],
             "cells_computed": cell_map.computed - before[1],
             "metrics": row_metrics(result),
-            "raw": {
-                k: result.get(k)
-                for k in ("snapshot", "sizes", "fd_domain", "prdc", "memorisation", "downstream", "verdict", "seconds")
-            },
+            "raw": {k: result.get(k) for k in RAW_KEYS},
         }
         res["rows"].append(row)
         m = row["metrics"]
@@ -721,6 +721,7 @@ def run_profile(name: str, args: argparse.Namespace, rows: dict[str, list[str]],
                     "selection": down["selection"],
                     "synthetic_share_per_class": down.get("synthetic_share_per_class"),
                     "metrics": row_metrics(result),
+                    "raw": {k: result.get(k) for k in RAW_KEYS},  # per-seed cells: paired deltas across files
                 }
             )
             m = res["uses"][-1]["metrics"]

@@ -208,3 +208,25 @@ def test_an_ensemble_row_tables_the_mixtures_selection_value_and_its_members() -
     cells = limited_data.table_line(single).split(" | ")
     assert cells[limited_data.COLUMNS.index("kimg")] == "620.032 / 640"
     assert cells[selection] == f"{best_alone:.2f}" == "0.30"
+
+
+def test_paired_delta_takes_seedwise_differences_of_two_saved_evaluations(capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks import paired_delta
+
+    results = REPO / "benchmarks" / "results"
+    a = results / "limited_data_longtail_seed2_ensemble3_640kimg.json"
+    b = results / "limited_data_longtail_seed2_ensemble3_head_alone.json"  # a --uses entry of the same run's head
+    rows = {r["regime"]: r for r in paired_delta.main([str(a), f"{b}:fixed"])}
+    # The GAN-free cells are the same classifiers on both sides: a difference of exactly 0.
+    assert rows["real"]["delta"]["mean"] == 0 and rows["real+classic"]["delta"]["ci_high"] == 0
+    mixture = json.loads(a.read_text())["rows"][0]["raw"]["downstream"]["regimes"]["real+gan"]
+    alone = json.loads(b.read_text())["uses"][0]["raw"]["downstream"]["regimes"]["real+gan"]
+    diffs = [
+        x - y for x, y in zip(mixture["balanced_accuracy"]["values"], alone["balanced_accuracy"]["values"], strict=True)
+    ]
+    got = rows["real+gan"]["delta"]
+    assert got["mean"] == pytest.approx(sum(diffs) / 5) and got["ci_low"] < got["mean"] < got["ci_high"]
+    assert rows["real+gan"]["seeds"] == mixture["seeds"] and len(mixture["seeds"]) == 5
+    assert f"| real+gan | {100 * rows['real+gan']['a']:.1f} |" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="no row or use named 'nope'"):
+        paired_delta.main([str(a), f"{b}:nope"])
