@@ -31,10 +31,10 @@ from augment import checkpoint, rundir  # noqa: E402
 from augment.config import load_config  # noqa: E402
 from augment.data import load_data  # noqa: E402
 from augment.errors import AugmentError  # noqa: E402
-from augment.metrics.evaluate import make_metric_fn  # noqa: E402
+from augment.metrics.evaluate import best_snapshot_metric  # noqa: E402
 from augment.train_parts import MetricFn, ensemble_snapshot  # noqa: E402
 
-SKIP = ("training-state.pt", "network-snapshot-*", "eval", "mlruns*")
+SKIP = (rundir.TRAINING_STATE, rundir.SNAPSHOT_GLOB, rundir.EVAL)
 
 
 def reselect(run_dir: Path, sizes: list[int], out: Path, metric_fn: MetricFn | None = None) -> list[dict]:
@@ -44,10 +44,9 @@ def reselect(run_dir: Path, sizes: list[int], out: Path, metric_fn: MetricFn | N
     pool = state.get("ensemble_pool") or []
     if not pool:
         raise AugmentError(f"{run_dir} kept no ensemble pool: train it with train.ensemble > 1")
-    if metric_fn is None:
-        cfg = load_config(run_dir / "config.yaml", [])
-        cache = Path(cfg.evaluate.cache_dir) if cfg.evaluate.cache_dir else run_dir / rundir.CACHE
-        metric_fn = make_metric_fn(load_data(cfg.data, cfg.seed), cfg, cache_dir=cache)
+    if metric_fn is None:  # the factory training used, on the run's own config and extractor
+        cfg = load_config(run_dir / rundir.CONFIG, [])
+        metric_fn = best_snapshot_metric(load_data(cfg.data, cfg.seed), cfg, run_dir)
     best = checkpoint.load_snapshot(run_dir / rundir.BEST_SNAPSHOT)
     rows = []
     for k in sizes:

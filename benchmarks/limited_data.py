@@ -449,8 +449,9 @@ def kimg_cell(row: dict[str, Any]) -> str:
     if row["best_kimg"] is None:
         return f"{row['kimg']:g}"
     members = ((row.get("raw") or {}).get("snapshot") or {}).get("member_kimg") or []
-    plus = f" + {', '.join(_kimg(k) for k in members)}" if members else ""
-    return f"{_kimg(row['best_kimg']) if members else format(row['best_kimg'], 'g')}{plus} / {row['kimg']:g}"
+    if not members:
+        return f"{row['best_kimg']:g} / {row['kimg']:g}"
+    return f"{_kimg(row['best_kimg'])} + {', '.join(_kimg(k) for k in members)} / {row['kimg']:g}"
 
 
 def table_line(row: dict[str, Any]) -> str:

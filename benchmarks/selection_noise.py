@@ -29,7 +29,7 @@ from augment import rundir  # noqa: E402
 from augment.checkpoint import load_snapshot  # noqa: E402
 from augment.config import load_config  # noqa: E402
 from augment.data import load_data  # noqa: E402
-from augment.metrics.evaluate import make_metric_fn  # noqa: E402
+from augment.metrics.evaluate import best_snapshot_metric  # noqa: E402
 from augment.models import SnapshotEnsemble  # noqa: E402
 
 
@@ -37,15 +37,14 @@ def scores(
     run_dir: Path, names: list[str], mixes: list[list[str]], seeds: int, oversample: int
 ) -> dict[str, list[float]]:
     """``{column: [fd_domain for generate.seed = 0..seeds-1]}``; a column per snapshot and per mixture."""
-    base = load_config(run_dir / "config.yaml", [])
+    base = load_config(run_dir / rundir.CONFIG, [])
     data = load_data(base.data, base.seed)
-    cache = Path(base.evaluate.cache_dir) if base.evaluate.cache_dir else run_dir / rundir.CACHE
     gens = {n: load_snapshot(run_dir / n).generator() for n in {*names, *(m for mix in mixes for m in mix)}}
     columns = {n: gens[n] for n in names} | {"+".join(mix): SnapshotEnsemble([gens[m] for m in mix]) for mix in mixes}
     out: dict[str, list[float]] = {c: [] for c in columns}
     for seed in range(seeds):
-        cfg = load_config(run_dir / "config.yaml", [f"generate.seed={seed}", f"train.eval_oversample={oversample}"])
-        fn = make_metric_fn(data, cfg, cache_dir=cache)
+        cfg = load_config(run_dir / rundir.CONFIG, [f"generate.seed={seed}", f"train.eval_oversample={oversample}"])
+        fn = best_snapshot_metric(data, cfg, run_dir)
         for c, G in columns.items():
             out[c].append(fn(G)["fd_domain"])
     return out
