@@ -254,7 +254,7 @@ def prepare(
     thresholds = list(cfg.tune_thresholds) if cfg.tune else [cfg.confidence_threshold]
     softs = list(cfg.tune_soft_labels) if cfg.tune else [cfg.soft_labels]
     if any(t is not None for t in thresholds) or any(softs):
-        selection["filter"] = _score_pool(plan, select_seeds[0])
+        selection["filter"] = score_pool(plan, select_seeds[0])
     plan.soft_labels = cfg.soft_labels
     if cfg.tune:
         selection["tune"] = _tune(plan, cfg, thresholds, softs, select_seeds, map_fn)
@@ -340,7 +340,7 @@ def _choose_classic(plan: Plan, policies: list[str], select_seeds: list[int], ma
     return {"scores": scores, "chosen": plan.classic}
 
 
-def _score_pool(plan: Plan, seed: int) -> dict[str, Any]:
+def score_pool(plan: Plan, seed: int) -> dict[str, Any]:
     """Score every synthetic image with a classifier trained on the real train split; its record.
 
     Its probabilities serve both the confidence filter (each image's own class) and soft labels.

@@ -1,0 +1,293 @@
+"""How should a trained generator's samples enter a classifier's training? Ranked on a dev split,
+reported on the test split for the pick only.
+
+The product chooses the synthetic share, the confidence filter and soft labels on the run's
+validation split (``evaluate.tune``). On the Fashion-MNIST long tail that split is 42 images, where
+one image is 2.4 points of balanced accuracy: too few to rank uses that differ by a point. This
+benchmark ranks them on a **dev split** instead: ``--dev-per-class`` real images per class that the
+data limit left out, taken after the test split's images in the same per-class order (so disjoint from
+train, val and test; the GAN and its checks never see them). It is how the shipped defaults are
+chosen without reading the test split; a user's run still has only its own validation split.
+
+For one finished run (``RUN_DIR``: ``augment train`` or ``benchmarks/limited_data.py``), every
+candidate of the grid ``--pool`` (synthetic images per class) x ``--shares`` x ``--thresholds``
+(confidence filter; ``none`` = off) x ``--soft`` trains ``--seeds`` classifiers of ``--regime``
+(default real+gan+classic) at the run's classifier budget and scores them on dev, paired per seed
+with the verdict's baseline (``real+classic``, its classic policy chosen on val as the product does).
+The candidate with the best mean dev delta is the pick (ties: the earlier candidate, the smaller
+pool first); then the pick and the run's own settings (the default) are trained again and scored on
+the test split, with the baseline, paired per seed. The pools are prefixes of one another (every
+image is seeded per class and index, as ``augment evaluate`` draws them), so a pool of 300 is the
+300 images the run's evaluation used.
+
+Cells run one by one on ``--workers`` single-threaded processes, as ``limited_data.py``'s do, so the
+default's test cells equal that benchmark's on the same run and pool::
+
+    .venv/bin/python benchmarks/sample_use.py /tmp/bench_ld/longtail/baseline --dev-per-class 500 \\
+        --pool 300 1000 3000 --shares 0.25 0.5 0.75 --json /tmp/sample_use.json
+
+Prints two markdown tables (dev ranking; test of the pick and the default); nothing is appended
+anywhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as _dt
+import itertools
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from augment import rundir  # noqa: E402
+from augment.checkpoint import find_snapshot, load_snapshot  # noqa: E402
+from augment.config import Config  # noqa: E402
+from augment.data import ImageSet, PreparedData, load_data  # noqa: E402
+from augment.errors import AugmentError, ConfigError  # noqa: E402
+from augment.metrics import downstream  # noqa: E402
+from augment.metrics.evaluate import generate_uint8  # noqa: E402
+from augment.metrics.regimes import BASELINE, GAN_REGIMES  # noqa: E402
+from augment.metrics.verdict import mean_ci  # noqa: E402
+from benchmarks.common import command, git_commit, machine  # noqa: E402
+from benchmarks.limited_data import make_executor  # noqa: E402
+
+#: The settings one candidate varies (Plan fields, plus the pool size).
+KEYS = ("pool", "synthetic_share", "confidence_threshold", "soft_labels")
+
+
+def dev_split(cfg: Config, data: PreparedData, per_class: int) -> ImageSet:
+    """``per_class`` real images per class the limit left out, after the test split's images.
+
+    Raises:
+        ConfigError: the config draws its test split from the limited images (``split.test``, not
+            ``split.test_per_class``), so there is no ordered remainder to take a dev split from.
+    """
+    split = cfg.data.split
+    if split.test_per_class is None:
+        raise ConfigError(
+            "a dev split needs data.split.test_per_class (a test split drawn outside the limited set); "
+            "this config takes its test split from the limited images"
+        )
+    wide_split = split.model_copy(update={"test_per_class": split.test_per_class + per_class})
+    wide = load_data(cfg.data.model_copy(update={"split": wide_split}), cfg.seed)
+    if wide.train.ids != data.train.ids or wide.val.ids != data.val.ids:
+        raise AugmentError("the dev split's data draw changed train or val: the data source is not the run's")
+    test_ids = set(data.test.ids)
+    keep = [i for i, image_id in enumerate(wide.test.ids) if image_id not in test_ids]
+    idx = torch.tensor(keep, dtype=torch.int64)
+    return ImageSet(wide.test.images[idx], wide.test.labels[idx], [wide.test.ids[i] for i in keep])
+
+
+def pool_prefix(labels: torch.Tensor, n: int, num_classes: int) -> torch.Tensor:
+    """Mask of the first ``n`` images of each class in a pool generated class by class."""
+    keep = torch.zeros(len(labels), dtype=torch.bool)
+    for c in range(num_classes):
+        keep[torch.nonzero(labels == c).flatten()[:n]] = True
+    return keep
+
+
+def candidate_plan(plan: downstream.Plan, cand: dict[str, Any], on: ImageSet | None) -> downstream.Plan:
+    """``plan`` with the candidate's pool prefix and settings, scored on ``on`` (None: the test split)."""
+    keep = pool_prefix(plan.synthetic_labels, cand["pool"], plan.num_classes)
+    subset = {
+        "synthetic_images": plan.synthetic_images[keep],
+        "synthetic_labels": plan.synthetic_labels[keep],
+        "synthetic_probs": None if plan.synthetic_probs is None else plan.synthetic_probs[keep],
+        "synthetic_confidence": None if plan.synthetic_confidence is None else plan.synthetic_confidence[keep],
+    }
+    settings = {k: cand[k] for k in KEYS if k != "pool"}
+    scored = {} if on is None else {"test_images": on.images, "test_labels": on.labels}
+    return dataclasses.replace(plan, **subset, **settings, **scored)
+
+
+def cells(plan: downstream.Plan, regime: str, map_fn: downstream.MapFn) -> list[dict[str, Any]]:
+    """The plan's seeds of one regime (scored on the plan's test images), in seed order."""
+    return list(downstream.run_grid(dataclasses.replace(plan, regimes=[regime]), map_fn))
+
+
+def paired(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean and 95% t-interval of ``a - b`` balanced accuracy, in points, seed by seed."""
+    assert [c["seed"] for c in a] == [c["seed"] for c in b]
+    return mean_ci([100 * (x["balanced_accuracy"] - y["balanced_accuracy"]) for x, y in zip(a, b, strict=True)])
+
+
+def per_class_delta(a: list[dict[str, Any]], b: list[dict[str, Any]], names: list[str]) -> dict[str, float]:
+    """Mean per-class recall of ``a`` minus ``b``, in points."""
+    ra = np.mean([c["per_class_recall"] for c in a], axis=0)
+    rb = np.mean([c["per_class_recall"] for c in b], axis=0)
+    return {n: round(float(100 * (x - y)), 1) for n, x, y in zip(names, ra, rb, strict=True)}
+
+
+def _label(cand: dict[str, Any]) -> str:
+    th = "none" if cand["confidence_threshold"] is None else f"{cand['confidence_threshold']:g}"
+    return f"pool {cand['pool']}, share {cand['synthetic_share']:g}, filter {th}, soft {cand['soft_labels']}"
+
+
+def _ci(d: dict[str, Any]) -> str:
+    return f"{d['mean']:+.1f} [{d['ci_low']:+.1f}, {d['ci_high']:+.1f}]"
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    run_dir = args.run_dir
+    sets = [f"evaluate.seeds={args.seeds}", "evaluate.tune=false", "evaluate.threads=1"]  # lone cells: one thread each
+    cfg = rundir.run_config(run_dir, sets)
+    ev = cfg.evaluate
+    default = {
+        "pool": ev.synthetic_per_class,
+        "synthetic_share": ev.synthetic_share,
+        "confidence_threshold": ev.confidence_threshold,
+        "soft_labels": ev.soft_labels,
+    }
+    grid = [
+        dict(zip(KEYS, values, strict=True))
+        for values in itertools.product(args.pool, args.shares, args.thresholds, args.soft)
+    ]
+    if default not in grid:
+        grid.append(default)
+    data = load_data(cfg.data, cfg.seed)
+    dev = dev_split(cfg, data, args.dev_per_class)
+    snap_path = find_snapshot(run_dir)
+    snap = load_snapshot(snap_path)
+    rundir.check_data_matches(snap_path, snap.class_names, snap.data_fingerprint, data)
+    biggest = max(c["pool"] for c in grid)
+    t0 = time.time()
+    pool, labels = generate_uint8(snap.generator("cpu"), [biggest] * data.num_classes, cfg.generate.seed)
+    print(
+        f"{len(pool)} synthetic images from {snap_path} in {time.time() - t0:.0f} s; dev {len(dev)} images", flush=True
+    )
+
+    executor = make_executor(args.workers)
+    map_fn = map if executor is None else (lambda fn, items: executor.map(fn, items))
+    try:
+        plan = downstream.prepare(data, pool, labels, ev, seed=cfg.seed, map_fn=map_fn)  # classic policy on val
+        if any(c["confidence_threshold"] is not None or c["soft_labels"] for c in grid):
+            downstream.score_pool(plan, plan.selection["seeds"][0])  # the real-data classifier's probabilities
+        regime = args.regime
+        t0 = time.time()
+        base_dev = cells(candidate_plan(plan, default, dev), BASELINE, map_fn)
+        rows = []
+        for cand in grid:
+            got = cells(candidate_plan(plan, cand, dev), regime, map_fn)
+            rows.append({**cand, "dev": paired(got, base_dev), "dev_values": [c["balanced_accuracy"] for c in got]})
+            print(f"dev {_label(cand)}: {_ci(rows[-1]['dev'])}", flush=True)
+        dev_s = time.time() - t0
+        pick = max(rows, key=lambda r: r["dev"]["mean"])  # ties: the earlier candidate
+        pick_cand = {k: pick[k] for k in KEYS}
+        t0 = time.time()
+        base_test = cells(candidate_plan(plan, default, None), BASELINE, map_fn)
+        test = {"default": cells(candidate_plan(plan, default, None), regime, map_fn)}
+        test["pick"] = (
+            test["default"] if pick_cand == default else cells(candidate_plan(plan, pick_cand, None), regime, map_fn)
+        )
+        test_s = time.time() - t0
+    finally:
+        if executor is not None:
+            executor.shutdown()
+    names = list(data.class_names)
+    return {
+        "benchmark": "sample_use",
+        "run_dir": str(run_dir),
+        "snapshot": {"path": str(snap_path), "kimg": snap.kimg, "member_kimg": list(snap.member_kimg)},
+        "regime": regime,
+        "baseline": {"regime": BASELINE, "classic": plan.classic, "selection": plan.selection},
+        "sizes": {"train": len(data.train), "val": len(data.val), "dev": len(dev), "test": len(data.test)},
+        "classifier": {"name": ev.classifier, "steps": ev.steps, "batch_size": ev.batch_size, "seeds": plan.seeds},
+        "default": default,
+        "candidates": rows,
+        "pick": pick_cand,
+        "test": {
+            "baseline_values": [c["balanced_accuracy"] for c in base_test],
+            **{k: [c["balanced_accuracy"] for c in v] for k, v in test.items()},
+            "default_vs_baseline": paired(test["default"], base_test),
+            "pick_vs_baseline": paired(test["pick"], base_test),
+            "pick_vs_default": paired(test["pick"], test["default"]),
+            "pick_per_class_vs_baseline": per_class_delta(test["pick"], base_test, names),
+        },
+        "seconds": {"dev": dev_s, "test": test_s},
+        "machine": machine(),
+        "commit": git_commit(),
+        "command": command(),
+        "date": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+
+
+def render(res: dict[str, Any]) -> str:
+    n = res["sizes"]
+    lines = [
+        f"Dev split: {n['dev']} real images (the run never saw them); {res['regime']} minus {BASELINE} "
+        f"(`{res['baseline']['classic']}`, chosen on val), paired over seeds {res['classifier']['seeds']}, "
+        "points, 95% t-interval:",
+        "",
+        "| candidate | Δ on dev | |",
+        "|---|---|---|",
+    ]
+    for r in res["candidates"]:
+        cand = {k: r[k] for k in KEYS}
+        mark = " ".join(m for m, c in (("pick", res["pick"]), ("default", res["default"])) if cand == c)
+        lines.append(f"| {_label(cand)} | {_ci(r['dev'])} | {mark} |")
+    t = res["test"]
+    lines += [
+        "",
+        f"Test split ({n['test']} images), the pick and the default only:",
+        "",
+        "| use | Δ vs baseline on test | Δ vs the default |",
+        "|---|---|---|",
+        f"| default: {_label(res['default'])} | {_ci(t['default_vs_baseline'])} | |",
+        f"| pick: {_label(res['pick'])} | {_ci(t['pick_vs_baseline'])} | {_ci(t['pick_vs_default'])} |",
+        "",
+        "Pick minus baseline per class (recall, points): "
+        + ", ".join(f"{k} {v:+.1f}" for k, v in t["pick_per_class_vs_baseline"].items()),
+    ]
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("run_dir", type=Path)
+    ap.add_argument("--dev-per-class", type=int, default=500, help="dev images per class (default 500)")
+    ap.add_argument("--pool", type=int, nargs="+", default=[300, 1000, 3000], help="synthetic images per class")
+    ap.add_argument("--shares", type=float, nargs="+", default=[0.25, 0.5, 0.75])
+    ap.add_argument("--thresholds", nargs="+", default=["none"], help="confidence filter thresholds; none = no filter")
+    ap.add_argument("--soft", nargs="+", default=["off"], choices=["off", "on"], help="soft labels")
+    ap.add_argument("--regime", default="real+gan+classic", choices=[r for r in GAN_REGIMES if "gan-" not in r])
+    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--workers", type=int, default=2, help="single-threaded cell processes (default 2)")
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args(argv)
+    if min(args.pool) < 1 or args.dev_per_class < 1:
+        ap.error("--pool and --dev-per-class are 1 or more")
+    if any(not 0 <= s <= 1 for s in args.shares):
+        ap.error("--shares are in [0, 1]")
+    try:
+        args.thresholds = [None if t == "none" else float(t) for t in args.thresholds]
+    except ValueError:
+        ap.error(f"--thresholds: numbers in [0, 1] or none, got {args.thresholds}")
+    args.soft = [s == "on" for s in args.soft]
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    try:
+        res = run(args)
+    except AugmentError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    print(render(res), flush=True)
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(res, indent=1))
+    return res
+
+
+if __name__ == "__main__":
+    main()

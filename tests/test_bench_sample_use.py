@@ -1,0 +1,100 @@
+"""benchmarks/sample_use.py: the dev split, the pool prefixes, the pick, and test cells equal to evaluation's."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from augment import rundir
+from augment.checkpoint import find_snapshot, load_snapshot
+from augment.config import load_config
+from augment.data import load_data
+from augment.errors import ConfigError
+from augment.metrics.evaluate import evaluate_run, generate_uint8
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from benchmarks import sample_use  # noqa: E402
+
+USE = ["--dev-per-class", "6", "--pool", "4", "8", "--shares", "0.5", "0.75", "--seeds", "2", "--workers", "1"]
+
+
+@pytest.fixture(scope="module")
+def small_run(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny run with a small pool and two cheap regimes as its own evaluation settings."""
+    run = tmp_path_factory.mktemp("use") / "run"
+    shutil.copytree(tiny_run, run)
+    cfg = load_config(run / rundir.CONFIG, ["evaluate.synthetic_per_class=6", "evaluate.classic=['crop']"])
+    (run / rundir.CONFIG).write_text(json.dumps(cfg.to_dict()))  # YAML is a superset of JSON
+    return run
+
+
+def test_the_dev_split_is_left_out_images_disjoint_from_every_split(small_run: Path) -> None:
+    cfg = rundir.run_config(small_run)
+    data = load_data(cfg.data, cfg.seed)
+    dev = sample_use.dev_split(cfg, data, 6)
+    assert torch.bincount(dev.labels, minlength=3).tolist() == [6, 6, 6]
+    for split in (data.train, data.val, data.test):
+        assert not set(dev.ids) & set(split.ids)
+    # The same images in the same order every time (drawn by the run's seed).
+    again = sample_use.dev_split(cfg, data, 6)
+    assert again.ids == dev.ids and torch.equal(again.images, dev.images)
+    # A test split taken from the limited images leaves no ordered remainder: one clear error.
+    frac = load_config(small_run / rundir.CONFIG, ["data.split.test_per_class=null", "data.split.test=0.2"])
+    with pytest.raises(ConfigError, match="test_per_class"):
+        sample_use.dev_split(frac, load_data(frac.data, frac.seed), 6)
+
+
+def test_pools_are_per_class_prefixes_of_the_evaluation_pool(small_run: Path) -> None:
+    snap = load_snapshot(find_snapshot(small_run))
+    G = snap.generator("cpu")
+    big, labels = generate_uint8(G, [8, 8, 8], 0)
+    small, small_labels = generate_uint8(G, [4, 4, 4], 0)
+    keep = sample_use.pool_prefix(labels, 4, 3)
+    assert int(keep.sum()) == 12
+    assert torch.equal(big[keep], small) and torch.equal(labels[keep], small_labels)
+
+
+def test_the_pick_is_the_best_dev_candidate_and_the_defaults_test_cells_are_evaluations(
+    small_run: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "use.json"
+    res = sample_use.main([str(small_run), *USE, "--regime", "real+gan", "--json", str(out)])
+    assert json.loads(out.read_text())["pick"] == res["pick"]
+    # 2 pools x 2 shares, plus the run's own settings (pool 6, share 0.5).
+    assert len(res["candidates"]) == 5 and res["default"] == {
+        "pool": 6,
+        "synthetic_share": 0.5,
+        "confidence_threshold": None,
+        "soft_labels": False,
+    }
+    best = max(res["candidates"], key=lambda r: r["dev"]["mean"])
+    assert res["pick"] == {k: best[k] for k in sample_use.KEYS}
+    assert res["sizes"]["dev"] == 18 and res["baseline"]["classic"] == "crop"
+    # The default's test cells are what `augment evaluate` measures cell by cell on the same run.
+    ev = evaluate_run(small_run, overrides=["evaluate.threads=1"], progress=False, map_fn=map)
+    regimes = ev["downstream"]["regimes"]
+    assert res["test"]["default"] == pytest.approx(regimes["real+gan"]["balanced_accuracy"]["values"], abs=1e-12)
+    assert res["test"]["baseline_values"] == pytest.approx(
+        regimes["real+classic"]["balanced_accuracy"]["values"], abs=1e-12
+    )
+    # Deltas are in points, seed by seed.
+    want = 100 * (res["test"]["pick"][0] - res["test"]["baseline_values"][0] + res["test"]["pick"][1]
+                  - res["test"]["baseline_values"][1]) / 2  # fmt: skip
+    assert res["test"]["pick_vs_baseline"]["mean"] == pytest.approx(want)
+
+
+def test_a_run_without_a_snapshot_is_one_line_and_exit_2(tmp_path: Path, capsys) -> None:
+    (tmp_path / "empty").mkdir()
+    shutil.copy(REPO / "configs" / "digits.yaml", tmp_path / "empty" / rundir.CONFIG)
+    with pytest.raises(SystemExit) as exc:
+        sample_use.main([str(tmp_path / "empty"), *USE])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err
