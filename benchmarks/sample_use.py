@@ -10,7 +10,8 @@ train, val and test; the GAN and its checks never see them). It is how the shipp
 chosen without reading the test split; a user's run still has only its own validation split.
 
 For one finished run (``RUN_DIR``: ``augment train`` or ``benchmarks/limited_data.py``), every
-candidate of the grid ``--pool`` (synthetic images per class) x ``--shares`` x ``--thresholds``
+candidate of the grid ``--pool`` (synthetic images per class) x ``--shares`` x ``--sampling``
+(``balance``: the tail classes get the larger synthetic share; ``uniform``: equal counts) x ``--thresholds``
 (confidence filter; ``none`` = off) x ``--soft`` trains ``--seeds`` classifiers of ``--regime``
 (default real+gan+classic) at the run's classifier budget and scores them on dev, paired per seed
 with the verdict's baseline (``real+classic``, its classic policy chosen on val as the product does).
@@ -61,7 +62,7 @@ from benchmarks.common import command, git_commit, machine  # noqa: E402
 from benchmarks.limited_data import make_executor  # noqa: E402
 
 #: The settings one candidate varies (Plan fields, plus the pool size).
-KEYS = ("pool", "synthetic_share", "confidence_threshold", "soft_labels")
+KEYS = ("pool", "synthetic_share", "synthetic_sampling", "confidence_threshold", "soft_labels")
 
 
 def dev_split(cfg: Config, data: PreparedData, per_class: int) -> ImageSet:
@@ -129,7 +130,10 @@ def per_class_delta(a: list[dict[str, Any]], b: list[dict[str, Any]], names: lis
 
 def _label(cand: dict[str, Any]) -> str:
     th = "none" if cand["confidence_threshold"] is None else f"{cand['confidence_threshold']:g}"
-    return f"pool {cand['pool']}, share {cand['synthetic_share']:g}, filter {th}, soft {cand['soft_labels']}"
+    return (
+        f"pool {cand['pool']}, share {cand['synthetic_share']:g} ({cand['synthetic_sampling']}), filter {th}, "
+        f"soft {cand['soft_labels']}"
+    )
 
 
 def _ci(d: dict[str, Any]) -> str:
@@ -144,12 +148,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     default = {
         "pool": ev.synthetic_per_class,
         "synthetic_share": ev.synthetic_share,
+        "synthetic_sampling": ev.synthetic_sampling,
         "confidence_threshold": ev.confidence_threshold,
         "soft_labels": ev.soft_labels,
     }
     grid = [
         dict(zip(KEYS, values, strict=True))
-        for values in itertools.product(args.pool, args.shares, args.thresholds, args.soft)
+        for values in itertools.product(args.pool, args.shares, args.sampling, args.thresholds, args.soft)
     ]
     if default not in grid:
         grid.append(default)
@@ -256,6 +261,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--dev-per-class", type=int, default=500, help="dev images per class (default 500)")
     ap.add_argument("--pool", type=int, nargs="+", default=[300, 1000, 3000], help="synthetic images per class")
     ap.add_argument("--shares", type=float, nargs="+", default=[0.25, 0.5, 0.75])
+    ap.add_argument(
+        "--sampling",
+        nargs="+",
+        default=["balance"],
+        choices=["balance", "uniform"],
+        help="synthetic class draw: balance (tail classes get more; default) or uniform (equal counts)",
+    )
     ap.add_argument("--thresholds", nargs="+", default=["none"], help="confidence filter thresholds; none = no filter")
     ap.add_argument("--soft", nargs="+", default=["off"], choices=["off", "on"], help="soft labels")
     ap.add_argument("--regime", default="real+gan+classic", choices=[r for r in GAN_REGIMES if "gan-" not in r])

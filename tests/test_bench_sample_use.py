@@ -15,6 +15,8 @@ from augment.checkpoint import find_snapshot, load_snapshot
 from augment.config import load_config
 from augment.data import load_data
 from augment.errors import ConfigError
+from augment.metrics import downstream
+from augment.metrics.classifier_training import per_class_synthetic_share
 from augment.metrics.evaluate import evaluate_run, generate_uint8
 
 REPO = Path(__file__).resolve().parent.parent
@@ -71,6 +73,7 @@ def test_the_pick_is_the_best_dev_candidate_and_the_defaults_test_cells_are_eval
     assert len(res["candidates"]) == 5 and res["default"] == {
         "pool": 6,
         "synthetic_share": 0.5,
+        "synthetic_sampling": "balance",
         "confidence_threshold": None,
         "soft_labels": False,
     }
@@ -98,3 +101,27 @@ def test_a_run_without_a_snapshot_is_one_line_and_exit_2(tmp_path: Path, capsys)
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err
+
+
+def test_a_candidates_sampling_reaches_the_batches(small_run: Path) -> None:
+    # The tiny run's classes are balanced, where the two draws are one; a long tail tells them apart.
+    tail = ["data.per_class=null", "data.imbalance={ratio: 0.25, max_per_class: 36}"]
+    cfg = load_config(small_run / rundir.CONFIG, tail)
+    data = load_data(cfg.data, cfg.seed)
+    pool, labels = generate_uint8(load_snapshot(find_snapshot(small_run)).generator("cpu"), [8, 8, 8], 0)
+    plan = downstream.prepare(data, pool, labels, cfg.evaluate, seed=cfg.seed, map_fn=map)
+    args = sample_use.parse_args([str(small_run), *USE, "--sampling", "balance", "uniform"])
+    assert args.sampling == ["balance", "uniform"]
+    counts = data.train.labels.bincount(minlength=3)
+    rare, common = int(counts.argmin()), int(counts.argmax())
+    share = {}
+    for sampling in args.sampling:
+        cand = {"pool": 4, "synthetic_share": 0.5, "synthetic_sampling": sampling}
+        cand |= {"confidence_threshold": None, "soft_labels": False}
+        got = sample_use.candidate_plan(plan, cand, None)
+        assert got.synthetic_sampling == sampling and len(got.synthetic_labels) == 12
+        share[sampling] = list(per_class_synthetic_share(got).values())
+    # `balance` gives the rarest real class the larger synthetic share, `uniform` draws classes alike.
+    assert counts[rare] < counts[common]
+    assert share["balance"][rare] > share["uniform"][rare]
+    assert share["balance"][common] < share["uniform"][common]
