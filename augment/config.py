@@ -191,6 +191,10 @@ class TrainConfig(_Section):
     #: Mode-seeking term (Mao et al. 2019, MSGAN): weight of 1 / (|G(z1) - G(z2)| / |z1 - z2|) in
     #: G's loss, for pairs of latents of the same class (0 = off).
     mode_seeking: float = Field(0.0, ge=0)
+    #: Group spectral regularisation (Rangwani et al. 2022, gSR): weight of the class-weighted spectral
+    #: norms of G's per-class BatchNorm gains and shifts, grouped into square-ish matrices, in G's
+    #: loss; tail classes weigh more (0 = off).
+    gsr_weight: float = Field(0.0, ge=0)
     #: The classes of the generator's step: ``data`` = the real minibatch's labels (the class
     #: frequencies of the train split, as D's fakes); ``uniform`` = every class equally often, so a
     #: tail class of a long tail gets as many generator updates as the largest class (D's step is

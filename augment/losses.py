@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -21,6 +22,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from augment.diffaug import AdaptiveAugment, DiffAugment
+from augment.models.generator import ConditionalBatchNorm2d
 
 LOSSES = ("hinge", "nonsaturating")
 
@@ -48,10 +50,75 @@ class LeCam:
         return self.weight * reg
 
 
+def group_shape(n: int) -> tuple[int, int]:
+    """The most nearly square ``(rows, cols)`` with ``rows * cols == n`` and ``rows <= cols``: how gSR
+    groups a layer's ``n`` per-class channels into a matrix.
+
+    Example:
+        >>> group_shape(256), group_shape(128), group_shape(96), group_shape(7)
+        ((16, 16), (8, 16), (8, 12), (1, 7))
+    """
+    rows = max(r for r in range(1, math.isqrt(n) + 1) if n % r == 0)
+    return rows, n // rows
+
+
+def class_balanced_weights(counts: Sequence[int] | torch.Tensor, beta: float = 0.999) -> torch.Tensor:
+    """Per-class weights from the effective number of samples (Cui et al. 2019,
+    ``(1 - beta**n) / (1 - beta)``), inverted and scaled to mean 1: a class with fewer images
+    weighs more. gSR weighs its classes this way (``beta`` 0.999 in its authors' CIFAR-10 configs).
+
+    Example:
+        >>> [round(w, 3) for w in class_balanced_weights([100, 10]).tolist()]
+        [0.189, 1.811]
+    """
+    n = torch.as_tensor(counts, dtype=torch.float64).clamp(min=1)
+    w = (1.0 - beta) / (1.0 - beta**n)
+    return (w * len(w) / w.sum()).float()
+
+
+class GroupSpectral:
+    """Group spectral regularisation, gSR (Rangwani et al. 2022, "Improving GANs for Long-Tailed Data
+    through Group Spectral Regularization"). Each conditional BatchNorm layer of G holds, per class,
+    a gain ``gamma_y`` and a shift ``beta_y``; reshaped into a nearly square matrix of channel groups
+    (:func:`group_shape`), their largest singular value grows for the tail classes of a long tail
+    as those classes collapse to a few modes (the paper's "spectral collapse"). G pays
+
+    ``weight * sum over layers of mean over classes of w_y * (s(gamma_y - 1) + s(beta_y))``,
+
+    ``s`` the spectral norm (exact: the matrices are at most 16 x 16), ``gamma_y - 1`` the gain's
+    departure from its initial 1 (the paper's ``1 + embed(y)``), ``w_y`` :func:`class_balanced_weights`
+    of the train split's counts.
+    """
+
+    def __init__(self, weight: float, counts: Sequence[int] | torch.Tensor, device: torch.device | str = "cpu") -> None:
+        if weight < 0:
+            raise ValueError(f"gsr weight must be >= 0, got {weight}")
+        self.weight = weight
+        self.class_weights = class_balanced_weights(counts).to(device)
+
+    def norms(self, G: nn.Module) -> list[torch.Tensor]:
+        """Per layer, the ``(classes, 2)`` spectral norms of ``gamma_y - 1`` and ``beta_y``."""
+        out = []
+        for m in G.modules():
+            if isinstance(m, ConditionalBatchNorm2d):
+                rows, cols = group_shape(m.gamma.weight.shape[1])
+                pair = [(p.float() - shift).view(-1, rows, cols) for p, shift in ((m.gamma.weight, 1.0), (m.beta.weight, 0.0))]
+                out.append(torch.stack([torch.linalg.matrix_norm(x, ord=2) for x in pair], dim=1))
+        return out
+
+    def __call__(self, G: nn.Module) -> torch.Tensor:
+        norms = self.norms(G)
+        if not norms:
+            raise ValueError("gSR needs a generator with conditional BatchNorm layers")
+        per_class = sum(n.sum(dim=1) for n in norms)
+        return self.weight * (self.class_weights * per_class).mean()
+
+
 class GanLoss:
     """Hinge (Lim & Ye 2017; Miyato et al. 2018) or non-saturating (Goodfellow et al. 2014) loss,
     with the limited-data regularisers as options: R1, adaptive augmentation (``ada``), LeCam
-    (``lecam_weight``) and a mode-seeking term for G (``mode_seeking``)."""
+    (``lecam_weight``), a mode-seeking term for G (``mode_seeking``) and group spectral
+    regularisation of G's class-conditional BatchNorm (``gsr_weight``, weighted by ``class_counts``)."""
 
     def __init__(
         self,
@@ -62,6 +129,8 @@ class GanLoss:
         ada: AdaptiveAugment | None = None,
         lecam_weight: float = 0.0,
         mode_seeking: float = 0.0,
+        gsr_weight: float = 0.0,
+        class_counts: Sequence[int] | torch.Tensor | None = None,
         device: torch.device | str = "cpu",
     ) -> None:
         if kind not in LOSSES:
@@ -76,6 +145,9 @@ class GanLoss:
         self.ada = ada
         self.lecam = LeCam(lecam_weight, device=device) if lecam_weight > 0 else None
         self.mode_seeking = mode_seeking
+        if gsr_weight > 0 and class_counts is None:
+            raise ValueError("gsr_weight > 0 needs class_counts (the train split's images per class)")
+        self.gsr = GroupSpectral(gsr_weight, class_counts, device) if gsr_weight > 0 else None
 
     def _aug(self, x: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
         return self.augment(x, gen, None if self.ada is None else self.ada.p)
@@ -142,6 +214,7 @@ class GanLoss:
         With ``mode_seeking`` (MSGAN, Mao et al. 2019) the batch is split into two halves of the same
         classes, and G also pays ``mode_seeking / (mean|G(z1) - G(z2)| / mean|z1 - z2| + 1e-5)``:
         two latents of one class that give (nearly) one image cost much, a mode collapse is expensive.
+        With ``gsr_weight``, G also pays :class:`GroupSpectral` on its conditional BatchNorm.
         """
         if self.mode_seeking > 0:
             half = labels.shape[0] // 2
@@ -152,4 +225,6 @@ class GanLoss:
         if self.mode_seeking > 0 and half > 0:
             ratio = (fake[:half] - fake[half : 2 * half]).abs().mean() / (z[:half] - z[half : 2 * half]).abs().mean()
             loss = loss + self.mode_seeking / (ratio.float() + 1e-5)
+        if self.gsr is not None:
+            loss = loss + self.gsr(G)
         return loss

@@ -135,6 +135,8 @@ def training_loop(
         ada=ada,
         lecam_weight=loss.lecam_weight,
         mode_seeking=loss.mode_seeking,
+        gsr_weight=loss.gsr_weight,
+        class_counts=torch.bincount(labels, minlength=data.num_classes).cpu(),
         device=device,
     )
     trained = TrainingState(nets, opt_G, opt_D, gen, ada, loss_fn, data, config)

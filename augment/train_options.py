@@ -37,6 +37,7 @@ class LossOptions:
     ada_kimg: float = 20.0  #: kimg for ADA's p to move by 1
     lecam_weight: float = 0.0  #: LeCam regulariser weight (0: off)
     mode_seeking: float = 0.0  #: MSGAN mode-seeking weight for G (0: off)
+    gsr_weight: float = 0.0  #: group spectral regularisation weight for G's class-conditional BatchNorm (0: off)
     g_labels: str = "data"  #: classes of G's step: ``data`` (the real batch's) or ``uniform``
 
 
@@ -90,6 +91,7 @@ def loop_kwargs(cfg: Config, device: torch.device | str = "cpu") -> dict[str, An
         ada_kimg=t.ada_kimg,
         lecam_weight=t.lecam_weight,
         mode_seeking=t.mode_seeking,
+        gsr_weight=t.gsr_weight,
         g_labels=t.g_labels,
     )
     schedule = ScheduleOptions(

@@ -134,6 +134,7 @@ RECIPES: dict[str, list[str]] = {
     "diffaug_color": ["train.diffaug=[color, translation, cutout]"],
     "batch_32": ["train.batch_size=32"],
     "lecam_0.01": ["train.lecam_weight=0.01"],
+    "gsr_0.5": ["train.gsr_weight=0.5"],  # gSR at the weight of its authors' CIFAR-10 SNGAN config
     "g_uniform": ["train.g_labels=uniform"],
     "z128": ["model.z_dim=128"],
     "wide": ["model.g_channels=48", "model.d_channels=48"],

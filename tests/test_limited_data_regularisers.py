@@ -1,5 +1,5 @@
 """The limited-data switches of the GAN recipe: adaptive augmentation (ADA), LeCam, mode seeking,
-class-balanced generator labels.
+group spectral regularisation (gSR), class-balanced generator labels.
 
 Each is checked against its defining formula on known values, for its effect on training, and for
 an exact resume (its state lives in the training state).
@@ -15,7 +15,7 @@ import torch
 
 from augment import checkpoint
 from augment.diffaug import AdaptiveAugment, DiffAugment
-from augment.losses import GanLoss, LeCam
+from augment.losses import GanLoss, GroupSpectral, LeCam, group_shape
 from augment.models import ConditionalGenerator, ProjectionDiscriminator
 from augment.train import loop_kwargs, train
 from augment.train_options import flat_options
@@ -110,11 +110,49 @@ def test_mode_seeking_term_pairs_latents_of_one_class() -> None:
         GanLoss(mode_seeking=-1)
 
 
+def test_gsr_is_the_class_weighted_spectral_norm_of_the_grouped_cbn_parameters() -> None:
+    torch.manual_seed(0)
+    G = ConditionalGenerator(2, 8, 1, z_dim=8, width=16)  # conditional BatchNorm over 32 and 16 channels
+    gsr = GroupSpectral(0.5, counts=[90, 10])
+    assert gsr(G).item() == 0.0  # gains start at 1 and shifts at 0: nothing to penalise
+    assert gsr.class_weights[1] > 8 * gsr.class_weights[0]  # the 10-image class weighs ~9x more
+    layer = G.norm0
+    with torch.no_grad():
+        layer.gamma.weight[1] += torch.arange(32.0) / 32  # the tail class's gain departs from 1
+        layer.beta.weight[0] -= 0.25  # the head class's shift: all -0.25
+    rows, cols = group_shape(32)
+    assert (rows, cols) == (4, 8)
+    s_gamma = torch.linalg.svdvals((layer.gamma.weight[1] - 1).view(rows, cols))[0]
+    s_beta = torch.linalg.svdvals(layer.beta.weight[0].view(rows, cols))[0]
+    assert s_beta.item() == pytest.approx(0.25 * (32**0.5))  # a constant matrix: rank 1
+    expected = 0.5 * (gsr.class_weights[0] * s_beta + gsr.class_weights[1] * s_gamma) / 2
+    assert gsr(G).item() == pytest.approx(expected.item(), rel=1e-5)
+    # Descending it shrinks the tail class's gain matrix towards 1, faster than the head's shift.
+    opt = torch.optim.SGD(G.parameters(), lr=0.05)
+    for _ in range(5):
+        opt.zero_grad()
+        gsr(G).backward()
+        opt.step()
+    after = gsr.norms(G)[0]
+    assert after[1, 0] < s_gamma and after[0, 1] < s_beta
+    assert (s_gamma - after[1, 0]) > (s_beta - after[0, 1])
+    # In G's loss: the adversarial term plus exactly this penalty.
+    D = ProjectionDiscriminator(2, 8, 1, width=8)
+    y, z = torch.tensor([0, 1, 0, 1]), torch.randn(4, 8)
+    G.eval(), D.eval()  # running BatchNorm statistics, no spectral-norm power step: both calls see the same nets
+    plain = GanLoss("hinge", []).generator(G, D, y, z)
+    with_gsr = GanLoss("hinge", [], gsr_weight=0.5, class_counts=[90, 10]).generator(G, D, y, z)
+    assert with_gsr.item() == pytest.approx(plain.item() + gsr(G).item(), rel=1e-5)
+    with pytest.raises(ValueError, match="class_counts"):
+        GanLoss(gsr_weight=0.5)
+
+
 SWITCHES = (
     "train.ada_target=0.6",
     "train.ada_kimg=0.05",
     "train.lecam_weight=0.3",
     "train.mode_seeking=1.0",
+    "train.gsr_weight=0.5",
     "train.g_labels=uniform",
 )
 
@@ -123,9 +161,10 @@ def test_switches_reach_the_loop_and_change_training(tmp_path: Path) -> None:
     cfg = tiny_config(tmp_path, "train.kimg=0.128", *SWITCHES)
     kw = flat_options(loop_kwargs(cfg))
     assert (kw["ada_target"], kw["ada_kimg"], kw["lecam_weight"], kw["mode_seeking"]) == (0.6, 0.05, 0.3, 1.0)
-    assert kw["g_labels"] == "uniform"
+    assert (kw["gsr_weight"], kw["g_labels"]) == (0.5, "uniform")
     off = flat_options(loop_kwargs(tiny_config(tmp_path)))
     assert (off["ada_target"], off["lecam_weight"], off["mode_seeking"], off["g_labels"]) == (None, 0.0, 0.0, "data")
+    assert off["gsr_weight"] == 0.0
     run, _ = train(cfg, out=tmp_path / "on", progress=False)
     base, _ = train(tiny_config(tmp_path, "train.kimg=0.128"), out=tmp_path / "off", progress=False)
     state = checkpoint.load(run / "training-state.pt", checkpoint.STATE_FORMAT)
@@ -185,6 +224,7 @@ def test_uniform_generator_labels_train_every_class_equally_often(tmp_path: Path
         ("train.ada_target=1.5", "ada_target"),
         ("train.lecam_weight=-1", "lecam_weight"),
         ("train.mode_seeking=-0.5", "mode_seeking"),
+        ("train.gsr_weight=-1", "gsr_weight"),
         ("train.ada_kimg=0", "ada_kimg"),
         ("train.g_labels=balanced", "g_labels"),
     ],
