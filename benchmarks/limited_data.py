@@ -135,6 +135,7 @@ RECIPES: dict[str, list[str]] = {
     "batch_32": ["train.batch_size=32"],
     "lecam_0.01": ["train.lecam_weight=0.01"],
     "gsr_0.5": ["train.gsr_weight=0.5"],  # gSR at the weight of its authors' CIFAR-10 SNGAN config
+    "gsr_0.05": ["train.gsr_weight=0.05"],
     "g_uniform": ["train.g_labels=uniform"],
     "z128": ["model.z_dim=128"],
     "wide": ["model.g_channels=48", "model.d_channels=48"],
