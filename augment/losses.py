@@ -102,8 +102,9 @@ class GroupSpectral:
         for m in G.modules():
             if isinstance(m, ConditionalBatchNorm2d):
                 rows, cols = group_shape(m.gamma.weight.shape[1])
-                pair = [(p.float() - shift).view(-1, rows, cols) for p, shift in ((m.gamma.weight, 1.0), (m.beta.weight, 0.0))]
-                out.append(torch.stack([torch.linalg.matrix_norm(x, ord=2) for x in pair], dim=1))
+                # (classes, 2, rows, cols): both parameters of every class in one batched call
+                pair = torch.stack([m.gamma.weight.float() - 1.0, m.beta.weight.float()], dim=1)
+                out.append(torch.linalg.matrix_norm(pair.view(-1, 2, rows, cols), ord=2))
         return out
 
     def __call__(self, G: nn.Module) -> torch.Tensor:

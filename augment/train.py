@@ -136,7 +136,7 @@ def training_loop(
         lecam_weight=loss.lecam_weight,
         mode_seeking=loss.mode_seeking,
         gsr_weight=loss.gsr_weight,
-        class_counts=torch.bincount(labels, minlength=data.num_classes).cpu(),
+        class_counts=data.train.counts(data.num_classes),
         device=device,
     )
     trained = TrainingState(nets, opt_G, opt_D, gen, ada, loss_fn, data, config)
