@@ -200,6 +200,12 @@ class TrainConfig(_Section):
     #: tail class of a long tail gets as many generator updates as the largest class (D's step is
     #: unchanged: reals and fakes with the same labels).
     g_labels: Literal["data", "uniform"] = "data"
+    #: Transitional training (Shahbazi et al. 2022, "Collapse by conditioning"): ``[start, end]`` in
+    #: kimg. Unconditional until ``start`` (G's class embedding, its conditional BatchNorm's class
+    #: deviations and D's projection term scaled by 0), the scale ramped linearly to 1 by ``end``,
+    #: class-conditional after; snapshots are checked (eval_kimg) only once it is 1. None = conditional
+    #: from the first step.
+    cond_transition_kimg: tuple[Annotated[float, Field(ge=0)], Annotated[float, Field(ge=0)]] | None = None
     #: Stop at this wall-clock budget (minutes); None = no budget.
     max_minutes: float | None = Field(None, gt=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -225,6 +231,17 @@ class TrainConfig(_Section):
     def _ensemble_needs_checks(self) -> TrainConfig:
         if self.ensemble > 1 and self.eval_kimg <= 0:
             raise ValueError(f"ensemble {self.ensemble} mixes checked snapshots and needs eval_kimg > 0")
+        return self
+
+    @model_validator(mode="after")
+    def _transition_within_training(self) -> TrainConfig:
+        if self.cond_transition_kimg is not None:
+            start, end = self.cond_transition_kimg
+            if not start < end <= self.kimg:
+                raise ValueError(
+                    f"cond_transition_kimg [{start:g}, {end:g}] needs start < end <= kimg ({self.kimg:g}): "
+                    "the generator handed on must be class-conditional"
+                )
         return self
 
 

@@ -114,6 +114,12 @@ def training_loop(
     nets = Networks.build(networks, data, device, state, performance.channels_last)
     if performance.channels_last:  # NHWC convolutions (faster with bf16 on tensor cores and oneDNN/AMX)
         images = images.contiguous(memory_format=torch.channels_last)
+    if loss.cond_transition is not None and performance.compile:
+        # A compiled network specialises on the strength: the ramp would recompile at every step.
+        raise ConfigError(
+            "train.cond_transition_kimg runs the networks eagerly: set train.compile=false "
+            "(train.cuda.compile=false on CUDA)"
+        )
     precision = resolve_precision(performance.precision, device)
     log.info("Training on %s in %s%s", device, precision, ", channels_last" if performance.channels_last else "")
     # bf16 autocast: matmuls/convolutions in bf16, weights, optimizer and losses stay fp32.
@@ -157,9 +163,23 @@ def training_loop(
     )
     ticker = Ticker(run_dir, schedule.total_kimg, cur_nimg, step_nimg, snap_nimg, device, progress, start_time)
     ticker.on_tick = on_tick if is_main else None
+    # Transitional training: snapshots are checked only once the networks are fully conditional.
+    conditional_nimg = int(loss.cond_transition[1] * 1000) if loss.cond_transition is not None else 0
     evaluator = BestSnapshot(
-        run_dir, metric_fn if is_main else None, best_metric, eval_nimg, trained, start_time, schedule.ensemble
+        run_dir,
+        metric_fn if is_main else None,
+        best_metric,
+        eval_nimg,
+        trained,
+        start_time,
+        schedule.ensemble,
+        first_nimg=conditional_nimg,
     )
+    # Transitional training: the class conditioning's scale (0 -> 1 over the ramp), set for the
+    # images shown so far, so the checks and snapshots at cur_nimg see the networks' scale there.
+    transition = loss.cond_transition is not None
+    if transition:
+        nets.set_cond_strength(loss.cond_strength(cur_nimg))
     log.info("Training for %g kimg...", schedule.total_kimg)
     stop_reason = "done"
     while cur_nimg < total_nimg:
@@ -195,12 +215,15 @@ def training_loop(
         nets.update_ema(ema_beta)
         ticker.add(loss_D, loss_G)
         prev_nimg, cur_nimg = cur_nimg, cur_nimg + step_nimg
+        if transition:
+            nets.set_cond_strength(loss.cond_strength(cur_nimg))
         done = cur_nimg >= total_nimg
         if schedule.max_minutes is not None and (time.time() - start_time) / 60 >= schedule.max_minutes and not done:
             done, stop_reason = True, f"time budget of {schedule.max_minutes} min"
 
         # Tick: log averaged losses and speed.
-        ticker.maybe_tick(prev_nimg, cur_nimg, done, ada, write=is_main)
+        cond = nets.G.cond_strength if transition else None
+        ticker.maybe_tick(prev_nimg, cur_nimg, done, ada, write=is_main, cond=cond)
 
         # Evaluate the EMA generator; keep the best snapshot (GANs degrade late in training).
         evaluator.maybe_evaluate(prev_nimg, cur_nimg, done, ticker.on_tick)

@@ -39,6 +39,15 @@ class LossOptions:
     mode_seeking: float = 0.0  #: MSGAN mode-seeking weight for G (0: off)
     gsr_weight: float = 0.0  #: group spectral regularisation weight for G's class-conditional BatchNorm (0: off)
     g_labels: str = "data"  #: classes of G's step: ``data`` (the real batch's) or ``uniform``
+    #: ``(start, end)`` kimg of the unconditional-to-conditional ramp of transitional training; None: off
+    cond_transition: tuple[float, float] | None = None
+
+    def cond_strength(self, nimg: int) -> float:
+        """The class conditioning's scale after ``nimg`` images shown: 0 before the transition, 1 after."""
+        if self.cond_transition is None:
+            return 1.0
+        start, end = (k * 1000 for k in self.cond_transition)
+        return min(max((nimg - start) / (end - start), 0.0), 1.0)
 
 
 @dataclass(frozen=True)
@@ -93,6 +102,7 @@ def loop_kwargs(cfg: Config, device: torch.device | str = "cpu") -> dict[str, An
         mode_seeking=t.mode_seeking,
         gsr_weight=t.gsr_weight,
         g_labels=t.g_labels,
+        cond_transition=tuple(t.cond_transition_kimg) if t.cond_transition_kimg is not None else None,
     )
     schedule = ScheduleOptions(
         total_kimg=t.kimg,

@@ -89,6 +89,13 @@ class Networks:
         D_frozen = torch.compile(D_step if wrap is None else self.D, mode=mode)
         return StepModules(torch.compile(G_step, mode=mode), torch.compile(D_step, mode=mode), D_frozen, D_step, True)
 
+    def set_cond_strength(self, strength: float) -> None:
+        """The class conditioning's scale of G, its EMA copy and D (transitional training)."""
+        if strength != self.G.cond_strength:
+            for G in (self.G, self.G_ema):
+                G.set_cond_strength(strength)
+            self.D.cond_strength = strength
+
     @torch.no_grad()
     def update_ema(self, beta: float) -> None:
         """Parameters averaged, BatchNorm statistics copied."""
@@ -138,7 +145,7 @@ class TrainingState:
     def snapshot(self, nimg: int, metrics: dict[str, float] | None = None) -> checkpoint.Snapshot:
         return checkpoint.Snapshot(
             generator_state=self.ema_state(),
-            generator_kwargs=self.nets.g_kwargs,
+            generator_kwargs=self._snapshot_kwargs(),
             class_names=list(self.data.class_names),
             class_counts=self.data.train.counts(self.data.num_classes),
             config=self.config,
@@ -146,6 +153,12 @@ class TrainingState:
             data_fingerprint=self.data.fingerprint,
             metrics=metrics or {},
         )
+
+    def _snapshot_kwargs(self) -> dict[str, Any]:
+        """G's kwargs, with the class conditioning's scale where a transitional training's ramp is
+        not over (so a snapshot samples what was trained, not a fully conditional generator)."""
+        strength = self.nets.G_ema.cond_strength
+        return self.nets.g_kwargs if strength == 1.0 else {**self.nets.g_kwargs, "cond_strength": strength}
 
     def save(self, path: Path, nimg: int) -> None:
         lecam = self.loss_fn.lecam
@@ -211,7 +224,15 @@ class Ticker:
             self.loss_sum += torch.stack([loss_D.detach(), loss_G.detach()])  # no host sync per step
         self.loss_steps += 1
 
-    def maybe_tick(self, prev_nimg: int, cur_nimg: int, done: bool, ada: AdaptiveAugment | None, write: bool) -> None:
+    def maybe_tick(
+        self,
+        prev_nimg: int,
+        cur_nimg: int,
+        done: bool,
+        ada: AdaptiveAugment | None,
+        write: bool,
+        cond: float | None = None,
+    ) -> None:
         if not (done or cur_nimg // self.tick_nimg > prev_nimg // self.tick_nimg):
             return
         now = time.time()
@@ -225,10 +246,13 @@ class Ticker:
         }
         if ada is not None:
             tick["ada_p"], tick["ada_rt"] = float(ada.p), float(ada.rt)
+        if cond is not None:
+            tick["cond_strength"] = float(cond)
         self.loss_sum.zero_()
         self.loss_steps = 0
         self.start_nimg, self.start_time = cur_nimg, now
         ada_text = f" p={tick['ada_p']:.2f}" if ada is not None else ""
+        ada_text += f" cond={cond:.2f}" if cond is not None else ""
         self.bar.set_postfix_str(f"img/s={tick['images_per_s']:.0f} D={ld:.3f} G={lg:.3f}{ada_text}", refresh=False)
         self.bar.update(min(cur_nimg, self.total_nimg) / 1000 - self.bar.n)
         if write:
@@ -257,17 +281,20 @@ class BestSnapshot:
         trained: TrainingState,
         start_time: float,
         ensemble: int = 1,
+        first_nimg: int = 0,
     ) -> None:
         self.run_dir, self.metric_fn, self.best_metric, self.eval_nimg = run_dir, metric_fn, best_metric, eval_nimg
         self.trained, self.start_time, self.eval_seconds = trained, start_time, 0.0
         self.ensemble = ensemble
+        #: No check before this many images (a transitional training's generator is not yet conditional).
+        self.first_nimg = first_nimg
 
     def maybe_evaluate(
         self, prev_nimg: int, cur_nimg: int, done: bool, on_tick: Callable[[dict[str, float]], None] | None
     ) -> None:
         if self.metric_fn is None or self.eval_nimg <= 0:
             return
-        if not (done or cur_nimg // self.eval_nimg > prev_nimg // self.eval_nimg):
+        if not (done or cur_nimg // self.eval_nimg > prev_nimg // self.eval_nimg) or cur_nimg < self.first_nimg:
             return
         eval_start = time.time()
         metrics = self.metric_fn(self.trained.nets.G_ema)

@@ -137,6 +137,9 @@ RECIPES: dict[str, list[str]] = {
     "gsr_0.5": ["train.gsr_weight=0.5"],  # gSR at the weight of its authors' CIFAR-10 SNGAN config
     "gsr_0.05": ["train.gsr_weight=0.05"],
     "g_uniform": ["train.g_labels=uniform"],
+    # Transitional training (Shahbazi et al. 2022): unconditional to 100 kimg, conditional from 300
+    # (the window set before the row ran, not tuned: a sixth of the 640-kimg budget unconditional).
+    "transition_100_300": ["train.cond_transition_kimg=[100, 300]"],
     "z128": ["model.z_dim=128"],
     "wide": ["model.g_channels=48", "model.d_channels=48"],
     "narrow": ["model.g_channels=24", "model.d_channels=24"],

@@ -40,6 +40,10 @@ def minibatch_stddev(x: torch.Tensor, group_size: int = 4) -> torch.Tensor:
 class ProjectionDiscriminator(nn.Module):
     """Scores ``(image, class)``: ``psi(h) + <embed(y), h>`` with ``h`` the image's global features.
 
+    ``cond_strength`` in [0, 1] scales the class's term (``psi(h) + s * <embed(y), h>``): 0 is an
+    unconditional discriminator, 1 (the default) the projection discriminator; transitional
+    training ramps it with the generator's (:meth:`ConditionalGenerator.set_cond_strength`).
+
     Example:
         >>> d = ProjectionDiscriminator(num_classes=3, image_size=8, channels=1, width=16)
         >>> d(torch.randn(2, 1, 8, 8), torch.tensor([0, 2])).shape
@@ -67,8 +71,12 @@ class ProjectionDiscriminator(nn.Module):
         self.head = _sn(nn.Conv2d(widths[-1] + 1, widths[-1], 3, padding=1), sn)
         self.fc = _sn(nn.Linear(widths[-1], 1), sn)
         self.embed = _sn(nn.Embedding(num_classes, widths[-1]), sn)
+        self.cond_strength = 1.0
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         h = nn.functional.leaky_relu(self.from_img(x), 0.2)
         h = nn.functional.leaky_relu(self.head(minibatch_stddev(self.blocks(h))), 0.2).sum(dim=(2, 3))
-        return self.fc(h).squeeze(1) + (self.embed(y) * h).sum(dim=1)
+        proj = (self.embed(y) * h).sum(dim=1)
+        if self.cond_strength != 1.0:
+            proj = self.cond_strength * proj
+        return self.fc(h).squeeze(1) + proj

@@ -36,7 +36,12 @@ def memory_format_of(t: torch.Tensor) -> torch.memory_format:
 
 
 class ConditionalBatchNorm2d(nn.Module):
-    """BatchNorm without affine parameters, followed by a per-class scale and shift."""
+    """BatchNorm without affine parameters, followed by a per-class scale and shift.
+
+    ``strength`` in [0, 1] scales how far the class moves them from the identity (scale
+    ``1 + s * (gamma_y - 1)``, shift ``s * beta_y``): 0 is an unconditional BatchNorm, 1 (the
+    default, and every trained generator's) the plain conditional one.
+    """
 
     def __init__(self, num_features: int, num_classes: int) -> None:
         super().__init__()
@@ -45,9 +50,13 @@ class ConditionalBatchNorm2d(nn.Module):
         self.beta = nn.Embedding(num_classes, num_features)
         nn.init.ones_(self.gamma.weight)
         nn.init.zeros_(self.beta.weight)
+        self.strength = 1.0
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return self.bn(x) * self.gamma(y)[:, :, None, None] + self.beta(y)[:, :, None, None]
+        gamma, beta = self.gamma(y)[:, :, None, None], self.beta(y)[:, :, None, None]
+        if self.strength != 1.0:
+            gamma, beta = 1.0 + self.strength * (gamma - 1.0), self.strength * beta
+        return self.bn(x) * gamma + beta
 
 
 def upsample_conv3x3(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -115,6 +124,9 @@ class ConditionalGenerator(nn.Module):
 
     ``residual=True`` builds BigGAN-style blocks (:class:`ResUpBlock`, two convolutions each, batch
     normalisation before the output convolution) instead of one convolution per resolution.
+
+    ``cond_strength`` (see :meth:`set_cond_strength`) is below 1 only in a snapshot taken during a
+    transitional training's unconditional-to-conditional ramp.
     """
 
     def __init__(
@@ -126,10 +138,12 @@ class ConditionalGenerator(nn.Module):
         width: int = 64,
         max_mult: int = 4,
         residual: bool = False,
+        cond_strength: float = 1.0,
     ) -> None:
         super().__init__()
         self.num_classes, self.image_size, self.channels, self.z_dim = num_classes, image_size, channels, z_dim
         self.residual = residual
+        self.cond_strength = 1.0
         start, n_up = layout(image_size)
         widths = [width * min(2 ** (n_up - i), max_mult) for i in range(n_up + 1)]
         self.start = start
@@ -144,9 +158,28 @@ class ConditionalGenerator(nn.Module):
         self.norm0 = ConditionalBatchNorm2d(widths[-1 if residual else 0], num_classes)
         self.blocks = nn.ModuleList(block(widths[i], widths[i + 1], num_classes) for i in range(n_up))
         self.to_img = nn.Conv2d(widths[-1], channels, 3, padding=1)
+        self.set_cond_strength(cond_strength)
+
+    def set_cond_strength(self, strength: float) -> None:
+        """How much the class conditions the images, in [0, 1]: the class embedding concatenated to
+        ``z`` and every conditional BatchNorm's deviation from the identity are scaled by it.
+
+        0 makes an unconditional generator (the class is ignored), 1 the class-conditional one.
+        Transitional training (Shahbazi et al. 2022, "Collapse by conditioning") ramps it from 0 to 1
+        so that the classes first share what they have in common; the weights do not depend on it.
+        """
+        if not 0.0 <= strength <= 1.0:
+            raise ValueError(f"cond_strength must be in [0, 1], got {strength!r}")
+        self.cond_strength = float(strength)
+        for m in self.modules():
+            if isinstance(m, ConditionalBatchNorm2d):
+                m.strength = float(strength)
 
     def forward(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        x = self.fc(torch.cat([z, self.embed(y)], dim=1)).view(z.shape[0], -1, self.start, self.start)
+        e = self.embed(y)
+        if self.cond_strength != 1.0:
+            e = self.cond_strength * e
+        x = self.fc(torch.cat([z, e], dim=1)).view(z.shape[0], -1, self.start, self.start)
         x = x.contiguous(memory_format=memory_format_of(self.to_img.weight))  # no-op unless channels_last
         if not self.residual:
             x = torch.relu(self.norm0(x, y))
