@@ -242,6 +242,13 @@ def training_loop(
     if is_main:
         checkpoint.save_snapshot(trained.snapshot(cur_nimg), run_dir / rundir.FINAL_SNAPSHOT)
     log.info("Stopped at %.1f kimg (%s) after %.1f s", cur_nimg / 1000, stop_reason, time.time() - start_time)
+    if transition and nets.G.cond_strength < 1.0:
+        log.warning(
+            "Stopped inside the conditioning ramp (strength %.2f; conditional from %g kimg): the final "
+            "snapshot only partly follows the class (resume with a larger train.kimg)",
+            nets.G.cond_strength,
+            loss.cond_transition[1],
+        )
     if trained.best["kimg"] is not None:
         log.info("Best %s %.4g at %.1f kimg", best_metric, trained.best["value"], trained.best["kimg"])
         return run_dir / rundir.BEST_SNAPSHOT
