@@ -200,6 +200,10 @@ class TrainConfig(_Section):
     #: tail class of a long tail gets as many generator updates as the largest class (D's step is
     #: unchanged: reals and fakes with the same labels).
     g_labels: Literal["data", "uniform"] = "data"
+    #: Dataset x-flips (StyleGAN2-ADA's ``--mirror``): each real image of a step is mirrored
+    #: left-right with probability 0.5, so G learns the flipped images too (a tail class of 9 images
+    #: trains on 18). Only for data whose classes survive a horizontal flip.
+    mirror: bool = False
     #: Transitional training (Shahbazi et al. 2022, "Collapse by conditioning"): ``[start, end]`` in
     #: kimg. Unconditional until ``start`` (G's class embedding, its conditional BatchNorm's class
     #: deviations and D's projection term scaled by 0), the scale ramped linearly to 1 by ``end``,

@@ -189,6 +189,9 @@ def training_loop(
         # Discriminator step: a real minibatch and fakes of the same labels.
         idx = torch.randint(len(images), (batch_size,), generator=gen, device=device)
         real, y = images[idx], labels[idx]
+        if loss.mirror:  # dataset x-flips: the flipped images are training data, for D and so for G
+            flip = torch.rand(batch_size, generator=gen, device=device) < 0.5
+            real = torch.where(flip[:, None, None, None], real.flip(3), real)
         z = torch.randn(batch_size, nets.G.z_dim, generator=gen, device=device)
         opt_D.zero_grad(set_to_none=True)
         r1_now = (cur_nimg // step_nimg) % loss.r1_interval == 0  # lazy R1: every r1_interval-th D step

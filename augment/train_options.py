@@ -39,6 +39,7 @@ class LossOptions:
     mode_seeking: float = 0.0  #: MSGAN mode-seeking weight for G (0: off)
     gsr_weight: float = 0.0  #: group spectral regularisation weight for G's class-conditional BatchNorm (0: off)
     g_labels: str = "data"  #: classes of G's step: ``data`` (the real batch's) or ``uniform``
+    mirror: bool = False  #: mirror each real image left-right with probability 0.5 (dataset x-flips)
     #: ``(start, end)`` kimg of the unconditional-to-conditional ramp of transitional training; None: off
     cond_transition: tuple[float, float] | None = None
 
@@ -102,6 +103,7 @@ def loop_kwargs(cfg: Config, device: torch.device | str = "cpu") -> dict[str, An
         mode_seeking=t.mode_seeking,
         gsr_weight=t.gsr_weight,
         g_labels=t.g_labels,
+        mirror=t.mirror,
         cond_transition=tuple(t.cond_transition_kimg) if t.cond_transition_kimg is not None else None,
     )
     schedule = ScheduleOptions(

@@ -140,6 +140,7 @@ RECIPES: dict[str, list[str]] = {
     # Transitional training (Shahbazi et al. 2022): unconditional to 100 kimg, conditional from 300
     # (the window set before the row ran, not tuned: a sixth of the 640-kimg budget unconditional).
     "transition_100_300": ["train.cond_transition_kimg=[100, 300]"],
+    "mirror": ["train.mirror=true"],  # StyleGAN2-ADA's --mirror: every real image also flipped left-right
     "z128": ["model.z_dim=128"],
     "wide": ["model.g_channels=48", "model.d_channels=48"],
     "narrow": ["model.g_channels=24", "model.d_channels=24"],
