@@ -1,5 +1,5 @@
 """The limited-data switches of the GAN recipe: adaptive augmentation (ADA), LeCam, mode seeking,
-group spectral regularisation (gSR), class-balanced generator labels.
+group spectral regularisation (gSR), class-balanced generator labels, dataset x-flips.
 
 Each is checked against its defining formula on known values, for its effect on training, and for
 an exact resume (its state lives in the training state).
@@ -154,6 +154,7 @@ SWITCHES = (
     "train.mode_seeking=1.0",
     "train.gsr_weight=0.5",
     "train.g_labels=uniform",
+    "train.mirror=true",
 )
 
 
@@ -161,10 +162,10 @@ def test_switches_reach_the_loop_and_change_training(tmp_path: Path) -> None:
     cfg = tiny_config(tmp_path, "train.kimg=0.128", *SWITCHES)
     kw = flat_options(loop_kwargs(cfg))
     assert (kw["ada_target"], kw["ada_kimg"], kw["lecam_weight"], kw["mode_seeking"]) == (0.6, 0.05, 0.3, 1.0)
-    assert (kw["gsr_weight"], kw["g_labels"]) == (0.5, "uniform")
+    assert (kw["gsr_weight"], kw["g_labels"], kw["mirror"]) == (0.5, "uniform", True)
     off = flat_options(loop_kwargs(tiny_config(tmp_path)))
     assert (off["ada_target"], off["lecam_weight"], off["mode_seeking"], off["g_labels"]) == (None, 0.0, 0.0, "data")
-    assert off["gsr_weight"] == 0.0
+    assert off["gsr_weight"] == 0.0 and off["mirror"] is False
     run, _ = train(cfg, out=tmp_path / "on", progress=False)
     base, _ = train(tiny_config(tmp_path, "train.kimg=0.128"), out=tmp_path / "off", progress=False)
     state = checkpoint.load(run / "training-state.pt", checkpoint.STATE_FORMAT)
@@ -216,6 +217,35 @@ def test_uniform_generator_labels_train_every_class_equally_often(tmp_path: Path
     # The train split is about 36 : 9 images (0.2 of the images are class 1).
     assert share["data"][0] == pytest.approx(0.2, abs=0.04) and share["data"][1] == pytest.approx(0.2, abs=0.04)
     assert share["uniform"][0] == pytest.approx(0.5, abs=0.04) and share["uniform"][1] == pytest.approx(0.2, abs=0.04)
+
+
+def test_mirror_shows_d_about_half_of_the_real_images_flipped(tmp_path: Path, monkeypatch) -> None:
+    """Every real image D sees is a training image or its mirror image; with ``mirror`` about half
+    are mirrored, without it none."""
+    from augment.data import load_data
+
+    reals: list[torch.Tensor] = []
+    real_d = GanLoss.discriminator
+
+    def spy_d(self, G, D, real, y, *args, **kwargs):
+        reals.append(real.detach().clone())
+        return real_d(self, G, D, real, y, *args, **kwargs)
+
+    monkeypatch.setattr(GanLoss, "discriminator", spy_d)
+    share = {}
+    for on in (False, True):
+        reals.clear()
+        cfg = tiny_config(tmp_path, "train.kimg=1", f"train.mirror={str(on).lower()}")
+        train(cfg, out=tmp_path / str(on), progress=False)
+        images = load_data(cfg.data, cfg.seed).train.as_float()
+        plain = {bytes(x.numpy().tobytes()) for x in images}
+        mirrored = {bytes(x.flip(2).numpy().tobytes()) for x in images} - plain  # digits that are not symmetric
+        seen = torch.cat(reals)
+        keys = [bytes(x.numpy().tobytes()) for x in seen]
+        assert all(k in plain or k in mirrored for k in keys)
+        share[on] = sum(k in mirrored for k in keys) / len(keys)
+    assert share[False] == 0.0
+    assert share[True] == pytest.approx(0.5, abs=0.06)  # 1024 images drawn: 4 standard deviations is 0.06
 
 
 @pytest.mark.parametrize(
