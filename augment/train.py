@@ -114,7 +114,8 @@ def training_loop(
     nets = Networks.build(networks, data, device, state, performance.channels_last)
     if performance.channels_last:  # NHWC convolutions (faster with bf16 on tensor cores and oneDNN/AMX)
         images = images.contiguous(memory_format=torch.channels_last)
-    if loss.cond_transition is not None and performance.compile:
+    transition = loss.cond_transition is not None  # transitional training: the class enters gradually
+    if transition and performance.compile:
         # A compiled network specialises on the strength: the ramp would recompile at every step.
         raise ConfigError(
             "train.cond_transition_kimg runs the networks eagerly: set train.compile=false "
@@ -163,8 +164,6 @@ def training_loop(
     )
     ticker = Ticker(run_dir, schedule.total_kimg, cur_nimg, step_nimg, snap_nimg, device, progress, start_time)
     ticker.on_tick = on_tick if is_main else None
-    # Transitional training: snapshots are checked only once the networks are fully conditional.
-    conditional_nimg = int(loss.cond_transition[1] * 1000) if loss.cond_transition is not None else 0
     evaluator = BestSnapshot(
         run_dir,
         metric_fn if is_main else None,
@@ -173,11 +172,10 @@ def training_loop(
         trained,
         start_time,
         schedule.ensemble,
-        first_nimg=conditional_nimg,
+        first_nimg=loss.conditional_nimg,  # checks only once the networks are fully conditional
     )
     # Transitional training: the class conditioning's scale (0 -> 1 over the ramp), set for the
     # images shown so far, so the checks and snapshots at cur_nimg see the networks' scale there.
-    transition = loss.cond_transition is not None
     if transition:
         nets.set_cond_strength(loss.cond_strength(cur_nimg))
     log.info("Training for %g kimg...", schedule.total_kimg)
@@ -250,7 +248,7 @@ def training_loop(
             "Stopped inside the conditioning ramp (strength %.2f; conditional from %g kimg): the final "
             "snapshot only partly follows the class (resume with a larger train.kimg)",
             nets.G.cond_strength,
-            loss.cond_transition[1],
+            loss.conditional_nimg / 1000,
         )
     if trained.best["kimg"] is not None:
         log.info("Best %s %.4g at %.1f kimg", best_metric, trained.best["value"], trained.best["kimg"])

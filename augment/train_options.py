@@ -43,11 +43,16 @@ class LossOptions:
     #: ``(start, end)`` kimg of the unconditional-to-conditional ramp of transitional training; None: off
     cond_transition: tuple[float, float] | None = None
 
+    @property
+    def conditional_nimg(self) -> int:
+        """Images shown from which the networks are fully class-conditional (0 without a transition)."""
+        return int(self.cond_transition[1] * 1000) if self.cond_transition is not None else 0
+
     def cond_strength(self, nimg: int) -> float:
         """The class conditioning's scale after ``nimg`` images shown: 0 before the transition, 1 after."""
         if self.cond_transition is None:
             return 1.0
-        start, end = (k * 1000 for k in self.cond_transition)
+        start, end = int(self.cond_transition[0] * 1000), self.conditional_nimg
         return min(max((nimg - start) / (end - start), 0.0), 1.0)
 
 

@@ -251,9 +251,9 @@ class Ticker:
         self.loss_sum.zero_()
         self.loss_steps = 0
         self.start_nimg, self.start_time = cur_nimg, now
-        ada_text = f" p={tick['ada_p']:.2f}" if ada is not None else ""
-        ada_text += f" cond={cond:.2f}" if cond is not None else ""
-        self.bar.set_postfix_str(f"img/s={tick['images_per_s']:.0f} D={ld:.3f} G={lg:.3f}{ada_text}", refresh=False)
+        extra = f" p={tick['ada_p']:.2f}" if ada is not None else ""
+        extra += f" cond={cond:.2f}" if cond is not None else ""
+        self.bar.set_postfix_str(f"img/s={tick['images_per_s']:.0f} D={ld:.3f} G={lg:.3f}{extra}", refresh=False)
         self.bar.update(min(cur_nimg, self.total_nimg) / 1000 - self.bar.n)
         if write:
             with open(self.stats_path, "a") as fh:

@@ -84,7 +84,8 @@ def test_the_ramp_is_zero_then_linear_then_one() -> None:
     opts = LossOptions(cond_transition=(100.0, 300.0))
     got = [opts.cond_strength(n) for n in (0, 99_999, 100_000, 150_000, 200_000, 300_000, 640_000)]
     assert got == pytest.approx([0.0, 0.0, 0.0, 0.25, 0.5, 1.0, 1.0])
-    assert LossOptions().cond_strength(0) == 1.0  # off: conditional from the first step
+    assert opts.conditional_nimg == 300_000
+    assert LossOptions().cond_strength(0) == 1.0 and LossOptions().conditional_nimg == 0  # off: conditional throughout
 
 
 def _checked_strengths(seen: list[float]):
