@@ -11,6 +11,9 @@
 #   benchmarks/run_gpu.sh 5 "$OUT"   # what #7 still asks of a GPU, in one ~8-minute call (a 15-minute lease):
 #                                    # CUDA graphs against plain compile at batch 512, and the 1-minute
 #                                    # long-tail target without compile at two learning rates
+#   benchmarks/run_gpu.sh 6 "$OUT"   # issue 16's GPU rows in one ~9-minute call: the long tail at 2 GPU-minutes
+#                                    # with the shipped recipe, then (if time is left) the recipe before the issue
+#                                    # (no mode seeking, one snapshot) on the same data and classifier seeds
 #
 # Before the first call, in the repo root here (both folders are git-ignored, so name them in carry):
 #   mkdir -p .gpu/fashion && cp $(dpkg -L dataset-fashion-mnist | grep 'ubyte.gz$') .gpu/fashion/
@@ -72,6 +75,21 @@ case $part in
             --set train.cuda.lr_g=$lr --set train.cuda.lr_d=$lr "${lt[@]}" --label "longtail_eager_lr$lr" \
             --minutes 2 --eval-kimg 150 2>&1 | tee "$logs/time_to_quality_lr$lr.log"
     done
+    ;;
+6)
+    # Same downstream settings as the CPU rows (500 classifier steps x 128, 5 seeds, 300 synthetic per class);
+    # the budget is 2 minutes of wall time from the start of training (compile and checks included).
+    ld=(--profiles longtail --minutes 2 --eval-kimg 100 --train-threads 4 --workers 12 --no-append
+        --out /tmp/bench_ld_gpu --set "data.root=$root" --set train.device=cuda --set evaluate.device=cuda)
+    timeout 330 python3 benchmarks/limited_data.py "${ld[@]}" --recipes baseline \
+        --json "$out/ld_longtail_gpu_shipped.json" 2>&1 | grep -v "^fd_domain class" | tee "$out/ld_shipped.log"
+    left=$((560 - SECONDS))
+    if [ $left -gt 200 ]; then
+        timeout $left python3 benchmarks/limited_data.py "${ld[@]}" --recipes no_mode_seeking --set train.ensemble=1 \
+            --json "$out/ld_longtail_gpu_before.json" 2>&1 | grep -v "^fd_domain class" | tee "$out/ld_before.log"
+    else
+        echo "no time left for the row before the issue (${left} s)"
+    fi
     ;;
 esac
 tail -n +"$((before + 1))" benchmarks/RESULTS.md > "$logs/results_rows.md"
