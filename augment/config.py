@@ -195,6 +195,10 @@ class TrainConfig(_Section):
     #: norms of G's per-class BatchNorm gains and shifts, grouped into square-ish matrices, in G's
     #: loss; tail classes weigh more (0 = off).
     gsr_weight: float = Field(0.0, ge=0)
+    #: Auxiliary classifier (AC-GAN's class head, Odena et al. 2017, beside the projection): weight of
+    #: the cross-entropy of a class head on D's features, learnt on real images in D's loss and paid
+    #: by G on its fakes' classes (0 = off; on, D gets the head).
+    aux_class_weight: float = Field(0.0, ge=0)
     #: The classes of the generator's step: ``data`` = the real minibatch's labels (the class
     #: frequencies of the train split, as D's fakes); ``uniform`` = every class equally often, so a
     #: tail class of a long tail gets as many generator updates as the largest class (D's step is

@@ -118,8 +118,10 @@ class GroupSpectral:
 class GanLoss:
     """Hinge (Lim & Ye 2017; Miyato et al. 2018) or non-saturating (Goodfellow et al. 2014) loss,
     with the limited-data regularisers as options: R1, adaptive augmentation (``ada``), LeCam
-    (``lecam_weight``), a mode-seeking term for G (``mode_seeking``) and group spectral
-    regularisation of G's class-conditional BatchNorm (``gsr_weight``, weighted by ``class_counts``)."""
+    (``lecam_weight``), a mode-seeking term for G (``mode_seeking``), group spectral
+    regularisation of G's class-conditional BatchNorm (``gsr_weight``, weighted by ``class_counts``)
+    and an auxiliary classifier (``aux_weight``: D's class head learns the real images' classes, G
+    pays its cross-entropy on the fakes' intended classes; D must be built with ``aux_classifier``)."""
 
     def __init__(
         self,
@@ -131,6 +133,7 @@ class GanLoss:
         lecam_weight: float = 0.0,
         mode_seeking: float = 0.0,
         gsr_weight: float = 0.0,
+        aux_weight: float = 0.0,
         class_counts: Sequence[int] | torch.Tensor | None = None,
         device: torch.device | str = "cpu",
     ) -> None:
@@ -140,6 +143,8 @@ class GanLoss:
             raise ValueError(f"r1_gamma must be >= 0, got {r1_gamma}")
         if mode_seeking < 0:
             raise ValueError(f"mode_seeking must be >= 0, got {mode_seeking}")
+        if aux_weight < 0:
+            raise ValueError(f"aux_weight must be >= 0, got {aux_weight}")
         self.kind = kind
         self.augment = DiffAugment(diffaug)
         self.r1_gamma = r1_gamma
@@ -149,6 +154,7 @@ class GanLoss:
         if gsr_weight > 0 and class_counts is None:
             raise ValueError("gsr_weight > 0 needs class_counts (the train split's images per class)")
         self.gsr = GroupSpectral(gsr_weight, class_counts, device) if gsr_weight > 0 else None
+        self.aux_weight = aux_weight
 
     def _aug(self, x: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
         return self.augment(x, gen, None if self.ada is None else self.ada.p)
@@ -183,11 +189,17 @@ class GanLoss:
         do_r1 = self.r1_gamma > 0 and r1
         if do_r1 and D_r1 is None:
             real_aug = real_aug.detach().requires_grad_(True)
-        real_logits, fake_logits = D(real_aug, labels), D(fake_aug, labels)
+        if self.aux_weight > 0:
+            real_logits, real_classes = D(real_aug, labels, with_aux=True)
+        else:
+            real_logits = D(real_aug, labels)
+        fake_logits = D(fake_aug, labels)
         if self.kind == "hinge":
             loss = F.relu(1.0 - real_logits).mean() + F.relu(1.0 + fake_logits).mean()
         else:
             loss = F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean()
+        if self.aux_weight > 0:  # the class head learns from real images only
+            loss = loss + self.aux_weight * F.cross_entropy(real_classes.float(), labels)
         if self.lecam is not None:
             loss = loss + self.lecam(real_logits, fake_logits)
         if self.ada is not None:
@@ -215,14 +227,20 @@ class GanLoss:
         With ``mode_seeking`` (MSGAN, Mao et al. 2019) the batch is split into two halves of the same
         classes, and G also pays ``mode_seeking / (mean|G(z1) - G(z2)| / mean|z1 - z2| + 1e-5)``:
         two latents of one class that give (nearly) one image cost much, a mode collapse is expensive.
-        With ``gsr_weight``, G also pays :class:`GroupSpectral` on its conditional BatchNorm.
+        With ``gsr_weight``, G also pays :class:`GroupSpectral` on its conditional BatchNorm; with
+        ``aux_weight``, the cross-entropy of D's class head on the fakes against their classes.
         """
         if self.mode_seeking > 0:
             half = labels.shape[0] // 2
             labels = torch.cat([labels[:half], labels[:half], labels[2 * half :]])
         fake = G(z, labels)
-        logits = D(self._aug(fake, gen), labels)
+        if self.aux_weight > 0:
+            logits, classes = D(self._aug(fake, gen), labels, with_aux=True)
+        else:
+            logits = D(self._aug(fake, gen), labels)
         loss = -logits.mean() if self.kind == "hinge" else F.softplus(-logits).mean()
+        if self.aux_weight > 0:
+            loss = loss + self.aux_weight * F.cross_entropy(classes.float(), labels)
         if self.mode_seeking > 0 and half > 0:
             ratio = (fake[:half] - fake[half : 2 * half]).abs().mean() / (z[:half] - z[half : 2 * half]).abs().mean()
             loss = loss + self.mode_seeking / (ratio.float() + 1e-5)

@@ -143,6 +143,7 @@ def training_loop(
         lecam_weight=loss.lecam_weight,
         mode_seeking=loss.mode_seeking,
         gsr_weight=loss.gsr_weight,
+        aux_weight=loss.aux_class_weight,
         class_counts=data.train.counts(data.num_classes),
         device=device,
     )

@@ -23,6 +23,7 @@ class NetworkOptions:
     d_channels: int = 64  #: D's channels at the input resolution
     max_mult: int = 4  #: cap on the channel multiplier at low resolutions
     d_spectral_norm: bool = False  #: spectral normalisation of D's layers
+    d_aux_classifier: bool = False  #: a class head on D's features (for ``LossOptions.aux_class_weight``)
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,7 @@ class LossOptions:
     lecam_weight: float = 0.0  #: LeCam regulariser weight (0: off)
     mode_seeking: float = 0.0  #: MSGAN mode-seeking weight for G (0: off)
     gsr_weight: float = 0.0  #: group spectral regularisation weight for G's class-conditional BatchNorm (0: off)
+    aux_class_weight: float = 0.0  #: auxiliary classifier weight: D's class head on reals, G's on fakes (0: off)
     g_labels: str = "data"  #: classes of G's step: ``data`` (the real batch's) or ``uniform``
     mirror: bool = False  #: mirror each real image left-right with probability 0.5 (dataset x-flips)
     #: ``(start, end)`` kimg of the unconditional-to-conditional ramp of transitional training; None: off
@@ -96,6 +98,7 @@ def loop_kwargs(cfg: Config, device: torch.device | str = "cpu") -> dict[str, An
         d_channels=m.d_channels,
         max_mult=m.max_mult,
         d_spectral_norm=m.d_spectral_norm,
+        d_aux_classifier=t.aux_class_weight > 0,
     )
     loss = LossOptions(
         loss=t.loss,
@@ -107,6 +110,7 @@ def loop_kwargs(cfg: Config, device: torch.device | str = "cpu") -> dict[str, An
         lecam_weight=t.lecam_weight,
         mode_seeking=t.mode_seeking,
         gsr_weight=t.gsr_weight,
+        aux_class_weight=t.aux_class_weight,
         g_labels=t.g_labels,
         mirror=t.mirror,
         cond_transition=tuple(t.cond_transition_kimg) if t.cond_transition_kimg is not None else None,

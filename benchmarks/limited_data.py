@@ -141,6 +141,7 @@ RECIPES: dict[str, list[str]] = {
     # (the window set before the row ran, not tuned: a sixth of the 640-kimg budget unconditional).
     "transition_100_300": ["train.cond_transition_kimg=[100, 300]"],
     "mirror": ["train.mirror=true"],  # StyleGAN2-ADA's --mirror: every real image also flipped left-right
+    "aux_class_1": ["train.aux_class_weight=1.0"],  # AC-GAN's class head beside the projection, StudioGAN's weight 1
     "z128": ["model.z_dim=128"],
     "wide": ["model.g_channels=48", "model.d_channels=48"],
     "narrow": ["model.g_channels=24", "model.d_channels=24"],

@@ -1,5 +1,6 @@
 """The limited-data switches of the GAN recipe: adaptive augmentation (ADA), LeCam, mode seeking,
-group spectral regularisation (gSR), class-balanced generator labels, dataset x-flips.
+group spectral regularisation (gSR), an auxiliary classifier, class-balanced generator labels,
+dataset x-flips.
 
 Each is checked against its defining formula on known values, for its effect on training, and for
 an exact resume (its state lives in the training state).
@@ -147,6 +148,46 @@ def test_gsr_is_the_class_weighted_spectral_norm_of_the_grouped_cbn_parameters()
         GanLoss(gsr_weight=0.5)
 
 
+def test_aux_classifier_head_is_trained_on_reals_and_paid_by_g_on_fakes() -> None:
+    torch.manual_seed(0)
+    plain_D = ProjectionDiscriminator(3, 8, 1, width=8, spectral=False)
+    torch.manual_seed(0)
+    D = ProjectionDiscriminator(3, 8, 1, width=8, spectral=False, aux_classifier=True)
+    # The head is made last: every other layer starts as in a discriminator without it.
+    assert all(torch.equal(v, D.state_dict()[k]) for k, v in plain_D.state_dict().items())
+    assert set(D.state_dict()) - set(plain_D.state_dict()) == {"aux.weight", "aux.bias"}
+    G = ConditionalGenerator(3, 8, 1, z_dim=8, width=16)
+    G.eval(), D.eval()
+    real, y, z = torch.randn(6, 1, 8, 8), torch.tensor([0, 1, 2, 0, 1, 2]), torch.randn(6, 8)
+    logits, classes = D(real, y, with_aux=True)
+    assert classes.shape == (6, 3) and torch.equal(logits, D(real, y))
+    with pytest.raises(ValueError, match="aux_classifier"):
+        plain_D(real, y, with_aux=True)
+    # D's loss: the adversarial terms plus w * CE(head(real), y); the fakes' classes are not D's lesson.
+    base_d = GanLoss("hinge", [], 0.0).discriminator(G, D, real, y, z)
+    with_d = GanLoss("hinge", [], 0.0, aux_weight=0.5).discriminator(G, D, real, y, z)
+    ce_real = torch.nn.functional.cross_entropy(classes, y)
+    assert with_d.item() == pytest.approx(base_d.item() + 0.5 * ce_real.item(), rel=1e-5)
+    # G's loss: the adversarial term plus w * CE(head(fake), the classes asked for).
+    fake = G(z, y)
+    base_g = GanLoss("hinge", []).generator(G, D, y, z)
+    with_g = GanLoss("hinge", [], aux_weight=0.5).generator(G, D, y, z)
+    ce_fake = torch.nn.functional.cross_entropy(D(fake, y, with_aux=True)[1], y)
+    assert with_g.item() == pytest.approx(base_g.item() + 0.5 * ce_fake.item(), rel=1e-5)
+    # Descending D's loss teaches the head the real images' classes (it starts at chance).
+    D.train()
+    opt = torch.optim.Adam(D.parameters(), lr=1e-2)
+    loss_fn = GanLoss("hinge", [], 0.0, aux_weight=1.0)
+    for _ in range(30):
+        opt.zero_grad()
+        loss_fn.discriminator(G, D, real, y, z).backward()
+        opt.step()
+    D.eval()
+    assert torch.nn.functional.cross_entropy(D(real, y, with_aux=True)[1], y).item() < 0.5 * ce_real.item()
+    with pytest.raises(ValueError, match="aux_weight"):
+        GanLoss(aux_weight=-1)
+
+
 SWITCHES = (
     "train.ada_target=0.6",
     "train.ada_kimg=0.05",
@@ -155,6 +196,7 @@ SWITCHES = (
     "train.gsr_weight=0.5",
     "train.g_labels=uniform",
     "train.mirror=true",
+    "train.aux_class_weight=1.0",
 )
 
 
@@ -163,13 +205,16 @@ def test_switches_reach_the_loop_and_change_training(tmp_path: Path) -> None:
     kw = flat_options(loop_kwargs(cfg))
     assert (kw["ada_target"], kw["ada_kimg"], kw["lecam_weight"], kw["mode_seeking"]) == (0.6, 0.05, 0.3, 1.0)
     assert (kw["gsr_weight"], kw["g_labels"], kw["mirror"]) == (0.5, "uniform", True)
+    assert (kw["aux_class_weight"], kw["d_aux_classifier"]) == (1.0, True)
     off = flat_options(loop_kwargs(tiny_config(tmp_path)))
     assert (off["ada_target"], off["lecam_weight"], off["mode_seeking"], off["g_labels"]) == (None, 0.0, 0.0, "data")
     assert off["gsr_weight"] == 0.0 and off["mirror"] is False
+    assert (off["aux_class_weight"], off["d_aux_classifier"]) == (0.0, False)
     run, _ = train(cfg, out=tmp_path / "on", progress=False)
     base, _ = train(tiny_config(tmp_path, "train.kimg=0.128"), out=tmp_path / "off", progress=False)
     state = checkpoint.load(run / "training-state.pt", checkpoint.STATE_FORMAT)
     assert 0.0 <= float(state["ada"]["p"]) <= 1.0 and state["lecam_ema"].shape == (2,)
+    assert state["discriminator_kwargs"]["aux_classifier"] is True and "aux.weight" in state["D"]
     ticks = [json.loads(line) for line in (run / "stats.jsonl").read_text().splitlines()]
     assert "ada_p" in ticks[-1] and "ada_p" not in json.loads((base / "stats.jsonl").read_text().splitlines()[-1])
     a = checkpoint.load(base / "training-state.pt", checkpoint.STATE_FORMAT)["G"]

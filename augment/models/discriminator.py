@@ -44,6 +44,10 @@ class ProjectionDiscriminator(nn.Module):
     unconditional discriminator, 1 (the default) the projection discriminator; transitional
     training ramps it with the generator's (:meth:`ConditionalGenerator.set_cond_strength`).
 
+    ``aux_classifier`` adds a linear class head on the same features ``h`` (an auxiliary
+    classifier, as AC-GAN's; Odena et al. 2017): ``D(x, y, with_aux=True)`` returns
+    ``(logits, class_logits)``.
+
     Example:
         >>> d = ProjectionDiscriminator(num_classes=3, image_size=8, channels=1, width=16)
         >>> d(torch.randn(2, 1, 8, 8), torch.tensor([0, 2])).shape
@@ -58,6 +62,7 @@ class ProjectionDiscriminator(nn.Module):
         width: int = 64,
         max_mult: int = 4,
         spectral: bool = True,
+        aux_classifier: bool = False,
     ) -> None:
         super().__init__()
         sn = spectral
@@ -71,12 +76,22 @@ class ProjectionDiscriminator(nn.Module):
         self.head = _sn(nn.Conv2d(widths[-1] + 1, widths[-1], 3, padding=1), sn)
         self.fc = _sn(nn.Linear(widths[-1], 1), sn)
         self.embed = _sn(nn.Embedding(num_classes, widths[-1]), sn)
+        # Made last, and only when asked for: the other layers' initial weights stay those of a
+        # discriminator without it.
+        self.aux = _sn(nn.Linear(widths[-1], num_classes), sn) if aux_classifier else None
         self.cond_strength = 1.0
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, y: torch.Tensor, with_aux: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         h = nn.functional.leaky_relu(self.from_img(x), 0.2)
         h = nn.functional.leaky_relu(self.head(minibatch_stddev(self.blocks(h))), 0.2).sum(dim=(2, 3))
         proj = (self.embed(y) * h).sum(dim=1)
         if self.cond_strength != 1.0:
             proj = self.cond_strength * proj
-        return self.fc(h).squeeze(1) + proj
+        logits = self.fc(h).squeeze(1) + proj
+        if with_aux:
+            if self.aux is None:
+                raise ValueError("with_aux needs a discriminator built with aux_classifier=True")
+            return logits, self.aux(h)
+        return logits
