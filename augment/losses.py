@@ -159,6 +159,14 @@ class GanLoss:
     def _aug(self, x: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
         return self.augment(x, gen, None if self.ada is None else self.ada.p)
 
+    def _score(self, D: nn.Module, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | float]:
+        """D's logits, and the auxiliary classifier's term: ``aux_weight`` x the cross-entropy of D's
+        class head against ``labels`` (0 when off)."""
+        if self.aux_weight == 0:
+            return D(x, labels), 0.0
+        logits, classes = D(x, labels, with_aux=True)
+        return logits, self.aux_weight * F.cross_entropy(classes.float(), labels)
+
     def discriminator(
         self,
         G: nn.Module,
@@ -189,17 +197,13 @@ class GanLoss:
         do_r1 = self.r1_gamma > 0 and r1
         if do_r1 and D_r1 is None:
             real_aug = real_aug.detach().requires_grad_(True)
-        if self.aux_weight > 0:
-            real_logits, real_classes = D(real_aug, labels, with_aux=True)
-        else:
-            real_logits = D(real_aug, labels)
+        real_logits, aux_real = self._score(D, real_aug, labels)  # the class head learns from reals only
         fake_logits = D(fake_aug, labels)
         if self.kind == "hinge":
             loss = F.relu(1.0 - real_logits).mean() + F.relu(1.0 + fake_logits).mean()
         else:
             loss = F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean()
-        if self.aux_weight > 0:  # the class head learns from real images only
-            loss = loss + self.aux_weight * F.cross_entropy(real_classes.float(), labels)
+        loss = loss + aux_real
         if self.lecam is not None:
             loss = loss + self.lecam(real_logits, fake_logits)
         if self.ada is not None:
@@ -234,13 +238,9 @@ class GanLoss:
             half = labels.shape[0] // 2
             labels = torch.cat([labels[:half], labels[:half], labels[2 * half :]])
         fake = G(z, labels)
-        if self.aux_weight > 0:
-            logits, classes = D(self._aug(fake, gen), labels, with_aux=True)
-        else:
-            logits = D(self._aug(fake, gen), labels)
+        logits, aux_fake = self._score(D, self._aug(fake, gen), labels)
         loss = -logits.mean() if self.kind == "hinge" else F.softplus(-logits).mean()
-        if self.aux_weight > 0:
-            loss = loss + self.aux_weight * F.cross_entropy(classes.float(), labels)
+        loss = loss + aux_fake
         if self.mode_seeking > 0 and half > 0:
             ratio = (fake[:half] - fake[half : 2 * half]).abs().mean() / (z[:half] - z[half : 2 * half]).abs().mean()
             loss = loss + self.mode_seeking / (ratio.float() + 1e-5)

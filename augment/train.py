@@ -111,7 +111,9 @@ def training_loop(
     log.info("Constructing networks...")
     state = load_resumable(run_dir / rundir.TRAINING_STATE, data) if resume else None
     torch.manual_seed(seed)
-    nets = Networks.build(networks, data, device, state, performance.channels_last)
+    nets = Networks.build(
+        networks, data, device, state, performance.channels_last, aux_classifier=loss.aux_class_weight > 0
+    )
     if performance.channels_last:  # NHWC convolutions (faster with bf16 on tensor cores and oneDNN/AMX)
         images = images.contiguous(memory_format=torch.channels_last)
     transition = loss.cond_transition is not None  # transitional training: the class enters gradually

@@ -23,7 +23,6 @@ class NetworkOptions:
     d_channels: int = 64  #: D's channels at the input resolution
     max_mult: int = 4  #: cap on the channel multiplier at low resolutions
     d_spectral_norm: bool = False  #: spectral normalisation of D's layers
-    d_aux_classifier: bool = False  #: a class head on D's features (for ``LossOptions.aux_class_weight``)
 
 
 @dataclass(frozen=True)
@@ -98,7 +97,6 @@ def loop_kwargs(cfg: Config, device: torch.device | str = "cpu") -> dict[str, An
         d_channels=m.d_channels,
         max_mult=m.max_mult,
         d_spectral_norm=m.d_spectral_norm,
-        d_aux_classifier=t.aux_class_weight > 0,
     )
     loss = LossOptions(
         loss=t.loss,

@@ -65,12 +65,13 @@ class Networks:
         device: torch.device,
         state: dict[str, Any] | None,
         channels_last: bool,
+        aux_classifier: bool = False,
     ) -> Networks:
         size, channels = data.train.images.shape[-1], data.train.images.shape[1]
         shared = dict(num_classes=data.num_classes, image_size=size, channels=channels, max_mult=opts.max_mult)
         g_kwargs = dict(shared, z_dim=opts.z_dim, width=opts.g_channels, residual=opts.g_arch == "resnet")
         d_kwargs = dict(shared, width=opts.d_channels, spectral=opts.d_spectral_norm)
-        if opts.d_aux_classifier:  # only then: the kwargs of checkpoints without the head stay as they were
+        if aux_classifier:  # D's class head (LossOptions.aux_class_weight); only then in the checkpoint's kwargs
             d_kwargs["aux_classifier"] = True
         if state is not None:  # on resume the architecture comes from the checkpoint
             g_kwargs, d_kwargs = dict(state["generator_kwargs"]), dict(state["discriminator_kwargs"])

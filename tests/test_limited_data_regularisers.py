@@ -205,11 +205,11 @@ def test_switches_reach_the_loop_and_change_training(tmp_path: Path) -> None:
     kw = flat_options(loop_kwargs(cfg))
     assert (kw["ada_target"], kw["ada_kimg"], kw["lecam_weight"], kw["mode_seeking"]) == (0.6, 0.05, 0.3, 1.0)
     assert (kw["gsr_weight"], kw["g_labels"], kw["mirror"]) == (0.5, "uniform", True)
-    assert (kw["aux_class_weight"], kw["d_aux_classifier"]) == (1.0, True)
+    assert kw["aux_class_weight"] == 1.0
     off = flat_options(loop_kwargs(tiny_config(tmp_path)))
     assert (off["ada_target"], off["lecam_weight"], off["mode_seeking"], off["g_labels"]) == (None, 0.0, 0.0, "data")
     assert off["gsr_weight"] == 0.0 and off["mirror"] is False
-    assert (off["aux_class_weight"], off["d_aux_classifier"]) == (0.0, False)
+    assert off["aux_class_weight"] == 0.0
     run, _ = train(cfg, out=tmp_path / "on", progress=False)
     base, _ = train(tiny_config(tmp_path, "train.kimg=0.128"), out=tmp_path / "off", progress=False)
     state = checkpoint.load(run / "training-state.pt", checkpoint.STATE_FORMAT)
@@ -217,7 +217,9 @@ def test_switches_reach_the_loop_and_change_training(tmp_path: Path) -> None:
     assert state["discriminator_kwargs"]["aux_classifier"] is True and "aux.weight" in state["D"]
     ticks = [json.loads(line) for line in (run / "stats.jsonl").read_text().splitlines()]
     assert "ada_p" in ticks[-1] and "ada_p" not in json.loads((base / "stats.jsonl").read_text().splitlines()[-1])
-    a = checkpoint.load(base / "training-state.pt", checkpoint.STATE_FORMAT)["G"]
+    off_state = checkpoint.load(base / "training-state.pt", checkpoint.STATE_FORMAT)
+    assert "aux_classifier" not in off_state["discriminator_kwargs"] and "aux.weight" not in off_state["D"]
+    a = off_state["G"]
     assert not all(torch.equal(state["G"][k], a[k]) for k in a)
 
 
