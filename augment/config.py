@@ -309,6 +309,9 @@ class EvaluateConfig(_Section):
     synthetic_share: float = Field(0.5, ge=0.0, le=1.0)
     #: Classes of the synthetic part of a batch: balance = even out the real class imbalance.
     synthetic_sampling: Literal["balance", "uniform"] = "balance"
+    #: Fraction of the real+gan regimes' optimizer steps whose batches hold synthetic images; the
+    #: steps after it train on real images only (a real-data finish). 1.0 = every step.
+    synthetic_until: float = Field(1.0, gt=0.0, le=1.0)
     #: Synthetic images generated per class for the downstream pool and the memorisation check.
     synthetic_per_class: int = Field(500, ge=1)
     #: Keep a synthetic image only if a real-trained classifier gives its class >= this probability.

@@ -12,7 +12,8 @@ chosen without reading the test split; a user's run still has only its own valid
 For one finished run (``RUN_DIR``: ``augment train`` or ``benchmarks/limited_data.py``), every
 candidate of the grid ``--pool`` (synthetic images per class) x ``--shares`` x ``--sampling``
 (``balance``: the tail classes get the larger synthetic share; ``uniform``: equal counts) x ``--thresholds``
-(confidence filter; ``none`` = off) x ``--soft`` trains ``--seeds`` classifiers of ``--regime``
+(confidence filter; ``none`` = off) x ``--soft`` x ``--until`` (the fraction of the steps that draw synthetic
+images; the rest train on real images only) trains ``--seeds`` classifiers of ``--regime``
 (default real+gan+classic) at the run's classifier budget and scores them on dev, paired per seed
 with the verdict's baseline (``real+classic``, its classic policy chosen on val as the product does).
 The candidate with the best mean dev delta is the pick (ties: the earlier candidate, the smaller
@@ -62,7 +63,7 @@ from benchmarks.common import command, git_commit, machine  # noqa: E402
 from benchmarks.limited_data import make_executor  # noqa: E402
 
 #: The settings one candidate varies (Plan fields, plus the pool size).
-KEYS = ("pool", "synthetic_share", "synthetic_sampling", "confidence_threshold", "soft_labels")
+KEYS = ("pool", "synthetic_share", "synthetic_sampling", "confidence_threshold", "soft_labels", "synthetic_until")
 
 
 def dev_split(cfg: Config, data: PreparedData, per_class: int) -> ImageSet:
@@ -130,9 +131,10 @@ def per_class_delta(a: list[dict[str, Any]], b: list[dict[str, Any]], names: lis
 
 def _label(cand: dict[str, Any]) -> str:
     th = "none" if cand["confidence_threshold"] is None else f"{cand['confidence_threshold']:g}"
+    until = cand.get("synthetic_until", 1.0)
     return (
         f"pool {cand['pool']}, share {cand['synthetic_share']:g} ({cand['synthetic_sampling']}), filter {th}, "
-        f"soft {cand['soft_labels']}"
+        f"soft {cand['soft_labels']}" + (f", synthetic until {until:g} of the steps" if until < 1 else "")
     )
 
 
@@ -151,10 +153,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "synthetic_sampling": ev.synthetic_sampling,
         "confidence_threshold": ev.confidence_threshold,
         "soft_labels": ev.soft_labels,
+        "synthetic_until": ev.synthetic_until,
     }
     grid = [
         dict(zip(KEYS, values, strict=True))
-        for values in itertools.product(args.pool, args.shares, args.sampling, args.thresholds, args.soft)
+        for values in itertools.product(args.pool, args.shares, args.sampling, args.thresholds, args.soft, args.until)
     ]
     if default not in grid:
         grid.append(default)
@@ -270,6 +273,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     ap.add_argument("--thresholds", nargs="+", default=["none"], help="confidence filter thresholds; none = no filter")
     ap.add_argument("--soft", nargs="+", default=["off"], choices=["off", "on"], help="soft labels")
+    ap.add_argument(
+        "--until",
+        type=float,
+        nargs="+",
+        default=[1.0],
+        help="fraction of the classifier's steps that draw synthetic images (the rest: real only; default 1)",
+    )
     ap.add_argument("--regime", default="real+gan+classic", choices=[r for r in GAN_REGIMES if "gan-" not in r])
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--workers", type=int, default=2, help="single-threaded cell processes (default 2)")
@@ -279,6 +289,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         ap.error("--pool and --dev-per-class are 1 or more")
     if any(not 0 <= s <= 1 for s in args.shares):
         ap.error("--shares are in [0, 1]")
+    if any(not 0 < u <= 1 for u in args.until):
+        ap.error("--until values are in (0, 1]")
     try:
         args.thresholds = [None if t == "none" else float(t) for t in args.thresholds]
     except ValueError:

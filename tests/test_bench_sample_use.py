@@ -76,6 +76,7 @@ def test_the_pick_is_the_best_dev_candidate_and_the_defaults_test_cells_are_eval
         "synthetic_sampling": "balance",
         "confidence_threshold": None,
         "soft_labels": False,
+        "synthetic_until": 1.0,
     }
     best = max(res["candidates"], key=lambda r: r["dev"]["mean"])
     assert res["pick"] == {k: best[k] for k in sample_use.KEYS}
@@ -117,7 +118,7 @@ def test_a_candidates_sampling_reaches_the_batches(small_run: Path) -> None:
     share = {}
     for sampling in args.sampling:
         cand = {"pool": 4, "synthetic_share": 0.5, "synthetic_sampling": sampling}
-        cand |= {"confidence_threshold": None, "soft_labels": False}
+        cand |= {"confidence_threshold": None, "soft_labels": False, "synthetic_until": 1.0}
         got = sample_use.candidate_plan(plan, cand, None)
         assert got.synthetic_sampling == sampling and len(got.synthetic_labels) == 12
         share[sampling] = list(per_class_synthetic_share(got).values())
@@ -125,3 +126,22 @@ def test_a_candidates_sampling_reaches_the_batches(small_run: Path) -> None:
     assert counts[rare] < counts[common]
     assert share["balance"][rare] > share["uniform"][rare]
     assert share["balance"][common] < share["uniform"][common]
+
+
+def test_a_candidates_real_data_finish_reaches_the_cells(small_run: Path) -> None:
+    args = sample_use.parse_args([str(small_run), *USE, "--until", "1", "0.5"])
+    assert args.until == [1.0, 0.5]
+    with pytest.raises(SystemExit):
+        sample_use.parse_args([str(small_run), *USE, "--until", "0"])
+    cfg = rundir.run_config(small_run, ["evaluate.steps=8", "evaluate.batch_size=8"])
+    data = load_data(cfg.data, cfg.seed)
+    pool, labels = generate_uint8(load_snapshot(find_snapshot(small_run)).generator("cpu"), [8, 8, 8], 0)
+    plan = downstream.prepare(data, pool, labels, cfg.evaluate, seed=cfg.seed, map_fn=map)
+    seen = {}
+    for until in args.until:
+        cand = {"pool": 4, "synthetic_share": 0.5, "synthetic_sampling": "balance", "confidence_threshold": None}
+        cand |= {"soft_labels": False, "synthetic_until": until}
+        got = sample_use.cells(sample_use.candidate_plan(plan, cand, None), "real+gan", map)
+        seen[until] = {c["images_synthetic"] for c in got}
+        assert "synthetic until 0.5" in sample_use._label(cand) or until == 1.0
+    assert seen == {1.0: {8 * 4}, 0.5: {4 * 4}}  # 4 synthetic images a step, in all 8 steps or the first 4

@@ -8,7 +8,9 @@ and how (architecture, steps, batch size, learning rate, classic policy, synthet
 * ``real+classic``: the real train split with the classic policy (:mod:`augment.metrics.classic`);
 * ``real+gan``: each batch takes ``synthetic_share`` of its images from the synthetic pool
   (classes drawn to even out the real class imbalance, ``synthetic_sampling: balance``);
-* ``real+gan+classic``: the same, with the classic policy applied to the whole batch;
+* ``real+gan+classic``: the same, with the classic policy applied to the whole batch; in both,
+  ``synthetic_until < 1`` ends the synthetic draws after that fraction of the steps (the rest of the
+  steps' batches are real images only, as ``real`` / ``real+classic`` draw them);
 * ``gan-only``: synthetic images only, classes uniform (Classification Accuracy Score);
 * ``gan-augmenter``: what ``AugmentedDataset(train, GanAugmenter(p=synthetic_share))`` feeds a
   classifier: real images drawn uniformly, each replaced with probability p by a synthetic image
@@ -79,6 +81,8 @@ class TrainSpec:
     lr: float = 2e-3
     synthetic_share: float = 0.5
     synthetic_sampling: str = "balance"
+    #: Fraction of the steps (from the start) whose real+gan batches hold synthetic images.
+    synthetic_until: float = 1.0
     confidence_threshold: float | None = None
     #: Probability the filter classifier gives each synthetic image's own class (None = no filter).
     synthetic_confidence: torch.Tensor | None = None
@@ -235,6 +239,20 @@ def balanced_topup(spec: TrainSpec) -> torch.Tensor:
     return torch.cat(rows) if rows else torch.empty(0, dtype=torch.int64)
 
 
+def synthetic_stop(spec: TrainSpec) -> int | None:
+    """The first step of the real-data finish of ``spec``'s real+gan regimes (None: synthetic to the end).
+
+    ``synthetic_until`` is a fraction of ``spec.steps``; the synthetic phase keeps at least one step.
+
+    Raises:
+        ConfigError: ``synthetic_until`` is not in (0, 1].
+    """
+    if not 0.0 < spec.synthetic_until <= 1.0:
+        raise ConfigError(f"synthetic_until must be in (0, 1], got {spec.synthetic_until}")
+    stop = max(1, round(spec.synthetic_until * spec.steps))
+    return None if stop >= spec.steps else stop
+
+
 class _Batches:
     """Draws one regime's minibatches: real and synthetic indices and the classic policy.
 
@@ -275,6 +293,9 @@ class _Batches:
         syn_probs = spec.synthetic_pool_probs() if spec.soft_labels and not deployed else None
         self.by_class = [torch.nonzero(syn_labels == c).flatten() for c in range(k)]
         self.n_real, self.n_syn, self.q = _composition(spec, regime, syn_labels)
+        #: Batches drawn so far, and the first batch of the real-only finish (None: no finish).
+        self.drawn = 0
+        self.real_from = synthetic_stop(spec) if self.n_syn and regime != "gan-only" else None
         self.p = spec.synthetic_share if regime == "gan-augmenter" else 0.0
         #: balanced-dataset: the synthetic rows the dataset adds (drawn uniformly with the real ones).
         self.topup = balanced_topup(spec) if regime == "balanced-dataset" else _NO_INDEX
@@ -311,10 +332,14 @@ class _Batches:
             u = torch.randint(n + len(self.topup), (self.batch_size,), generator=self.gen)
             idx, pick = u[u < n], self.topup[u[u >= n] - n]
         else:
-            idx = torch.randint(len(self.real_y), (self.n_real,), generator=self.gen) if self.n_real else _NO_INDEX
+            n_real, n_syn = self.n_real, self.n_syn
+            if self.real_from is not None and self.drawn >= self.real_from:
+                n_real, n_syn = self.batch_size, 0  # the real-data finish
+            idx = torch.randint(len(self.real_y), (n_real,), generator=self.gen) if n_real else _NO_INDEX
             pick = _NO_INDEX
-            if self.n_syn:
-                pick = self._of_classes(torch.multinomial(self.q, self.n_syn, replacement=True, generator=self.gen))
+            if n_syn:
+                pick = self._of_classes(torch.multinomial(self.q, n_syn, replacement=True, generator=self.gen))
+        self.drawn += 1
         self.seen_real += len(idx)
         self.seen_synthetic += len(pick)
         params = None

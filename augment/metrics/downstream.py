@@ -136,6 +136,7 @@ def cell_result(
         "synthetic_share": plan.synthetic_share if "gan" in regime else None,  # gan-augmenter: its p
         "confidence_threshold": plan.confidence_threshold if _uses_pool_settings(regime) else None,
         "soft_labels": plan.soft_labels if _uses_pool_settings(regime) else None,
+        "synthetic_until": plan.synthetic_until if regime in ("real+gan", "real+gan+classic") else None,
         "seconds": seconds,
         "started_at": span[0],
         "ended_at": span[1],
@@ -307,6 +308,7 @@ def _new_plan(
         lr=cfg.lr,
         synthetic_share=cfg.synthetic_share,
         synthetic_sampling=cfg.synthetic_sampling,
+        synthetic_until=cfg.synthetic_until,
         confidence_threshold=cfg.confidence_threshold,
         classic=cfg.classic[0],
         classic_backend=cfg.classic_backend,

@@ -255,6 +255,12 @@ def _downstream_lines(down: dict[str, Any]) -> list[str]:
         f"sampling); confidence filter: {'off' if thr is None else f'keep p(class) >= {thr}'}; "
         f"soft labels: {'on (the filter classifier probabilities)' if soft else 'off'}{shares}."
     )
+    until = down.get("synthetic_until", 1.0)
+    if until < 1.0:
+        lines.append(
+            f"real+gan regimes draw synthetic images in the first {until:.0%} of the {down['steps']} steps "
+            "only; the rest train on real images alone (a real-data finish)."
+        )
     if "tune" in sel:
         cands = ", ".join(f"{k}: {_pct(v['balanced_accuracy'])}" for k, v in sel["tune"]["candidates"].items())
         lines.append(

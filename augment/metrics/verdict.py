@@ -121,6 +121,7 @@ def summarize(plan: Plan, cells: list[dict[str, Any]]) -> dict[str, Any]:
         "classic_backend": plan.classic_backend,
         "synthetic_share": plan.synthetic_share,
         "synthetic_sampling": plan.synthetic_sampling,
+        "synthetic_until": plan.synthetic_until,
         "confidence_threshold": plan.confidence_threshold,
         "soft_labels": plan.soft_labels,
         "synthetic_share_per_class": _summary_share_per_class(plan),

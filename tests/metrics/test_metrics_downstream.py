@@ -86,6 +86,45 @@ def test_batches_draw_real_and_synthetic_as_the_regime_says() -> None:
         assert len(y) == 16
 
 
+def test_a_real_data_finish_ends_the_synthetic_draws_and_keeps_the_first_steps() -> None:
+    """synthetic_until=0.5: the real+gan regimes' last half of the steps draws real images only, the
+    first half draws exactly the batches of a run without a finish, and the other regimes are untouched."""
+    data = make_data()
+    data.train.images.clamp_(max=250)  # real pixels < 255; synthetic pixels are all 255
+    steps = 8
+    full = prepare(data, *synthetic(), ev(steps=steps, synthetic_share=0.5))
+    half = dataclasses.replace(full, synthetic_until=0.5)
+    for regime in REGIMES:
+        a = training._Batches(full, regime, torch.Generator().manual_seed(0))
+        b = training._Batches(half, regime, torch.Generator().manual_seed(0))
+        syn_per_step = []
+        for step in range(steps):
+            before = b.seen_synthetic
+            (xa, ya), (xb, yb) = a(), b()
+            syn_per_step.append(b.seen_synthetic - before)
+            if regime == "real+gan":  # no classic crop: the synthetic images are the all-255 ones
+                assert int((xb == 1.0).flatten(1).all(dim=1).sum()) == syn_per_step[-1]
+            if step < steps // 2 or regime not in ("real+gan", "real+gan+classic"):
+                assert torch.equal(xa, xb) and torch.equal(ya, yb), (regime, step)
+        if regime in ("real+gan", "real+gan+classic"):
+            assert syn_per_step == [4] * 4 + [0] * 4, regime
+    cell = run_cell(half, "real+gan", 0)
+    assert (cell["images_synthetic"], cell["images_real"]) == (4 * 4, 4 * 4 + 8 * 4)
+    assert cell["synthetic_until"] == 0.5 and run_cell(half, "gan-only", 0)["synthetic_until"] is None
+    assert run_cell(half, "gan-only", 0)["images_synthetic"] == steps * 8
+    assert training.synthetic_stop(dataclasses.replace(half, synthetic_until=0.01)) == 1  # one step at least
+    assert training.synthetic_stop(full) is None
+    with pytest.raises(ConfigError, match="synthetic_until"):
+        training.synthetic_stop(dataclasses.replace(half, synthetic_until=0.0))
+    with pytest.raises(ValueError, match="synthetic_until"):
+        ev(synthetic_until=1.5)
+    assert verdict_summary_keeps(half)["synthetic_until"] == 0.5
+
+
+def verdict_summary_keeps(plan: downstream.Plan) -> dict:
+    return summarize(plan, [run_cell(plan, r, 0) for r in ("real", "real+classic", "real+gan")])
+
+
 def test_batches_are_assembled_on_the_classifiers_device() -> None:
     """On a GPU the images stay on the device and only the CPU generator's small draws cross over.
     The meta device stands in for CUDA here: like CUDA it refuses any op that mixes its tensors

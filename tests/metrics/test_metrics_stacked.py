@@ -54,14 +54,14 @@ def test_a_stack_refuses_networks_of_different_shapes() -> None:
         StackedSmallCNN([])
 
 
-@pytest.mark.parametrize("classic", ["crop", "crop+flip+affine"])
-def test_each_cell_in_a_stack_gets_the_lone_cells_batches_bit_for_bit(classic: str) -> None:
+@pytest.mark.parametrize(("classic", "until"), [("crop", 1.0), ("crop+flip+affine", 1.0), ("crop", 0.5)])
+def test_each_cell_in_a_stack_gets_the_lone_cells_batches_bit_for_bit(classic: str, until: float) -> None:
     plan = a_plan(classic=[classic], confidence_threshold=None)
-    plan = dataclasses.replace(plan, synthetic_share=0.25)
+    plan = dataclasses.replace(plan, synthetic_share=0.25, synthetic_until=until, steps=4)
     jobs = [(plan, regime, seed, "test") for regime in REGIMES for seed in (0, 1)]
     both = StackedBatches(jobs, torch.device("cpu"))
     lone = [_Batches(p, regime, torch.Generator().manual_seed(seed)) for p, regime, seed, _ in jobs]
-    for _step in range(3):
+    for _step in range(4):  # with until 0.5: two steps with synthetic images, two real-only
         x, targets = both()
         b = plan.batch_size
         assert x.shape == (b, len(jobs), 8, 8)
