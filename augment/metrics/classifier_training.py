@@ -50,7 +50,7 @@ from torch.nn import functional as F
 from augment.devices import keep_freed_memory
 from augment.errors import ConfigError
 from augment.metrics.classic import GLOBAL_RNG_LOCK, apply_classic, classic_augment, classic_params, parse_classic
-from augment.metrics.regimes import DEPLOYED_REGIMES, REGIMES
+from augment.metrics.regimes import DEPLOYED_REGIMES, REGIMES, SHARE_REGIMES
 from augment.models.classifier import build_classifier
 
 #: AdamW's decoupled weight decay of every downstream classifier.
@@ -170,7 +170,7 @@ def _composition(spec: TrainSpec, regime: str, syn_labels: torch.Tensor) -> tupl
     if regime == "gan-only":
         n_syn = spec.batch_size
         q = synthetic_class_probs([1] * k, available, 1.0, "uniform")
-    elif regime in ("real+gan", "real+gan+classic"):
+    elif regime in SHARE_REGIMES:
         n_syn = round(spec.synthetic_share * spec.batch_size)
         q = synthetic_class_probs(
             spec.train_labels.bincount(minlength=k).tolist(),
@@ -295,7 +295,7 @@ class _Batches:
         self.n_real, self.n_syn, self.q = _composition(spec, regime, syn_labels)
         #: Batches drawn so far, and the first batch of the real-only finish (None: no finish).
         self.drawn = 0
-        self.real_from = synthetic_stop(spec) if self.n_syn and regime != "gan-only" else None
+        self.real_from = synthetic_stop(spec) if regime in SHARE_REGIMES and self.n_syn else None
         self.p = spec.synthetic_share if regime == "gan-augmenter" else 0.0
         #: balanced-dataset: the synthetic rows the dataset adds (drawn uniformly with the real ones).
         self.topup = balanced_topup(spec) if regime == "balanced-dataset" else _NO_INDEX

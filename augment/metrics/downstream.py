@@ -66,7 +66,7 @@ from augment.metrics.classifier_training import (
     torch_threads,
     train_classifier,
 )
-from augment.metrics.regimes import BASELINE, DEPLOYED_REGIMES, GAN_REGIMES, REGIMES
+from augment.metrics.regimes import BASELINE, DEPLOYED_REGIMES, GAN_REGIMES, REGIMES, SHARE_REGIMES
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +136,7 @@ def cell_result(
         "synthetic_share": plan.synthetic_share if "gan" in regime else None,  # gan-augmenter: its p
         "confidence_threshold": plan.confidence_threshold if _uses_pool_settings(regime) else None,
         "soft_labels": plan.soft_labels if _uses_pool_settings(regime) else None,
-        "synthetic_until": plan.synthetic_until if regime in ("real+gan", "real+gan+classic") else None,
+        "synthetic_until": plan.synthetic_until if regime in SHARE_REGIMES else None,
         "seconds": seconds,
         "started_at": span[0],
         "ended_at": span[1],

@@ -15,6 +15,9 @@ from __future__ import annotations
 #: to the largest, drawn uniformly). Neither adds classic augmentation: they are the GAN alone.
 DEPLOYED_REGIMES = ("gan-augmenter", "balanced-dataset")
 REGIMES = ("real", "real+classic", "real+gan", "real+gan+classic", "gan-only", *DEPLOYED_REGIMES)
+#: The regimes whose batches take ``synthetic_share`` from the synthetic pool, beside real images
+#: (and end their synthetic draws at ``synthetic_until``).
+SHARE_REGIMES = ("real+gan", "real+gan+classic")
 BASELINE = "real+classic"
 #: The regimes a verdict and the promotion gate judge (the first is the one tuning runs).
 GAN_REGIMES = ("real+gan+classic", "real+gan", *DEPLOYED_REGIMES)
