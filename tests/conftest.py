@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -10,6 +12,7 @@ from pathlib import Path
 
 # Offline, quiet, isolated: set before Prefect/MLflow/albumentations are imported anywhere.
 _HOME = tempfile.mkdtemp(prefix="augment-tests-")
+atexit.register(shutil.rmtree, _HOME, ignore_errors=True)  # the session's Prefect home goes with it
 os.environ.setdefault("PREFECT_HOME", os.path.join(_HOME, "prefect"))
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import os
 import socket
+import tempfile
 import time
 from pathlib import Path
 
@@ -455,6 +456,28 @@ def test_download_snapshot_returns_the_weights_file(tracker: MlflowTracker, logg
     assert all(torch.equal(snap.generator_state[k], v) for k, v in original.generator_state.items())
     with pytest.raises(TrackingError, match="no-such-model"):
         download_snapshot("models:/no-such-model@champion", tracking_uri=tracker.uri)
+
+
+def test_downloads_leave_no_temporary_folder(
+    tracker: MlflowTracker, logged: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failed download removes the folder it made; GanAugmenter.from_mlflow keeps the snapshot in
+    memory and removes its download."""
+    from augment import GanAugmenter
+
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    with pytest.raises(TrackingError, match="no-such-model"):
+        download_snapshot("models:/no-such-model@champion", tracking_uri=tracker.uri)
+    assert list(temp.iterdir()) == []
+    name = "temp-test-cgan"
+    tracker.register(
+        logged["model_uri"], name, Gate("fd_domain", 1.0, False), run_id=logged["run_id"], data_fingerprint="fp"
+    )
+    aug = GanAugmenter.from_mlflow(f"models:/{name}@champion", tracking_uri=tracker.uri, p=1.0, seed=0)
+    assert list(temp.iterdir()) == []
+    assert aug.class_names == load_snapshot(logged["snapshot"]).class_names
 
 
 def test_augmenter_from_mlflow_serves_the_registered_generator(tracker: MlflowTracker, logged: dict) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import tempfile
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -164,8 +165,10 @@ class GanAugmenter:
         """
         from augment.tracking import download_snapshot  # only augment.tracking imports mlflow
 
-        path = download_snapshot(model_uri, tracking_uri=tracking_uri)
-        return cls.from_checkpoint(path, device=device, dtype=dtype, **kwargs)
+        # The snapshot is read into memory: the downloaded copy is not kept on disk.
+        with tempfile.TemporaryDirectory(prefix="augment-generator-") as tmp:
+            path = download_snapshot(model_uri, tracking_uri=tracking_uri, dst=Path(tmp))
+            return cls.from_checkpoint(path, device=device, dtype=dtype, **kwargs)
 
     # --- the generator and its pool ----------------------------------------------------------------
 

@@ -183,7 +183,8 @@ def download_snapshot(model_uri: str, *, tracking_uri: str | None = None, dst: P
         model_uri: ``models:/NAME@champion``, ``models:/NAME/3``, ``models:/m-...``,
             ``runs:/RUN_ID/generator`` or a local model folder.
         tracking_uri: defaults to :func:`resolve_uri` (``MLFLOW_TRACKING_URI`` or ``sqlite:///mlruns.db``).
-        dst: folder to download into (default: a fresh temporary folder).
+        dst: folder to download into (default: a fresh temporary folder, the caller's to remove;
+            removed again when the download fails).
 
     Raises:
         TrackingError: the store is unreachable, or the URI names no gan-augment generator.
@@ -195,8 +196,19 @@ def download_snapshot(model_uri: str, *, tracking_uri: str | None = None, dst: P
     uri = tracking_uri or resolve_uri(None)
     check_reachable(uri)
     use_uri(uri)
+    made = dst is None
     if dst is None:
         dst = Path(tempfile.mkdtemp(prefix="augment-generator-"))
+    try:
+        return _download(model_uri, dst)
+    except TrackingError:
+        if made:  # a failed download leaves no empty folder behind
+            shutil.rmtree(dst, ignore_errors=True)
+        raise
+
+
+def _download(model_uri: str, dst: Path) -> Path:
+    """The snapshot file of ``model_uri``'s generator, downloaded into ``dst``."""
     try:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(dst)))
         from mlflow.models import Model
