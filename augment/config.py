@@ -182,9 +182,14 @@ class TrainConfig(_Section):
     #: (D's overfitting heuristic r_t) stays at this target (0.6 in the paper). None = fixed
     #: DiffAugment, every policy on every image (p = 1).
     ada_target: float | None = Field(None, gt=0.0, lt=1.0)
-    #: How fast p may move: from 0 to 1 in this many thousand images shown (the paper's 500 kimg is
-    #: sized for trainings of tens of thousands of kimg; these run for tens to hundreds).
+    #: How fast ADA's (and APA's) p may move: from 0 to 1 in this many thousand images shown (the
+    #: paper's 500 kimg is sized for trainings of tens of thousands of kimg; these run for tens to hundreds).
     ada_kimg: float = Field(20.0, gt=0)
+    #: Adaptive pseudo augmentation (Jiang et al. 2021, APA, "Deceive D"): each real image of D's
+    #: step is replaced, with probability p, by the step's fake of the same class, shown to D as real;
+    #: p is steered like ADA's (this target for E[sign(D(real))], moving by 1 in ada_kimg thousand
+    #: images). It costs no extra network pass. None = off.
+    apa_target: float | None = Field(None, gt=0.0, lt=1.0)
     #: LeCam regularisation of D's outputs (Tseng et al. 2021): weight of
     #: E[relu(D(real) - ema_fake)^2] + E[relu(ema_real - D(fake))^2] in D's loss (0 = off).
     lecam_weight: float = Field(0.0, ge=0)

@@ -117,7 +117,8 @@ class GroupSpectral:
 
 class GanLoss:
     """Hinge (Lim & Ye 2017; Miyato et al. 2018) or non-saturating (Goodfellow et al. 2014) loss,
-    with the limited-data regularisers as options: R1, adaptive augmentation (``ada``), LeCam
+    with the limited-data regularisers as options: R1, adaptive augmentation (``ada``), adaptive
+    pseudo augmentation (``apa``: D's real batch holds some of the step's fakes), LeCam
     (``lecam_weight``), a mode-seeking term for G (``mode_seeking``), group spectral
     regularisation of G's class-conditional BatchNorm (``gsr_weight``, weighted by ``class_counts``)
     and an auxiliary classifier (``aux_weight``: D's class head learns the real images' classes, G
@@ -130,6 +131,7 @@ class GanLoss:
         r1_gamma: float = 0.0,
         *,
         ada: AdaptiveAugment | None = None,
+        apa: AdaptiveAugment | None = None,
         lecam_weight: float = 0.0,
         mode_seeking: float = 0.0,
         gsr_weight: float = 0.0,
@@ -149,6 +151,7 @@ class GanLoss:
         self.augment = DiffAugment(diffaug)
         self.r1_gamma = r1_gamma
         self.ada = ada
+        self.apa = apa
         self.lecam = LeCam(lecam_weight, device=device) if lecam_weight > 0 else None
         self.mode_seeking = mode_seeking
         if gsr_weight > 0 and class_counts is None:
@@ -190,9 +193,17 @@ class GanLoss:
         (an eager twin of a compiled ``D``: double backward does not go through torch.compile) it
         runs a separate forward of the same augmented reals. With ``ada``, D's real logits steer
         the augmentation probability.
+
+        With ``apa`` (Jiang et al. 2021, "Deceive D: Adaptive Pseudo Augmentation"), each real image
+        is replaced with probability ``apa.p`` by the fake of the same index (the same class), which D
+        is then asked to call real, as in the authors' code: R1 and ``apa``'s own sign heuristic see
+        that mixed batch. A D that memorises the few reals is pulled back by fakes it must accept.
         """
         with torch.no_grad():
             fake = G(z, labels)
+        if self.apa is not None:
+            pick = torch.rand((real.shape[0], 1, 1, 1), generator=gen, device=real.device) < self.apa.p
+            real = torch.where(pick, fake.to(real.dtype), real)
         real_aug, fake_aug = self._aug(torch.cat([real, fake]), gen).chunk(2)
         do_r1 = self.r1_gamma > 0 and r1
         if do_r1 and D_r1 is None:
@@ -208,6 +219,8 @@ class GanLoss:
             loss = loss + self.lecam(real_logits, fake_logits)
         if self.ada is not None:
             self.ada.observe(real_logits)
+        if self.apa is not None:
+            self.apa.observe(real_logits)
         if do_r1:  # R1 (Mescheder et al. 2018): penalise D's gradient on real images
             if D_r1 is None:
                 x, logits = real_aug, real_logits

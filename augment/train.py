@@ -134,14 +134,16 @@ def training_loop(
     steps = nets.step_modules(wrap, performance)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    # Limited-data regularisers: the ADA controller and LeCam's anchors live on the device and in
-    # the training state (a resumed run continues with the same p and anchors).
+    # Limited-data regularisers: the ADA and APA controllers and LeCam's anchors live on the device and
+    # in the training state (a resumed run continues with the same p and anchors).
     ada = AdaptiveAugment(loss.ada_target, loss.ada_kimg, device=device) if loss.ada_target is not None else None
+    apa = AdaptiveAugment(loss.apa_target, loss.ada_kimg, device=device) if loss.apa_target is not None else None
     loss_fn = GanLoss(
         loss.loss,
         list(loss.diffaug),
         loss.r1_gamma,
         ada=ada,
+        apa=apa,
         lecam_weight=loss.lecam_weight,
         mode_seeking=loss.mode_seeking,
         gsr_weight=loss.gsr_weight,
@@ -227,7 +229,7 @@ def training_loop(
 
         # Tick: log averaged losses and speed.
         cond = nets.G.cond_strength if transition else None
-        ticker.maybe_tick(prev_nimg, cur_nimg, done, ada, write=is_main, cond=cond)
+        ticker.maybe_tick(prev_nimg, cur_nimg, done, ada, write=is_main, cond=cond, apa=loss_fn.apa)
 
         # Evaluate the EMA generator; keep the best snapshot (GANs degrade late in training).
         evaluator.maybe_evaluate(prev_nimg, cur_nimg, done, ticker.on_tick)

@@ -34,7 +34,8 @@ class LossOptions:
     r1_interval: int = 1  #: D steps per (lazy) R1 pass; the penalty is scaled by it
     diffaug: tuple[str, ...] = ("translation", "cutout")  #: DiffAugment policies on every D input
     ada_target: float | None = None  #: ADA's r_t target for E[sign(D(real))]; None: fixed DiffAugment
-    ada_kimg: float = 20.0  #: kimg for ADA's p to move by 1
+    ada_kimg: float = 20.0  #: kimg for ADA's (and APA's) p to move by 1
+    apa_target: float | None = None  #: APA's r_t target: reals replaced by fakes with an adaptive p; None: off
     lecam_weight: float = 0.0  #: LeCam regulariser weight (0: off)
     mode_seeking: float = 0.0  #: MSGAN mode-seeking weight for G (0: off)
     gsr_weight: float = 0.0  #: group spectral regularisation weight for G's class-conditional BatchNorm (0: off)
@@ -105,6 +106,7 @@ def loop_kwargs(cfg: Config, device: torch.device | str = "cpu") -> dict[str, An
         diffaug=tuple(t.diffaug),
         ada_target=t.ada_target,
         ada_kimg=t.ada_kimg,
+        apa_target=t.apa_target,
         lecam_weight=t.lecam_weight,
         mode_seeking=t.mode_seeking,
         gsr_weight=t.gsr_weight,

@@ -138,6 +138,8 @@ class TrainingState:
         self.pool = [dict(entry) for entry in state.get("ensemble_pool", [])]
         if self.ada is not None and state.get("ada") is not None:
             self.ada.load_state_dict(state["ada"])
+        if self.loss_fn.apa is not None and state.get("apa") is not None:
+            self.loss_fn.apa.load_state_dict(state["apa"])
         if self.loss_fn.lecam is not None and state.get("lecam_ema") is not None:
             self.loss_fn.lecam.ema.copy_(state["lecam_ema"].to(self.loss_fn.lecam.ema.device))
 
@@ -178,6 +180,7 @@ class TrainingState:
                 "best": self.best,
                 "ensemble_pool": self.pool,
                 "ada": self.ada.state_dict() if self.ada is not None else None,
+                "apa": self.loss_fn.apa.state_dict() if self.loss_fn.apa is not None else None,
                 "lecam_ema": lecam.ema.detach().cpu() if lecam is not None else None,
                 "generator_kwargs": self.nets.g_kwargs,
                 "discriminator_kwargs": self.nets.d_kwargs,
@@ -235,6 +238,7 @@ class Ticker:
         ada: AdaptiveAugment | None,
         write: bool,
         cond: float | None = None,
+        apa: AdaptiveAugment | None = None,
     ) -> None:
         if not (done or cur_nimg // self.tick_nimg > prev_nimg // self.tick_nimg):
             return
@@ -249,12 +253,15 @@ class Ticker:
         }
         if ada is not None:
             tick["ada_p"], tick["ada_rt"] = float(ada.p), float(ada.rt)
+        if apa is not None:
+            tick["apa_p"], tick["apa_rt"] = float(apa.p), float(apa.rt)
         if cond is not None:
             tick["cond_strength"] = float(cond)
         self.loss_sum.zero_()
         self.loss_steps = 0
         self.start_nimg, self.start_time = cur_nimg, now
         extra = f" p={tick['ada_p']:.2f}" if ada is not None else ""
+        extra += f" apa={tick['apa_p']:.2f}" if apa is not None else ""
         extra += f" cond={cond:.2f}" if cond is not None else ""
         self.bar.set_postfix_str(f"img/s={tick['images_per_s']:.0f} D={ld:.3f} G={lg:.3f}{extra}", refresh=False)
         self.bar.update(min(cur_nimg, self.total_nimg) / 1000 - self.bar.n)

@@ -120,6 +120,7 @@ PROFILES: dict[str, Profile] = {
 RECIPES: dict[str, list[str]] = {
     "baseline": [],
     "ada": ["train.ada_target=0.6"],
+    "apa": ["train.apa_target=0.6"],  # APA (Jiang et al. 2021) at its paper's target, beside fixed DiffAugment
     "lecam": ["train.lecam_weight=0.3"],
     "mode_seeking": ["train.mode_seeking=1.0"],
     "mode_seeking_0.2": ["train.mode_seeking=0.2"],  # the Fashion-MNIST config's own since 2026-12-03 (inert there)

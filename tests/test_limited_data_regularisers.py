@@ -1,4 +1,5 @@
-"""The limited-data switches of the GAN recipe: adaptive augmentation (ADA), LeCam, mode seeking,
+"""The limited-data switches of the GAN recipe: adaptive augmentation (ADA), adaptive pseudo
+augmentation (APA), LeCam, mode seeking,
 group spectral regularisation (gSR), an auxiliary classifier, class-balanced generator labels,
 dataset x-flips.
 
@@ -92,6 +93,39 @@ def test_lecam_and_ada_enter_the_discriminator_loss() -> None:
     loss = GanLoss("hinge", ["translation"], ada=ada)
     loss.discriminator(G, D, real, y, z, torch.Generator().manual_seed(0))
     assert ada._calls == 1 and float(ada.p) in (0.0, 1.0)  # the one step moved p to an end
+
+
+class _Recording(torch.nn.Module):
+    """A discriminator that records the images of each call (its first call is the real batch)."""
+
+    def __init__(self, D: torch.nn.Module) -> None:
+        super().__init__()
+        self.D, self.seen = D, []
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        self.seen.append(x.detach().clone())
+        return self.D(x, y)
+
+
+@pytest.mark.parametrize("p", [0.0, 1.0, 0.5])
+def test_apa_shows_d_the_steps_fakes_as_real_with_probability_p(p: float) -> None:
+    G, D = _nets()
+    G.eval()  # BatchNorm from running statistics: G(z) is the same image in the loss and here
+    real, y, z = torch.full((64, 1, 8, 8), 5.0), torch.arange(64) % 3, torch.randn(64, 8)
+    apa = AdaptiveAugment(0.6, speed_kimg=1.0, interval=1)
+    apa.p = torch.tensor(p)
+    rec = _Recording(D)
+    GanLoss("hinge", [], apa=apa).discriminator(G, rec, real, y, z, torch.Generator().manual_seed(0))
+    shown, fake = rec.seen[0], G(z, y).detach()
+    is_fake = (shown - fake).flatten(1).abs().amax(1) < 1e-6
+    assert (is_fake | (shown == 5.0).flatten(1).all(1)).all()  # each row is its own fake or its real image
+    assert torch.equal(rec.seen[1], fake)  # the fake batch itself is unchanged
+    if p in (0.0, 1.0):
+        assert is_fake.all().item() is bool(p)
+    else:
+        assert 0.25 < is_fake.float().mean().item() < 0.75  # 64 draws at p = 0.5: 4 standard deviations
+    # The controller reads D's logits on that mixed batch: r_t is their mean sign after one call.
+    assert float(apa.rt) == pytest.approx(D(shown, y).sign().mean().item())
 
 
 def test_mode_seeking_term_pairs_latents_of_one_class() -> None:
@@ -191,6 +225,7 @@ def test_aux_classifier_head_is_trained_on_reals_and_paid_by_g_on_fakes() -> Non
 SWITCHES = (
     "train.ada_target=0.6",
     "train.ada_kimg=0.05",
+    "train.apa_target=0.3",
     "train.lecam_weight=0.3",
     "train.mode_seeking=1.0",
     "train.gsr_weight=0.5",
@@ -205,11 +240,11 @@ def test_switches_reach_the_loop_and_change_training(tmp_path: Path) -> None:
     kw = flat_options(loop_kwargs(cfg))
     assert (kw["ada_target"], kw["ada_kimg"], kw["lecam_weight"], kw["mode_seeking"]) == (0.6, 0.05, 0.3, 1.0)
     assert (kw["gsr_weight"], kw["g_labels"], kw["mirror"]) == (0.5, "uniform", True)
-    assert kw["aux_class_weight"] == 1.0
+    assert kw["aux_class_weight"] == 1.0 and kw["apa_target"] == 0.3
     off = flat_options(loop_kwargs(tiny_config(tmp_path)))
     assert (off["ada_target"], off["lecam_weight"], off["mode_seeking"], off["g_labels"]) == (None, 0.0, 0.0, "data")
     assert off["gsr_weight"] == 0.0 and off["mirror"] is False
-    assert off["aux_class_weight"] == 0.0
+    assert off["aux_class_weight"] == 0.0 and off["apa_target"] is None
     run, _ = train(cfg, out=tmp_path / "on", progress=False)
     base, _ = train(tiny_config(tmp_path, "train.kimg=0.128"), out=tmp_path / "off", progress=False)
     state = checkpoint.load(run / "training-state.pt", checkpoint.STATE_FORMAT)
@@ -217,6 +252,7 @@ def test_switches_reach_the_loop_and_change_training(tmp_path: Path) -> None:
     assert state["discriminator_kwargs"]["aux_classifier"] is True and "aux.weight" in state["D"]
     ticks = [json.loads(line) for line in (run / "stats.jsonl").read_text().splitlines()]
     assert "ada_p" in ticks[-1] and "ada_p" not in json.loads((base / "stats.jsonl").read_text().splitlines()[-1])
+    assert 0.0 <= ticks[-1]["apa_p"] <= 1.0 and ticks[-1]["apa_p"] == pytest.approx(float(state["apa"]["p"]))
     off_state = checkpoint.load(base / "training-state.pt", checkpoint.STATE_FORMAT)
     assert "aux_classifier" not in off_state["discriminator_kwargs"] and "aux.weight" not in off_state["D"]
     a = off_state["G"]
@@ -231,6 +267,7 @@ def test_resume_with_the_switches_equals_an_uninterrupted_run(tmp_path: Path) ->
     b = checkpoint.load(part / "training-state.pt", checkpoint.STATE_FORMAT)
     assert all(torch.equal(a["G"][k], b["G"][k]) for k in a["G"])
     assert torch.equal(a["ada"]["p"], b["ada"]["p"]) and torch.equal(a["lecam_ema"], b["lecam_ema"])
+    assert torch.equal(a["apa"]["p"], b["apa"]["p"]) and a["apa"]["calls"] == b["apa"]["calls"] > 0
 
 
 def test_uniform_generator_labels_train_every_class_equally_often(tmp_path: Path, monkeypatch) -> None:
@@ -303,6 +340,7 @@ def test_mirror_shows_d_about_half_of_the_real_images_flipped(tmp_path: Path, mo
         ("train.mode_seeking=-0.5", "mode_seeking"),
         ("train.gsr_weight=-1", "gsr_weight"),
         ("train.ada_kimg=0", "ada_kimg"),
+        ("train.apa_target=0", "apa_target"),
         ("train.g_labels=balanced", "g_labels"),
     ],
 )
