@@ -481,3 +481,37 @@ def test_augment_run_shows_training_and_evaluation_progress_with_an_eta_in_a_ter
     assert not re.search(r"Task run .*Finished in state", text)  # Prefect's per-task lines stay out
     assert "verdict: " in text
     assert "anonymous usage data" not in text  # no telemetry notice
+
+
+def test_fork_children_of_a_process_that_ran_a_flow_exit_cleanly():
+    """After a flow ran in this process, a DataLoader's worker processes (forked) must not die at exit:
+    Prefect's service exit hooks, inherited by the child, assert there (its 3.8.8 fork reset)."""
+    import multiprocessing
+    import threading
+
+    import torch
+    from prefect import flow, get_run_logger
+    from prefect._internal.concurrency.services import _QueueServiceBase
+    from torch.utils.data import DataLoader, TensorDataset
+
+    @flow
+    def logs_once() -> int:
+        get_run_logger().info("a line for the API log worker")
+        return 1
+
+    assert logs_once() == 1
+
+    def service_hooks() -> int:
+        return sum(
+            isinstance(getattr(getattr(h, "func", h), "__self__", None), _QueueServiceBase)
+            for h in threading._threading_atexits
+        )
+
+    assert service_hooks() >= 1  # the parent keeps its hooks: its services drain at its exit
+    ds = TensorDataset(torch.arange(20.0))
+    got = torch.cat([x for (x,) in DataLoader(ds, batch_size=4, num_workers=2)])
+    assert torch.equal(got, torch.arange(20.0))
+    child = multiprocessing.get_context("fork").Process(target=service_hooks)
+    child.start()
+    child.join(60)
+    assert child.exitcode == 0
