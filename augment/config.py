@@ -154,6 +154,9 @@ class CudaTrainConfig(_Section):
 
 class TrainConfig(_Section):
     kimg: float = Field(50.0, gt=0)
+    #: The GAN training's own seed (initial weights, latents, augmentation draws); None = the top-level
+    #: ``seed``, which also draws the data split. Set, it reruns the same data with another training.
+    seed: int | None = Field(None, ge=0)
     batch_size: int = Field(64, ge=2)
     loss: Literal["hinge", "nonsaturating"] = "hinge"
     diffaug: list[Literal["translation", "cutout", "color"]] = ["translation", "cutout"]

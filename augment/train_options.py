@@ -135,7 +135,7 @@ def loop_kwargs(cfg: Config, device: torch.device | str = "cpu") -> dict[str, An
     )
     return dict(
         config=cfg.to_dict(),
-        seed=cfg.seed,
+        seed=cfg.seed if t.seed is None else t.seed,
         networks=networks,
         loss=loss,
         schedule=schedule,

@@ -58,6 +58,14 @@ def test_same_seed_same_weights_other_seed_differs(tmp_path: Path) -> None:
     wa, wb, wc = (_weights(d / "training-state.pt") for d in (a, b, c))
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     assert not all(torch.equal(wa[k], wc[k]) for k in wa)
+    # train.seed reseeds the training alone: the top-level seed's data, other weights; unset, it is that seed.
+    d, _ = train(tiny_config(tmp_path, "train.kimg=0.064", "train.seed=0"), out=tmp_path / "d", progress=False)
+    e, _ = train(tiny_config(tmp_path, "train.kimg=0.064", "train.seed=1"), out=tmp_path / "e", progress=False)
+    wd, we = _weights(d / "training-state.pt"), _weights(e / "training-state.pt")
+    assert all(torch.equal(wa[k], wd[k]) for k in wa)
+    assert not any(torch.equal(wa[k], we[k]) for k in wa if wa[k].is_floating_point() and wa[k].numel() > 1)
+    data = {r: json.loads((r / "data.json").read_text()) for r in (a, c, e)}
+    assert data[e] == data[a] and data[c] != data[a]
 
 
 def test_resume_refuses_other_data(tmp_path: Path, tiny_run: Path) -> None:
