@@ -159,6 +159,11 @@ class GanLoss:
         self.gsr = GroupSpectral(gsr_weight, class_counts, device) if gsr_weight > 0 else None
         self.aux_weight = aux_weight
 
+    @property
+    def controllers(self) -> dict[str, AdaptiveAugment]:
+        """The adaptive controllers that are on, by name (``ada``, ``apa``): logged and checkpointed under it."""
+        return {name: c for name, c in (("ada", self.ada), ("apa", self.apa)) if c is not None}
+
     def _aug(self, x: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
         return self.augment(x, gen, None if self.ada is None else self.ada.p)
 

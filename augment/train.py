@@ -151,7 +151,7 @@ def training_loop(
         class_counts=data.train.counts(data.num_classes),
         device=device,
     )
-    trained = TrainingState(nets, opt_G, opt_D, gen, ada, loss_fn, data, config)
+    trained = TrainingState(nets, opt_G, opt_D, gen, loss_fn, data, config)
     if state is not None:
         trained.restore(state, rank)
         log.info("Resuming from %s at %.1f kimg", run_dir / rundir.TRAINING_STATE, trained.cur_nimg / 1000)
@@ -229,7 +229,7 @@ def training_loop(
 
         # Tick: log averaged losses and speed.
         cond = nets.G.cond_strength if transition else None
-        ticker.maybe_tick(prev_nimg, cur_nimg, done, ada, write=is_main, cond=cond, apa=loss_fn.apa)
+        ticker.maybe_tick(prev_nimg, cur_nimg, done, loss_fn.controllers, write=is_main, cond=cond)
 
         # Evaluate the EMA generator; keep the best snapshot (GANs degrade late in training).
         evaluator.maybe_evaluate(prev_nimg, cur_nimg, done, ticker.on_tick)

@@ -115,7 +115,6 @@ class TrainingState:
     opt_G: torch.optim.Optimizer
     opt_D: torch.optim.Optimizer
     gen: torch.Generator
-    ada: AdaptiveAugment | None
     loss_fn: GanLoss
     data: PreparedData
     config: dict[str, Any]
@@ -136,10 +135,9 @@ class TrainingState:
         self.cur_nimg = int(state["cur_nimg"])
         self.best = dict(state.get("best", self.best))
         self.pool = [dict(entry) for entry in state.get("ensemble_pool", [])]
-        if self.ada is not None and state.get("ada") is not None:
-            self.ada.load_state_dict(state["ada"])
-        if self.loss_fn.apa is not None and state.get("apa") is not None:
-            self.loss_fn.apa.load_state_dict(state["apa"])
+        for name, controller in self.loss_fn.controllers.items():
+            if state.get(name) is not None:
+                controller.load_state_dict(state[name])
         if self.loss_fn.lecam is not None and state.get("lecam_ema") is not None:
             self.loss_fn.lecam.ema.copy_(state["lecam_ema"].to(self.loss_fn.lecam.ema.device))
 
@@ -179,8 +177,8 @@ class TrainingState:
                 "cur_nimg": nimg,
                 "best": self.best,
                 "ensemble_pool": self.pool,
-                "ada": self.ada.state_dict() if self.ada is not None else None,
-                "apa": self.loss_fn.apa.state_dict() if self.loss_fn.apa is not None else None,
+                **{name: None for name in ("ada", "apa")},
+                **{name: c.state_dict() for name, c in self.loss_fn.controllers.items()},
                 "lecam_ema": lecam.ema.detach().cpu() if lecam is not None else None,
                 "generator_kwargs": self.nets.g_kwargs,
                 "discriminator_kwargs": self.nets.d_kwargs,
@@ -235,10 +233,9 @@ class Ticker:
         prev_nimg: int,
         cur_nimg: int,
         done: bool,
-        ada: AdaptiveAugment | None,
+        controllers: dict[str, AdaptiveAugment],
         write: bool,
         cond: float | None = None,
-        apa: AdaptiveAugment | None = None,
     ) -> None:
         if not (done or cur_nimg // self.tick_nimg > prev_nimg // self.tick_nimg):
             return
@@ -251,17 +248,14 @@ class Ticker:
             "images_per_s": (cur_nimg - self.start_nimg) / max(now - self.start_time, 1e-9),
             "elapsed_s": now - self.run_start,
         }
-        if ada is not None:
-            tick["ada_p"], tick["ada_rt"] = float(ada.p), float(ada.rt)
-        if apa is not None:
-            tick["apa_p"], tick["apa_rt"] = float(apa.p), float(apa.rt)
+        for name, c in controllers.items():
+            tick[f"{name}_p"], tick[f"{name}_rt"] = float(c.p), float(c.rt)
         if cond is not None:
             tick["cond_strength"] = float(cond)
         self.loss_sum.zero_()
         self.loss_steps = 0
         self.start_nimg, self.start_time = cur_nimg, now
-        extra = f" p={tick['ada_p']:.2f}" if ada is not None else ""
-        extra += f" apa={tick['apa_p']:.2f}" if apa is not None else ""
+        extra = "".join(f" {name}={tick[f'{name}_p']:.2f}" for name in controllers)
         extra += f" cond={cond:.2f}" if cond is not None else ""
         self.bar.set_postfix_str(f"img/s={tick['images_per_s']:.0f} D={ld:.3f} G={lg:.3f}{extra}", refresh=False)
         self.bar.update(min(cur_nimg, self.total_nimg) / 1000 - self.bar.n)
