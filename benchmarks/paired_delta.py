@@ -28,8 +28,8 @@ from augment.metrics.regimes import REGIMES  # noqa: E402
 from augment.metrics.verdict import mean_ci  # noqa: E402
 
 
-def regimes(spec: str) -> dict[str, dict[str, Any]]:
-    """``{regime: {seed: balanced accuracy}}`` of one side (see the module docstring)."""
+def downstream(spec: str) -> dict[str, Any]:
+    """The downstream section of one side (see the module docstring)."""
     path, _, name = spec.partition(":")
     doc = json.loads(Path(path).read_text())
     if "downstream" in doc:  # an evaluation's metrics.json
@@ -43,8 +43,13 @@ def regimes(spec: str) -> dict[str, dict[str, Any]]:
         if not raw.get("downstream"):
             raise SystemExit(f"error: {spec}: no per-seed cells (written before limited_data kept them for --uses)")
         down = raw["downstream"]
+    return down
+
+
+def regimes(spec: str) -> dict[str, dict[str, Any]]:
+    """``{regime: {seed: balanced accuracy}}`` of one side."""
     out: dict[str, dict[str, Any]] = {}
-    for regime, r in down["regimes"].items():
+    for regime, r in downstream(spec)["regimes"].items():
         out[regime] = dict(zip(r["seeds"], r["balanced_accuracy"]["values"], strict=True))
     return out
 
@@ -58,6 +63,13 @@ def paired(a: dict[str, dict[str, Any]], b: dict[str, dict[str, Any]]) -> list[d
         mean = {side: sum(x[regime][s] for s in seeds) / len(seeds) for side, x in (("a", a), ("b", b))}
         rows.append({"regime": regime, "seeds": seeds, "a": mean["a"], "b": mean["b"], "delta": delta})
     return rows
+
+
+def per_class(a: str, b: str, regime: str = "real+gan+classic") -> dict[str, float]:
+    """A minus B of each class's test recall in ``regime``, mean over the seeds (only the means are
+    saved per class, so there is no interval)."""
+    ra, rb = (downstream(spec)["regimes"][regime]["per_class_recall"] for spec in (a, b))
+    return {c: ra[c] - rb[c] for c in ra if c in rb}
 
 
 def table(rows: list[dict[str, Any]]) -> str:
@@ -83,6 +95,12 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     args = ap.parse_args(argv)
     rows = paired(regimes(args.a), regimes(args.b))
     print(table(rows), flush=True)
+    if any(r["regime"] == "real+gan+classic" for r in rows):
+        diffs = sorted(per_class(args.a, args.b).items(), key=lambda kv: -abs(kv[1]))
+        print(
+            "\nper class, real+gan+classic test recall, A - B (pts): "
+            + ", ".join(f"{c} {100 * d:+.1f}" for c, d in diffs)
+        )
     return rows
 
 

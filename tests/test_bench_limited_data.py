@@ -227,7 +227,15 @@ def test_paired_delta_takes_seedwise_differences_of_two_saved_evaluations(capsys
     got = rows["real+gan"]["delta"]
     assert got["mean"] == pytest.approx(sum(diffs) / 5) and got["ci_low"] < got["mean"] < got["ci_high"]
     assert rows["real+gan"]["seeds"] == mixture["seeds"] and len(mixture["seeds"]) == 5
-    assert f"| real+gan | {100 * rows['real+gan']['a']:.1f} |" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"| real+gan | {100 * rows['real+gan']['a']:.1f} |" in out
+    recall = [
+        json.loads(p.read_text())[k][0]["raw"]["downstream"]["regimes"]["real+gan+classic"]["per_class_recall"]
+        for p, k in ((a, "rows"), (b, "uses"))
+    ]
+    got_pc = paired_delta.per_class(str(a), f"{b}:fixed")
+    assert got_pc == {c: pytest.approx(recall[0][c] - recall[1][c]) for c in recall[0]} and len(got_pc) == 10
+    assert f"Bag {100 * got_pc['Bag']:+.1f}" in out
     with pytest.raises(SystemExit, match="no row or use named 'nope'"):
         paired_delta.main([str(a), f"{b}:nope"])
 
