@@ -562,6 +562,37 @@ def compare(
         typer.echo(f"wrote {csv}")
 
 
+@app.command()
+@handle_errors
+def spread(
+    run_dirs: Annotated[
+        list[Path], typer.Argument(help="Evaluated run directories: one recipe and dataset, another train.seed each.")
+    ],
+    json_path: Annotated[Path | None, typer.Option("--json", help="Also write the result to this JSON file.")] = None,
+    plot: Annotated[Path | None, typer.Option("--plot", help="Also draw the deltas to this PNG file.")] = None,
+) -> None:
+    """The verdict over several trainings of the GAN: per-training deltas and the 95% interval over trainings."""
+    import json
+
+    from augment.errors import OutputError
+    from augment.io import atomic_write_text
+    from augment.metrics.plots import save_figure
+    from augment.metrics.spread import spread_figure, spread_runs, table
+
+    for path in (json_path, plot):
+        if path is not None and not path.parent.is_dir():  # before the runs are read: fail without output
+            raise OutputError(f"{path}: cannot write: folder {path.parent} does not exist")
+    out = spread_runs(run_dirs)
+    typer.echo(table(out))
+    typer.echo(out["verdict"]["text"])
+    if json_path is not None:
+        atomic_write_text(json_path, json.dumps(out, indent=1) + "\n")
+        typer.echo(f"wrote {json_path}")
+    if plot is not None:
+        save_figure(spread_figure(out), plot)
+        typer.echo(f"wrote {plot}")
+
+
 def main() -> None:
     try:
         app()

@@ -246,20 +246,24 @@ def test_gan_seed_spread_takes_each_runs_delta_and_the_interval_over_runs(capsys
     results = REPO / "benchmarks" / "results"
     shipped = results / "limited_data_longtail_ensemble3_640kimg.json"
     reseeded = results / "limited_data_longtail_train_seed1_640kimg.json"  # the same recipe and draw, train.seed=1
-    rows = {r["regime"]: r for r in gan_seed_spread.main([str(shipped), str(reseeded)])}
+    rows = gan_seed_spread.main([str(shipped), str(reseeded)])["regimes"]
     assert "real" not in rows and "real+classic" not in rows
     for side, path in enumerate((shipped, reseeded)):
         metrics = json.loads(path.read_text())["rows"][0]["metrics"]  # limited_data's own paired delta of that run
-        assert rows["real+gan+classic"]["per_run"][side] == pytest.approx(metrics["delta_real_gan_classic"]["mean"])
-        assert rows["real+gan"]["per_run"][side] == pytest.approx(metrics["delta_real_gan"]["mean"])
+        assert rows["real+gan+classic"]["per_training"][side] == pytest.approx(
+            metrics["delta_real_gan_classic"]["mean"]
+        )
+        assert rows["real+gan"]["per_training"][side] == pytest.approx(metrics["delta_real_gan"]["mean"])
     r = rows["real+gan+classic"]
-    assert r["over_runs"]["mean"] == pytest.approx(sum(r["per_run"]) / 2)
-    assert r["over_runs"]["ci_low"] < min(r["per_run"]) and r["sd"] == pytest.approx(
-        abs(r["per_run"][0] - r["per_run"][1]) / 2**0.5
+    assert r["over_trainings"]["mean"] == pytest.approx(sum(r["per_training"]) / 2)
+    assert r["over_trainings"]["ci_low"] < min(r["per_training"]) and r["sd"] == pytest.approx(
+        abs(r["per_training"][0] - r["per_training"][1]) / 2**0.5
     )
-    assert "| real+gan+classic | +2.1, +1.0 |" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "| real+gan+classic | +2.1, +1.0 |" in out
+    assert "Over 2 trainings of the generator, not enough for a verdict (needs 3)" in out
     other_draw = results / "limited_data_longtail_seed1_ensemble3_640kimg.json"  # seed=1: another data split
-    with pytest.raises(SystemExit, match="not the same data draw"):
+    with pytest.raises(SystemExit, match="not the same data, split and classifier"):
         gan_seed_spread.main([str(shipped), str(other_draw)])
-    with pytest.raises(SystemExit, match="at least two runs"):
+    with pytest.raises(SystemExit, match="at least two"):
         gan_seed_spread.main([str(shipped)])

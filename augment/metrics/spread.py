@@ -1,0 +1,286 @@
+"""The downstream verdict over several GAN trainings of one dataset: is the gain the recipe's or one training's?
+
+One evaluation's intervals hold the classifier seeds' noise around *one* trained generator. Training
+the GAN again (``train.seed``) moves the answer too: on the Fashion-MNIST long tail the same recipe
+read +2.1, +1.0 and +1.5 pts over the classic baseline on three trainings, each "helped" by its own
+interval (benchmarks/RESULTS.md). :func:`spread` pools evaluated runs that differ only in the
+training's seed: per training the paired mean delta against ``real+classic`` (and ``real``), then
+the mean over trainings with its 95% t-interval *over trainings*, and the verdict's rule on that
+interval: "helped" only where it is above 0 against both baselines, with :data:`MIN_VERDICT_SEEDS`
+trainings at least. Per class the same, on each training's mean recall change.
+
+Example:
+    >>> out = spread_runs(["runs/00001-a", "runs/00002-a-seed1", "runs/00003-a-seed2"])  # doctest: +SKIP
+    >>> out["verdict"]["text"]  # doctest: +SKIP
+    'Over 3 trainings, GAN augmentation helped: real+gan+classic beat ... by +1.5 pts (95% CI over trainings ...'
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from augment import rundir
+from augment.errors import AugmentError, CheckpointError
+from augment.metrics.regimes import BASELINE, GAN_REGIMES, MIN_VERDICT_SEEDS, REGIMES, VERDICT_METRIC
+from augment.metrics.verdict import mean_ci
+
+#: The cells that do not depend on the generator: equal in every training of one dataset.
+GAN_FREE = ("real", BASELINE)
+#: Settings that may differ between the trainings of one recipe (they change where and how fast it
+#: trains, or its random stream, not what it is).
+TRAINING_FREE = {"seed", "device", "threads", "compile", "compile_mode", "channels_last", "cuda"}
+#: Evaluation settings that say where the cells run or files live, not what they measure.
+EVALUATION_FREE = {"inception_weights", "cache_dir", "threads", "stack_cells", "device", "workers", "dask_address"}
+
+
+def _cells(down: dict[str, Any], regime: str) -> dict[Any, float]:
+    r = down["regimes"][regime]
+    return dict(zip(r["seeds"], r[VERDICT_METRIC]["values"], strict=True))
+
+
+def _judge(ci: dict[str, Any]) -> str:
+    if ci["ci_low"] is None or ci["n"] < MIN_VERDICT_SEEDS:
+        return "too few trainings"
+    return "helped" if ci["ci_low"] > 0 else "hurt" if ci["ci_high"] < 0 else "no measurable benefit"
+
+
+def spread(downs: Sequence[dict[str, Any]], names: Sequence[str]) -> dict[str, Any]:
+    """The verdict over trainings from each training's downstream summary (``metrics.json["downstream"]``).
+
+    Raises:
+        AugmentError: fewer than two trainings, no ``real+classic`` regime, or GAN-free cells that differ
+            (another dataset, split or classifier budget: not trainings of one dataset).
+    """
+    if len(downs) < 2:
+        raise AugmentError("give at least two evaluated trainings of one dataset (other train.seed)")
+    first = downs[0]
+    for name, down in zip(names, downs, strict=True):
+        if BASELINE not in down.get("regimes", {}):
+            raise AugmentError(f"{name}: its evaluation has no {BASELINE} regime to compare against")
+        for regime in GAN_FREE:
+            if regime in first["regimes"] and _cells(down, regime) != _cells(first, regime):
+                raise AugmentError(
+                    f"{name}: its {regime} cells differ from {names[0]}'s: "
+                    "not the same data, split and classifier budget"
+                )
+    regimes: dict[str, Any] = {}
+    for regime in [r for r in REGIMES if r not in GAN_FREE and all(r in d.get("deltas", {}) for d in downs)]:
+        per_training = [d["deltas"][regime][VERDICT_METRIC]["mean"] for d in downs]
+        vs_real = None
+        if all(regime in d.get("deltas_vs_real", {}) for d in downs):
+            vs_real = mean_ci([d["deltas_vs_real"][regime][VERDICT_METRIC]["mean"] for d in downs])
+        classes = first["deltas"][regime]["per_class_recall"]
+        regimes[regime] = {
+            "per_training": per_training,
+            "over_trainings": mean_ci(per_training),
+            "sd": statistics.stdev(per_training),
+            "vs_real": vs_real,
+            "per_class_recall": {
+                c: mean_ci([d["deltas"][regime]["per_class_recall"][c]["mean"] for d in downs]) for c in classes
+            },
+        }
+    out = {
+        "trainings": list(names),
+        "metric": VERDICT_METRIC,
+        "baseline": BASELINE,
+        "classic_policy": first.get("classic_policy"),
+        "seeds": first.get("seeds"),
+        "regimes": regimes,
+    }
+    out["verdict"] = verdict(out)
+    return out
+
+
+def _pts(x: float) -> str:
+    return f"{100 * x:+.1f}"
+
+
+def _ci_text(ci: dict[str, Any]) -> str:
+    if ci["ci_low"] is None:
+        return f"{_pts(ci['mean'])} pts (no interval)"
+    return f"{_pts(ci['mean'])} pts (95% CI over trainings [{_pts(ci['ci_low'])}, {_pts(ci['ci_high'])}])"
+
+
+def verdict(out: dict[str, Any]) -> dict[str, Any]:
+    """:func:`augment.metrics.verdict.verdict`'s rule, read on the intervals over trainings."""
+    regimes = out["regimes"]
+    candidates = [r for r in GAN_REGIMES if r in regimes]
+    n = len(out["trainings"])
+    if not candidates:
+        return {"status": "not evaluated", "text": "No verdict: the evaluations have no real+gan regime."}
+
+    def helped(r: str) -> bool:
+        vs_real = regimes[r]["vs_real"]
+        return _judge(regimes[r]["over_trainings"]) == "helped" and (vs_real is None or _judge(vs_real) == "helped")
+
+    winners = [r for r in candidates if helped(r)]
+    best = max(winners or candidates, key=lambda r: regimes[r]["over_trainings"]["mean"])
+    row = regimes[best]
+    status = "helped" if winners else _judge(row["over_trainings"])
+    if status == "helped" and not winners:  # beat real+classic, not real-only training
+        status = "no measurable benefit"
+    base = f"the classic baseline ({BASELINE} with {out['classic_policy']})"
+    each = ", ".join(_pts(v) for v in row["per_training"])
+    head, over = f"Over {n} trainings of the generator", _ci_text(row["over_trainings"])
+    if status == "too few trainings":
+        text = (
+            f"{head}, not enough for a verdict (needs {MIN_VERDICT_SEEDS}): {best} vs {base}: "
+            f"{_pts(row['over_trainings']['mean'])} pts on average (per training {each})."
+        )
+    elif status == "helped":
+        text = f"{head}, GAN augmentation helped: {best} beat {base} by {over}; per training {each}."
+    elif status == "hurt":
+        text = f"{head}, GAN augmentation hurt: {best} scored {over} against {base}; per training {each}."
+    else:
+        text = f"{head}, no measurable benefit: {best} differs from {base} by {over}; per training {each}."
+        if row["vs_real"] is not None and _judge(row["over_trainings"]) == "helped":
+            text += f" It did not beat real-only training over trainings ({_ci_text(row['vs_real'])})."
+    per_class = row["per_class_recall"]
+    rose = [c for c, ci in per_class.items() if _judge(ci) == "helped"]
+    fell = [c for c, ci in per_class.items() if _judge(ci) == "hurt"]
+    if rose:
+        text += (
+            " Recall rose in every training's mean for "
+            + ", ".join(f"{c} {_pts(per_class[c]['mean'])}" for c in rose)
+            + "."
+        )
+    if fell:
+        text += (
+            " Classes whose recall fell (interval below 0): "
+            + ", ".join(f"{c} {_pts(per_class[c]['mean'])}" for c in fell)
+            + "."
+        )
+    return {
+        "status": status,
+        "regime": best,
+        "metric": VERDICT_METRIC,
+        "delta": row["over_trainings"],
+        "delta_vs_real": row["vs_real"],
+        "classes_helped": rose,
+        "classes_hurt": fell,
+        "text": text,
+    }
+
+
+def table(out: dict[str, Any]) -> str:
+    """The markdown table: one line per GAN regime, per-training deltas, the interval over trainings."""
+    lines = [
+        f"| regime | minus {BASELINE}, per training (pts) | mean over trainings (95% CI) | sd "
+        "| vs real-only (95% CI) |",
+        "|---|---|---|---|---|",
+    ]
+    for regime, r in out["regimes"].items():
+        c = r["over_trainings"]
+        mean = _pts(c["mean"]) + ("" if c["ci_low"] is None else f" [{_pts(c['ci_low'])}, {_pts(c['ci_high'])}]")
+        vr = r["vs_real"]
+        real = (
+            ""
+            if vr is None
+            else _pts(vr["mean"]) + ("" if vr["ci_low"] is None else f" [{_pts(vr['ci_low'])}, {_pts(vr['ci_high'])}]")
+        )
+        per = ", ".join(_pts(v) for v in r["per_training"])
+        lines.append(f"| {regime} | {per} | {mean} | {100 * r['sd']:.1f} | {real} |")
+    return "\n".join(lines)
+
+
+def _evaluated(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / rundir.EVAL / rundir.METRICS_JSON
+    if not run_dir.is_dir():
+        raise CheckpointError(f"{run_dir}: run directory not found")
+    if not path.is_file():
+        raise CheckpointError(
+            f"{run_dir}: not evaluated (no {rundir.EVAL}/{rundir.METRICS_JSON}): run `augment evaluate {run_dir}` first"
+        )
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"{path}: unreadable ({err})") from None
+    if (
+        not isinstance(doc, dict)
+        or not isinstance(doc.get("downstream"), dict)
+        or not isinstance(doc.get("config"), dict)
+    ):
+        raise CheckpointError(f"{path}: not an evaluation of `augment evaluate` (no downstream or config)")
+    return doc
+
+
+def _recipe(cfg: dict[str, Any]) -> dict[str, Any]:
+    """What must be equal across the trainings: the GAN recipe and what the evaluation measures
+    (the data is compared by its fingerprint: the same images may live under another root)."""
+    train = {k: v for k, v in cfg.get("train", {}).items() if k not in TRAINING_FREE}
+    evaluate = {k: v for k, v in cfg.get("evaluate", {}).items() if k not in EVALUATION_FREE}
+    return {"model": cfg.get("model"), "train": train, "evaluate": evaluate}
+
+
+def _first_difference(a: Any, b: Any, where: str = "") -> str:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in sorted(set(a) | set(b)):
+            if a.get(k) != b.get(k):
+                return _first_difference(a.get(k), b.get(k), f"{where}.{k}" if where else k)
+    return f"{where} ({a!r} vs {b!r})"
+
+
+def spread_runs(run_dirs: Sequence[str | Path]) -> dict[str, Any]:
+    """:func:`spread` over evaluated run directories, after checking they are trainings of one recipe
+    on one dataset that differ in their training seed (``train.seed``, else the top-level ``seed``)."""
+    docs = [_evaluated(Path(d)) for d in run_dirs]
+    names = [str(d) for d in run_dirs]
+    first = docs[0]
+    seen: dict[int, str] = {}
+    for name, doc in zip(names, docs, strict=True):
+        if doc.get("data_fingerprint") != first.get("data_fingerprint"):
+            raise AugmentError(
+                f"{name}: trained on data {doc.get('data_fingerprint')}, "
+                f"{names[0]} on {first.get('data_fingerprint')}: not one dataset"
+            )
+        a, b = _recipe(first["config"]), _recipe(doc["config"])
+        if a != b:
+            raise AugmentError(f"{name}: not the recipe of {names[0]}: {_first_difference(b, a)}")
+        train_seed = doc["config"]["train"].get("seed")
+        seed = doc["config"].get("seed") if train_seed is None else train_seed
+        if seed in seen:
+            raise AugmentError(
+                f"{name}: the same training seed ({seed}) as {seen[seed]}: train the others with another train.seed"
+            )
+        seen[seed] = name
+    out = spread([d["downstream"] for d in docs], names)
+    out["train_seeds"] = list(seen)
+    return out
+
+
+def spread_figure(out: dict[str, Any]) -> Any:
+    """Each GAN regime's delta per training (small dots) and their mean with the 95% interval over
+    trainings (large dot, bar), against a zero line: right of it is better."""
+    from augment.metrics.plots import _plt
+
+    plt = _plt()
+    regimes = list(out["regimes"])
+    fig, ax = plt.subplots(figsize=(6.4, 1.3 + 0.45 * max(len(regimes), 1)))
+    ax.axvline(0.0, color="0.3", linewidth=1, linestyle="--")
+    for i, regime in enumerate(regimes):
+        r = out["regimes"][regime]
+        ax.plot([100 * v for v in r["per_training"]], [i + 0.2] * len(r["per_training"]), ".", color="0.5")
+        c = r["over_trainings"]
+        mean = 100 * c["mean"]
+        if c["ci_low"] is None:
+            ax.plot([mean], [i], "o", mfc="none", color="tab:orange")
+            continue
+        lo, hi = 100 * c["ci_low"], 100 * c["ci_high"]
+        ax.errorbar([mean], [i], xerr=[[mean - lo], [hi - mean]], fmt="o", color="tab:orange", capsize=4)
+    from matplotlib.lines import Line2D
+
+    handles = [
+        Line2D([], [], color="0.3", linestyle="--", label=f"no change vs {BASELINE}"),
+        Line2D([], [], marker=".", linestyle="", color="0.5", label="one training"),
+        Line2D([], [], marker="o", color="tab:orange", label="mean, 95% CI over trainings"),
+    ]
+    ax.set_yticks(range(len(regimes)), regimes)
+    ax.invert_yaxis()
+    ax.set_xlabel(f"Δ balanced accuracy vs {BASELINE} (pts), real test split")
+    ax.set_title(f"Over {len(out['trainings'])} trainings: {out['verdict']['status']}", fontsize=9)
+    ax.legend(handles=handles, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=3, frameon=False)
+    return fig

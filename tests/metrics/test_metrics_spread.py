@@ -1,0 +1,142 @@
+"""`augment spread`: the verdict over several trainings of one recipe, read from real evaluated runs."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from scipy import stats
+
+from conftest import REPO, tiny_config
+
+EVAL = [
+    "evaluate.seeds=3",
+    "evaluate.regimes=['real','real+classic','real+gan']",
+    "evaluate.extractor_steps=30",
+    "evaluate.synthetic_per_class=20",
+    "evaluate.classic=['crop']",
+    "evaluate.steps=10",
+    "evaluate.batch_size=32",
+]
+
+
+@pytest.fixture(scope="module")
+def trainings(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """Three tiny runs of one recipe on one dataset, trained with train.seed 0, 1, 2, each evaluated."""
+    from augment.metrics.evaluate import evaluate_run
+    from augment.train import train
+
+    tmp = tmp_path_factory.mktemp("spread")
+    runs = []
+    for seed in range(3):
+        run_dir, _ = train(tiny_config(tmp, *EVAL, f"train.seed={seed}"), out=tmp / f"run{seed}", progress=False)
+        evaluate_run(run_dir, progress=False)
+        runs.append(run_dir)
+    return runs
+
+
+def augment(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "flows.cli", *args], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+
+
+def downstream(run_dir: Path) -> dict:
+    return json.loads((run_dir / "eval" / "metrics.json").read_text())["downstream"]
+
+
+def t_interval(values: list[float]) -> tuple[float, float]:
+    mean = sum(values) / len(values)
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+    half = stats.t.ppf(0.975, len(values) - 1) * sd / math.sqrt(len(values))
+    return mean - half, mean + half
+
+
+def test_spread_takes_each_trainings_paired_delta_and_the_interval_over_trainings(
+    trainings: list[Path], tmp_path: Path
+) -> None:
+    res = augment("spread", *map(str, trainings), "--json", str(tmp_path / "s.json"), "--plot", str(tmp_path / "s.png"))
+    assert res.returncode == 0, res.stderr
+    out = json.loads((tmp_path / "s.json").read_text())
+    assert out["train_seeds"] == [0, 1, 2] and out["trainings"] == [str(r) for r in trainings]
+    assert set(out["regimes"]) == {"real+gan"}  # the GAN-free regimes are the baselines, not rows
+    row = out["regimes"]["real+gan"]
+    each = [downstream(r)["deltas"]["real+gan"]["balanced_accuracy"]["mean"] for r in trainings]
+    assert row["per_training"] == pytest.approx(each)
+    assert len(set(each)) > 1  # train.seed gave three different generators, not one run three times
+    lo, hi = t_interval(each)
+    assert row["over_trainings"]["mean"] == pytest.approx(sum(each) / 3)
+    assert (row["over_trainings"]["ci_low"], row["over_trainings"]["ci_high"]) == pytest.approx((lo, hi))
+    vs_real = [downstream(r)["deltas_vs_real"]["real+gan"]["balanced_accuracy"]["mean"] for r in trainings]
+    assert row["vs_real"]["mean"] == pytest.approx(sum(vs_real) / 3)
+    recall = [downstream(r)["deltas"]["real+gan"]["per_class_recall"]["1"]["mean"] for r in trainings]
+    assert row["per_class_recall"]["1"]["mean"] == pytest.approx(sum(recall) / 3)
+    # The verdict's rule on the interval over trainings: above 0 against real+classic and real-only.
+    rule = "helped" if lo > 0 and t_interval(vs_real)[0] > 0 else None
+    assert out["verdict"]["status"] == rule or (rule is None and out["verdict"]["status"] != "helped")
+    assert res.stdout.splitlines()[2].startswith("| real+gan | " + ", ".join(f"{100 * v:+.1f}" for v in each))
+    assert "Over 3 trainings of the generator" in res.stdout
+    assert (tmp_path / "s.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_spread_of_two_trainings_gives_the_numbers_and_no_verdict(trainings: list[Path]) -> None:
+    from augment.metrics.spread import spread_runs
+
+    out = spread_runs(trainings[:2])
+    assert out["verdict"]["status"] == "too few trainings"
+    assert out["verdict"]["text"].startswith("Over 2 trainings of the generator, not enough for a verdict (needs 3)")
+
+
+def test_helped_needs_the_interval_over_trainings_above_zero_against_real_only_too(trainings: list[Path]) -> None:
+    from augment.metrics.spread import spread
+
+    def shifted(down: dict, vs_classic: float, vs_real: float) -> dict:
+        down = copy.deepcopy(down)
+        down["deltas"]["real+gan"]["balanced_accuracy"]["mean"] = vs_classic
+        down["deltas_vs_real"]["real+gan"]["balanced_accuracy"]["mean"] = vs_real
+        return down
+
+    downs = [downstream(r) for r in trainings]
+    names = ["a", "b", "c"]
+    clear = spread([shifted(d, 0.02 + 0.001 * i, 0.03 + 0.001 * i) for i, d in enumerate(downs)], names)
+    assert clear["verdict"]["status"] == "helped" and "+2.1 pts (95% CI over trainings" in clear["verdict"]["text"]
+    weak = spread([shifted(d, 0.02 + 0.001 * i, [0.01, -0.01, 0.0][i]) for i, d in enumerate(downs)], names)
+    assert weak["verdict"]["status"] == "no measurable benefit"
+    assert "did not beat real-only training over trainings" in weak["verdict"]["text"]
+    noisy = spread([shifted(d, v, 0.03) for d, v in zip(downs, [0.03, -0.01, 0.02], strict=True)], names)
+    assert noisy["verdict"]["status"] == "no measurable benefit"  # each "helped" or not, the trainings disagree
+
+
+def test_spread_refuses_runs_that_are_not_one_recipe_trained_again(trainings: list[Path], tmp_path: Path) -> None:
+    from augment.errors import AugmentError
+    from augment.metrics.spread import spread
+
+    def refused(*args: str) -> str:
+        res = augment("spread", *args)
+        assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+        return res.stderr
+
+    a, b, _ = map(str, trainings)
+    assert "the same training seed (0)" in refused(a, a)
+    assert "at least two" in refused(a)
+    bare = tmp_path / "bare"
+    shutil.copytree(trainings[1], bare, ignore=shutil.ignore_patterns("eval"))
+    assert f"{bare}: not evaluated" in refused(a, str(bare))
+    other = tmp_path / "other"
+    shutil.copytree(trainings[1], other)
+    doc = json.loads((other / "eval" / "metrics.json").read_text())
+    doc["config"]["model"]["g_channels"] = 16
+    (other / "eval" / "metrics.json").write_text(json.dumps(doc))
+    assert "not the recipe of" in refused(a, str(other)) and "model.g_channels (16 vs 8)" in refused(a, str(other))
+    assert "cannot write" in refused(a, b, "--json", str(tmp_path / "missing" / "s.json"))
+    # Another split or classifier budget shows in the cells that do not depend on the generator.
+    downs = [downstream(r) for r in trainings[:2]]
+    downs[1]["regimes"]["real+classic"]["balanced_accuracy"]["values"][0] += 0.01
+    with pytest.raises(AugmentError, match="its real\\+classic cells differ"):
+        spread(downs, ["a", "b"])
