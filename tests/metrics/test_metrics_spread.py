@@ -88,6 +88,9 @@ def test_spread_takes_each_trainings_paired_delta_and_the_interval_over_training
 def test_spread_of_two_trainings_gives_the_numbers_and_no_verdict(trainings: list[Path]) -> None:
     from augment.metrics.spread import spread_runs
 
+    # Each run's report says what its own intervals hold and where the one over trainings comes from.
+    assert "not the GAN training's own: `augment spread`" in (trainings[0] / "eval" / "report.md").read_text()
+
     out = spread_runs(trainings[:2])
     assert out["verdict"]["status"] == "too few trainings"
     assert out["verdict"]["text"].startswith("Over 2 trainings of the generator, not enough for a verdict (needs 3)")
