@@ -142,18 +142,14 @@ def verdict(out: dict[str, Any]) -> dict[str, Any]:
     per_class = row["per_class_recall"]
     rose = [c for c, ci in per_class.items() if _judge(ci) == "helped"]
     fell = [c for c, ci in per_class.items() if _judge(ci) == "hurt"]
-    if rose:
-        text += (
-            " Recall rose in every training's mean for "
-            + ", ".join(f"{c} {_pts(per_class[c]['mean'])}" for c in rose)
-            + "."
-        )
-    if fell:
-        text += (
-            " Classes whose recall fell (interval below 0): "
-            + ", ".join(f"{c} {_pts(per_class[c]['mean'])}" for c in fell)
-            + "."
-        )
+    listed = [
+        f"recall {word} against {BASELINE} (interval {side} 0) for "
+        + ", ".join(f"{c} {_pts(per_class[c]['mean'])}" for c in classes)
+        for word, side, classes in (("rose", "above", rose), ("fell", "below", fell))
+        if classes
+    ]
+    if listed:
+        text += " Per class over trainings, " + "; ".join(listed) + "."
     return {
         "status": status,
         "regime": best,
