@@ -12,7 +12,7 @@ trainings at least. Per class the same, on each training's mean recall change.
 Example:
     >>> out = spread_runs(["runs/00001-a", "runs/00002-a-seed1", "runs/00003-a-seed2"])  # doctest: +SKIP
     >>> out["verdict"]["text"]  # doctest: +SKIP
-    'Over 3 trainings, GAN augmentation helped: real+gan+classic beat ... by +1.5 pts (95% CI over trainings ...'
+    'Over 3 trainings of the generator, GAN augmentation helped: real+gan+classic beat ... by +1.5 pts (95% CI ...'
 """
 
 from __future__ import annotations
@@ -61,8 +61,12 @@ def spread(downs: Sequence[dict[str, Any]], names: Sequence[str]) -> dict[str, A
     for name, down in zip(names, downs, strict=True):
         if BASELINE not in down.get("regimes", {}):
             raise AugmentError(f"{name}: its evaluation has no {BASELINE} regime to compare against")
-        for regime in GAN_FREE:
-            if regime in first["regimes"] and _cells(down, regime) != _cells(first, regime):
+        for regime in [r for r in GAN_FREE if r in first["regimes"] or r in down["regimes"]]:
+            if (
+                regime not in first["regimes"]
+                or regime not in down["regimes"]
+                or _cells(down, regime) != _cells(first, regime)
+            ):
                 raise AugmentError(
                     f"{name}: its {regime} cells differ from {names[0]}'s: "
                     "not the same data, split and classifier budget"

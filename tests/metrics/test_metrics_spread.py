@@ -93,6 +93,14 @@ def test_spread_of_two_trainings_gives_the_numbers_and_no_verdict(trainings: lis
 
     out = spread_runs(trainings[:2])
     assert out["verdict"]["status"] == "too few trainings"
+    from augment.metrics.spread import spread_figure
+
+    ax = spread_figure(out).axes[0]  # a dot per training, then the mean with its interval, per regime
+    dots = [line for line in ax.lines if line.get_marker() == "."]
+    assert [sorted(d.get_xdata()) for d in dots] == [
+        sorted(100 * v for v in out["regimes"]["real+gan"]["per_training"])
+    ]
+    assert ax.get_xlabel().startswith("Δ balanced accuracy vs real+classic") and "too few trainings" in ax.get_title()
     assert out["verdict"]["text"].startswith("Over 2 trainings of the generator, not enough for a verdict (needs 3)")
 
 
@@ -142,4 +150,8 @@ def test_spread_refuses_runs_that_are_not_one_recipe_trained_again(trainings: li
     downs = [downstream(r) for r in trainings[:2]]
     downs[1]["regimes"]["real+classic"]["balanced_accuracy"]["values"][0] += 0.01
     with pytest.raises(AugmentError, match="its real\\+classic cells differ"):
+        spread(downs, ["a", "b"])
+    downs = [downstream(r) for r in trainings[:2]]
+    del downs[1]["regimes"]["real"]  # evaluated without real-only training: not the same grid
+    with pytest.raises(AugmentError, match="its real cells differ"):
         spread(downs, ["a", "b"])
