@@ -17,16 +17,15 @@ Example:
 
 from __future__ import annotations
 
-import json
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from augment import rundir
-from augment.errors import AugmentError, CheckpointError
+from augment.errors import AugmentError
 from augment.metrics.regimes import BASELINE, GAN_REGIMES, MIN_VERDICT_SEEDS, REGIMES, VERDICT_METRIC
-from augment.metrics.verdict import mean_ci
+from augment.metrics.result import read_evaluation
+from augment.metrics.verdict import judge, mean_ci, pick, pts
 
 #: The cells that do not depend on the generator: equal in every training of one dataset.
 GAN_FREE = ("real", BASELINE)
@@ -42,10 +41,11 @@ def _cells(down: dict[str, Any], regime: str) -> dict[Any, float]:
     return dict(zip(r["seeds"], r[VERDICT_METRIC]["values"], strict=True))
 
 
+TOO_FEW = "too few trainings"
+
+
 def _judge(ci: dict[str, Any]) -> str:
-    if ci["ci_low"] is None or ci["n"] < MIN_VERDICT_SEEDS:
-        return "too few trainings"
-    return "helped" if ci["ci_low"] > 0 else "hurt" if ci["ci_high"] < 0 else "no measurable benefit"
+    return judge(ci, too_few=TOO_FEW)
 
 
 def spread(downs: Sequence[dict[str, Any]], names: Sequence[str]) -> dict[str, Any]:
@@ -99,14 +99,15 @@ def spread(downs: Sequence[dict[str, Any]], names: Sequence[str]) -> dict[str, A
     return out
 
 
-def _pts(x: float) -> str:
-    return f"{100 * x:+.1f}"
+def _interval(ci: dict[str, Any]) -> str:
+    """``+1.5 [+0.1, +3.0]`` (the mean alone without an interval)."""
+    return pts(ci["mean"]) + ("" if ci["ci_low"] is None else f" [{pts(ci['ci_low'])}, {pts(ci['ci_high'])}]")
 
 
 def _ci_text(ci: dict[str, Any]) -> str:
     if ci["ci_low"] is None:
-        return f"{_pts(ci['mean'])} pts (no interval)"
-    return f"{_pts(ci['mean'])} pts (95% CI over trainings [{_pts(ci['ci_low'])}, {_pts(ci['ci_high'])}])"
+        return f"{pts(ci['mean'])} pts (no interval)"
+    return f"{pts(ci['mean'])} pts (95% CI over trainings [{pts(ci['ci_low'])}, {pts(ci['ci_high'])}])"
 
 
 def verdict(out: dict[str, Any]) -> dict[str, Any]:
@@ -117,23 +118,20 @@ def verdict(out: dict[str, Any]) -> dict[str, Any]:
     if not candidates:
         return {"status": "not evaluated", "text": "No verdict: the evaluations have no real+gan regime."}
 
-    def helped(r: str) -> bool:
-        vs_real = regimes[r]["vs_real"]
-        return _judge(regimes[r]["over_trainings"]) == "helped" and (vs_real is None or _judge(vs_real) == "helped")
-
-    winners = [r for r in candidates if helped(r)]
-    best = max(winners or candidates, key=lambda r: regimes[r]["over_trainings"]["mean"])
+    best, status, weak_baseline = pick(
+        candidates,
+        {r: regimes[r]["over_trainings"] for r in candidates},
+        {r: regimes[r]["vs_real"] for r in candidates if regimes[r]["vs_real"] is not None},
+        too_few=TOO_FEW,
+    )
     row = regimes[best]
-    status = "helped" if winners else _judge(row["over_trainings"])
-    if status == "helped" and not winners:  # beat real+classic, not real-only training
-        status = "no measurable benefit"
     base = f"the classic baseline ({BASELINE} with {out['classic_policy']})"
-    each = ", ".join(_pts(v) for v in row["per_training"])
+    each = ", ".join(pts(v) for v in row["per_training"])
     head, over = f"Over {n} trainings of the generator", _ci_text(row["over_trainings"])
-    if status == "too few trainings":
+    if status == TOO_FEW:
         text = (
             f"{head}, not enough for a verdict (needs {MIN_VERDICT_SEEDS}): {best} vs {base}: "
-            f"{_pts(row['over_trainings']['mean'])} pts on average (per training {each})."
+            f"{pts(row['over_trainings']['mean'])} pts on average (per training {each})."
         )
     elif status == "helped":
         text = f"{head}, GAN augmentation helped: {best} beat {base} by {over}; per training {each}."
@@ -141,14 +139,14 @@ def verdict(out: dict[str, Any]) -> dict[str, Any]:
         text = f"{head}, GAN augmentation hurt: {best} scored {over} against {base}; per training {each}."
     else:
         text = f"{head}, no measurable benefit: {best} differs from {base} by {over}; per training {each}."
-        if row["vs_real"] is not None and _judge(row["over_trainings"]) == "helped":
+        if weak_baseline:
             text += f" It did not beat real-only training over trainings ({_ci_text(row['vs_real'])})."
     per_class = row["per_class_recall"]
     rose = [c for c, ci in per_class.items() if _judge(ci) == "helped"]
     fell = [c for c, ci in per_class.items() if _judge(ci) == "hurt"]
     listed = [
         f"recall {word} against {BASELINE} (interval {side} 0) for "
-        + ", ".join(f"{c} {_pts(per_class[c]['mean'])}" for c in classes)
+        + ", ".join(f"{c} {pts(per_class[c]['mean'])}" for c in classes)
         for word, side, classes in (("rose", "above", rose), ("fell", "below", fell))
         if classes
     ]
@@ -174,38 +172,10 @@ def table(out: dict[str, Any]) -> str:
         "|---|---|---|---|---|",
     ]
     for regime, r in out["regimes"].items():
-        c = r["over_trainings"]
-        mean = _pts(c["mean"]) + ("" if c["ci_low"] is None else f" [{_pts(c['ci_low'])}, {_pts(c['ci_high'])}]")
-        vr = r["vs_real"]
-        real = (
-            ""
-            if vr is None
-            else _pts(vr["mean"]) + ("" if vr["ci_low"] is None else f" [{_pts(vr['ci_low'])}, {_pts(vr['ci_high'])}]")
-        )
-        per = ", ".join(_pts(v) for v in r["per_training"])
-        lines.append(f"| {regime} | {per} | {mean} | {100 * r['sd']:.1f} | {real} |")
+        real = "" if r["vs_real"] is None else _interval(r["vs_real"])
+        per = ", ".join(pts(v) for v in r["per_training"])
+        lines.append(f"| {regime} | {per} | {_interval(r['over_trainings'])} | {100 * r['sd']:.1f} | {real} |")
     return "\n".join(lines)
-
-
-def _evaluated(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / rundir.EVAL / rundir.METRICS_JSON
-    if not run_dir.is_dir():
-        raise CheckpointError(f"{run_dir}: run directory not found")
-    if not path.is_file():
-        raise CheckpointError(
-            f"{run_dir}: not evaluated (no {rundir.EVAL}/{rundir.METRICS_JSON}): run `augment evaluate {run_dir}` first"
-        )
-    try:
-        doc = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise CheckpointError(f"{path}: unreadable ({err})") from None
-    if (
-        not isinstance(doc, dict)
-        or not isinstance(doc.get("downstream"), dict)
-        or not isinstance(doc.get("config"), dict)
-    ):
-        raise CheckpointError(f"{path}: not an evaluation of `augment evaluate` (no downstream or config)")
-    return doc
 
 
 def _recipe(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -227,7 +197,7 @@ def _first_difference(a: Any, b: Any, where: str = "") -> str:
 def spread_runs(run_dirs: Sequence[str | Path]) -> dict[str, Any]:
     """:func:`spread` over evaluated run directories, after checking they are trainings of one recipe
     on one dataset that differ in their training seed (``train.seed``, else the top-level ``seed``)."""
-    docs = [_evaluated(Path(d)) for d in run_dirs]
+    docs = [read_evaluation(d) for d in run_dirs]
     names = [str(d) for d in run_dirs]
     first = docs[0]
     seen: dict[int, str] = {}

@@ -42,9 +42,11 @@ def mean_ci(values: list[float], level: float = 0.95) -> dict[str, Any]:
     return out
 
 
-def _judge(ci: dict[str, Any]) -> str:
+def judge(ci: dict[str, Any], too_few: str = "not enough seeds for an interval") -> str:
+    """ "helped" / "hurt" / "no measurable benefit" by where the 95% interval of a delta lies, or
+    ``too_few`` with fewer than :data:`MIN_VERDICT_SEEDS` values (seeds here, trainings in :mod:`.spread`)."""
     if ci["ci_low"] is None or ci["n"] < MIN_VERDICT_SEEDS:
-        return "not enough seeds for an interval"
+        return too_few
     if ci["ci_low"] > 0:
         return "helped"
     if ci["ci_high"] < 0:
@@ -52,7 +54,8 @@ def _judge(ci: dict[str, Any]) -> str:
     return "no measurable benefit"
 
 
-def _pts(x: float) -> str:
+def pts(x: float) -> str:
+    """A fraction as signed points: 0.0123 -> '+1.2'."""
     return f"{100 * x:+.1f}"
 
 
@@ -142,8 +145,33 @@ def summarize(plan: Plan, cells: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _ci_text(d: dict[str, Any]) -> str:
-    ci = f"95% CI [{_pts(d['ci_low'])}, {_pts(d['ci_high'])}] pts" if d["ci_low"] is not None else "no interval"
-    return f"{_pts(d['mean'])} pts ({ci}, {d['n']} seeds)"
+    ci = f"95% CI [{pts(d['ci_low'])}, {pts(d['ci_high'])}] pts" if d["ci_low"] is not None else "no interval"
+    return f"{pts(d['mean'])} pts ({ci}, {d['n']} seeds)"
+
+
+def pick(
+    candidates: list[str],
+    delta: dict[str, dict[str, Any]],
+    vs_real: dict[str, dict[str, Any]],
+    too_few: str = "not enough seeds for an interval",
+) -> tuple[str, str, bool]:
+    """The verdict's rule: ``(best regime, status, weak_baseline)``.
+
+    The best regime is the one with the highest mean among those that helped against the classic
+    baseline *and* against real-only training (where ``vs_real`` has it), else among all
+    ``candidates``; the status is :func:`judge` of its interval against the baseline, except that a
+    regime which beat the baseline but not real-only training is "no measurable benefit" with
+    ``weak_baseline`` True (the classic baseline chosen on validation is weak on the data).
+    """
+    winners = [
+        r
+        for r in candidates
+        if judge(delta[r], too_few) == "helped" and (r not in vs_real or judge(vs_real[r], too_few) == "helped")
+    ]
+    best = max(winners or candidates, key=lambda r: delta[r]["mean"])
+    status = judge(delta[best], too_few)
+    weak_baseline = status == "helped" and not winners
+    return best, "no measurable benefit" if weak_baseline else status, weak_baseline
 
 
 def verdict(summary: dict[str, Any]) -> dict[str, Any]:
@@ -159,19 +187,14 @@ def verdict(summary: dict[str, Any]) -> dict[str, Any]:
     if base != BASELINE or not candidates:
         return {"status": "not evaluated", "text": "No verdict: the grid needs real+classic and a real+gan regime."}
 
-    def beats_real(r: str) -> bool:
-        return r not in vs_real or _judge(vs_real[r][m]) == "helped"
-
-    winners = [r for r in candidates if _judge(deltas[r][m]) == "helped" and beats_real(r)]
-    best = max(winners or candidates, key=lambda r: deltas[r][m]["mean"])
+    best, status, weak_baseline = pick(
+        candidates, {r: deltas[r][m] for r in candidates}, {r: vs_real[r][m] for r in vs_real}
+    )
     d = deltas[best][m]
-    status = "helped" if winners else _judge(d)
-    weak_baseline = not winners and status == "helped"  # beat real+classic, not real-only training
     base_desc = f"the classic baseline ({BASELINE} with {summary['classic_policy']})"
     metric_name = m.replace("_", " ")
     real_note = f" and real-only training by {_ci_text(vs_real[best][m])}" if best in vs_real else ""
     if weak_baseline:
-        status = "no measurable benefit"
         real_vs_base = ""
         if "real" in deltas:
             real_vs_base = f" (real-only vs the classic baseline: {_ci_text(deltas['real'][m])})"
@@ -198,18 +221,18 @@ def verdict(summary: dict[str, Any]) -> dict[str, Any]:
             f"{_ci_text(d)} {metric_name}."
         )
     per_class = deltas[best]["per_class_recall"]
-    helped = [c for c, v in per_class.items() if _judge(v) == "helped"]
-    hurt = [c for c, v in per_class.items() if _judge(v) == "hurt"]
+    helped = [c for c, v in per_class.items() if judge(v) == "helped"]
+    hurt = [c for c, v in per_class.items() if judge(v) == "hurt"]
     if helped:
         text += (
             f" Classes whose recall rose against {BASELINE} (interval above 0): "
-            + ", ".join(f"{c} {_pts(per_class[c]['mean'])}" for c in helped)
+            + ", ".join(f"{c} {pts(per_class[c]['mean'])}" for c in helped)
             + "."
         )
     if hurt:
         text += (
             f" Classes whose recall fell against {BASELINE} (interval below 0): "
-            + ", ".join(f"{c} {_pts(per_class[c]['mean'])}" for c in hurt)
+            + ", ".join(f"{c} {pts(per_class[c]['mean'])}" for c in hurt)
             + "."
         )
     if not helped and not hurt and status != "not enough seeds for an interval":
@@ -256,7 +279,7 @@ def deployment(summary: dict[str, Any], run_dir: str) -> dict[str, Any] | None:
         if r not in deltas:
             continue
         d, vr = deltas[r][m], vs_real.get(r, {}).get(m)
-        helped = _judge(d) == "helped" and (vr is None or _judge(vr) == "helped")
+        helped = judge(d) == "helped" and (vr is None or judge(vr) == "helped")
         code = deploy_code(r, run_dir, summary["synthetic_share"])
         rows[r] = {"code": code, "delta": d, "delta_vs_real": vr, "helped": helped}
     if not rows:

@@ -138,7 +138,7 @@ def test_spread_refuses_runs_that_are_not_one_recipe_trained_again(trainings: li
     assert "at least two" in refused(a)
     bare = tmp_path / "bare"
     shutil.copytree(trainings[1], bare, ignore=shutil.ignore_patterns("eval"))
-    assert f"{bare}: not evaluated" in refused(a, str(bare))
+    assert f"{bare}/metrics.json: no evaluation here (run `augment evaluate RUN_DIR` first)" in refused(a, str(bare))
     other = tmp_path / "other"
     shutil.copytree(trainings[1], other)
     doc = json.loads((other / "eval" / "metrics.json").read_text())
