@@ -341,6 +341,37 @@ def headline_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
     return out
 
 
+OVER_TRAININGS = "over_trainings"  # augment run --trainings: the downstream deltas over GAN trainings
+
+
+def spread_metrics(out: Mapping[str, Any]) -> dict[str, float]:
+    """The verdict over trainings (:func:`augment.metrics.spread.spread`) under MLflow names, in points:
+    ``over_trainings/delta_vs_real_classic_pts/<regime>`` (the mean over trainings) with ``/ci_low``,
+    ``/ci_high`` (95% t-interval over trainings) and ``/sd``; ``over_trainings/delta_vs_real_pts/<regime>``
+    with its interval; ``over_trainings/trainings`` (how many).
+
+    Example:
+        >>> m = spread_metrics({"baseline": "real+classic", "trainings": ["a", "b"], "regimes": {"real+gan": {
+        ...     "over_trainings": {"mean": 0.012, "ci_low": None, "ci_high": None}, "sd": 0.004, "vs_real": None}}})
+        >>> name = "over_trainings/delta_vs_real_classic_pts/real_gan"
+        >>> m[name], m[f"{name}/sd"]
+        (1.2, 0.4)
+    """
+    metrics = {metric_name(OVER_TRAININGS, "trainings"): float(len(out["trainings"]))}
+
+    def put(value: Any, *parts: str) -> None:
+        if value is not None:
+            metrics[metric_name(OVER_TRAININGS, *parts)] = round(100 * float(value), 10)
+
+    for regime, row in out["regimes"].items():
+        for baseline, ci in ((out.get("baseline") or BASELINE, row["over_trainings"]), ("real", row.get("vs_real"))):
+            put((ci or {}).get("mean"), delta_name(baseline), regime)
+            put((ci or {}).get("ci_low"), delta_name(baseline), regime, "ci_low")
+            put((ci or {}).get("ci_high"), delta_name(baseline), regime, "ci_high")
+        put(row.get("sd"), delta_name(out.get("baseline") or BASELINE), regime, "sd")
+    return metrics
+
+
 def cell_metrics(cell: Mapping[str, Any], class_names: list[str]) -> dict[str, float]:
     """One downstream (regime, seed) cell's scores under the names of its child run.
 

@@ -385,9 +385,19 @@ def run(
             "--skip-if-unchanged", help="Stop early when data, config and code equal the champion's.", metavar=""
         ),
     ] = False,
+    trainings: Annotated[
+        int,
+        typer.Option(
+            "--trainings",
+            min=1,
+            help="Train the GAN this many times (train.seed s, s+1, ...) and judge augmentation over the trainings.",
+        ),
+    ] = 1,
     quiet: QuietOpt = False,
 ) -> None:
     """Run the whole pipeline (train, generate, evaluate, register) as a Prefect flow tracked in MLflow."""
+    if trainings > 1 and skip_if_unchanged:
+        fail("--skip-if-unchanged does not apply to --trainings (every training is a new one)")
     _setup_logging(quiet)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # Prefect's API calls, one line per request
     if quiet:
@@ -401,6 +411,23 @@ def run(
     # Bars (training kimg, evaluation steps, each with an ETA) in the foreground; log lines go through
     # tqdm so they never break a bar, and Prefect's per-task "Finished in state" lines stay out.
     logging.getLogger("prefect.task_runs").setLevel(logging.WARNING)
+    if trainings > 1:
+        from flows.trainings import training_seeds, trainings_flow
+
+        training_seeds(str(config), list(set_ or []), trainings)  # bad input fails before the first training
+        with _bars_and_logs(not quiet):
+            over = trainings_flow(
+                config=str(config), overrides=list(set_ or []), trainings=trainings, progress=not quiet
+            )
+        from augment.metrics.spread import table
+
+        for i, r in enumerate(over["trainings"]):
+            typer.echo(f"training {i + 1} ({r['run_dir']}): {r['verdict_status']}")
+        typer.echo(table(over["spread"]))
+        typer.echo(f"verdict: {over['verdict']}\nreport: {over['report']}")
+        if over.get("mlflow_run_id"):
+            typer.echo(_ui_hint(over["tracking_uri"], over.get("experiment_id"), over["mlflow_run_id"]))
+        return
     with _bars_and_logs(not quiet):
         result = pipeline(
             config=str(config),

@@ -48,11 +48,18 @@ def registered_model_name(cfg: Config) -> str:
     return cfg.tracking.registered_model or f"{cfg.name}-cgan"
 
 
-def registry_section(promotion: Promotion | None, model_name: str, tracking_enabled: bool) -> str:
+def registry_section(
+    promotion: Promotion | None, model_name: str, tracking_enabled: bool, register: bool = True
+) -> str:
     """The report's "Model registry" section: where the generator went and why."""
     lines = ["", "## Model registry", ""]
     if promotion is None:
-        why = "tracking is disabled (tracking.enabled: false)" if not tracking_enabled else "no model was logged"
+        if not tracking_enabled:
+            why = "tracking is disabled (tracking.enabled: false)"
+        elif not register:
+            why = "a repeat training of `augment run --trainings` (the first training's generator is registered)"
+        else:
+            why = "no model was logged"
         lines.append(f"The generator was not registered: {why}.")
         return "\n".join(lines) + "\n"
     verdict = "promoted to **champion**" if promotion.promoted else "kept as **challenger** (not promoted)"
@@ -77,8 +84,14 @@ def pipeline(
     force: bool = False,
     skip_if_unchanged: bool = False,
     progress: bool = False,
+    parent_run: str | None = None,
+    register_model: bool = True,
 ) -> dict[str, Any]:
     """Run the whole pipeline for ``config`` (a YAML path) with ``--set`` style ``overrides``.
+
+    ``parent_run``: an MLflow run to nest this pipeline's run under (``augment run --trainings``);
+    ``register_model``: whether the generator goes to the model registry (False: a repeat training whose
+    run is evidence for the verdict over trainings, not a model to hand on).
 
     Returns a JSON-able summary: run directory, report path, metrics, MLflow ids and the promotion
     outcome, or ``{"skipped": True, "reason": ...}`` when the data has not changed.
@@ -115,7 +128,7 @@ def pipeline(
             "config": str(config),
             TAG_OVERRIDES: " ".join(overrides or []) or "(none)",  # why runs of one config differ
         }
-        with tracker.run(f"{cfg.name} {run_dir.name}", kind="pipeline", tags=tags) as parent:
+        with tracker.run(f"{cfg.name} {run_dir.name}", kind="pipeline", parent=parent_run, tags=tags) as parent:
             tracker.log_params(parent, cfg.flat())
             tracker.log_dataset(parent, data, name=f"{cfg.name}-train", source=data_source(cfg))
 
@@ -133,7 +146,7 @@ def pipeline(
 
             # Register.
             promotion = None
-            if model_uri is not None:
+            if model_uri is not None and register_model:
                 gate = gate_from_metrics(metrics, cfg.tracking.promote_on)
                 promotion = tracker.register(
                     model_uri,
@@ -144,7 +157,7 @@ def pipeline(
                     run_fingerprint=run_fp,
                 )
             with open(report, "a") as fh:
-                fh.write(registry_section(promotion, model_name, cfg.tracking.enabled))
+                fh.write(registry_section(promotion, model_name, cfg.tracking.enabled, register_model))
             if promotion is not None:
                 tracker.set_tags(
                     parent,
@@ -166,6 +179,7 @@ def pipeline(
         "snapshot": str(snapshot),
         "data_fingerprint": data.fingerprint,
         "verdict": (metrics.get("downstream") or {}).get("verdict", {}).get("text"),
+        "verdict_status": (metrics.get("downstream") or {}).get("verdict", {}).get("status"),
         "deploy": ((metrics.get("downstream") or {}).get("deploy") or {}).get("text"),
         "tracking_uri": tracker.uri,
         "experiment_id": getattr(tracker, "experiment_id", None),

@@ -254,3 +254,26 @@ def spread_figure(out: dict[str, Any]) -> Any:
     ax.set_title(f"Over {len(out['trainings'])} trainings: {out['verdict']['status']}", fontsize=9)
     ax.legend(handles=handles, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=3, frameon=False)
     return fig
+
+
+def report(out: dict[str, Any], name: str, runs: Sequence[tuple[int, str, str]]) -> str:
+    """The markdown report of ``augment run --trainings``: the verdict over trainings, the table, and
+    each training's run with its own verdict (``runs``: ``(train seed, run directory, status)``)."""
+    seeds = out.get("seeds") or []
+    lines = [
+        f"# {name}: the verdict over {len(out['trainings'])} trainings of the generator",
+        "",
+        out["verdict"]["text"],
+        "",
+        f"Each training's delta is its paired mean over {len(seeds)} classifier seeds against {BASELINE} "
+        f"({out['classic_policy']}), balanced accuracy on the real test split; the interval is the 95% "
+        "t-interval over trainings (their spread), not over classifier seeds.",
+        "",
+        table(out),
+        "",
+        "| training | train.seed | run directory | its own verdict |",
+        "|---|---|---|---|",
+    ]
+    lines += [f"| {i + 1} | {seed} | `{run_dir}` | {status} |" for i, (seed, run_dir, status) in enumerate(runs)]
+    lines += ["", "![deltas per training](spread.png)", ""]
+    return "\n".join(lines)

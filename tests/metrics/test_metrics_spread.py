@@ -89,7 +89,10 @@ def test_spread_of_two_trainings_gives_the_numbers_and_no_verdict(trainings: lis
     from augment.metrics.spread import spread_runs
 
     # Each run's report says what its own intervals hold and where the one over trainings comes from.
-    assert "not the GAN training's own: `augment spread`" in (trainings[0] / "eval" / "report.md").read_text()
+    assert (
+        "not the GAN training's own: `augment run CONFIG --trainings 3`"
+        in (trainings[0] / "eval" / "report.md").read_text()
+    )
 
     out = spread_runs(trainings[:2])
     assert out["verdict"]["status"] == "too few trainings"

@@ -1,0 +1,121 @@
+"""`augment run CONFIG --trainings 3` end to end: three real tiny pipelines (train.seed s, s+1, s+2)
+nested under one MLflow run of kind `trainings`, the verdict over trainings on disk and in MLflow,
+only the first generator registered; and its bad input, one line and exit 2."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+from scipy import stats
+
+from augment.tracking import TAG_KIND, TAG_MODEL, TAG_NOTE, TAG_VERDICT
+from conftest import augment_command, write_pipeline_config
+
+pytestmark = [pytest.mark.usefixtures("prefect_harness"), pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def over(tmp_path_factory: pytest.TempPathFactory, prefect_harness) -> dict:
+    tmp = tmp_path_factory.mktemp("trainings")
+    regimes = "evaluate.regimes=['real','real+classic','real+gan']"  # real: the deltas against real-only too
+    path, cfg = write_pipeline_config(tmp, "seed=4", regimes, "tracking.experiment=trainings-tests")
+    result = augment_command("run", str(path), "--trainings", "3", "--quiet", cwd=tmp)
+    assert result.returncode == 0, result.stdout + result.stderr
+    client = MlflowClient(tracking_uri=cfg.tracking.uri, registry_uri=cfg.tracking.uri)
+    exp = client.get_experiment_by_name(cfg.tracking.experiment)
+    [parent] = client.search_runs([exp.experiment_id], f"tags.`{TAG_KIND}` = 'trainings'")
+    pipelines = client.search_runs(
+        [exp.experiment_id], f"tags.`{TAG_KIND}` = 'pipeline'", order_by=["attributes.start_time ASC"]
+    )
+    return {"tmp": tmp, "cfg": cfg, "out": result.stdout, "client": client, "parent": parent, "pipelines": pipelines}
+
+
+def _evaluations(over: dict) -> list[dict]:
+    return [json.loads((Path(p.data.tags["run_dir"]) / "eval" / "metrics.json").read_text()) for p in over["pipelines"]]
+
+
+def test_three_trainings_with_the_next_seeds_nest_under_one_finished_run(over: dict) -> None:
+    parent, pipelines = over["parent"], over["pipelines"]
+    assert parent.info.status == "FINISHED" and parent.data.params["trainings"] == "3"
+    assert len(pipelines) == 3 and all(p.info.status == "FINISHED" for p in pipelines)
+    assert all(p.data.tags["mlflow.parentRunId"] == parent.info.run_id for p in pipelines)
+    # The config's own seed (the top-level seed=4, no train.seed) and the next two.
+    assert [p.data.params["train.seed"] for p in pipelines] == ["4", "5", "6"]
+    assert [p.data.tags["overrides"].split()[-1] for p in pipelines] == [f"train.seed={s}" for s in (4, 5, 6)]
+    docs = _evaluations(over)
+    assert len({d["data_fingerprint"] for d in docs}) == 1, "one dataset: only the training differs"
+    assert len({d["fd_domain"]["fd_domain"] for d in docs}) == 3, "three trainings, three generators"
+
+
+def test_only_the_first_training_is_registered(over: dict) -> None:
+    pipelines, client = over["pipelines"], over["client"]
+    assert pipelines[0].data.tags[TAG_MODEL] == "digits-cgan"
+    assert all(TAG_MODEL not in p.data.tags for p in pipelines[1:])
+    versions = client.search_model_versions("name = 'digits-cgan'")
+    assert [str(v.version) for v in versions] == ["1"]
+    logged_by = client.get_run(versions[0].run_id)  # the first training's train run logged the model
+    assert logged_by.data.tags["mlflow.parentRunId"] == pipelines[0].info.run_id
+    second = (Path(pipelines[1].data.tags["run_dir"]) / "eval" / "report.md").read_text()
+    assert "not registered: a repeat training of `augment run --trainings`" in second
+
+
+def test_the_parent_holds_the_deltas_over_trainings_in_points(over: dict) -> None:
+    parent, docs = over["parent"], _evaluations(over)
+    per = [100 * d["downstream"]["deltas"]["real+gan"]["balanced_accuracy"]["mean"] for d in docs]
+    mean = statistics.fmean(per)
+    half = stats.t.ppf(0.975, 2) * statistics.stdev(per) / 3**0.5
+    name = "over_trainings/delta_vs_real_classic_pts/real_gan"
+    m = parent.data.metrics
+    assert m["over_trainings/trainings"] == 3
+    assert m[name] == pytest.approx(mean)
+    assert (m[f"{name}/ci_low"], m[f"{name}/ci_high"]) == (pytest.approx(mean - half), pytest.approx(mean + half))
+    assert m[f"{name}/sd"] == pytest.approx(statistics.stdev(per))
+    vs_real = [100 * d["downstream"]["deltas_vs_real"]["real+gan"]["balanced_accuracy"]["mean"] for d in docs]
+    assert m["over_trainings/delta_vs_real_pts/real_gan"] == pytest.approx(statistics.fmean(vs_real))
+
+
+def test_the_verdict_over_trainings_is_on_disk_printed_and_tagged(over: dict) -> None:
+    parent, out = over["parent"], over["out"]
+    folder = Path(parent.data.tags["run_dir"])
+    assert folder.parent == over["cfg"].output.root.resolve() and folder.name.endswith("-digits-trainings")
+    spread = json.loads((folder / "spread.json").read_text())
+    assert spread["train_seeds"] == [4, 5, 6]
+    assert spread["verdict"]["text"].startswith("Over 3 trainings of the generator")
+    assert parent.data.tags[TAG_VERDICT] == spread["verdict"]["status"]
+    assert parent.data.tags[TAG_NOTE] == spread["verdict"]["text"]
+    report = (folder / "report.md").read_text()
+    assert spread["verdict"]["text"] in report and "| real+gan |" in report
+    for p in over["pipelines"]:
+        assert Path(p.data.tags["run_dir"]).name in report
+    assert (folder / "spread.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"verdict: {spread['verdict']['text']}" in out
+    printed = next(line.split(": ", 1)[1] for line in out.splitlines() if line.startswith("report: "))
+    assert Path(printed).resolve() == folder / "report.md"
+    assert [line.split(": ")[-1] for line in out.splitlines() if line.startswith("training ")] == [
+        json.loads((Path(p.data.tags["run_dir"]) / "eval" / "metrics.json").read_text())["downstream"]["verdict"][
+            "status"
+        ]
+        for p in over["pipelines"]
+    ]
+    assert "| real+gan |" in out
+    artifacts = {Path(a.path).name for a in over["client"].list_artifacts(parent.info.run_id)}
+    assert {"report.md", "spread.json", "spread.png"} <= artifacts
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--trainings", "3", "--skip-if-unchanged"], "--skip-if-unchanged does not apply to --trainings"),
+        (["--trainings", "2", "--set", "evaluate.regimes=['real+gan']"], "evaluate.regimes needs 'real+classic'"),
+    ],
+)
+def test_bad_trainings_requests_fail_in_one_line_before_training(tmp_path: Path, args: list[str], needle: str) -> None:
+    path, cfg = write_pipeline_config(tmp_path)
+    result = augment_command("run", str(path), *args, "--quiet", cwd=tmp_path)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert needle in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not cfg.output.root.exists() or not any(cfg.output.root.iterdir()), "nothing trained"
