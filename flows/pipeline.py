@@ -178,6 +178,7 @@ def pipeline(
         "report": str(report),
         "snapshot": str(snapshot),
         "data_fingerprint": data.fingerprint,
+        "data_tags": data_tags(data),
         "verdict": (metrics.get("downstream") or {}).get("verdict", {}).get("text"),
         "verdict_status": (metrics.get("downstream") or {}).get("verdict", {}).get("status"),
         "deploy": ((metrics.get("downstream") or {}).get("deploy") or {}).get("text"),

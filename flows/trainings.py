@@ -93,6 +93,7 @@ def trainings_flow(
         tracker.set_tags(
             parent,
             {
+                **runs[0]["data_tags"],  # one dataset: spread_runs checked the fingerprints
                 TAG_VERDICT: out["verdict"]["status"],
                 TAG_NOTE: out["verdict"]["text"],
                 TAG_REPORT: str((folder / rundir.REPORT_MD).resolve()),

@@ -4,6 +4,7 @@ only the first generator registered; and its bad input, one line and exit 2."""
 
 from __future__ import annotations
 
+import csv
 import json
 import statistics
 from pathlib import Path
@@ -67,12 +68,19 @@ def test_the_parent_holds_the_deltas_over_trainings_in_points(over: dict) -> Non
     parent, docs = over["parent"], _evaluations(over)
     per = [100 * d["downstream"]["deltas"]["real+gan"]["balanced_accuracy"]["mean"] for d in docs]
     mean = statistics.fmean(per)
-    half = stats.t.ppf(0.975, 2) * statistics.stdev(per) / 3**0.5
+    spread = json.loads((Path(parent.data.tags["run_dir"]) / "spread.json").read_text())
+    ci = spread["regimes"]["real+gan"]["over_trainings"]
     name = "over_trainings/delta_vs_real_classic_pts/real_gan"
     m = parent.data.metrics
     assert m["over_trainings/trainings"] == 3
     assert m[name] == pytest.approx(mean)
-    assert (m[f"{name}/ci_low"], m[f"{name}/ci_high"]) == (pytest.approx(mean - half), pytest.approx(mean + half))
+    assert (m[f"{name}/ci_low"], m[f"{name}/ci_high"]) == (
+        pytest.approx(100 * ci["ci_low"]),
+        pytest.approx(100 * ci["ci_high"]),
+    )
+    # The interval counts trainings and classifier seeds: never narrower than the trainings' own spread.
+    half = stats.t.ppf(0.975, 2) * statistics.stdev(per) / 3**0.5
+    assert m[f"{name}/ci_high"] - m[f"{name}/ci_low"] >= 2 * half - 1e-9
     assert m[f"{name}/sd"] == pytest.approx(statistics.stdev(per))
     vs_real = [100 * d["downstream"]["deltas_vs_real"]["real+gan"]["balanced_accuracy"]["mean"] for d in docs]
     assert m["over_trainings/delta_vs_real_pts/real_gan"] == pytest.approx(statistics.fmean(vs_real))
@@ -119,3 +127,30 @@ def test_bad_trainings_requests_fail_in_one_line_before_training(tmp_path: Path,
     assert result.returncode == 2, result.stdout + result.stderr
     assert needle in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not cfg.output.root.exists() or not any(cfg.output.root.iterdir()), "nothing trained"
+
+
+def test_augment_compare_shows_the_run_over_trainings_beside_its_trainings(over: dict, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    out_csv = tmp_path / "runs.csv"
+    cfg, parent = over["cfg"], over["parent"]
+    args = ["compare", "--uri", cfg.tracking.uri, "--experiment", cfg.tracking.experiment, "--csv", str(out_csv)]
+    result = CliRunner().invoke(app, args, env={"COLUMNS": "120"})
+    assert result.exit_code == 0, result.output
+    with open(out_csv, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    # Newest first: the run over trainings ends last but started first, so it is the oldest row.
+    assert [r["run_id"] for r in rows][-1] == parent.info.run_id[:8] and len(rows) == 4
+    top = rows[-1]
+    name = "over_trainings/delta_vs_real_classic_pts/real_gan"
+    assert float(top[name]) == pytest.approx(parent.data.metrics[name])
+    assert float(top[f"{name}/ci_low"]) == pytest.approx(parent.data.metrics[f"{name}/ci_low"])
+    assert (
+        top["interval_over"] == "3 trainings (train.seed [4, 5, 6])" and top["verdict"] == parent.data.tags[TAG_VERDICT]
+    )
+    assert top["fingerprint"] == over["pipelines"][0].data.tags["data_fingerprint"]
+    assert top["downstream/delta_vs_real_classic_pts/real_gan"] == ""  # no one-training number on it
+    assert [r["interval_over"] for r in rows[:-1]] == ["3 classifier seeds"] * 3
+    assert "Δ bal. acc. real+gan vs real+classic (pts, over trainings)" in result.output
