@@ -262,13 +262,13 @@ def test_gan_seed_spread_takes_each_runs_delta_and_the_interval_over_runs(capsys
     out = capsys.readouterr().out
     assert "| real+gan+classic | +2.1, +1.0 |" in out
     assert "Over 2 trainings of the generator, not enough for a verdict (needs 3)" in out
-    # Three trainings give a verdict on the interval over them, class by class too (RESULTS.md quotes these).
+    # Three trainings: a verdict on the interval over them and the seeds, per class too (RESULTS.md quotes these).
     text = gan_seed_spread.main(
         [str(shipped), str(reseeded), str(results / "limited_data_longtail_train_seed2_640kimg.json")]
     )["verdict"]["text"]
     assert (
         "helped: real+gan+classic beat the classic baseline" in text
-        and "+1.5 pts (95% CI over trainings [+0.1, +3.0])" in text
+        and "+1.5 pts (95% CI over trainings and seeds [+0.3, +2.8])" in text
     )
     assert "recall rose against real+classic (interval above 0) for Shirt +8.0, Ankle boot +5.4;" in text
     other_draw = results / "limited_data_longtail_seed1_ensemble3_640kimg.json"  # seed=1: another data split

@@ -5,9 +5,11 @@ the GAN again (``train.seed``) moves the answer too: on the Fashion-MNIST long t
 read +2.1, +1.0 and +1.5 pts over the classic baseline on three trainings, each "helped" by its own
 interval (benchmarks/RESULTS.md). :func:`spread` pools evaluated runs that differ only in the
 training's seed: per training the paired mean delta against ``real+classic`` (and ``real``), then
-the mean over trainings with its 95% t-interval *over trainings*, and the verdict's rule on that
-interval: "helped" only where it is above 0 against both baselines, with :data:`MIN_VERDICT_SEEDS`
-trainings at least. Per class the same, on each training's mean recall change.
+the mean over trainings with its 95% interval over trainings *and* classifier seeds
+(:func:`augment.metrics.verdict.crossed_ci`: every training shares the baseline's seeds, whose noise
+the spread of the per-training means cannot show), and the verdict's rule on that interval:
+"helped" only where it is above 0 against both baselines, with :data:`MIN_VERDICT_SEEDS` trainings
+at least. Per class the same, on the recall changes.
 
 Example:
     >>> out = spread_runs(["runs/00001-a", "runs/00002-a-seed1", "runs/00003-a-seed2"])  # doctest: +SKIP
@@ -25,7 +27,7 @@ from typing import Any
 from augment.errors import AugmentError
 from augment.metrics.regimes import BASELINE, GAN_REGIMES, MIN_VERDICT_SEEDS, REGIMES, VERDICT_METRIC
 from augment.metrics.result import read_evaluation
-from augment.metrics.verdict import judge, mean_ci, pick, pts
+from augment.metrics.verdict import crossed_ci, judge, pick, pts
 
 #: The cells that do not depend on the generator: equal in every training of one dataset.
 GAN_FREE = ("real", BASELINE)
@@ -71,20 +73,25 @@ def spread(downs: Sequence[dict[str, Any]], names: Sequence[str]) -> dict[str, A
                     f"{name}: its {regime} cells differ from {names[0]}'s: "
                     "not the same data, split and classifier budget"
                 )
+        if down.get("seeds") != first.get("seeds"):
+            raise AugmentError(
+                f"{name}: classifier seeds {down.get('seeds')}, {names[0]}'s {first.get('seeds')}: "
+                "the deltas are paired by seed, so every training needs the same seeds"
+            )
     regimes: dict[str, Any] = {}
     for regime in [r for r in REGIMES if r not in GAN_FREE and all(r in d.get("deltas", {}) for d in downs)]:
         per_training = [d["deltas"][regime][VERDICT_METRIC]["mean"] for d in downs]
         vs_real = None
         if all(regime in d.get("deltas_vs_real", {}) for d in downs):
-            vs_real = mean_ci([d["deltas_vs_real"][regime][VERDICT_METRIC]["mean"] for d in downs])
+            vs_real = crossed_ci([d["deltas_vs_real"][regime][VERDICT_METRIC]["values"] for d in downs])
         classes = first["deltas"][regime]["per_class_recall"]
         regimes[regime] = {
             "per_training": per_training,
-            "over_trainings": mean_ci(per_training),
+            "over_trainings": crossed_ci([d["deltas"][regime][VERDICT_METRIC]["values"] for d in downs]),
             "sd": statistics.stdev(per_training),
             "vs_real": vs_real,
             "per_class_recall": {
-                c: mean_ci([d["deltas"][regime]["per_class_recall"][c]["mean"] for d in downs]) for c in classes
+                c: crossed_ci([d["deltas"][regime]["per_class_recall"][c]["values"] for d in downs]) for c in classes
             },
         }
     out = {
@@ -107,7 +114,7 @@ def _interval(ci: dict[str, Any]) -> str:
 def _ci_text(ci: dict[str, Any]) -> str:
     if ci["ci_low"] is None:
         return f"{pts(ci['mean'])} pts (no interval)"
-    return f"{pts(ci['mean'])} pts (95% CI over trainings [{pts(ci['ci_low'])}, {pts(ci['ci_high'])}])"
+    return f"{pts(ci['mean'])} pts (95% CI over trainings and seeds [{pts(ci['ci_low'])}, {pts(ci['ci_high'])}])"
 
 
 def verdict(out: dict[str, Any]) -> dict[str, Any]:
@@ -167,7 +174,7 @@ def verdict(out: dict[str, Any]) -> dict[str, Any]:
 def table(out: dict[str, Any]) -> str:
     """The markdown table: one line per GAN regime, per-training deltas, the interval over trainings."""
     lines = [
-        f"| regime | minus {BASELINE}, per training (pts) | mean over trainings (95% CI) | sd "
+        f"| regime | minus {BASELINE}, per training (pts) | mean over trainings (95% CI, trainings x seeds) | sd "
         "| vs real-only (95% CI) |",
         "|---|---|---|---|---|",
     ]
@@ -246,7 +253,7 @@ def spread_figure(out: dict[str, Any]) -> Any:
     handles = [
         Line2D([], [], color="0.3", linestyle="--", label=f"no change vs {BASELINE}"),
         Line2D([], [], marker=".", linestyle="", color="0.5", label="one training"),
-        Line2D([], [], marker="o", color="tab:orange", label="mean, 95% CI over trainings"),
+        Line2D([], [], marker="o", color="tab:orange", label="mean, 95% CI (trainings x seeds)"),
     ]
     ax.set_yticks(range(len(regimes)), regimes)
     ax.invert_yaxis()
@@ -266,8 +273,9 @@ def report(out: dict[str, Any], name: str, runs: Sequence[tuple[int, str, str]])
         out["verdict"]["text"],
         "",
         f"Each training's delta is its paired mean over {len(seeds)} classifier seeds against {BASELINE} "
-        f"({out['classic_policy']}), balanced accuracy on the real test split; the interval is the 95% "
-        "t-interval over trainings (their spread), not over classifier seeds.",
+        f"({out['classic_policy']}), balanced accuracy on the real test split; the 95% interval counts both "
+        "the trainings' spread and the classifier seeds' (trainings and seeds as crossed random effects); sd is "
+        "the standard deviation of the per-training deltas.",
         "",
         table(out),
         "",

@@ -42,6 +42,55 @@ def mean_ci(values: list[float], level: float = 0.95) -> dict[str, Any]:
     return out
 
 
+def crossed_ci(values: list[list[float]], level: float = 0.95) -> dict[str, Any]:
+    """Mean and interval of paired deltas measured on every (training, classifier seed) cell.
+
+    ``values[t][s]``: training ``t``'s paired delta on classifier seed ``s`` (the same seeds, hence the
+    same baseline cells, in every training). The trainings and the seeds are crossed random effects
+    (two-way ANOVA without replication): the grand mean's variance is (MS_T + MS_S - MS_E) / (T S),
+    with Satterthwaite's degrees of freedom. MS_S carries the seeds' noise that every training shares
+    through the one baseline, which the spread of the per-training means alone (:func:`mean_ci` over
+    them) cannot see; the variance is never taken below that spread's (MS_T / (T S), T - 1 degrees of
+    freedom). ``n`` is the number of trainings, ``values`` their means, ``df`` the degrees of freedom.
+    With one seed this is :func:`mean_ci` over the trainings.
+
+    Example:
+        >>> ci = crossed_ci([[0.01, 0.02, 0.03], [0.02, 0.03, 0.04], [0.00, 0.02, 0.01]])
+        >>> ci["n"], round(ci["mean"], 3), round(ci["ci_low"], 3), round(ci["ci_high"], 3), round(ci["df"], 1)
+        (3, 0.02, -0.002, 0.042, 3.4)
+    """
+    from scipy import stats
+
+    arr = np.asarray(values, dtype=np.float64)
+    if arr.ndim != 2 or arr.shape[1] < 2 or arr.shape[0] < 2:
+        out = mean_ci(arr.mean(axis=1).tolist() if arr.ndim == 2 else arr.tolist(), level)
+        out["df"] = out["n"] - 1 if out["ci_low"] is not None else None
+        return out
+    t, s = arr.shape
+    grand, rows, cols = arr.mean(), arr.mean(axis=1), arr.mean(axis=0)
+    ms_t = s * float(((rows - grand) ** 2).sum()) / (t - 1)
+    ms_s = t * float(((cols - grand) ** 2).sum()) / (s - 1)
+    resid = arr - rows[:, None] - cols[None, :] + grand
+    ms_e = float((resid**2).sum()) / ((t - 1) * (s - 1))
+    combined = ms_t + ms_s - ms_e
+    if combined > ms_t:
+        var = combined / (t * s)
+        df = combined**2 / (ms_t**2 / (t - 1) + ms_s**2 / (s - 1) + ms_e**2 / ((t - 1) * (s - 1)))
+    else:  # the seeds add nothing measurable: the spread over trainings alone
+        var, df = ms_t / (t * s), float(t - 1)
+    half = float(stats.t.ppf(0.5 + level / 2, df) * math.sqrt(var))
+    mean = float(grand)
+    return {
+        "mean": mean,
+        "n": t,
+        "values": rows.tolist(),
+        "seeds": s,
+        "df": df,
+        "ci_low": mean - half,
+        "ci_high": mean + half,
+    }
+
+
 def judge(ci: dict[str, Any], too_few: str = "not enough seeds for an interval") -> str:
     """ "helped" / "hurt" / "no measurable benefit" by where the 95% interval of a delta lies, or
     ``too_few`` with fewer than :data:`MIN_VERDICT_SEEDS` values (seeds here, trainings in :mod:`.spread`)."""

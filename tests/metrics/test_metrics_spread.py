@@ -58,6 +58,25 @@ def t_interval(values: list[float]) -> tuple[float, float]:
     return mean - half, mean + half
 
 
+def crossed_interval(cells: list[list[float]]) -> tuple[float, float]:
+    """Trainings x seeds as crossed random effects, written out from the mean squares (loops, not numpy)."""
+    t, s = len(cells), len(cells[0])
+    grand = sum(map(sum, cells)) / (t * s)
+    rows = [sum(r) / s for r in cells]
+    cols = [sum(cells[i][j] for i in range(t)) / t for j in range(s)]
+    ms_t = s * sum((r - grand) ** 2 for r in rows) / (t - 1)
+    ms_s = t * sum((c - grand) ** 2 for c in cols) / (s - 1)
+    ms_e = sum((cells[i][j] - rows[i] - cols[j] + grand) ** 2 for i in range(t) for j in range(s))
+    ms_e /= (t - 1) * (s - 1)
+    if ms_s > ms_e:
+        var = (ms_t + ms_s - ms_e) / (t * s)
+        df = (ms_t + ms_s - ms_e) ** 2 / (ms_t**2 / (t - 1) + ms_s**2 / (s - 1) + ms_e**2 / ((t - 1) * (s - 1)))
+    else:
+        var, df = ms_t / (t * s), t - 1
+    half = stats.t.ppf(0.975, df) * math.sqrt(var)
+    return grand - half, grand + half
+
+
 def test_spread_takes_each_trainings_paired_delta_and_the_interval_over_trainings(
     trainings: list[Path], tmp_path: Path
 ) -> None:
@@ -70,15 +89,19 @@ def test_spread_takes_each_trainings_paired_delta_and_the_interval_over_training
     each = [downstream(r)["deltas"]["real+gan"]["balanced_accuracy"]["mean"] for r in trainings]
     assert row["per_training"] == pytest.approx(each)
     assert len(set(each)) > 1  # train.seed gave three different generators, not one run three times
-    lo, hi = t_interval(each)
+    # The interval counts the trainings and the classifier seeds every training shares with the baseline.
+    cells = [downstream(r)["deltas"]["real+gan"]["balanced_accuracy"]["values"] for r in trainings]
+    lo, hi = crossed_interval(cells)
     assert row["over_trainings"]["mean"] == pytest.approx(sum(each) / 3)
     assert (row["over_trainings"]["ci_low"], row["over_trainings"]["ci_high"]) == pytest.approx((lo, hi))
+    assert hi - lo >= t_interval(each)[1] - t_interval(each)[0] - 1e-12  # never narrower than the trainings' own
     vs_real = [downstream(r)["deltas_vs_real"]["real+gan"]["balanced_accuracy"]["mean"] for r in trainings]
     assert row["vs_real"]["mean"] == pytest.approx(sum(vs_real) / 3)
+    real_cells = [downstream(r)["deltas_vs_real"]["real+gan"]["balanced_accuracy"]["values"] for r in trainings]
     recall = [downstream(r)["deltas"]["real+gan"]["per_class_recall"]["1"]["mean"] for r in trainings]
     assert row["per_class_recall"]["1"]["mean"] == pytest.approx(sum(recall) / 3)
     # The verdict's rule on the interval over trainings: above 0 against real+classic and real-only.
-    rule = "helped" if lo > 0 and t_interval(vs_real)[0] > 0 else None
+    rule = "helped" if lo > 0 and crossed_interval(real_cells)[0] > 0 else None
     assert out["verdict"]["status"] == rule or (rule is None and out["verdict"]["status"] != "helped")
     assert res.stdout.splitlines()[2].startswith("| real+gan | " + ", ".join(f"{100 * v:+.1f}" for v in each))
     assert "Over 3 trainings of the generator" in res.stdout
@@ -110,21 +133,56 @@ def test_spread_of_two_trainings_gives_the_numbers_and_no_verdict(trainings: lis
 def test_helped_needs_the_interval_over_trainings_above_zero_against_real_only_too(trainings: list[Path]) -> None:
     from augment.metrics.spread import spread
 
-    def shifted(down: dict, vs_classic: float, vs_real: float) -> dict:
+    def shifted(down: dict, vs_classic: float | list[float], vs_real: float) -> dict:
+        """Deltas set by hand: one value per classifier seed (the same on every seed when a number)."""
         down = copy.deepcopy(down)
-        down["deltas"]["real+gan"]["balanced_accuracy"]["mean"] = vs_classic
-        down["deltas_vs_real"]["real+gan"]["balanced_accuracy"]["mean"] = vs_real
+        n = len(down["seeds"])
+        for block, value in ((down["deltas"], vs_classic), (down["deltas_vs_real"], vs_real)):
+            values = [value] * n if isinstance(value, float) else value
+            block["real+gan"]["balanced_accuracy"].update(mean=sum(values) / n, values=values)
         return down
 
     downs = [downstream(r) for r in trainings]
     names = ["a", "b", "c"]
     clear = spread([shifted(d, 0.02 + 0.001 * i, 0.03 + 0.001 * i) for i, d in enumerate(downs)], names)
-    assert clear["verdict"]["status"] == "helped" and "+2.1 pts (95% CI over trainings" in clear["verdict"]["text"]
+    assert (
+        clear["verdict"]["status"] == "helped"
+        and "+2.1 pts (95% CI over trainings and seeds" in clear["verdict"]["text"]
+    )
     weak = spread([shifted(d, 0.02 + 0.001 * i, [0.01, -0.01, 0.0][i]) for i, d in enumerate(downs)], names)
     assert weak["verdict"]["status"] == "no measurable benefit"
     assert "did not beat real-only training over trainings" in weak["verdict"]["text"]
     noisy = spread([shifted(d, v, 0.03) for d, v in zip(downs, [0.03, -0.01, 0.02], strict=True)], names)
     assert noisy["verdict"]["status"] == "no measurable benefit"  # each "helped" or not, the trainings disagree
+    # Three trainings that agree (+2.0, +2.1, +2.2) on seeds that do not: seed 0 is 6 pts below seed 2 in
+    # every training, the baseline's noise they all share. The spread of the per-training means alone
+    # would call it "helped"; counted with the seeds it is no evidence either way.
+    seedy = [[m - 0.06, m, m + 0.06] for m in (0.02, 0.021, 0.022)]
+    assert t_interval([sum(v) / 3 for v in seedy])[0] > 0
+    shared = spread([shifted(d, v, 0.03) for d, v in zip(downs, seedy, strict=True)], names)
+    assert shared["verdict"]["status"] == "no measurable benefit"
+    assert shared["regimes"]["real+gan"]["over_trainings"]["ci_low"] < 0
+
+
+def test_the_interval_over_trainings_and_seeds_covers_the_true_mean_95_percent_of_the_time() -> None:
+    """Simulated crossed random effects (3 trainings x 5 seeds): the interval covers the true delta (0)
+    about 95% of the time whatever the variance components; the per-training means alone undercover
+    badly when the seeds' shared noise dominates."""
+    import numpy as np
+
+    from augment.metrics.verdict import crossed_ci, mean_ci
+
+    rng = np.random.default_rng(0)
+    for sd_training, sd_seed, sd_cell in ((1.0, 1.0, 0.5), (1.0, 0.0, 0.2), (0.2, 1.0, 0.3)):
+        covered = naive = 0
+        for _ in range(1000):
+            d = rng.normal(0, sd_training, (3, 1)) + rng.normal(0, sd_seed, (1, 5)) + rng.normal(0, sd_cell, (3, 5))
+            ci, own = crossed_ci(d.tolist()), mean_ci(d.mean(axis=1).tolist())
+            covered += ci["ci_low"] <= 0 <= ci["ci_high"]
+            naive += own["ci_low"] <= 0 <= own["ci_high"]
+        assert 0.93 <= covered / 1000 <= 0.98, (sd_training, sd_seed, sd_cell, covered)
+        if sd_seed > sd_training:
+            assert naive / 1000 < 0.8, naive
 
 
 def test_spread_refuses_runs_that_are_not_one_recipe_trained_again(trainings: list[Path], tmp_path: Path) -> None:
@@ -157,4 +215,8 @@ def test_spread_refuses_runs_that_are_not_one_recipe_trained_again(trainings: li
     downs = [downstream(r) for r in trainings[:2]]
     del downs[1]["regimes"]["real"]  # evaluated without real-only training: not the same grid
     with pytest.raises(AugmentError, match="its real cells differ"):
+        spread(downs, ["a", "b"])
+    downs = [downstream(r) for r in trainings[:2]]
+    downs[1]["seeds"] = [7, 8, 9]  # the deltas are paired by seed: other seeds cannot be crossed with these
+    with pytest.raises(AugmentError, match="classifier seeds \\[7, 8, 9\\]"):
         spread(downs, ["a", "b"])
