@@ -78,7 +78,8 @@ def test_the_parent_holds_the_deltas_over_trainings_in_points(over: dict) -> Non
         pytest.approx(100 * ci["ci_low"]),
         pytest.approx(100 * ci["ci_high"]),
     )
-    # The interval counts trainings and classifier seeds: never narrower than the trainings' own spread.
+    # The interval counts trainings and classifier seeds; on these tiny runs the seeds' shared noise dominates,
+    # so it is wider than the t-interval of the three per-training means alone.
     half = stats.t.ppf(0.975, 2) * statistics.stdev(per) / 3**0.5
     assert m[f"{name}/ci_high"] - m[f"{name}/ci_low"] >= 2 * half - 1e-9
     assert m[f"{name}/sd"] == pytest.approx(statistics.stdev(per))

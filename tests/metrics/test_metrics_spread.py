@@ -94,7 +94,7 @@ def test_spread_takes_each_trainings_paired_delta_and_the_interval_over_training
     lo, hi = crossed_interval(cells)
     assert row["over_trainings"]["mean"] == pytest.approx(sum(each) / 3)
     assert (row["over_trainings"]["ci_low"], row["over_trainings"]["ci_high"]) == pytest.approx((lo, hi))
-    assert hi - lo >= t_interval(each)[1] - t_interval(each)[0] - 1e-12  # never narrower than the trainings' own
+    assert hi - lo >= t_interval(each)[1] - t_interval(each)[0] - 1e-12  # seed noise dominates here
     vs_real = [downstream(r)["deltas_vs_real"]["real+gan"]["balanced_accuracy"]["mean"] for r in trainings]
     assert row["vs_real"]["mean"] == pytest.approx(sum(vs_real) / 3)
     real_cells = [downstream(r)["deltas_vs_real"]["real+gan"]["balanced_accuracy"]["values"] for r in trainings]
