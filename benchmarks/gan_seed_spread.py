@@ -3,7 +3,8 @@
 Each input is a limited_data JSON (its first row, or ``FILE:NAME``) or an ``eval/metrics.json`` of the same
 profile and data draw, trained with another ``train.seed``. Per run and regime with synthetic images it
 takes the paired mean over the classifier seeds of (regime minus real+classic, the val-chosen classic
-baseline); then the mean over runs, its 95% t-interval over runs and the runs' standard deviation
+baseline); then the mean over runs, its 95% interval over runs and classifier seeds (crossed random
+effects: :func:`augment.metrics.verdict.crossed_ci`) and the runs' standard deviation
 (:func:`augment.metrics.spread.spread`, what ``augment spread`` computes on run directories).
 A limited_data table's interval holds the classifier seeds' noise of one GAN training; this one holds
 the training's as well. Runs whose GAN-free cells differ (another data draw or classifier budget) are
