@@ -155,3 +155,20 @@ def test_augment_compare_shows_the_run_over_trainings_beside_its_trainings(over:
     assert top["downstream/delta_vs_real_classic_pts/real_gan"] == ""  # no one-training number on it
     assert [r["interval_over"] for r in rows[:-1]] == ["3 classifier seeds"] * 3
     assert "Δ bal. acc. real+gan vs real+classic (pts, over trainings)" in result.output
+
+
+def test_a_failing_training_marks_the_run_over_trainings_failed_and_writes_no_verdict(tmp_path: Path) -> None:
+    from augment.errors import ConfigError
+    from flows.trainings import trainings_flow
+
+    # fid_inception without its weights file fails in the first training's evaluation, after its training.
+    path, cfg = write_pipeline_config(tmp_path, "evaluate.extractor=inception", "tracking.experiment=failing-trainings")
+    with pytest.raises(ConfigError, match="inception"):
+        trainings_flow(config=str(path), trainings=3)
+    client = MlflowClient(tracking_uri=cfg.tracking.uri, registry_uri=cfg.tracking.uri)
+    exp = client.get_experiment_by_name(cfg.tracking.experiment)
+    [parent] = client.search_runs([exp.experiment_id], f"tags.`{TAG_KIND}` = 'trainings'")
+    [first] = client.search_runs([exp.experiment_id], f"tags.`{TAG_KIND}` = 'pipeline'")
+    assert (parent.info.status, first.info.status) == ("FAILED", "FAILED"), "no run left marked finished"
+    assert TAG_VERDICT not in parent.data.tags and not parent.data.metrics
+    assert sorted(p.name for p in cfg.output.root.iterdir()) == ["00000-digits"]  # its checkpoint, no verdict folder
