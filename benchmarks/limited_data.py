@@ -149,7 +149,7 @@ RECIPES: dict[str, list[str]] = {
     "g_resnet": ["model.g_arch=resnet"],
     "ensemble_3": ["train.ensemble=3"],
     "ensemble_3_oversample_4": ["train.ensemble=3", "train.eval_oversample=4"],
-    "ensemble_5": ["train.ensemble=5"],  # the same training as ensemble_3 (checks do not touch its random stream), a pool of 15
+    "ensemble_5": ["train.ensemble=5"],  # ensemble_3's training (checks leave its random stream), a pool of 15
 }
 
 #: How the synthetic images enter the classifier's training (``--uses``), evaluated on one trained
