@@ -17,6 +17,7 @@ numbers would be choosing on the test split.
 from __future__ import annotations
 
 import json
+import shutil
 from typing import Any
 
 from prefect import flow, get_run_logger
@@ -84,10 +85,16 @@ def trainings_flow(
         out = spread_runs([r["run_dir"] for r in runs])
         out["train_seeds"] = seeds
         folder = new_run_dir(cfg.output.root, f"{rundir.run_name(cfg.name)}-trainings")
-        text = report(out, cfg.name, [(s, r["run_dir"], r["verdict_status"]) for s, r in zip(seeds, runs, strict=True)])
-        atomic_write_text(folder / rundir.REPORT_MD, text)
-        atomic_write_text(folder / SPREAD_JSON, json.dumps(out, indent=1) + "\n")
-        save_figure(spread_figure(out), folder / SPREAD_PNG)
+        try:  # a verdict folder is whole or absent
+            text = report(
+                out, cfg.name, [(s, r["run_dir"], r["verdict_status"]) for s, r in zip(seeds, runs, strict=True)]
+            )
+            atomic_write_text(folder / rundir.REPORT_MD, text)
+            atomic_write_text(folder / SPREAD_JSON, json.dumps(out, indent=1) + "\n")
+            save_figure(spread_figure(out), folder / SPREAD_PNG)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
         logger.info("%s", out["verdict"]["text"])
         tracker.log_metrics(parent, spread_metrics(out))
         tracker.set_tags(

@@ -172,3 +172,25 @@ def test_a_failing_training_marks_the_run_over_trainings_failed_and_writes_no_ve
     assert (parent.info.status, first.info.status) == ("FAILED", "FAILED"), "no run left marked finished"
     assert TAG_VERDICT not in parent.data.tags and not parent.data.metrics
     assert sorted(p.name for p in cfg.output.root.iterdir()) == ["00000-digits"]  # its checkpoint, no verdict folder
+
+
+def test_a_verdict_folder_that_cannot_be_written_is_removed_and_the_run_marked_failed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    import augment.metrics.spread
+    from flows.trainings import trainings_flow
+
+    def full_disk(out: dict) -> None:  # the plot is the last file written: the disk fills up before it
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(augment.metrics.spread, "spread_figure", full_disk)
+    path, cfg = write_pipeline_config(tmp_path, "tracking.experiment=full-disk")
+    with pytest.raises(OSError, match="No space left"):
+        trainings_flow(config=str(path), trainings=2)
+    assert sorted(p.name for p in cfg.output.root.iterdir()) == ["00000-digits", "00001-digits"]  # no half folder
+    client = MlflowClient(tracking_uri=cfg.tracking.uri, registry_uri=cfg.tracking.uri)
+    exp = client.get_experiment_by_name(cfg.tracking.experiment)
+    [parent] = client.search_runs([exp.experiment_id], f"tags.`{TAG_KIND}` = 'trainings'")
+    assert parent.info.status == "FAILED"
