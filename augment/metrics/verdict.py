@@ -286,6 +286,13 @@ def verdict(summary: dict[str, Any]) -> dict[str, Any]:
         )
     if not helped and not hurt and status != "not enough seeds for an interval":
         text += " No class's recall changed measurably."
+    if status in ("helped", "hurt") and not weak_baseline:
+        # The interval holds classifier seeds around this one generator; a reseeded training moved the
+        # answer by about a point on Fashion-MNIST (benchmarks/RESULTS.md).
+        text += (
+            " That is one training of the GAN: `augment run CONFIG --trainings 3` tells whether it "
+            f"{status} across trainings."
+        )
     return {
         "status": status,
         "metric": m,

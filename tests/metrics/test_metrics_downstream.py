@@ -442,13 +442,16 @@ def fake_summary(deltas: list[float], other: float = 0.0) -> dict:
 def test_verdict_says_no_measurable_benefit_when_the_interval_includes_zero() -> None:
     v = verdict(fake_summary([0.02, -0.01, 0.01]))
     assert v["status"] == "no measurable benefit" and "No measurable benefit" in v["text"]
+    assert "--trainings" not in v["text"]  # the pointer goes with a claim, not with no evidence
     v = verdict(fake_summary([0.03, 0.04, 0.035]))
     assert v["status"] == "helped" and v["regime"] == "real+gan" and v["classes_helped"] == ["a"]
     assert "+3.5 pts" in v["text"] and "a +3.5" in v["text"]
+    assert v["text"].endswith("`augment run CONFIG --trainings 3` tells whether it helped across trainings.")
     v = verdict(fake_summary([-0.03, -0.04, -0.035]))  # real+gan+classic (delta 0) is the best GAN regime
     assert v["status"] == "no measurable benefit" and v["regime"] == "real+gan+classic"
     v = verdict(fake_summary([-0.03, -0.04, -0.035], other=-0.05))  # every GAN regime below the baseline
     assert v["status"] == "hurt" and v["regime"] == "real+gan" and "hurt" in v["text"]
+    assert "tells whether it hurt across trainings" in v["text"]
     v = verdict(fake_summary([0.05, 0.05]))  # two equal deltas: a zero-width interval, not evidence
     assert v["status"] == "not enough seeds for an interval"
 
