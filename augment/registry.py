@@ -347,7 +347,7 @@ OVER_TRAININGS = "over_trainings"  # augment run --trainings: the downstream del
 def spread_metrics(out: Mapping[str, Any]) -> dict[str, float]:
     """The verdict over trainings (:func:`augment.metrics.spread.spread`) under MLflow names, in points:
     ``over_trainings/delta_vs_real_classic_pts/<regime>`` (the mean over trainings) with ``/ci_low``,
-    ``/ci_high`` (95% t-interval over trainings) and ``/sd``; ``over_trainings/delta_vs_real_pts/<regime>``
+    ``/ci_high`` (95% interval over trainings and classifier seeds) and ``/sd``; ``.../delta_vs_real_pts/<regime>``
     with its interval; ``over_trainings/trainings`` (how many).
 
     Example:
