@@ -414,7 +414,7 @@ def run(
     if trainings > 1:
         from flows.trainings import training_seeds, trainings_flow
 
-        training_seeds(str(config), list(set_ or []), trainings)  # bad input fails before the first training
+        training_seeds(cfg, trainings)  # bad input fails before the first training
         with _bars_and_logs(not quiet):
             over = trainings_flow(
                 config=str(config), overrides=list(set_ or []), trainings=trainings, progress=not quiet

@@ -49,14 +49,14 @@ def registered_model_name(cfg: Config) -> str:
 
 
 def registry_section(
-    promotion: Promotion | None, model_name: str, tracking_enabled: bool, register: bool = True
+    promotion: Promotion | None, model_name: str, tracking_enabled: bool, register_model: bool = True
 ) -> str:
     """The report's "Model registry" section: where the generator went and why."""
     lines = ["", "## Model registry", ""]
     if promotion is None:
         if not tracking_enabled:
             why = "tracking is disabled (tracking.enabled: false)"
-        elif not register:
+        elif not register_model:
             why = "a repeat training of `augment run --trainings` (the first training's generator is registered)"
         else:
             why = "no model was logged"

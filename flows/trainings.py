@@ -23,7 +23,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 
 from augment import rundir
-from augment.config import load_config
+from augment.config import Config, load_config
 from augment.errors import ConfigError
 from augment.io import atomic_write_text, new_run_dir
 from augment.metrics.regimes import BASELINE
@@ -36,11 +36,10 @@ FLOW_NAME = "gan-augment-trainings"
 SPREAD_JSON, SPREAD_PNG = "spread.json", "spread.png"
 
 
-def training_seeds(config: str, overrides: list[str] | None, trainings: int) -> list[int]:
+def training_seeds(cfg: Config, trainings: int) -> list[int]:
     """The ``train.seed`` of each training: the config's own (``train.seed``, else ``seed``) and the next ones."""
     if trainings < 2:
         raise ConfigError(f"--trainings {trainings}: a verdict over trainings needs at least 2 (3 for a verdict)")
-    cfg = load_config(config, overrides)
     if BASELINE not in cfg.evaluate.regimes:  # before N trainings, not after them
         raise ConfigError(
             f"--trainings: evaluate.regimes needs {BASELINE!r}, the baseline the trainings are judged against"
@@ -63,8 +62,8 @@ def trainings_flow(
 
     logger = get_run_logger()
     overrides = list(overrides or [])
-    seeds = training_seeds(config, overrides, trainings)
     cfg = load_config(config, overrides)
+    seeds = training_seeds(cfg, trainings)
     tracker = make_tracker(cfg.tracking.enabled, cfg.tracking.uri, cfg.tracking.experiment)
     tags = {"config": str(config), TAG_OVERRIDES: " ".join(overrides) or "(none)", "train_seeds": str(seeds)}
     with tracker.run(f"{cfg.name} over {len(seeds)} trainings", kind="trainings", tags=tags) as parent:

@@ -80,15 +80,15 @@ def spread(downs: Sequence[dict[str, Any]], names: Sequence[str]) -> dict[str, A
             )
     regimes: dict[str, Any] = {}
     for regime in [r for r in REGIMES if r not in GAN_FREE and all(r in d.get("deltas", {}) for d in downs)]:
-        per_training = [d["deltas"][regime][VERDICT_METRIC]["mean"] for d in downs]
+        over = crossed_ci([d["deltas"][regime][VERDICT_METRIC]["values"] for d in downs])
         vs_real = None
         if all(regime in d.get("deltas_vs_real", {}) for d in downs):
             vs_real = crossed_ci([d["deltas_vs_real"][regime][VERDICT_METRIC]["values"] for d in downs])
         classes = first["deltas"][regime]["per_class_recall"]
         regimes[regime] = {
-            "per_training": per_training,
-            "over_trainings": crossed_ci([d["deltas"][regime][VERDICT_METRIC]["values"] for d in downs]),
-            "sd": statistics.stdev(per_training),
+            "per_training": over["values"],  # each training's paired mean over the seeds
+            "over_trainings": over,
+            "sd": statistics.stdev(over["values"]),
             "vs_real": vs_real,
             "per_class_recall": {
                 c: crossed_ci([d["deltas"][regime]["per_class_recall"][c]["values"] for d in downs]) for c in classes
