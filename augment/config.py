@@ -196,6 +196,10 @@ class TrainConfig(_Section):
     #: LeCam regularisation of D's outputs (Tseng et al. 2021): weight of
     #: E[relu(D(real) - ema_fake)^2] + E[relu(ema_real - D(fake))^2] in D's loss (0 = off).
     lecam_weight: float = Field(0.0, ge=0)
+    #: Balanced consistency regularisation (Zhao et al. 2020, bCR): weight of D's squared change
+    #: between two independent DiffAugment draws of the same image, on reals and fakes alike, in D's
+    #: loss (the paper's lambda_real = lambda_fake = 10); two more D passes per step (0 = off).
+    bcr_weight: float = Field(0.0, ge=0)
     #: Mode-seeking term (Mao et al. 2019, MSGAN): weight of 1 / (|G(z1) - G(z2)| / |z1 - z2|) in
     #: G's loss, for pairs of latents of the same class (0 = off).
     mode_seeking: float = Field(0.0, ge=0)

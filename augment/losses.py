@@ -119,8 +119,9 @@ class GanLoss:
     """Hinge (Lim & Ye 2017; Miyato et al. 2018) or non-saturating (Goodfellow et al. 2014) loss,
     with the limited-data regularisers as options: R1, adaptive augmentation (``ada``), adaptive
     pseudo augmentation (``apa``: D's real batch holds some of the step's fakes), LeCam
-    (``lecam_weight``), a mode-seeking term for G (``mode_seeking``), group spectral
-    regularisation of G's class-conditional BatchNorm (``gsr_weight``, weighted by ``class_counts``)
+    (``lecam_weight``), balanced consistency regularisation (``bcr_weight``), a mode-seeking term
+    for G (``mode_seeking``), group spectral regularisation of G's class-conditional BatchNorm
+    (``gsr_weight``, weighted by ``class_counts``)
     and an auxiliary classifier (``aux_weight``: D's class head learns the real images' classes, G
     pays its cross-entropy on the fakes' intended classes; D must be built with ``aux_classifier``)."""
 
@@ -133,6 +134,7 @@ class GanLoss:
         ada: AdaptiveAugment | None = None,
         apa: AdaptiveAugment | None = None,
         lecam_weight: float = 0.0,
+        bcr_weight: float = 0.0,
         mode_seeking: float = 0.0,
         gsr_weight: float = 0.0,
         aux_weight: float = 0.0,
@@ -147,12 +149,15 @@ class GanLoss:
             raise ValueError(f"mode_seeking must be >= 0, got {mode_seeking}")
         if aux_weight < 0:
             raise ValueError(f"aux_weight must be >= 0, got {aux_weight}")
+        if bcr_weight < 0:
+            raise ValueError(f"bcr_weight must be >= 0, got {bcr_weight}")
         self.kind = kind
         self.augment = DiffAugment(diffaug)
         self.r1_gamma = r1_gamma
         self.ada = ada
         self.apa = apa
         self.lecam = LeCam(lecam_weight, device=device) if lecam_weight > 0 else None
+        self.bcr_weight = bcr_weight
         self.mode_seeking = mode_seeking
         if gsr_weight > 0 and class_counts is None:
             raise ValueError("gsr_weight > 0 needs class_counts (the train split's images per class)")
@@ -203,6 +208,12 @@ class GanLoss:
         is replaced with probability ``apa.p`` by the fake of the same index (the same class), which D
         is then asked to call real, as in the authors' code: R1 and ``apa``'s own sign heuristic see
         that mixed batch. A D that memorises the few reals is pulled back by fakes it must accept.
+
+        With ``bcr_weight`` (bCR, Zhao et al. 2020, "Improved Consistency Regularization for GANs"),
+        the same reals and fakes get a second, independent DiffAugment draw and D pays
+        ``bcr_weight * (mean (D(T1 x) - D(T2 x))^2)`` on each: it must score an image the same however
+        it is translated or cut out. The paper's anchor is the clean image; here D never sees a clean
+        one, so both views come from the augmentation D trains on (no augmentation leaks into G).
         """
         with torch.no_grad():
             fake = G(z, labels)
@@ -222,6 +233,11 @@ class GanLoss:
         loss = loss + aux_real
         if self.lecam is not None:
             loss = loss + self.lecam(real_logits, fake_logits)
+        if self.bcr_weight > 0:
+            real_aug2, fake_aug2 = self._aug(torch.cat([real, fake]), gen).chunk(2)
+            for view, logits in ((real_aug2, real_logits), (fake_aug2, fake_logits)):
+                other = D(view, labels).float()
+                loss = loss + self.bcr_weight * (logits.float() - other).square().mean()
         if self.ada is not None:
             self.ada.observe(real_logits)
         if self.apa is not None:

@@ -145,6 +145,7 @@ def training_loop(
         ada=ada,
         apa=apa,
         lecam_weight=loss.lecam_weight,
+        bcr_weight=loss.bcr_weight,
         mode_seeking=loss.mode_seeking,
         gsr_weight=loss.gsr_weight,
         aux_weight=loss.aux_class_weight,

@@ -37,6 +37,7 @@ class LossOptions:
     ada_kimg: float = 20.0  #: kimg for ADA's (and APA's) p to move by 1
     apa_target: float | None = None  #: APA's r_t target: reals replaced by fakes with an adaptive p; None: off
     lecam_weight: float = 0.0  #: LeCam regulariser weight (0: off)
+    bcr_weight: float = 0.0  #: balanced consistency regularisation weight, reals and fakes (0: off)
     mode_seeking: float = 0.0  #: MSGAN mode-seeking weight for G (0: off)
     gsr_weight: float = 0.0  #: group spectral regularisation weight for G's class-conditional BatchNorm (0: off)
     aux_class_weight: float = 0.0  #: auxiliary classifier weight: D's class head on reals, G's on fakes (0: off)
@@ -108,6 +109,7 @@ def loop_kwargs(cfg: Config, device: torch.device | str = "cpu") -> dict[str, An
         ada_kimg=t.ada_kimg,
         apa_target=t.apa_target,
         lecam_weight=t.lecam_weight,
+        bcr_weight=t.bcr_weight,
         mode_seeking=t.mode_seeking,
         gsr_weight=t.gsr_weight,
         aux_class_weight=t.aux_class_weight,

@@ -135,6 +135,8 @@ RECIPES: dict[str, list[str]] = {
     "diffaug_color": ["train.diffaug=[color, translation, cutout]"],
     "batch_32": ["train.batch_size=32"],
     "lecam_0.01": ["train.lecam_weight=0.01"],
+    "bcr_10": ["train.bcr_weight=10"],  # bCR at its paper's lambda_real = lambda_fake = 10
+    "bcr_1": ["train.bcr_weight=1"],
     "gsr_0.5": ["train.gsr_weight=0.5"],  # gSR at the weight of its authors' CIFAR-10 SNGAN config
     "gsr_0.05": ["train.gsr_weight=0.05"],
     "g_uniform": ["train.g_labels=uniform"],
