@@ -1,5 +1,5 @@
 """The limited-data switches of the GAN recipe: adaptive augmentation (ADA), adaptive pseudo
-augmentation (APA), LeCam, mode seeking,
+augmentation (APA), LeCam, balanced consistency regularisation (bCR), mode seeking,
 group spectral regularisation (gSR), an auxiliary classifier, class-balanced generator labels,
 dataset x-flips.
 
@@ -93,6 +93,33 @@ def test_lecam_and_ada_enter_the_discriminator_loss() -> None:
     loss = GanLoss("hinge", ["translation"], ada=ada)
     loss.discriminator(G, D, real, y, z, torch.Generator().manual_seed(0))
     assert ada._calls == 1 and float(ada.p) in (0.0, 1.0)  # the one step moved p to an end
+
+
+def test_bcr_is_the_squared_change_of_d_between_two_augmentation_draws() -> None:
+    """bCR adds exactly ``w * (mean (D(T1 x) - D(T2 x))^2)`` on reals and on fakes, T1 being the draw
+    the adversarial terms see and T2 the next one from the same stream; without augmentation the two
+    views are one image and the term is 0; D learns from both views."""
+    G, D = _nets()
+    D.eval()  # spectral norm's power iteration stays put: every call of D gives the same numbers
+    real, y, z = torch.randn(8, 1, 8, 8), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1]), torch.randn(8, 8)
+    base = GanLoss("hinge", ["translation", "cutout"]).discriminator(G, D, real, y, z, torch.Generator().manual_seed(0))
+    bcr = GanLoss("hinge", ["translation", "cutout"], bcr_weight=10.0)
+    loss = bcr.discriminator(G, D, real, y, z, torch.Generator().manual_seed(0))
+    gen, aug = torch.Generator().manual_seed(0), DiffAugment(["translation", "cutout"])
+    with torch.no_grad():
+        both = torch.cat([real, G(z, y)])
+        r1, f1 = aug(both, gen).chunk(2)
+        r2, f2 = aug(both, gen).chunk(2)
+        term = sum((D(a, y) - D(b, y)).square().mean() for a, b in ((r1, r2), (f1, f2)))
+    assert term.item() > 0.01  # the two draws differ
+    assert (loss - base).item() == pytest.approx(10.0 * term.item(), rel=1e-4)
+    plain = GanLoss("hinge", []).discriminator(G, D, real, y, z)
+    assert GanLoss("hinge", [], bcr_weight=10.0).discriminator(G, D, real, y, z).item() == pytest.approx(plain.item())
+    D.zero_grad()
+    (loss - base).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in D.parameters() if p.requires_grad)
+    with pytest.raises(ValueError, match="bcr_weight"):
+        GanLoss(bcr_weight=-1)
 
 
 class _Recording(torch.nn.Module):
@@ -227,6 +254,7 @@ SWITCHES = (
     "train.ada_kimg=0.05",
     "train.apa_target=0.3",
     "train.lecam_weight=0.3",
+    "train.bcr_weight=10",
     "train.mode_seeking=1.0",
     "train.gsr_weight=0.5",
     "train.g_labels=uniform",
@@ -240,11 +268,11 @@ def test_switches_reach_the_loop_and_change_training(tmp_path: Path) -> None:
     kw = flat_options(loop_kwargs(cfg))
     assert (kw["ada_target"], kw["ada_kimg"], kw["lecam_weight"], kw["mode_seeking"]) == (0.6, 0.05, 0.3, 1.0)
     assert (kw["gsr_weight"], kw["g_labels"], kw["mirror"]) == (0.5, "uniform", True)
-    assert kw["aux_class_weight"] == 1.0 and kw["apa_target"] == 0.3
+    assert kw["aux_class_weight"] == 1.0 and kw["apa_target"] == 0.3 and kw["bcr_weight"] == 10.0
     off = flat_options(loop_kwargs(tiny_config(tmp_path)))
     assert (off["ada_target"], off["lecam_weight"], off["mode_seeking"], off["g_labels"]) == (None, 0.0, 0.0, "data")
     assert off["gsr_weight"] == 0.0 and off["mirror"] is False
-    assert off["aux_class_weight"] == 0.0 and off["apa_target"] is None
+    assert off["aux_class_weight"] == 0.0 and off["apa_target"] is None and off["bcr_weight"] == 0.0
     run, _ = train(cfg, out=tmp_path / "on", progress=False)
     base, _ = train(tiny_config(tmp_path, "train.kimg=0.128"), out=tmp_path / "off", progress=False)
     state = checkpoint.load(run / "training-state.pt", checkpoint.STATE_FORMAT)
@@ -337,6 +365,7 @@ def test_mirror_shows_d_about_half_of_the_real_images_flipped(tmp_path: Path, mo
     [
         ("train.ada_target=1.5", "ada_target"),
         ("train.lecam_weight=-1", "lecam_weight"),
+        ("train.bcr_weight=-1", "bcr_weight"),
         ("train.mode_seeking=-0.5", "mode_seeking"),
         ("train.gsr_weight=-1", "gsr_weight"),
         ("train.ada_kimg=0", "ada_kimg"),
