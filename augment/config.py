@@ -220,6 +220,11 @@ class TrainConfig(_Section):
     #: left-right with probability 0.5, so G learns the flipped images too (a tail class of 9 images
     #: trains on 18). Only for data whose classes survive a horizontal flip.
     mirror: bool = False
+    #: Top-k training (Sinha et al. 2020, "Top-k Training of GANs"): G's adversarial term averages
+    #: only the k fakes D scores most real, k = max(top_k, 0.99 ** epochs) x the batch (an epoch: one
+    #: pass over the train split), so G stops being pulled by the fakes D already rejects. The
+    #: paper's floor is 0.5 for most GANs. None = every fake (off).
+    top_k: float | None = Field(None, gt=0.0, le=1.0)
     #: Transitional training (Shahbazi et al. 2022, "Collapse by conditioning"): ``[start, end]`` in
     #: kimg. Unconditional until ``start`` (G's class embedding, its conditional BatchNorm's class
     #: deviations and D's projection term scaled by 0), the scale ramped linearly to 1 by ``end``,

@@ -259,6 +259,7 @@ class GanLoss:
         labels: torch.Tensor,
         z: torch.Tensor,
         gen: torch.Generator | None = None,
+        keep: int | None = None,
     ) -> torch.Tensor:
         """G's loss: make D score augmented fakes as real.
 
@@ -267,12 +268,16 @@ class GanLoss:
         two latents of one class that give (nearly) one image cost much, a mode collapse is expensive.
         With ``gsr_weight``, G also pays :class:`GroupSpectral` on its conditional BatchNorm; with
         ``aux_weight``, the cross-entropy of D's class head on the fakes against their classes.
+        With ``keep`` (top-k training, Sinha et al. 2020), the adversarial term averages only the
+        ``keep`` fakes D scores highest; the other terms see the whole batch.
         """
         if self.mode_seeking > 0:
             half = labels.shape[0] // 2
             labels = torch.cat([labels[:half], labels[:half], labels[2 * half :]])
         fake = G(z, labels)
         logits, aux_fake = self._score(D, self._aug(fake, gen), labels)
+        if keep is not None and keep < logits.shape[0]:
+            logits = logits.flatten().topk(keep).values
         loss = -logits.mean() if self.kind == "hinge" else F.softplus(-logits).mean()
         loss = loss + aux_fake
         if self.mode_seeking > 0 and half > 0:

@@ -213,7 +213,8 @@ def training_loop(
         opt_G.zero_grad(set_to_none=True)
         nets.D.requires_grad_(False)
         with autocast:
-            loss_G = loss_fn.generator(steps.G, steps.D_frozen, y, z, gen)
+            keep = loss.top_k_keep(cur_nimg, batch_size, len(images))
+            loss_G = loss_fn.generator(steps.G, steps.D_frozen, y, z, gen, keep=keep)
         loss_G.backward()
         nets.D.requires_grad_(True)
         opt_G.step()

@@ -4,6 +4,7 @@ and :func:`loop_kwargs`, which reads them off a config. Every field says its uni
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +44,7 @@ class LossOptions:
     aux_class_weight: float = 0.0  #: auxiliary classifier weight: D's class head on reals, G's on fakes (0: off)
     g_labels: str = "data"  #: classes of G's step: ``data`` (the real batch's) or ``uniform``
     mirror: bool = False  #: mirror each real image left-right with probability 0.5 (dataset x-flips)
+    top_k: float | None = None  #: top-k training's floor: the share of G's batch its adversarial term keeps; None: off
     #: ``(start, end)`` kimg of the unconditional-to-conditional ramp of transitional training; None: off
     cond_transition: tuple[float, float] | None = None
 
@@ -50,6 +52,20 @@ class LossOptions:
     def conditional_nimg(self) -> int:
         """Images shown from which the networks are fully class-conditional (0 without a transition)."""
         return int(self.cond_transition[1] * 1000) if self.cond_transition is not None else 0
+
+    def top_k_keep(self, nimg: int, batch: int, n_train: int) -> int | None:
+        """How many of G's ``batch`` fakes top-k training keeps after ``nimg`` images shown on a train
+        split of ``n_train`` (Sinha et al.: ``max(floor, 0.99 ** epoch) * batch``); None when off.
+
+        Example:
+            >>> opts = LossOptions(top_k=0.5)
+            >>> [opts.top_k_keep(n, 64, 100) for n in (0, 1000, 10_000, 100_000)]
+            [64, 58, 32, 32]
+        """
+        if self.top_k is None:
+            return None
+        share = max(self.top_k, 0.99 ** (nimg // max(n_train, 1)))
+        return max(1, min(batch, math.ceil(share * batch)))
 
     def cond_strength(self, nimg: int) -> float:
         """The class conditioning's scale after ``nimg`` images shown: 0 before the transition, 1 after."""
@@ -115,6 +131,7 @@ def loop_kwargs(cfg: Config, device: torch.device | str = "cpu") -> dict[str, An
         aux_class_weight=t.aux_class_weight,
         g_labels=t.g_labels,
         mirror=t.mirror,
+        top_k=t.top_k,
         cond_transition=tuple(t.cond_transition_kimg) if t.cond_transition_kimg is not None else None,
     )
     schedule = ScheduleOptions(

@@ -1,5 +1,5 @@
 """The limited-data switches of the GAN recipe: adaptive augmentation (ADA), adaptive pseudo
-augmentation (APA), LeCam, balanced consistency regularisation (bCR), mode seeking,
+augmentation (APA), LeCam, balanced consistency regularisation (bCR), top-k training, mode seeking,
 group spectral regularisation (gSR), an auxiliary classifier, class-balanced generator labels,
 dataset x-flips.
 
@@ -20,7 +20,7 @@ from augment.diffaug import AdaptiveAugment, DiffAugment
 from augment.losses import GanLoss, GroupSpectral, LeCam, group_shape
 from augment.models import ConditionalGenerator, ProjectionDiscriminator
 from augment.train import loop_kwargs, train
-from augment.train_options import flat_options
+from augment.train_options import LossOptions, flat_options
 from conftest import tiny_config
 
 
@@ -120,6 +120,24 @@ def test_bcr_is_the_squared_change_of_d_between_two_augmentation_draws() -> None
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in D.parameters() if p.requires_grad)
     with pytest.raises(ValueError, match="bcr_weight"):
         GanLoss(bcr_weight=-1)
+
+
+def test_top_k_keeps_the_fakes_d_scores_most_real_with_the_papers_schedule() -> None:
+    """G's adversarial term with ``keep`` is minus the mean of the ``keep`` highest D scores of the
+    same augmented fakes; ``keep`` decays by 0.99 per pass over the train split down to the floor."""
+    G, D = _nets()
+    D.eval()
+    y, z = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1]), torch.randn(8, 8)
+    loss = GanLoss("hinge", ["translation"]).generator(G, D, y, z, torch.Generator().manual_seed(0), keep=3)
+    with torch.no_grad():
+        scores = D(DiffAugment(["translation"])(G(z, y), torch.Generator().manual_seed(0)), y).flatten()
+    assert loss.item() == pytest.approx(-scores.sort(descending=True).values[:3].mean().item(), rel=1e-5)
+    every = GanLoss("hinge", ["translation"]).generator(G, D, y, z, torch.Generator().manual_seed(0), keep=8)
+    assert every.item() == pytest.approx(-scores.mean().item(), rel=1e-5) and loss.item() < every.item()
+    opts = LossOptions(top_k=0.5)
+    assert [opts.top_k_keep(n, 64, 100) for n in (0, 99, 100, 1000, 6800, 6900, 10**6)] == [64, 64, 64, 58, 33, 32, 32]
+    assert LossOptions().top_k_keep(10**6, 64, 100) is None
+    assert LossOptions(top_k=0.01).top_k_keep(10**7, 64, 100) == 1  # never an empty batch
 
 
 class _Recording(torch.nn.Module):
@@ -255,6 +273,7 @@ SWITCHES = (
     "train.apa_target=0.3",
     "train.lecam_weight=0.3",
     "train.bcr_weight=10",
+    "train.top_k=0.5",
     "train.mode_seeking=1.0",
     "train.gsr_weight=0.5",
     "train.g_labels=uniform",
@@ -269,10 +288,12 @@ def test_switches_reach_the_loop_and_change_training(tmp_path: Path) -> None:
     assert (kw["ada_target"], kw["ada_kimg"], kw["lecam_weight"], kw["mode_seeking"]) == (0.6, 0.05, 0.3, 1.0)
     assert (kw["gsr_weight"], kw["g_labels"], kw["mirror"]) == (0.5, "uniform", True)
     assert kw["aux_class_weight"] == 1.0 and kw["apa_target"] == 0.3 and kw["bcr_weight"] == 10.0
+    assert kw["top_k"] == 0.5
     off = flat_options(loop_kwargs(tiny_config(tmp_path)))
     assert (off["ada_target"], off["lecam_weight"], off["mode_seeking"], off["g_labels"]) == (None, 0.0, 0.0, "data")
     assert off["gsr_weight"] == 0.0 and off["mirror"] is False
     assert off["aux_class_weight"] == 0.0 and off["apa_target"] is None and off["bcr_weight"] == 0.0
+    assert off["top_k"] is None
     run, _ = train(cfg, out=tmp_path / "on", progress=False)
     base, _ = train(tiny_config(tmp_path, "train.kimg=0.128"), out=tmp_path / "off", progress=False)
     state = checkpoint.load(run / "training-state.pt", checkpoint.STATE_FORMAT)
@@ -366,6 +387,8 @@ def test_mirror_shows_d_about_half_of_the_real_images_flipped(tmp_path: Path, mo
         ("train.ada_target=1.5", "ada_target"),
         ("train.lecam_weight=-1", "lecam_weight"),
         ("train.bcr_weight=-1", "bcr_weight"),
+        ("train.top_k=0", "top_k"),
+        ("train.top_k=1.5", "top_k"),
         ("train.mode_seeking=-0.5", "mode_seeking"),
         ("train.gsr_weight=-1", "gsr_weight"),
         ("train.ada_kimg=0", "ada_kimg"),
