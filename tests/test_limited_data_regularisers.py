@@ -325,9 +325,9 @@ def test_uniform_generator_labels_train_every_class_equally_often(tmp_path: Path
     seen: dict[str, list[torch.Tensor]] = {"G": [], "D": []}
     real_g, real_d = GanLoss.generator, GanLoss.discriminator
 
-    def spy_g(self, G, D, y, z, gen=None):
+    def spy_g(self, G, D, y, z, *args, **kwargs):
         seen["G"].append(y.clone())
-        return real_g(self, G, D, y, z, gen)
+        return real_g(self, G, D, y, z, *args, **kwargs)
 
     def spy_d(self, G, D, real, y, *args, **kwargs):
         seen["D"].append(y.clone())
