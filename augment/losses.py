@@ -220,7 +220,8 @@ class GanLoss:
         if self.apa is not None:
             pick = torch.rand((real.shape[0], 1, 1, 1), generator=gen, device=real.device) < self.apa.p
             real = torch.where(pick, fake.to(real.dtype), real)
-        real_aug, fake_aug = self._aug(torch.cat([real, fake]), gen).chunk(2)
+        both = torch.cat([real, fake])
+        real_aug, fake_aug = self._aug(both, gen).chunk(2)
         do_r1 = self.r1_gamma > 0 and r1
         if do_r1 and D_r1 is None:
             real_aug = real_aug.detach().requires_grad_(True)
@@ -234,7 +235,7 @@ class GanLoss:
         if self.lecam is not None:
             loss = loss + self.lecam(real_logits, fake_logits)
         if self.bcr_weight > 0:
-            real_aug2, fake_aug2 = self._aug(torch.cat([real, fake]), gen).chunk(2)
+            real_aug2, fake_aug2 = self._aug(both, gen).chunk(2)
             for view, logits in ((real_aug2, real_logits), (fake_aug2, fake_logits)):
                 other = D(view, labels).float()
                 loss = loss + self.bcr_weight * (logits.float() - other).square().mean()
