@@ -138,8 +138,10 @@ RECIPES: dict[str, list[str]] = {
     "bcr_10": ["train.bcr_weight=10"],  # bCR at its paper's lambda_real = lambda_fake = 10
     "bcr_1": ["train.bcr_weight=1"],
     "top_k_0.5": ["train.top_k=0.5"],  # top-k training at its paper's floor (Sinha et al. 2020)
-    # Spectral normalisation in D (Miyato & Koyama's projection D, SNGAN/BigGAN), beside R1 and alone
+    # Spectral normalisation in D (Miyato & Koyama's projection D, SNGAN/BigGAN), beside R1 and alone;
+    # d_sn is the Fashion-MNIST config's own since 2026-12-05 (inert there), no_d_sn the recipe before it
     "d_sn": ["model.d_spectral_norm=true"],
+    "no_d_sn": ["model.d_spectral_norm=false"],
     "d_sn_no_r1": ["model.d_spectral_norm=true", "train.r1_gamma=0"],
     "gsr_0.5": ["train.gsr_weight=0.5"],  # gSR at the weight of its authors' CIFAR-10 SNGAN config
     "gsr_0.05": ["train.gsr_weight=0.05"],
