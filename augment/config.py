@@ -169,6 +169,10 @@ class TrainConfig(_Section):
     lr_d: float = Field(2e-4, gt=0)
     #: Adam's (beta1, beta2), each in [0, 1) (Adam refuses others only once training has started).
     betas: tuple[Annotated[float, Field(ge=0.0, lt=1.0)], Annotated[float, Field(ge=0.0, lt=1.0)]] = (0.0, 0.99)
+    #: Linear learning-rate decay (SNGAN's schedule in Mimicry): from this share of the budget both
+    #: players' rates fall linearly to 0 at its end (the budget: ``kimg``, or ``max_minutes`` where that
+    #: comes first). None = constant rates.
+    lr_decay_from: float | None = Field(None, ge=0.0, lt=1.0)
     #: Half-life of the generator's EMA, in thousands of images shown.
     ema_kimg: float = Field(1.0, ge=0)
     snapshot_kimg: float = Field(10.0, gt=0)

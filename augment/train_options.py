@@ -89,6 +89,18 @@ class ScheduleOptions:
     eval_kimg: float = 0.0  #: interval of best-snapshot evaluations (0: off)
     ensemble: int = 1  #: most EMA snapshots mixed into the best snapshot (1: the single best)
     max_minutes: float | None = None  #: wall-clock budget; stops early, with a final snapshot
+    lr_decay_from: float | None = None  #: share of the budget after which both rates fall linearly to 0 (None: constant)
+
+    def lr_scale(self, nimg: int, elapsed_s: float) -> float:
+        """The learning rates' factor after ``nimg`` images and ``elapsed_s`` seconds: 1 until
+        ``lr_decay_from`` of the budget, then linearly down to 0 at its end. The budget's progress is
+        the larger of the images shown and, under ``max_minutes``, the wall time spent."""
+        if self.lr_decay_from is None:
+            return 1.0
+        progress = nimg / (self.total_kimg * 1000)
+        if self.max_minutes is not None:
+            progress = max(progress, elapsed_s / (self.max_minutes * 60))
+        return min(1.0, max(0.0, (1.0 - progress) / (1.0 - self.lr_decay_from)))
 
 
 @dataclass(frozen=True)
@@ -145,6 +157,7 @@ def loop_kwargs(cfg: Config, device: torch.device | str = "cpu") -> dict[str, An
         eval_kimg=t.eval_kimg,
         ensemble=t.ensemble,
         max_minutes=t.max_minutes,
+        lr_decay_from=t.lr_decay_from,
     )
     performance = PerformanceOptions(
         precision=resolve_precision(gpu.precision if cuda else t.precision, device),

@@ -236,6 +236,7 @@ class Ticker:
         controllers: dict[str, AdaptiveAugment],
         write: bool,
         cond: float | None = None,
+        lr_scale: float | None = None,
     ) -> None:
         if not (done or cur_nimg // self.tick_nimg > prev_nimg // self.tick_nimg):
             return
@@ -252,11 +253,14 @@ class Ticker:
             tick[f"{name}_p"], tick[f"{name}_rt"] = float(c.p), float(c.rt)
         if cond is not None:
             tick["cond_strength"] = float(cond)
+        if lr_scale is not None:
+            tick["lr_scale"] = float(lr_scale)
         self.loss_sum.zero_()
         self.loss_steps = 0
         self.start_nimg, self.start_time = cur_nimg, now
         extra = "".join(f" {name}={tick[f'{name}_p']:.2f}" for name in controllers)
         extra += f" cond={cond:.2f}" if cond is not None else ""
+        extra += f" lr={lr_scale:.2f}x" if lr_scale is not None else ""
         self.bar.set_postfix_str(f"img/s={tick['images_per_s']:.0f} D={ld:.3f} G={lg:.3f}{extra}", refresh=False)
         self.bar.update(min(cur_nimg, self.total_nimg) / 1000 - self.bar.n)
         if write:

@@ -127,6 +127,9 @@ RECIPES: dict[str, list[str]] = {
     "no_mode_seeking": ["train.mode_seeking=0.0"],  # the recipe before it
     "mode_seeking_0.5": ["train.mode_seeking=0.5"],
     "lr_5e-4": ["train.lr_g=0.0005", "train.lr_d=0.0005"],
+    # Linear decay of both rates to 0 over the budget's second half (SNGAN's schedule in Mimicry decays over the whole
+    # run; half set before the row ran, not tuned): the late checks without the constant rate's oscillation.
+    "lr_decay_0.5": ["train.lr_decay_from=0.5"],
     "ema_3": ["train.ema_kimg=3"],
     "ema_10": ["train.ema_kimg=10"],
     "r1_0.01": ["train.r1_gamma=0.01"],
