@@ -157,6 +157,7 @@ RECIPES: dict[str, list[str]] = {
     "z128": ["model.z_dim=128"],
     "wide": ["model.g_channels=48", "model.d_channels=48"],
     "narrow": ["model.g_channels=24", "model.d_channels=24"],
+    "wide_g": ["model.g_channels=48"],  # capacity for diversity in G alone (D's overfitting is what limited data fights)
     "g_resnet": ["model.g_arch=resnet"],
     "ensemble_3": ["train.ensemble=3"],
     "ensemble_3_oversample_4": ["train.ensemble=3", "train.eval_oversample=4"],
