@@ -191,8 +191,9 @@ def training_loop(
             torch.compiler.cudagraph_mark_step_begin()
 
         # Discriminator step: a real minibatch and fakes of the same labels.
-        lr_scale = schedule.lr_scale(cur_nimg, time.time() - start_time)
-        if lr_scale != 1.0:
+        lr_scale = None  # constant rates: nothing to set or log
+        if schedule.lr_decay_from is not None:
+            lr_scale = schedule.lr_scale(cur_nimg, time.time() - start_time)
             for opt, lr in ((opt_G, schedule.lr_g), (opt_D, schedule.lr_d)):
                 for group in opt.param_groups:
                     group["lr"] = lr * lr_scale
@@ -236,8 +237,7 @@ def training_loop(
 
         # Tick: log averaged losses and speed.
         cond = nets.G.cond_strength if transition else None
-        decay = lr_scale if schedule.lr_decay_from is not None else None
-        ticker.maybe_tick(prev_nimg, cur_nimg, done, loss_fn.controllers, write=is_main, cond=cond, lr_scale=decay)
+        ticker.maybe_tick(prev_nimg, cur_nimg, done, loss_fn.controllers, write=is_main, cond=cond, lr_scale=lr_scale)
 
         # Evaluate the EMA generator; keep the best snapshot (GANs degrade late in training).
         evaluator.maybe_evaluate(prev_nimg, cur_nimg, done, ticker.on_tick)
