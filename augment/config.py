@@ -118,6 +118,8 @@ class ModelConfig(_Section):
 
 
 CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
+#: DiffAugment policies (augment/diffaug.py; geometric is StyleGAN2-ADA's rotation and scalings).
+DiffAugPolicy = Literal["geometric", "color", "translation", "cutout"]
 
 
 def _check_compile_mode(section: Any) -> Any:
@@ -160,7 +162,7 @@ class TrainConfig(_Section):
     seed: int | None = Field(None, ge=0)
     batch_size: int = Field(64, ge=2)
     loss: Literal["hinge", "nonsaturating"] = "hinge"
-    diffaug: list[Literal["translation", "cutout", "color"]] = ["translation", "cutout"]
+    diffaug: list[DiffAugPolicy] = ["translation", "cutout"]
     #: R1 gradient penalty on real images (0 = off).
     r1_gamma: float = Field(0.1, ge=0)
     #: Apply R1 every this many D steps, scaled by the interval (lazy regularisation, StyleGAN2).
@@ -193,6 +195,11 @@ class TrainConfig(_Section):
     #: How fast ADA's (and APA's) p may move: from 0 to 1 in this many thousand images shown (the
     #: paper's 500 kimg is sized for trainings of tens of thousands of kimg; these run for tens to hundreds).
     ada_kimg: float = Field(20.0, gt=0)
+    #: With ada_target: the policies ADA's p steers *on top of* DiffAugment, whose own policies then
+    #: stay on every image (e.g. [geometric, color]: StyleGAN2-ADA's rotation and scalings, and
+    #: brightness/contrast, each applied with probability p before translation and cutout). Empty =
+    #: p steers the diffaug policies themselves (the paper's single pipeline).
+    ada_extra: list[DiffAugPolicy] = []
     #: Adaptive pseudo augmentation (Jiang et al. 2021, APA, "Deceive D"): each real image of D's
     #: step is replaced, with probability p, by the step's fake of the same class, shown to D as real;
     #: p is steered like ADA's (this target for E[sign(D(real))], moving by 1 in ada_kimg thousand
@@ -256,6 +263,12 @@ class TrainConfig(_Section):
     @model_validator(mode="after")
     def _mode_needs_compile(self) -> TrainConfig:
         return _check_compile_mode(self)
+
+    @model_validator(mode="after")
+    def _extra_needs_ada(self) -> TrainConfig:
+        if self.ada_extra and self.ada_target is None:
+            raise ValueError(f"ada_extra {self.ada_extra} needs ada_target (ADA's p applies them)")
+        return self
 
     @model_validator(mode="after")
     def _ensemble_needs_checks(self) -> TrainConfig:

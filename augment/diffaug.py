@@ -56,11 +56,31 @@ def cutout(x: torch.Tensor, gen: torch.Generator | None, ratio: float = 0.5) -> 
     return x * (~inside).unsqueeze(1).to(x.dtype)
 
 
-POLICIES = {"color": color, "translation": translation, "cutout": cutout}
+def geometric(x: torch.Tensor, gen: torch.Generator | None, std: float = 0.2) -> torch.Tensor:
+    """StyleGAN2-ADA's general geometric group without its translation (DiffAugment's own is
+    separate): an isotropic scale ``2**N(0, std)``, a rotation uniform in [-180, 180] degrees and an
+    anisotropic scale ``2**N(0, std)`` (x by it, y by its inverse), bilinear, reflection-padded."""
+    n = x.shape[0]
+    shape = (n,)
+    iso = torch.exp2(torch.randn(shape, generator=gen, device=x.device, dtype=x.dtype) * std)
+    aniso = torch.exp2(torch.randn(shape, generator=gen, device=x.device, dtype=x.dtype) * std)
+    angle = (torch.rand(shape, generator=gen, device=x.device, dtype=x.dtype) * 2 - 1) * torch.pi
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    # theta maps each output pixel to where it samples the input (affine_grid's convention): a
+    # rotation, then x scaled by 1 / (iso * aniso) and y by aniso / iso, so the content grows by iso.
+    sx, sy = 1 / (iso * aniso), aniso / iso
+    zero = torch.zeros_like(cos)
+    theta = torch.stack([torch.stack([cos * sx, -sin * sx, zero], 1), torch.stack([sin * sy, cos * sy, zero], 1)], 1)
+    grid = torch.nn.functional.affine_grid(theta, list(x.shape), align_corners=False)
+    return torch.nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
+#: In StyleGAN2-ADA's order (geometric, then color) with DiffAugment's reference order for the rest.
+POLICIES = {"geometric": geometric, "color": color, "translation": translation, "cutout": cutout}
 
 
 class DiffAugment:
-    """Apply the named policies in the reference order (color, translation, cutout).
+    """Apply the named policies in the reference order (geometric, color, translation, cutout).
 
     With ``p`` (a float or a 0-d tensor, e.g. :attr:`AdaptiveAugment.p`), each policy is applied
     to each image independently with probability ``p`` (StyleGAN2-ADA's per-image, per-op

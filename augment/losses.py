@@ -117,7 +117,9 @@ class GroupSpectral:
 
 class GanLoss:
     """Hinge (Lim & Ye 2017; Miyato et al. 2018) or non-saturating (Goodfellow et al. 2014) loss,
-    with the limited-data regularisers as options: R1, adaptive augmentation (``ada``), adaptive
+    with the limited-data regularisers as options: R1, adaptive augmentation (``ada``: its p
+    steers the DiffAugment policies, or with ``ada_extra`` further policies applied before the
+    fixed DiffAugment), adaptive
     pseudo augmentation (``apa``: D's real batch holds some of the step's fakes), LeCam
     (``lecam_weight``), balanced consistency regularisation (``bcr_weight``), a mode-seeking term
     for G (``mode_seeking``), group spectral regularisation of G's class-conditional BatchNorm
@@ -132,6 +134,7 @@ class GanLoss:
         r1_gamma: float = 0.0,
         *,
         ada: AdaptiveAugment | None = None,
+        ada_extra: Sequence[str] = (),
         apa: AdaptiveAugment | None = None,
         lecam_weight: float = 0.0,
         bcr_weight: float = 0.0,
@@ -152,7 +155,10 @@ class GanLoss:
         if bcr_weight < 0:
             raise ValueError(f"bcr_weight must be >= 0, got {bcr_weight}")
         self.kind = kind
+        if ada_extra and ada is None:
+            raise ValueError(f"ada_extra {list(ada_extra)} needs ada (the controller whose p applies them)")
         self.augment = DiffAugment(diffaug)
+        self.extra = DiffAugment(ada_extra) if ada_extra else None
         self.r1_gamma = r1_gamma
         self.ada = ada
         self.apa = apa
@@ -170,6 +176,8 @@ class GanLoss:
         return {name: c for name, c in (("ada", self.ada), ("apa", self.apa)) if c is not None}
 
     def _aug(self, x: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
+        if self.extra is not None:  # ADA's p steers the extra policies; DiffAugment's stay on every image
+            return self.augment(self.extra(x, gen, self.ada.p), gen)
         return self.augment(x, gen, None if self.ada is None else self.ada.p)
 
     def _score(self, D: nn.Module, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | float]:

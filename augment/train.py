@@ -143,6 +143,7 @@ def training_loop(
         list(loss.diffaug),
         loss.r1_gamma,
         ada=ada,
+        ada_extra=list(loss.ada_extra),
         apa=apa,
         lecam_weight=loss.lecam_weight,
         bcr_weight=loss.bcr_weight,

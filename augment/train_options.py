@@ -36,6 +36,7 @@ class LossOptions:
     diffaug: tuple[str, ...] = ("translation", "cutout")  #: DiffAugment policies on every D input
     ada_target: float | None = None  #: ADA's r_t target for E[sign(D(real))]; None: fixed DiffAugment
     ada_kimg: float = 20.0  #: kimg for ADA's (and APA's) p to move by 1
+    ada_extra: tuple[str, ...] = ()  #: policies ADA's p steers on top of fixed DiffAugment; (): it steers diffaug
     apa_target: float | None = None  #: APA's r_t target: reals replaced by fakes with an adaptive p; None: off
     lecam_weight: float = 0.0  #: LeCam regulariser weight (0: off)
     bcr_weight: float = 0.0  #: balanced consistency regularisation weight, reals and fakes (0: off)
@@ -89,7 +90,8 @@ class ScheduleOptions:
     eval_kimg: float = 0.0  #: interval of best-snapshot evaluations (0: off)
     ensemble: int = 1  #: most EMA snapshots mixed into the best snapshot (1: the single best)
     max_minutes: float | None = None  #: wall-clock budget; stops early, with a final snapshot
-    lr_decay_from: float | None = None  #: share of the budget after which both rates fall linearly to 0 (None: constant)
+    #: share of the budget after which both rates fall linearly to 0 (None: constant)
+    lr_decay_from: float | None = None
 
     def lr_scale(self, nimg: int, elapsed_s: float) -> float:
         """The learning rates' factor after ``nimg`` images and ``elapsed_s`` seconds: 1 until
@@ -135,6 +137,7 @@ def loop_kwargs(cfg: Config, device: torch.device | str = "cpu") -> dict[str, An
         diffaug=tuple(t.diffaug),
         ada_target=t.ada_target,
         ada_kimg=t.ada_kimg,
+        ada_extra=tuple(t.ada_extra),
         apa_target=t.apa_target,
         lecam_weight=t.lecam_weight,
         bcr_weight=t.bcr_weight,

@@ -1,4 +1,5 @@
-"""The limited-data switches of the GAN recipe: adaptive augmentation (ADA), adaptive pseudo
+"""The limited-data switches of the GAN recipe: adaptive augmentation (ADA, alone or steering
+extra policies such as StyleGAN2-ADA's geometric group on top of DiffAugment), adaptive pseudo
 augmentation (APA), LeCam, balanced consistency regularisation (bCR), top-k training, mode seeking,
 group spectral regularisation (gSR), an auxiliary classifier, class-balanced generator labels,
 dataset x-flips.
@@ -10,13 +11,14 @@ an exact resume (its state lives in the training state).
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
 import torch
 
 from augment import checkpoint
-from augment.diffaug import AdaptiveAugment, DiffAugment
+from augment.diffaug import AdaptiveAugment, DiffAugment, geometric
 from augment.losses import GanLoss, GroupSpectral, LeCam, group_shape
 from augment.models import ConditionalGenerator, ProjectionDiscriminator
 from augment.train import loop_kwargs, train
@@ -38,6 +40,63 @@ def test_diffaug_probability_zero_is_identity_and_one_is_plain_diffaugment() -> 
     out = one(torch.randn(4000, 1, 8, 8) + 5, torch.Generator().manual_seed(1), p=p)
     changed = (out == 0).flatten(1).any(1).float().mean().item()
     assert changed == pytest.approx(0.25, abs=0.03)
+
+
+def test_geometric_rotates_and_scales_without_shearing_or_losing_the_image() -> None:
+    size = 32
+    coords = torch.arange(size) - (size - 1) / 2
+    radius = (coords.view(-1, 1).square() + coords.view(1, -1).square()).sqrt()
+    disk = (radius < 6).float().expand(256, 1, size, size)
+    # Rotation alone (std 0: no scaling) leaves a centred disk a disk: theta is a pure rotation.
+    rotated = geometric(disk, torch.Generator().manual_seed(0), std=0.0)
+    inside, outside = radius < 4.5, radius > 7  # a shear or a stray scale would move the rim past these
+    assert rotated[:, 0, inside].min() > 0.99 and rotated[:, 0, outside].max() < 0.01
+    assert rotated.sum(dim=(1, 2, 3)) == pytest.approx(disk.sum(dim=(1, 2, 3)), rel=0.05)
+    # An off-centre bar is turned to every direction: its centre of mass moves around the middle.
+    bar = torch.zeros(512, 1, size, size)
+    bar[:, :, 14:18, 20:28] = 1
+    out = geometric(bar, torch.Generator().manual_seed(1), std=0.0)
+    mass = out.sum(dim=(1, 2, 3))
+    cx = (out.sum(dim=2).squeeze(1) * coords).sum(1) / mass
+    cy = (out.sum(dim=3).squeeze(1) * coords).sum(1) / mass
+    angles = torch.atan2(cy, cx)
+    assert (cx.square() + cy.square()).sqrt().mean() == pytest.approx(7.5, abs=1.0)  # the bar's distance kept
+    for lo in torch.linspace(-torch.pi, torch.pi, 5)[:-1]:  # every quarter of the circle is reached
+        assert ((angles >= lo) & (angles < lo + torch.pi / 2)).float().mean() > 0.15
+    # With the default scalings the disk's area changes by iso**2 (anisotropy keeps the area), both
+    # ways: log(area) ~ N(0, 2 ln2 std) (reflection padding and bilinear blur trim it a little).
+    area = geometric(disk, torch.Generator().manual_seed(2)).sum(dim=(1, 2, 3)) / disk[0].sum()
+    assert area.min() < 0.75 and area.max() > 1.3
+    assert area.log().mean().item() == pytest.approx(0.0, abs=0.06)
+    assert area.log().std().item() == pytest.approx(2 * math.log(2) * 0.2, abs=0.05)
+    # Differentiable, and replayed by the generator's state.
+    x = torch.randn(4, 1, 8, 8, requires_grad=True)
+    geometric(x, torch.Generator().manual_seed(3)).sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    again = [geometric(disk, torch.Generator().manual_seed(4)) for _ in range(2)]
+    assert torch.equal(*again)
+
+
+def test_ada_extra_policies_ride_on_top_of_fixed_diffaugment() -> None:
+    ada = AdaptiveAugment(target=0.6)
+    loss = GanLoss(diffaug=["cutout"], ada=ada, ada_extra=["color"])
+    x = torch.randn(2000, 1, 8, 8) + 5  # no pixel is 0 before cutout
+    # p = 0: the extra policy is off, and cutout still zeroes a square in every image.
+    out = loss._aug(x, torch.Generator().manual_seed(0))
+    assert (out == 0).flatten(1).any(1).all()
+    kept = out != 0
+    assert torch.equal(out[kept], x[kept])
+    # p = 0.5: about half of the images also change by brightness/contrast; cutout stays on all.
+    ada.p = torch.tensor(0.5)
+    out = loss._aug(x, torch.Generator().manual_seed(0))
+    assert (out == 0).flatten(1).any(1).all()
+    changed = ((out - x).abs() * (out != 0)).flatten(1).amax(1) > 1e-6
+    assert changed.float().mean().item() == pytest.approx(0.5, abs=0.05)
+    # Without extras, ADA's p steers DiffAugment itself: at p = 0 nothing is cut out.
+    plain = GanLoss(diffaug=["cutout"], ada=AdaptiveAugment(target=0.6))
+    assert torch.equal(plain._aug(x, torch.Generator().manual_seed(0)), x)
+    with pytest.raises(ValueError, match="ada_extra"):
+        GanLoss(ada_extra=["color"])
 
 
 def test_ada_controller_follows_the_sign_heuristic() -> None:
@@ -270,6 +329,7 @@ def test_aux_classifier_head_is_trained_on_reals_and_paid_by_g_on_fakes() -> Non
 SWITCHES = (
     "train.ada_target=0.6",
     "train.ada_kimg=0.05",
+    "train.ada_extra=[geometric, color]",
     "train.apa_target=0.3",
     "train.lecam_weight=0.3",
     "train.bcr_weight=10",
@@ -288,12 +348,12 @@ def test_switches_reach_the_loop_and_change_training(tmp_path: Path) -> None:
     assert (kw["ada_target"], kw["ada_kimg"], kw["lecam_weight"], kw["mode_seeking"]) == (0.6, 0.05, 0.3, 1.0)
     assert (kw["gsr_weight"], kw["g_labels"], kw["mirror"]) == (0.5, "uniform", True)
     assert kw["aux_class_weight"] == 1.0 and kw["apa_target"] == 0.3 and kw["bcr_weight"] == 10.0
-    assert kw["top_k"] == 0.5
+    assert kw["top_k"] == 0.5 and kw["ada_extra"] == ("geometric", "color")
     off = flat_options(loop_kwargs(tiny_config(tmp_path)))
     assert (off["ada_target"], off["lecam_weight"], off["mode_seeking"], off["g_labels"]) == (None, 0.0, 0.0, "data")
     assert off["gsr_weight"] == 0.0 and off["mirror"] is False
     assert off["aux_class_weight"] == 0.0 and off["apa_target"] is None and off["bcr_weight"] == 0.0
-    assert off["top_k"] is None
+    assert off["top_k"] is None and off["ada_extra"] == ()
     run, _ = train(cfg, out=tmp_path / "on", progress=False)
     base, _ = train(tiny_config(tmp_path, "train.kimg=0.128"), out=tmp_path / "off", progress=False)
     state = checkpoint.load(run / "training-state.pt", checkpoint.STATE_FORMAT)
@@ -394,6 +454,8 @@ def test_mirror_shows_d_about_half_of_the_real_images_flipped(tmp_path: Path, mo
         ("train.ada_kimg=0", "ada_kimg"),
         ("train.apa_target=0", "apa_target"),
         ("train.g_labels=balanced", "g_labels"),
+        ("train.ada_extra=[geometric]", "ada_extra"),  # no ada_target: no p to apply them with
+        ("train.ada_extra=[rotate]", "ada_extra"),
     ],
 )
 def test_bad_switch_values_are_config_errors(tmp_path: Path, override: str, words: str) -> None:
