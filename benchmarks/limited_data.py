@@ -124,6 +124,9 @@ RECIPES: dict[str, list[str]] = {
     # ADA's p on StyleGAN2-ADA's geometric group and brightness/contrast, on top of fixed DiffAugment
     # (translation and cutout stay on every image): the combination the "ada" row's switch could not make.
     "ada_extra": ["train.ada_target=0.6", "train.ada_extra=[geometric, color]"],
+    # The same with the target below the r_t D keeps under fixed DiffAugment (0.11-0.26 per 20 kimg in the
+    # "ada_extra" screen, where 0.6 left p at 0): p then rises, so the extras are really applied.
+    "ada_extra_0.1": ["train.ada_target=0.1", "train.ada_extra=[geometric, color]"],
     "apa": ["train.apa_target=0.6"],  # APA (Jiang et al. 2021) at its paper's target, beside fixed DiffAugment
     "lecam": ["train.lecam_weight=0.3"],
     "mode_seeking": ["train.mode_seeking=1.0"],
