@@ -143,6 +143,8 @@ RECIPES: dict[str, list[str]] = {
     "r1_1": ["train.r1_gamma=1.0"],
     "nonsaturating": ["train.loss=nonsaturating"],
     "diffaug_color": ["train.diffaug=[color, translation, cutout]"],
+    # cutout off: less augmentation than today's fixed pair, the other side of the ada_extra rows
+    "diffaug_translation": ["train.diffaug=[translation]"],
     "batch_32": ["train.batch_size=32"],
     "lecam_0.01": ["train.lecam_weight=0.01"],
     "bcr_10": ["train.bcr_weight=10"],  # bCR at its paper's lambda_real = lambda_fake = 10
