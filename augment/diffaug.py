@@ -60,8 +60,7 @@ def geometric(x: torch.Tensor, gen: torch.Generator | None, std: float = 0.2) ->
     """StyleGAN2-ADA's general geometric group without its translation (DiffAugment's own is
     separate): an isotropic scale ``2**N(0, std)``, a rotation uniform in [-180, 180] degrees and an
     anisotropic scale ``2**N(0, std)`` (x by it, y by its inverse), bilinear, reflection-padded."""
-    n = x.shape[0]
-    shape = (n,)
+    shape = (x.shape[0],)
     iso = torch.exp2(torch.randn(shape, generator=gen, device=x.device, dtype=x.dtype) * std)
     aniso = torch.exp2(torch.randn(shape, generator=gen, device=x.device, dtype=x.dtype) * std)
     angle = (torch.rand(shape, generator=gen, device=x.device, dtype=x.dtype) * 2 - 1) * torch.pi

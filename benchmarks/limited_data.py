@@ -347,26 +347,38 @@ METRIC_FIELDS = ("train.eval_oversample",)
 
 def inert_overrides(base: Config, cfg: Config, overrides: list[str]) -> list[str]:
     """The ``train.*`` / ``model.*`` overrides of a row that change nothing the training loop gets
-    (a switch validated by the config but not wired into ``augment.train.loop_kwargs``)."""
-    ref = {k: v for k, v in loop_kwargs(base).items() if k != "config"}
+    (a switch validated by the config but not wired into ``augment.train.loop_kwargs``).
+
+    Each is judged alone on the base config; one the config refuses alone (``ada_extra`` needs
+    ``ada_target``) is judged by taking it back out of the row's full config instead."""
+
+    def loop(c: Config) -> dict[str, Any]:
+        return {k: v for k, v in loop_kwargs(c).items() if k != "config"}
+
+    ref = loop(base)
     inert = []
     for item in overrides:
         key = item.split("=", 1)[0]
         if not key.startswith(("train.", "model.")) or key in METRIC_FIELDS:
             continue
-        one = base.model_copy(deep=True)  # this override alone on the base config
         section, field = key.split(".", 1)
         if "." in field:
             continue  # nested sections (train.cuda.*) are not this benchmark's switches
-        value = getattr(getattr(cfg, section), field)
-        if value == getattr(getattr(base, section), field):
+        value, base_value = getattr(getattr(cfg, section), field), getattr(getattr(base, section), field)
+        if value == base_value:
             continue  # the override restates the base value
+        one = base.model_copy(deep=True)  # this override alone on the base config
         try:
             setattr(getattr(one, section), field, value)
+            same = loop(one) == ref
         except ValidationError:
-            continue  # needs another override of the row (ada_extra needs ada_target): not judged alone
-        got = {k: v for k, v in loop_kwargs(one).items() if k != "config"}
-        if got == ref:
+            without = cfg.model_copy(deep=True)  # the row without this override
+            try:
+                setattr(getattr(without, section), field, base_value)
+            except ValidationError:
+                continue  # neither alone nor without it is a valid config: not judged
+            same = loop(without) == loop(cfg)
+        if same:
             inert.append(item)
     return inert
 

@@ -159,13 +159,16 @@ def test_recipe_overrides_and_inert_switch(monkeypatch: pytest.MonkeyPatch) -> N
     base = load_config(REPO / "configs" / "digits.yaml")
     z = load_config(REPO / "configs" / "digits.yaml", ["model.z_dim=128"])
     assert limited_data.inert_overrides(base, z, ["model.z_dim=128"]) == []
-    # A switch that needs another of its row (ada_extra needs ada_target) is judged with it, not alone.
+    # A switch that needs another of its row (ada_extra needs ada_target) is judged within the row.
     extra = limited_data.RECIPES["ada_extra"]
-    assert limited_data.inert_overrides(base, load_config(REPO / "configs" / "digits.yaml", extra), extra) == []
+    extra_cfg = load_config(REPO / "configs" / "digits.yaml", extra)
+    assert limited_data.inert_overrides(base, extra_cfg, extra) == []
     # A switch the training loop never receives is reported (the benchmark refuses to run it).
     real = limited_data.loop_kwargs
     monkeypatch.setattr(limited_data, "loop_kwargs", lambda cfg: replace_options(real(cfg), z_dim=base.model.z_dim))
     assert limited_data.inert_overrides(base, z, ["model.z_dim=128"]) == ["model.z_dim=128"]
+    monkeypatch.setattr(limited_data, "loop_kwargs", lambda cfg: replace_options(real(cfg), ada_extra=()))
+    assert limited_data.inert_overrides(base, extra_cfg, extra) == ["train.ada_extra=[geometric, color]"]
 
 
 def test_screen_tables_the_selection_curves_and_runs_no_downstream(tmp_path: Path) -> None:

@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import json
 import math
+import typing
 from pathlib import Path
 
 import pytest
 import torch
 
 from augment import checkpoint
-from augment.diffaug import AdaptiveAugment, DiffAugment, geometric
+from augment.config import DiffAugPolicy
+from augment.diffaug import POLICIES, AdaptiveAugment, DiffAugment, geometric
 from augment.losses import GanLoss, GroupSpectral, LeCam, group_shape
 from augment.models import ConditionalGenerator, ProjectionDiscriminator
 from augment.train import loop_kwargs, train
@@ -40,6 +42,10 @@ def test_diffaug_probability_zero_is_identity_and_one_is_plain_diffaugment() -> 
     out = one(torch.randn(4000, 1, 8, 8) + 5, torch.Generator().manual_seed(1), p=p)
     changed = (out == 0).flatten(1).any(1).float().mean().item()
     assert changed == pytest.approx(0.25, abs=0.03)
+
+
+def test_the_config_offers_exactly_the_policies_diffaugment_has() -> None:
+    assert set(typing.get_args(DiffAugPolicy)) == set(POLICIES)
 
 
 def test_geometric_rotates_and_scales_without_shearing_or_losing_the_image() -> None:
