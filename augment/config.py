@@ -115,6 +115,9 @@ class ModelConfig(_Section):
     #: generator's classes collapsed to one image; R1 (train.r1_gamma) kept them diverse. The
     #: Fashion-MNIST config turns it on beside R1 (the better long-tail generator in three trainings).
     d_spectral_norm: bool = False
+    #: Spectral normalisation of the generator's convolutions and linear layers while it trains
+    #: (SAGAN, BigGAN); the generator a run hands on holds the normalised weights.
+    g_spectral_norm: bool = False
 
 
 CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]

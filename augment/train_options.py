@@ -24,6 +24,7 @@ class NetworkOptions:
     d_channels: int = 64  #: D's channels at the input resolution
     max_mult: int = 4  #: cap on the channel multiplier at low resolutions
     d_spectral_norm: bool = False  #: spectral normalisation of D's layers
+    g_spectral_norm: bool = False  #: spectral normalisation of the trained G's layers (not of its EMA copy)
 
 
 @dataclass(frozen=True)
@@ -129,6 +130,7 @@ def loop_kwargs(cfg: Config, device: torch.device | str = "cpu") -> dict[str, An
         d_channels=m.d_channels,
         max_mult=m.max_mult,
         d_spectral_norm=m.d_spectral_norm,
+        g_spectral_norm=m.g_spectral_norm,
     )
     loss = LossOptions(
         loss=t.loss,

@@ -24,6 +24,7 @@ from augment.data import PreparedData
 from augment.diffaug import AdaptiveAugment
 from augment.losses import GanLoss
 from augment.models import ConditionalGenerator, ProjectionDiscriminator
+from augment.models.generator import normalised_weights, with_spectral_norm
 from augment.train_options import NetworkOptions, PerformanceOptions
 
 log = logging.getLogger(__name__)
@@ -51,11 +52,24 @@ class Networks:
     G_ema: torch.nn.Module
     g_kwargs: dict[str, Any]
     d_kwargs: dict[str, Any]
+    #: G trains under spectral normalisation; G_ema is a plain generator averaging its normalised weights.
+    g_spectral_norm: bool = False
 
     def __post_init__(self) -> None:
-        # The EMA update's operands, listed once: load_state_dict copies into these same tensors.
-        self._ema_params, self._g_params = list(self.G_ema.parameters()), list(self.G.parameters())
-        self._ema_bufs, self._g_bufs = list(self.G_ema.buffers()), list(self.G.buffers())
+        # The EMA update's operands, listed once by name: load_state_dict copies into these same tensors.
+        # Under spectral normalisation G stores W (``fc.parametrizations.weight.original``) where
+        # G_ema has ``fc.weight``: those are averaged from W / sigma, computed at each update.
+        g_params, g_bufs = dict(self.G.named_parameters()), dict(self.G.named_buffers())
+        self._ema_params, self._g_params, self._ema_sn, self._sn_names = [], [], [], []
+        for name, p in self.G_ema.named_parameters():
+            if name in g_params:
+                self._ema_params.append(p)
+                self._g_params.append(g_params[name])
+            else:
+                self._ema_sn.append(p)
+                self._sn_names.append(name)
+        ema_bufs = list(self.G_ema.named_buffers())  # BatchNorm statistics (G's power-iteration vectors stay out)
+        self._ema_bufs, self._g_bufs = [b for _, b in ema_bufs], [g_bufs[name] for name, _ in ema_bufs]
 
     @classmethod
     def build(
@@ -73,14 +87,22 @@ class Networks:
         d_kwargs = dict(shared, width=opts.d_channels, spectral=opts.d_spectral_norm)
         if aux_classifier:  # D's class head (LossOptions.aux_class_weight); only then in the checkpoint's kwargs
             d_kwargs["aux_classifier"] = True
+        g_sn = opts.g_spectral_norm
         if state is not None:  # on resume the architecture comes from the checkpoint
             g_kwargs, d_kwargs = dict(state["generator_kwargs"]), dict(state["discriminator_kwargs"])
+            g_sn = bool(state.get("generator_spectral_norm", False))
         G = ConditionalGenerator(**g_kwargs).to(device).train()
         D = ProjectionDiscriminator(**d_kwargs).to(device).train()
+        G_ema = copy.deepcopy(G).eval().requires_grad_(False)  # the same initial weights either way
+        if g_sn:
+            G = with_spectral_norm(G)
         if channels_last:
             G, D = G.to(memory_format=torch.channels_last), D.to(memory_format=torch.channels_last)
-        G_ema = copy.deepcopy(G).eval().requires_grad_(False)
-        return cls(G, D, G_ema, g_kwargs, d_kwargs)
+            G_ema = G_ema.to(memory_format=torch.channels_last)
+        nets = cls(G, D, G_ema, g_kwargs, d_kwargs, g_sn)
+        if g_sn:
+            nets.update_ema(0.0)  # G_ema starts at G's normalised weights
+        return nets
 
     def step_modules(
         self, wrap: Callable[[torch.nn.Module], torch.nn.Module] | None, perf: PerformanceOptions
@@ -103,6 +125,8 @@ class Networks:
     def update_ema(self, beta: float) -> None:
         """Parameters averaged, BatchNorm statistics copied."""
         torch._foreach_lerp_(self._ema_params, self._g_params, 1.0 - beta)
+        if self._ema_sn:
+            torch._foreach_lerp_(self._ema_sn, normalised_weights(self.G, self._sn_names), 1.0 - beta)
         for b_ema, b in zip(self._ema_bufs, self._g_bufs, strict=True):
             b_ema.copy_(b)
 
@@ -181,6 +205,7 @@ class TrainingState:
                 **{name: c.state_dict() for name, c in self.loss_fn.controllers.items()},
                 "lecam_ema": lecam.ema.detach().cpu() if lecam is not None else None,
                 "generator_kwargs": self.nets.g_kwargs,
+                "generator_spectral_norm": self.nets.g_spectral_norm,
                 "discriminator_kwargs": self.nets.d_kwargs,
                 "class_names": list(self.data.class_names),
                 "data_fingerprint": self.data.fingerprint,

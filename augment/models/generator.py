@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
+from torch.nn.utils.parametrizations import spectral_norm
 
 
 def layout(image_size: int) -> tuple[int, int]:
@@ -180,7 +182,7 @@ class ConditionalGenerator(nn.Module):
         if self.cond_strength != 1.0:
             e = self.cond_strength * e
         x = self.fc(torch.cat([z, e], dim=1)).view(z.shape[0], -1, self.start, self.start)
-        x = x.contiguous(memory_format=memory_format_of(self.to_img.weight))  # no-op unless channels_last
+        x = x.contiguous(memory_format=memory_format_of(_stored_weight(self.to_img)))  # no-op unless channels_last
         if not self.residual:
             x = torch.relu(self.norm0(x, y))
         for block in self.blocks:
@@ -188,3 +190,47 @@ class ConditionalGenerator(nn.Module):
         if self.residual:
             x = torch.relu(self.norm0(x, y))
         return torch.tanh(self.to_img(x))
+
+
+def _stored_weight(module: nn.Module) -> torch.Tensor:
+    """The weight tensor a layer stores (the unnormalised one under spectral normalisation, whose
+    ``.weight`` would be computed, with a power-iteration step in training mode)."""
+    if parametrize.is_parametrized(module, "weight"):
+        return module.parametrizations.weight.original
+    return module.weight
+
+
+def with_spectral_norm(G: ConditionalGenerator) -> ConditionalGenerator:
+    """``G`` with spectral normalisation on every convolution and linear layer (SAGAN, Zhang et al.
+    2019; BigGAN), in place; the class embeddings and conditional BatchNorm gains are left as they are.
+
+    Used for the generator being trained only: what a run hands on (the EMA copy, snapshots) is a
+    plain :class:`ConditionalGenerator` holding the normalised weights (:func:`normalised_weights`).
+
+    Example:
+        >>> g = with_spectral_norm(ConditionalGenerator(num_classes=2, image_size=8, channels=1, width=8))
+        >>> parametrize.is_parametrized(g.fc, "weight")
+        True
+    """
+    for module in list(G.modules()):
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            spectral_norm(module)
+    return G
+
+
+@torch.no_grad()
+def normalised_weights(G: nn.Module, names: list[str]) -> list[torch.Tensor]:
+    """The weights ``names`` (``"fc.weight"``...) of a spectrally normalised ``G`` as the layers use
+    them, W / sigma, with sigma from the stored power-iteration vectors (no iteration step: the
+    training's vectors, and so its trajectory, are not touched)."""
+    out = []
+    for name in names:
+        module = G.get_submodule(name.rsplit(".", 1)[0])
+        sn = module.parametrizations.weight
+        was_training = sn.training
+        sn.eval()
+        try:
+            out.append(module.weight)
+        finally:
+            sn.train(was_training)
+    return out
