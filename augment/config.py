@@ -170,6 +170,9 @@ class TrainConfig(_Section):
     r1_gamma: float = Field(0.1, ge=0)
     #: Apply R1 every this many D steps, scaled by the interval (lazy regularisation, StyleGAN2).
     r1_interval: int = Field(1, ge=1)
+    #: Discriminator steps per generator step (SNGAN's n_dis, BigGAN's D steps); kimg counts the
+    #: real images D is shown, so 2 gives G half the steps per kimg (and each kimg takes less time).
+    d_steps: int = Field(1, ge=1)
     lr_g: float = Field(2e-4, gt=0)
     lr_d: float = Field(2e-4, gt=0)
     #: Adam's (beta1, beta2), each in [0, 1) (Adam refuses others only once training has started).

@@ -213,20 +213,23 @@ def training_loop(
         loss_D.backward()
         opt_D.step()
 
-        # Generator step (its classes: the real batch's, or every class equally often).
-        if loss.g_labels == "uniform":
-            y = torch.randint(data.num_classes, (batch_size,), generator=gen, device=device)
-        z = torch.randn(batch_size, nets.G.z_dim, generator=gen, device=device)
-        opt_G.zero_grad(set_to_none=True)
-        nets.D.requires_grad_(False)
-        with autocast:
-            keep = loss.top_k_keep(cur_nimg, batch_size, len(images))
-            loss_G = loss_fn.generator(steps.G, steps.D_frozen, y, z, gen, keep=keep)
-        loss_G.backward()
-        nets.D.requires_grad_(True)
-        opt_G.step()
+        # Generator step (its classes: the real batch's, or every class equally often), after every
+        # d_steps-th D step (counted from the images shown, so a resume keeps the rhythm).
+        loss_G = None
+        if (cur_nimg // step_nimg) % loss.d_steps == loss.d_steps - 1:
+            if loss.g_labels == "uniform":
+                y = torch.randint(data.num_classes, (batch_size,), generator=gen, device=device)
+            z = torch.randn(batch_size, nets.G.z_dim, generator=gen, device=device)
+            opt_G.zero_grad(set_to_none=True)
+            nets.D.requires_grad_(False)
+            with autocast:
+                keep = loss.top_k_keep(cur_nimg, batch_size, len(images))
+                loss_G = loss_fn.generator(steps.G, steps.D_frozen, y, z, gen, keep=keep)
+            loss_G.backward()
+            nets.D.requires_grad_(True)
+            opt_G.step()
 
-        # Update EMA.
+        # Update EMA (every step: its half-life counts images shown, as StyleGAN2-ADA's does).
         nets.update_ema(ema_beta)
         ticker.add(loss_D, loss_G)
         prev_nimg, cur_nimg = cur_nimg, cur_nimg + step_nimg

@@ -34,6 +34,7 @@ class LossOptions:
     loss: str = "hinge"  #: ``hinge`` or ``nonsaturating``
     r1_gamma: float = 0.1  #: R1 penalty weight on real images
     r1_interval: int = 1  #: D steps per (lazy) R1 pass; the penalty is scaled by it
+    d_steps: int = 1  #: D steps per G step (n_dis)
     diffaug: tuple[str, ...] = ("translation", "cutout")  #: DiffAugment policies on every D input
     ada_target: float | None = None  #: ADA's r_t target for E[sign(D(real))]; None: fixed DiffAugment
     ada_kimg: float = 20.0  #: kimg for ADA's (and APA's) p to move by 1
@@ -136,6 +137,7 @@ def loop_kwargs(cfg: Config, device: torch.device | str = "cpu") -> dict[str, An
         loss=t.loss,
         r1_gamma=t.r1_gamma,
         r1_interval=gpu.r1_interval if cuda else t.r1_interval,
+        d_steps=t.d_steps,
         diffaug=tuple(t.diffaug),
         ada_target=t.ada_target,
         ada_kimg=t.ada_kimg,

@@ -236,7 +236,7 @@ class Ticker:
         self.total_nimg = int(total_kimg * 1000)
         self.tick_nimg = min(max(1000, 64 * step_nimg if device.type == "cuda" else 0), snap_nimg)
         self.loss_sum = torch.zeros(2, device=device)
-        self.loss_steps = 0
+        self.loss_steps = self.g_steps = 0
         self.start_nimg, self.start_time, self.run_start = cur_nimg, time.time(), start_time
         self.on_tick: Callable[[dict[str, float]], None] | None = None
         self.bar = tqdm(
@@ -248,9 +248,14 @@ class Ticker:
             bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} kimg [{elapsed}<{remaining}{postfix}]",
         )
 
-    def add(self, loss_D: torch.Tensor, loss_G: torch.Tensor) -> None:
-        with torch.no_grad():
-            self.loss_sum += torch.stack([loss_D.detach(), loss_G.detach()])  # no host sync per step
+    def add(self, loss_D: torch.Tensor, loss_G: torch.Tensor | None) -> None:
+        """One step's losses (``loss_G`` None: a D-only step of ``train.d_steps`` > 1)."""
+        with torch.no_grad():  # no host sync per step
+            if loss_G is None:
+                self.loss_sum[0] += loss_D.detach()
+            else:
+                self.loss_sum += torch.stack([loss_D.detach(), loss_G.detach()])
+                self.g_steps += 1
         self.loss_steps += 1
 
     def maybe_tick(
@@ -266,7 +271,7 @@ class Ticker:
         if not (done or cur_nimg // self.tick_nimg > prev_nimg // self.tick_nimg):
             return
         now = time.time()
-        ld, lg = (self.loss_sum / max(self.loss_steps, 1)).tolist()
+        ld, lg = (self.loss_sum / self.loss_sum.new_tensor([max(self.loss_steps, 1), max(self.g_steps, 1)])).tolist()
         tick = {
             "kimg": cur_nimg / 1000,
             "loss_D": ld,
@@ -281,7 +286,7 @@ class Ticker:
         if lr_scale is not None:
             tick["lr_scale"] = float(lr_scale)
         self.loss_sum.zero_()
-        self.loss_steps = 0
+        self.loss_steps = self.g_steps = 0
         self.start_nimg, self.start_time = cur_nimg, now
         extra = "".join(f" {name}={tick[f'{name}_p']:.2f}" for name in controllers)
         extra += f" cond={cond:.2f}" if cond is not None else ""

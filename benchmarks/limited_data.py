@@ -156,6 +156,7 @@ RECIPES: dict[str, list[str]] = {
     "no_d_sn": ["model.d_spectral_norm=false"],
     "d_sn_no_r1": ["model.d_spectral_norm=true", "train.r1_gamma=0"],
     "g_sn": ["model.g_spectral_norm=true"],  # SN in G too (SAGAN, BigGAN), on top of the config's SN in D
+    "d_steps_2": ["train.d_steps=2"],  # SNGAN's n_dis / BigGAN's D steps; compare at equal wall time (--minutes)
     "gsr_0.5": ["train.gsr_weight=0.5"],  # gSR at the weight of its authors' CIFAR-10 SNGAN config
     "gsr_0.05": ["train.gsr_weight=0.05"],
     "g_uniform": ["train.g_labels=uniform"],

@@ -469,3 +469,25 @@ def test_bad_switch_values_are_config_errors(tmp_path: Path, override: str, word
 
     with pytest.raises(ConfigError, match=words):
         tiny_config(tmp_path, override)
+
+
+def test_d_steps_gives_g_one_step_per_d_steps_and_resumes_in_rhythm(tmp_path: Path) -> None:
+    """``train.d_steps=2`` (SNGAN's n_dis): D's optimizer steps once per batch of reals, G's every
+    second time, also across a resume that stops after an odd number of D steps."""
+    two = "train.d_steps=2"
+    full, _ = train(tiny_config(tmp_path, "train.kimg=0.256", two), out=tmp_path / "full", progress=False)
+    state = checkpoint.load(full / "training-state.pt", checkpoint.STATE_FORMAT)
+    d_steps = int(state["opt_D"]["state"][0]["step"])
+    assert d_steps == 256 // 32 and int(state["opt_G"]["state"][0]["step"]) == d_steps // 2
+    ticks = [json.loads(line) for line in (full / "stats.jsonl").read_text().splitlines()]
+    assert all(math.isfinite(t["loss_G"]) and t["loss_G"] != 0.0 for t in ticks)
+    part, _ = train(tiny_config(tmp_path, "train.kimg=0.096", two), out=tmp_path / "part", progress=False)
+    mid = checkpoint.load(part / "training-state.pt", checkpoint.STATE_FORMAT)
+    assert (int(mid["opt_D"]["state"][0]["step"]), int(mid["opt_G"]["state"][0]["step"])) == (3, 1)
+    train(tiny_config(tmp_path, "train.kimg=0.256", two), out=part, resume=True, progress=False)
+    resumed = checkpoint.load(part / "training-state.pt", checkpoint.STATE_FORMAT)
+    for key in ("G", "G_ema", "D"):
+        assert all(torch.equal(state[key][k], resumed[key][k]) for k in state[key])
+    one, _ = train(tiny_config(tmp_path, "train.kimg=0.256"), out=tmp_path / "one", progress=False)
+    base = checkpoint.load(one / "training-state.pt", checkpoint.STATE_FORMAT)
+    assert int(base["opt_G"]["state"][0]["step"]) == int(base["opt_D"]["state"][0]["step"]) == 8
