@@ -171,7 +171,8 @@ class TrainConfig(_Section):
     #: Apply R1 every this many D steps, scaled by the interval (lazy regularisation, StyleGAN2).
     r1_interval: int = Field(1, ge=1)
     #: Discriminator steps per generator step (SNGAN's n_dis, BigGAN's D steps); kimg counts the
-    #: real images D is shown, so 2 gives G half the steps per kimg (and each kimg takes less time).
+    #: real images D is shown, so 2 gives G half the steps per kimg, at ~1.3x the kimg per second
+    #: (long tail, CPU; at equal wall time it lost 0.5 pts downstream: benchmarks/RESULTS.md).
     d_steps: int = Field(1, ge=1)
     lr_g: float = Field(2e-4, gt=0)
     lr_d: float = Field(2e-4, gt=0)
