@@ -116,7 +116,8 @@ class ModelConfig(_Section):
     #: Fashion-MNIST config turns it on beside R1 (the better long-tail generator in three trainings).
     d_spectral_norm: bool = False
     #: Spectral normalisation of the generator's convolutions and linear layers while it trains
-    #: (SAGAN, BigGAN); the generator a run hands on holds the normalised weights.
+    #: (SAGAN, BigGAN); the generator a run hands on holds the normalised weights. Off: on the long
+    #: tail it evened per-class recall but left the downstream numbers unchanged (benchmarks/RESULTS.md).
     g_spectral_norm: bool = False
 
 
