@@ -90,7 +90,7 @@ class Networks:
         g_sn = opts.g_spectral_norm
         if state is not None:  # on resume the architecture comes from the checkpoint
             g_kwargs, d_kwargs = dict(state["generator_kwargs"]), dict(state["discriminator_kwargs"])
-            g_sn = bool(state.get("generator_spectral_norm", False))
+            g_sn = any(".parametrizations." in k for k in state["G"])  # G's stored W, not its W / sigma
         G = ConditionalGenerator(**g_kwargs).to(device).train()
         D = ProjectionDiscriminator(**d_kwargs).to(device).train()
         G_ema = copy.deepcopy(G).eval().requires_grad_(False)  # the same initial weights either way
@@ -205,7 +205,6 @@ class TrainingState:
                 **{name: c.state_dict() for name, c in self.loss_fn.controllers.items()},
                 "lecam_ema": lecam.ema.detach().cpu() if lecam is not None else None,
                 "generator_kwargs": self.nets.g_kwargs,
-                "generator_spectral_norm": self.nets.g_spectral_norm,
                 "discriminator_kwargs": self.nets.d_kwargs,
                 "class_names": list(self.data.class_names),
                 "data_fingerprint": self.data.fingerprint,
