@@ -369,6 +369,11 @@ class EvaluateConfig(_Section):
     tune_soft_labels: list[bool] = [False]
     #: Classic baselines tried on the validation split; the best is the verdict's baseline.
     classic: list[str] = ["crop", "crop+flip", "crop+flip+affine"]
+    #: How the classic baseline draws its real images, each tried on val with every policy above:
+    #: natural = uniformly over the train split (its class frequencies); balance = a class uniformly,
+    #: then one of its images (class-balanced resampling, the long-tail practice the real+gan regimes'
+    #: balance sampling must beat). balance is left out where the train split is balanced.
+    classic_sampling: list[Literal["natural", "balance"]] = ["natural", "balance"]
     #: torch: a vectorised re-implementation of the torchvision ops (fast, the default);
     #: torchvision: torchvision's v2 RandomCrop / RandomHorizontalFlip / RandomAffine, image by image.
     classic_backend: Literal["torch", "torchvision"] = "torch"
@@ -425,6 +430,13 @@ class EvaluateConfig(_Section):
             bad = any(op not in ("crop", "flip", "affine") for op in ops) or len(set(ops)) != len(ops)
             if policy != "none" and bad:
                 raise ValueError(f"bad classic policy {policy!r}: ops joined by '+' from crop, flip, affine, or 'none'")
+        return v
+
+    @field_validator("classic_sampling")
+    @classmethod
+    def _classic_sampling(cls, v: list[str]) -> list[str]:
+        if not v or len(set(v)) != len(v):
+            raise ValueError(f"classic_sampling must list natural and/or balance once each, got {v}")
         return v
 
     @field_validator("tune_shares")

@@ -141,6 +141,7 @@ def resummarize(run_dir: Path) -> dict:
         synthetic_sampling=old["synthetic_sampling"],
         confidence_threshold=old["confidence_threshold"],
         classic=old["classic_policy"],
+        classic_sampling=old.get("classic_sampling", "natural"),
         selection=old["selection"],
     )
     down = summarize(plan, old["cells"])

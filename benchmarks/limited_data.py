@@ -170,7 +170,7 @@ RECIPES: dict[str, list[str]] = {
     "narrow": ["model.g_channels=24", "model.d_channels=24"],
     # capacity for diversity in G alone (D's overfitting is what limited data fights)
     "wide_g": ["model.g_channels=48"],
-    # less capacity in D alone (fewer weights to memorise the tail's 10 images; cheaper steps): compare at equal wall time
+    # less capacity in D alone (fewer weights to memorise the tail's 10 images; cheaper steps): equal wall time
     "narrow_d": ["model.d_channels=16"],
     "g_resnet": ["model.g_arch=resnet"],
     "ensemble_3": ["train.ensemble=3"],
@@ -430,6 +430,7 @@ def row_metrics(result: dict[str, Any]) -> dict[str, Any]:
         "near_copy_max_class": max_copy_class,
         "near_copy_max_class_fraction": mem_pc.get(max_copy_class),
         "classic_policy": down["classic_policy"],
+        "classic_sampling": down.get("classic_sampling", "natural"),
         "delta_real_gan": _ci(deltas.get("real+gan", {}).get(m)),
         "delta_real_gan_classic": _ci(deltas.get("real+gan+classic", {}).get(m)),
         "best_regime": verdict.get("regime"),

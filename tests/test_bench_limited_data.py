@@ -58,11 +58,12 @@ def test_quick_digits_rows_cache_and_pool_match_plain_map(tmp_path: Path) -> Non
         assert m["tail_class"] == "2"  # the 3-class long tail's smallest class
         assert m["verdict_status"] == "not enough seeds for an interval"  # 2 seeds: no verdict, said so
     # The first row computes every cell; the second reuses real, real+classic (2 seeds each) and the
-    # 3 classic-selection cells, and computes the regimes that use the generator x 2 seeds.
+    # 6 classic-selection cells (3 policies, uniform or class-balanced draws on this long tail), and
+    # computes the regimes that use the generator x 2 seeds.
     gan_regimes = [r for r in REGIMES if r not in ("real", "real+classic")]
     assert len(gan_regimes) == 5  # real+gan, real+gan+classic, gan-only and the two deployed ways
-    assert (rows[0]["cells_cached"], rows[0]["cells_computed"]) == (0, 3 + len(REGIMES) * 2)
-    assert (rows[1]["cells_cached"], rows[1]["cells_computed"]) == (3 + 2 * 2, len(gan_regimes) * 2)
+    assert (rows[0]["cells_cached"], rows[0]["cells_computed"]) == (0, 6 + len(REGIMES) * 2)
+    assert (rows[1]["cells_cached"], rows[1]["cells_computed"]) == (6 + 2 * 2, len(gan_regimes) * 2)
 
     # The same row evaluated again with builtin map, in this process, nothing cached: equal numbers.
     _, ev_sets = limited_data.common_overrides(

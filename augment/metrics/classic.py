@@ -41,6 +41,12 @@ def parse_classic(policy: str) -> tuple[str, ...]:
     return ops
 
 
+def classic_label(policy: str, sampling: str = "natural") -> str:
+    """The classic baseline as reports name it: ``"crop+flip"``, or with class-balanced resampling
+    ``"crop+flip, class-balanced"`` (``evaluate.classic_sampling``)."""
+    return policy if sampling == "natural" else f"{policy}, class-balanced"
+
+
 def torchvision_policy(policy: str, size: int) -> Callable[[torch.Tensor], torch.Tensor]:
     """The classic policy as a torchvision v2 pipeline for one float image in [-1, 1] (fill -1)."""
     from torchvision.transforms import v2

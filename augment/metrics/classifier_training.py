@@ -5,7 +5,9 @@ and how (architecture, steps, batch size, learning rate, classic policy, synthet
 *regime* gets the same optimizer steps and batch size; its batches are what differs:
 
 * ``real``: the real train split, no augmentation;
-* ``real+classic``: the real train split with the classic policy (:mod:`augment.metrics.classic`);
+* ``real+classic``: the real train split with the classic policy (:mod:`augment.metrics.classic`),
+  drawn uniformly (``classic_sampling: natural``) or class by class (``balance``: a class uniformly,
+  then one of its images, the resampling a long tail's practitioner would use);
 * ``real+gan``: each batch takes ``synthetic_share`` of its images from the synthetic pool
   (classes drawn to even out the real class imbalance, ``synthetic_sampling: balance``);
 * ``real+gan+classic``: the same, with the classic policy applied to the whole batch; in both,
@@ -50,7 +52,7 @@ from torch.nn import functional as F
 from augment.devices import keep_freed_memory
 from augment.errors import ConfigError
 from augment.metrics.classic import GLOBAL_RNG_LOCK, apply_classic, classic_augment, classic_params, parse_classic
-from augment.metrics.regimes import DEPLOYED_REGIMES, REGIMES, SHARE_REGIMES
+from augment.metrics.regimes import BASELINE, DEPLOYED_REGIMES, REGIMES, SHARE_REGIMES
 from augment.models.classifier import build_classifier
 
 #: AdamW's decoupled weight decay of every downstream classifier.
@@ -91,6 +93,8 @@ class TrainSpec:
     #: The filter classifier's softmax, (N, K) row for row with ``synthetic_images`` (None = not trained).
     synthetic_probs: torch.Tensor | None = None
     classic: str = "crop"
+    #: How ``real+classic`` draws its real images: "natural" (uniformly) or "balance" (classes uniformly).
+    classic_sampling: str = "natural"
     #: "torch" (vectorised, the default) or "torchvision" (the v2 transforms themselves, per image).
     classic_backend: str = "torch"
     #: Intra-op threads: None = every core for a stacked grid, 1 for a lone cell.
@@ -292,6 +296,12 @@ class _Batches:
         # Checked for every regime: a spec that asks for soft labels without probabilities is wrong.
         syn_probs = spec.synthetic_pool_probs() if spec.soft_labels and not deployed else None
         self.by_class = [torch.nonzero(syn_labels == c).flatten() for c in range(k)]
+        #: The baseline's class-balanced resampling: a class the train split holds, then one of its images.
+        self.real_sampling = spec.classic_sampling if regime == BASELINE else "natural"
+        if self.real_sampling not in ("natural", "balance"):
+            raise ConfigError(f"classic_sampling must be natural or balance, got {self.real_sampling!r}")
+        self.real_by_class = [torch.nonzero(self.real_labels == c).flatten() for c in range(k)]
+        self.real_classes = torch.tensor([c for c in range(k) if len(self.real_by_class[c])], dtype=torch.int64)
         self.n_real, self.n_syn, self.q = _composition(spec, regime, syn_labels)
         #: Batches drawn so far, and the first batch of the real-only finish (None: no finish).
         self.drawn = 0
@@ -335,7 +345,13 @@ class _Batches:
             n_real, n_syn = self.n_real, self.n_syn
             if self.real_from is not None and self.drawn >= self.real_from:
                 n_real, n_syn = self.batch_size, 0  # the real-data finish
-            idx = torch.randint(len(self.real_y), (n_real,), generator=self.gen) if n_real else _NO_INDEX
+            if not n_real:
+                idx = _NO_INDEX
+            elif self.real_sampling == "balance":
+                cls = self.real_classes[torch.randint(len(self.real_classes), (n_real,), generator=self.gen)]
+                idx = self._of_classes(cls, self.real_by_class)
+            else:
+                idx = torch.randint(len(self.real_y), (n_real,), generator=self.gen)
             pick = _NO_INDEX
             if n_syn:
                 pick = self._of_classes(torch.multinomial(self.q, n_syn, replacement=True, generator=self.gen))
@@ -347,11 +363,13 @@ class _Batches:
             params = classic_params(self.ops, self.batch_size, self.size, self.gen)
         return idx, pick, params
 
-    def _of_classes(self, cls: torch.Tensor) -> torch.Tensor:
-        """A random synthetic image (an index into the pool) of each class in ``cls``."""
+    def _of_classes(self, cls: torch.Tensor, by_class: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """A random image of each class in ``cls``: an index into the synthetic pool, or into the
+        real train split with ``by_class=self.real_by_class``."""
+        by_class = self.by_class if by_class is None else by_class
         pick = torch.empty(len(cls), dtype=torch.int64)
         for c in cls.unique().tolist():
-            members, where = self.by_class[c], cls == c
+            members, where = by_class[c], cls == c
             pick[where] = members[torch.randint(len(members), (int(where.sum()),), generator=self.gen)]
         return pick
 
@@ -455,6 +473,7 @@ def cell_counters(spec: TrainSpec, batches: _Batches) -> dict[str, Any]:
         "images_real": batches.seen_real,
         "images_synthetic": batches.seen_synthetic,
         "classic": batches.policy,
+        "classic_sampling": batches.real_sampling,
     }
 
 

@@ -3,9 +3,11 @@
 A classifier is trained from scratch under each *regime* (:mod:`augment.metrics.classifier_training`
 says what each regime's batches hold), with the same number of optimizer steps and the same batch
 size in every regime, for several seeds, and scored on the real test split. The classic baseline
-``real+classic`` uses the best of ``evaluate.classic`` on the validation split (crop; crop+flip;
-crop+flip+affine); ``balanced-dataset`` is left out of the grid where the train split is balanced
-(it would add no image).
+``real+classic`` uses the best of ``evaluate.classic`` x ``evaluate.classic_sampling`` on the
+validation split (crop; crop+flip; crop+flip+affine; each drawing the real images uniformly or
+class-balanced, so a long tail's GAN regimes, whose synthetic draws even out the classes, are not
+judged against a baseline that never rebalances); ``balanced-dataset`` and class-balanced sampling
+are left out where the train split is balanced (they would change nothing).
 
 With ``soft_labels``, the synthetic images of a batch are trained against the probabilities the
 confidence-filter classifier (real train split) gives them instead of their one-hot class: a
@@ -57,7 +59,7 @@ import torch
 from augment.config import EvaluateConfig
 from augment.data import PreparedData
 from augment.errors import ConfigError
-from augment.metrics.classic import parse_classic
+from augment.metrics.classic import classic_label, parse_classic
 from augment.metrics.classifier_training import (
     TrainSpec,
     balanced_topup,
@@ -215,10 +217,6 @@ def _run_selection(plan: Plan, specs: list[dict[str, Any]], map_fn: MapFn | None
 # prepare: copy the data, choose the baseline and the GAN settings on the validation split.
 
 
-# ------------------------------------------------------------------------------------------------
-# prepare: copy the data, choose the baseline and the GAN settings on the validation split.
-
-
 def prepare(
     data: PreparedData,
     synthetic_images: torch.Tensor,
@@ -243,15 +241,19 @@ def prepare(
     _check_inputs(data, synthetic_images, cfg)
     plan = _new_plan(data, synthetic_images, synthetic_labels, cfg, seed, device)
     select_seeds = [seed + SELECT_SEED_OFFSET + i for i in range(cfg.select_seeds)]
-    needs_val = len(cfg.classic) > 1 or cfg.tune
+    samplings = _classic_samplings(plan, cfg.classic_sampling)
+    plan.classic_sampling = samplings[0]
+    needs_val = len(cfg.classic) * len(samplings) > 1 or cfg.tune
     if needs_val and len(data.val) == 0:
         raise ConfigError(
             "evaluate: choosing the classic baseline or tuning needs a validation split "
-            "(data.split.val > 0), or give a single evaluate.classic policy and tune: false"
+            "(data.split.val > 0), or give a single evaluate.classic policy and classic_sampling, and tune: false"
         )
     selection: dict[str, Any] = {"split": "val", "n_val": len(data.val), "seeds": select_seeds}
-    if len(cfg.classic) > 1:
-        selection["classic"] = _choose_classic(plan, cfg.classic, select_seeds, map_fn)
+    if samplings != list(cfg.classic_sampling):
+        selection["classic_sampling_note"] = "class-balanced resampling left out: the train split is balanced"
+    if len(cfg.classic) * len(samplings) > 1:
+        selection["classic"] = _choose_classic(plan, cfg.classic, samplings, select_seeds, map_fn)
     thresholds = list(cfg.tune_thresholds) if cfg.tune else [cfg.confidence_threshold]
     softs = list(cfg.tune_soft_labels) if cfg.tune else [cfg.soft_labels]
     if any(t is not None for t in thresholds) or any(softs):
@@ -325,21 +327,45 @@ def _new_plan(
     return plan
 
 
-def _choose_classic(plan: Plan, policies: list[str], select_seeds: list[int], map_fn: MapFn | None) -> dict[str, Any]:
-    """Set ``plan.classic`` to the policy with the best validation balanced accuracy; its record."""
+def _classic_samplings(plan: Plan, samplings: list[str]) -> list[str]:
+    """The configured classic samplings, less ``balance`` where the train split's classes are even
+    (resampling them would change nothing but the random draws)."""
+    counts = [n for n in plan.train_labels.bincount(minlength=plan.num_classes).tolist() if n > 0]
+    if "balance" in samplings and len(set(counts)) <= 1:
+        return [s for s in samplings if s != "balance"] or ["natural"]
+    return list(samplings)
+
+
+def _choose_classic(
+    plan: Plan, policies: list[str], samplings: list[str], select_seeds: list[int], map_fn: MapFn | None
+) -> dict[str, Any]:
+    """Set ``plan.classic`` and ``plan.classic_sampling`` to the pair with the best validation
+    balanced accuracy; its record (scores keyed by :func:`classic_label`)."""
+    pairs = [(pol, samp) for samp in samplings for pol in policies]
     specs = [
-        {"stage": "classic", "regime": BASELINE, "seed": s, "settings": {"classic": pol}}
-        for pol in policies
+        {"stage": "classic", "regime": BASELINE, "seed": s, "settings": _settings(pol, samp)}
+        for pol, samp in pairs
         for s in select_seeds
     ]
     rows = _run_selection(plan, specs, map_fn)
     scores = {
-        pol: float(np.mean([r["balanced_accuracy"] for r in rows if r["settings"]["classic"] == pol]))
-        for pol in policies
+        pair: float(np.mean([r["balanced_accuracy"] for r in rows if r["settings"] == _settings(*pair)]))
+        for pair in pairs
     }
-    plan.classic = max(policies, key=lambda pol: scores[pol])  # ties: the earlier (simpler) policy
-    log.info("classic baseline on val: %s -> %s", scores, plan.classic)
-    return {"scores": scores, "chosen": plan.classic}
+    plan.classic, plan.classic_sampling = max(pairs, key=lambda pair: scores[pair])  # ties: the earlier (simpler)
+    chosen = classic_label(plan.classic, plan.classic_sampling)
+    log.info("classic baseline on val: %s -> %s", scores, chosen)
+    return {
+        "scores": {classic_label(*pair): score_ for pair, score_ in scores.items()},
+        "chosen": chosen,
+        "policy": plan.classic,
+        "sampling": plan.classic_sampling,
+    }
+
+
+def _settings(policy: str, sampling: str) -> dict[str, str]:
+    """A classic-selection cell's plan settings."""
+    return {"classic": policy, "classic_sampling": sampling}
 
 
 def score_pool(plan: Plan, seed: int) -> dict[str, Any]:

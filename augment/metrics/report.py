@@ -24,6 +24,7 @@ import torch
 from augment.io import atomic_write_text, ensure_dir
 from augment.metrics.plots import deltas_figure as deltas_figure  # re-exported: the headline figure
 from augment.metrics.plots import plot_confusion, plot_deltas, plot_per_class_recall, plot_regimes, plot_samples
+from augment.metrics.verdict import baseline_label
 from augment.rundir import METRICS_JSON, PER_CLASS_CSV, REPORT_MD
 
 DELTAS_PNG = "deltas.png"
@@ -243,10 +244,11 @@ def _downstream_lines(down: dict[str, Any]) -> list[str]:
         scores = ", ".join(f"{k} {_pct(v)}" for k, v in classic["scores"].items())
         lines.append(
             f"Classic baseline chosen on the validation split ({sel['n_val']} images): "
-            f"**{classic['chosen']}** (val balanced accuracy %: {scores})."
+            f"**{classic['chosen']}** (val balanced accuracy %: {scores})"
+            + (f"; {sel['classic_sampling_note']}." if sel.get("classic_sampling_note") else ".")
         )
     else:
-        lines.append(f"Classic baseline: **{down['classic_policy']}** (the only policy configured).")
+        lines.append(f"Classic baseline: **{baseline_label(down)}** (the only policy configured).")
     thr, soft, per_class = down["confidence_threshold"], down.get("soft_labels"), down.get("synthetic_share_per_class")
     shares = ""
     if per_class:  # the tail is where balance sampling puts the synthetic images: print it first

@@ -27,7 +27,7 @@ from typing import Any
 from augment.errors import AugmentError
 from augment.metrics.regimes import BASELINE, GAN_REGIMES, MIN_VERDICT_SEEDS, REGIMES, VERDICT_METRIC
 from augment.metrics.result import read_evaluation
-from augment.metrics.verdict import crossed_ci, judge, pick, pts
+from augment.metrics.verdict import baseline_label, crossed_ci, judge, pick, pts
 
 #: The cells that do not depend on the generator: equal in every training of one dataset.
 GAN_FREE = ("real", BASELINE)
@@ -99,6 +99,7 @@ def spread(downs: Sequence[dict[str, Any]], names: Sequence[str]) -> dict[str, A
         "metric": VERDICT_METRIC,
         "baseline": BASELINE,
         "classic_policy": first.get("classic_policy"),
+        "classic_sampling": first.get("classic_sampling", "natural"),
         "seeds": first.get("seeds"),
         "regimes": regimes,
     }
@@ -132,7 +133,7 @@ def verdict(out: dict[str, Any]) -> dict[str, Any]:
         too_few=TOO_FEW,
     )
     row = regimes[best]
-    base = f"the classic baseline ({BASELINE} with {out['classic_policy']})"
+    base = f"the classic baseline ({BASELINE} with {baseline_label(out)})"
     each = ", ".join(pts(v) for v in row["per_training"])
     head, over = f"Over {n} trainings of the generator", _ci_text(row["over_trainings"])
     if status == TOO_FEW:
@@ -273,7 +274,7 @@ def report(out: dict[str, Any], name: str, runs: Sequence[tuple[int, str, str]])
         out["verdict"]["text"],
         "",
         f"Each training's delta is its paired mean over {len(seeds)} classifier seeds against {BASELINE} "
-        f"({out['classic_policy']}), balanced accuracy on the real test split; the 95% interval counts both "
+        f"({baseline_label(out)}), balanced accuracy on the real test split; the 95% interval counts both "
         "the trainings' spread and the classifier seeds' (trainings and seeds as crossed random effects); sd is "
         "the standard deviation of the per-training deltas.",
         "",

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from augment.metrics.classic import classic_label
 from augment.metrics.classifier_training import balanced_topup, per_class_synthetic_share
 from augment.metrics.regimes import BASELINE, DEPLOYED_REGIMES, GAN_REGIMES, MIN_VERDICT_SEEDS, VERDICT_METRIC
 
@@ -170,6 +171,7 @@ def summarize(plan: Plan, cells: list[dict[str, Any]]) -> dict[str, Any]:
     out = {
         "baseline": baseline,
         "classic_policy": plan.classic,
+        "classic_sampling": plan.classic_sampling,
         "classic_backend": plan.classic_backend,
         "synthetic_share": plan.synthetic_share,
         "synthetic_sampling": plan.synthetic_sampling,
@@ -191,6 +193,12 @@ def summarize(plan: Plan, cells: list[dict[str, Any]]) -> dict[str, Any]:
     }
     out["verdict"] = verdict(out)
     return out
+
+
+def baseline_label(summary: dict[str, Any]) -> str:
+    """The classic baseline of a downstream summary as reports name it (policy, and class-balanced
+    resampling where val chose it; summaries written before ``classic_sampling`` read as natural)."""
+    return classic_label(summary.get("classic_policy") or "?", summary.get("classic_sampling") or "natural")
 
 
 def _ci_text(d: dict[str, Any]) -> str:
@@ -240,7 +248,7 @@ def verdict(summary: dict[str, Any]) -> dict[str, Any]:
         candidates, {r: deltas[r][m] for r in candidates}, {r: vs_real[r][m] for r in vs_real}
     )
     d = deltas[best][m]
-    base_desc = f"the classic baseline ({BASELINE} with {summary['classic_policy']})"
+    base_desc = f"the classic baseline ({BASELINE} with {baseline_label(summary)})"
     metric_name = m.replace("_", " ")
     real_note = f" and real-only training by {_ci_text(vs_real[best][m])}" if best in vs_real else ""
     if weak_baseline:
@@ -299,6 +307,7 @@ def verdict(summary: dict[str, Any]) -> dict[str, Any]:
         "regime": best,
         "baseline": BASELINE,
         "classic_policy": summary["classic_policy"],
+        "classic_sampling": summary.get("classic_sampling", "natural"),
         "delta": d,
         "delta_vs_real": vs_real.get(best, {}).get(m),
         "classes_helped": helped,
@@ -342,7 +351,7 @@ def deployment(summary: dict[str, Any], run_dir: str) -> dict[str, Any] | None:
         return None
     winners = [r for r in rows if rows[r]["helped"]]
     best = max(winners, key=lambda r: rows[r]["delta"]["mean"]) if winners else None
-    base = f"{BASELINE} with {summary.get('classic_policy')}"
+    base = f"{BASELINE} with {baseline_label(summary)}"
 
     def measured(r: str) -> str:
         real = f", vs real-only {_ci_text(rows[r]['delta_vs_real'])}" if rows[r]["delta_vs_real"] else ""

@@ -157,6 +157,65 @@ def test_synthetic_classes_top_up_the_tail() -> None:
         synthetic_class_probs([1, 1], [0, 0], 0.5, "balance")
 
 
+def _drawn_class_shares(plan: downstream.Plan, regime: str, batches: int = 200) -> torch.Tensor:
+    draws = training._Batches(plan, regime, torch.Generator().manual_seed(0))
+    counts = torch.zeros(plan.num_classes)
+    for _ in range(batches):
+        idx, _pick, _params = draws.draw()
+        counts += torch.bincount(plan.train_labels[idx], minlength=plan.num_classes)
+    return counts / counts.sum()
+
+
+def test_class_balanced_classic_sampling_draws_every_class_equally_and_only_for_the_baseline() -> None:
+    data = long_tail(make_data(n_train=90), [30, 6, 3])
+    plan = prepare(data, *synthetic(), ev(batch_size=16, classic_sampling=["balance"]))
+    assert plan.classic_sampling == "balance" and "classic" not in plan.selection  # one candidate: no choice
+    # 3200 draws: each share within ~5 standard deviations (0.008) of 1/3.
+    assert torch.allclose(_drawn_class_shares(plan, "real+classic"), torch.full((3,), 1 / 3), atol=0.04)
+    natural = torch.tensor([30, 6, 3]) / 39
+    assert torch.allclose(_drawn_class_shares(plan, "real"), natural, atol=0.04)  # real-only keeps the split's draw
+    natural_plan = dataclasses.replace(plan, classic_sampling="natural")
+    assert torch.allclose(_drawn_class_shares(natural_plan, "real+classic"), natural, atol=0.04)
+    # Every image of the 3-image tail class is drawn, and only real images of that class stand for it.
+    draws = training._Batches(plan, "real+classic", torch.Generator().manual_seed(1))
+    seen = torch.cat([draws.draw()[0] for _ in range(50)])
+    tail = set(torch.nonzero(plan.train_labels == 2).flatten().tolist())
+    assert set(seen[plan.train_labels[seen] == 2].tolist()) == tail
+    cell = run_cell(plan, "real+classic", 0)
+    assert cell["classic_sampling"] == "balance" and cell["images_real"] == 6 * 16
+    assert run_cell(plan, "real+gan+classic", 0)["classic_sampling"] == "natural"
+
+
+def test_the_classic_baselines_sampling_is_chosen_on_val_and_named_in_the_verdict() -> None:
+    data = long_tail(make_data(n_train=90), [30, 6, 3])
+    cfg = ev(classic=["crop", "crop+flip"], seeds=3)
+    plan = prepare(data, *synthetic(), cfg)
+    choice = plan.selection["classic"]
+    assert list(choice["scores"]) == ["crop", "crop+flip", "crop, class-balanced", "crop+flip, class-balanced"]
+    assert choice["scores"][choice["chosen"]] == max(choice["scores"].values())
+    assert (choice["policy"], choice["sampling"]) == (plan.classic, plan.classic_sampling)
+    poisoned = dataclasses.replace(
+        data, test=ImageSet(torch.full_like(data.test.images, 7), torch.zeros_like(data.test.labels), data.test.ids)
+    )
+    assert prepare(poisoned, *synthetic(), cfg).selection == plan.selection  # chosen without the test split
+    plan = dataclasses.replace(plan, classic="crop", classic_sampling="balance")
+    cells = [run_cell(plan, r, s) for r in ("real", "real+classic", "real+gan+classic") for s in plan.seeds]
+    down = summarize(plan, cells)
+    assert down["classic_sampling"] == "balance"
+    assert "real+classic with crop, class-balanced" in down["verdict"]["text"]
+    # A balanced train split leaves the class-balanced candidates out, and says so.
+    even = prepare(make_data(), *synthetic(), cfg)
+    assert list(even.selection["classic"]["scores"]) == ["crop", "crop+flip"] and even.classic_sampling == "natural"
+    assert "balanced" in even.selection["classic_sampling_note"]
+    assert "class-balanced resampling left out" in "\n".join(_downstream_lines(summarize(even, [])))
+
+
+def test_classic_sampling_rejects_an_empty_repeated_or_unknown_list() -> None:
+    for bad in ([], ["balance", "balance"], ["uniform"]):
+        with pytest.raises(ValueError, match="classic_sampling"):
+            EvaluateConfig(classic_sampling=bad)
+
+
 def test_classic_ops_keep_pixels_or_fill_the_background() -> None:
     g = torch.Generator().manual_seed(0)
     x = torch.rand(16, 1, 8, 8) * 2 - 1
@@ -254,7 +313,14 @@ def test_a_cell_trains_from_its_train_spec_alone() -> None:
         assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
     bare = training.TrainSpec(data.class_names, data.train.images, data.train.labels, steps=2, batch_size=8)
     _, counters = train_classifier(bare, "real+classic", 0)
-    assert counters == {"steps": 2, "batch_size": 8, "images_real": 16, "images_synthetic": 0, "classic": "crop"}
+    assert counters == {
+        "steps": 2,
+        "batch_size": 8,
+        "images_real": 16,
+        "images_synthetic": 0,
+        "classic": "crop",
+        "classic_sampling": "natural",
+    }
     with pytest.raises(ConfigError, match="needs synthetic images, the pool is empty"):
         train_classifier(bare, "gan-augmenter", 0)
 

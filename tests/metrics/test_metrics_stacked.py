@@ -54,10 +54,20 @@ def test_a_stack_refuses_networks_of_different_shapes() -> None:
         StackedSmallCNN([])
 
 
-@pytest.mark.parametrize(("classic", "until"), [("crop", 1.0), ("crop+flip+affine", 1.0), ("crop", 0.5)])
-def test_each_cell_in_a_stack_gets_the_lone_cells_batches_bit_for_bit(classic: str, until: float) -> None:
+@pytest.mark.parametrize(
+    ("classic", "until", "sampling"),
+    [
+        ("crop", 1.0, "natural"),
+        ("crop+flip+affine", 1.0, "natural"),
+        ("crop", 0.5, "natural"),
+        ("crop", 1.0, "balance"),
+    ],
+)
+def test_each_cell_in_a_stack_gets_the_lone_cells_batches_bit_for_bit(
+    classic: str, until: float, sampling: str
+) -> None:
     plan = a_plan(classic=[classic], confidence_threshold=None)
-    plan = dataclasses.replace(plan, synthetic_share=0.25, synthetic_until=until, steps=4)
+    plan = dataclasses.replace(plan, synthetic_share=0.25, synthetic_until=until, steps=4, classic_sampling=sampling)
     jobs = [(plan, regime, seed, "test") for regime in REGIMES for seed in (0, 1)]
     both = StackedBatches(jobs, torch.device("cpu"))
     lone = [_Batches(p, regime, torch.Generator().manual_seed(seed)) for p, regime, seed, _ in jobs]
