@@ -352,6 +352,10 @@ class EvaluateConfig(_Section):
     synthetic_share: float = Field(0.5, ge=0.0, le=1.0)
     #: Classes of the synthetic part of a batch: balance = even out the real class imbalance.
     synthetic_sampling: Literal["balance", "uniform"] = "balance"
+    #: Real part of a real+gan batch: natural = uniformly over the train split; baseline = as the
+    #: chosen classic baseline draws (class-balanced where val chose that), so the GAN regime is the
+    #: baseline's batch with a share of it synthetic.
+    gan_real_sampling: Literal["natural", "baseline"] = "natural"
     #: Fraction of the real+gan regimes' optimizer steps whose batches hold synthetic images; the
     #: steps after it train on real images only (a real-data finish). 1.0 = every step.
     synthetic_until: float = Field(1.0, gt=0.0, le=1.0)

@@ -192,6 +192,8 @@ USES: dict[str, list[str]] = {
     ],
     "soft": ["evaluate.soft_labels=true"],
     "filter": ["evaluate.confidence_threshold=0.8"],
+    # the real+gan regimes' real images drawn as the val-chosen classic baseline draws them
+    "gan_real_baseline": ["evaluate.gan_real_sampling=baseline"],
 }
 
 #: Defaults of the budget and evaluation flags: the real run (2 shared CPU cores) and ``--quick``.

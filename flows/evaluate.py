@@ -85,7 +85,7 @@ CELL_PARAMS = (
     "confidence_threshold",
     "images_real",
     "images_synthetic",
-    "classic_sampling",
+    "real_draw",
 )
 
 

@@ -9,7 +9,8 @@ and how (architecture, steps, batch size, learning rate, classic policy, synthet
   drawn uniformly (``classic_sampling: natural``) or class by class (``balance``: a class uniformly,
   then one of its images, the resampling a long tail's practitioner would use);
 * ``real+gan``: each batch takes ``synthetic_share`` of its images from the synthetic pool
-  (classes drawn to even out the real class imbalance, ``synthetic_sampling: balance``);
+  (classes drawn to even out the real class imbalance, ``synthetic_sampling: balance``), the rest
+  real images drawn uniformly, or as the classic baseline draws them (``gan_real_sampling: baseline``);
 * ``real+gan+classic``: the same, with the classic policy applied to the whole batch; in both,
   ``synthetic_until < 1`` ends the synthetic draws after that fraction of the steps (the rest of the
   steps' batches are real images only, as ``real`` / ``real+classic`` draw them);
@@ -95,6 +96,8 @@ class TrainSpec:
     classic: str = "crop"
     #: How ``real+classic`` draws its real images: "natural" (uniformly) or "balance" (classes uniformly).
     classic_sampling: str = "natural"
+    #: How the real+gan regimes draw their real images: "natural", or "baseline" (as ``real+classic``).
+    gan_real_sampling: str = "natural"
     #: "torch" (vectorised, the default) or "torchvision" (the v2 transforms themselves, per image).
     classic_backend: str = "torch"
     #: Intra-op threads: None = every core for a stacked grid, 1 for a lone cell.
@@ -165,9 +168,22 @@ def synthetic_class_probs(real_counts: list[int], available: list[int], share: f
     return (q / q.sum()).float()
 
 
+def real_draw(spec: TrainSpec, regime: str) -> str:
+    """How ``regime``'s batches draw their real images: "natural" (uniformly over the train split) or
+    "balance" (a class uniformly, then one of its images): the classic baseline as val chose it, and
+    the real+gan regimes with ``gan_real_sampling: baseline``."""
+    if spec.gan_real_sampling not in ("natural", "baseline"):
+        raise ConfigError(f"gan_real_sampling must be natural or baseline, got {spec.gan_real_sampling!r}")
+    if regime == BASELINE or (regime in SHARE_REGIMES and spec.gan_real_sampling == "baseline"):
+        if spec.classic_sampling not in ("natural", "balance"):
+            raise ConfigError(f"classic_sampling must be natural or balance, got {spec.classic_sampling!r}")
+        return spec.classic_sampling
+    return "natural"
+
+
 def _composition(spec: TrainSpec, regime: str, syn_labels: torch.Tensor) -> tuple[int, int, torch.Tensor | None]:
-    """``(n_real, n_syn, q)`` of one regime's batches: how many real images (drawn uniformly over
-    the real train split), how many synthetic, and the synthetic part's class distribution."""
+    """``(n_real, n_syn, q)`` of one regime's batches: how many real images (drawn as
+    :func:`real_draw` says), how many synthetic, and the synthetic part's class distribution."""
     k = spec.num_classes
     available = torch.bincount(syn_labels, minlength=k).tolist()
     q = None
@@ -176,8 +192,11 @@ def _composition(spec: TrainSpec, regime: str, syn_labels: torch.Tensor) -> tupl
         q = synthetic_class_probs([1] * k, available, 1.0, "uniform")
     elif regime in SHARE_REGIMES:
         n_syn = round(spec.synthetic_share * spec.batch_size)
+        counts = spec.train_labels.bincount(minlength=k).tolist()
+        if real_draw(spec, regime) == "balance":  # the real part's classes are uniform over those present
+            counts = [1 if n else 0 for n in counts]
         q = synthetic_class_probs(
-            spec.train_labels.bincount(minlength=k).tolist(),
+            counts,
             available,
             spec.synthetic_share,
             spec.synthetic_sampling,
@@ -190,9 +209,10 @@ def _composition(spec: TrainSpec, regime: str, syn_labels: torch.Tensor) -> tupl
 def per_class_synthetic_share(spec: TrainSpec) -> dict[str, float]:
     """Expected fraction of each class's images in a ``real+gan`` batch that are synthetic.
 
-    The real part of a batch is drawn uniformly over the real train split and the synthetic part
-    from ``synthetic_class_probs`` (the spec's share, sampling and filtered pool), so class c gets
-    E[real] = n_real r_c and E[syn] = n_syn q_c images and s_c = E[syn] / (E[syn] + E[real]).
+    The real part of a batch is drawn as :func:`real_draw` says (r_c: the train split's class
+    frequencies, or uniform over its classes) and the synthetic part from ``synthetic_class_probs``
+    (the spec's share, sampling and filtered pool), so class c gets E[real] = n_real r_c and
+    E[syn] = n_syn q_c images and s_c = E[syn] / (E[syn] + E[real]).
     ``balance`` sampling gives the tail classes the largest s_c. A class with no image in either
     part gets 0.
 
@@ -208,6 +228,8 @@ def per_class_synthetic_share(spec: TrainSpec) -> dict[str, float]:
         raise ValueError("per_class_synthetic_share needs the plan's real train split, it is empty")
     n_real, n_syn, q = _composition(spec, "real+gan", spec.synthetic_pool()[1])
     counts = spec.train_labels.bincount(minlength=spec.num_classes).double()
+    if real_draw(spec, "real+gan") == "balance":
+        counts = (counts > 0).double()
     real = n_real * counts / counts.sum()
     syn = n_syn * q.double()
     total = real + syn
@@ -297,9 +319,7 @@ class _Batches:
         syn_probs = spec.synthetic_pool_probs() if spec.soft_labels and not deployed else None
         self.by_class = [torch.nonzero(syn_labels == c).flatten() for c in range(k)]
         #: The baseline's class-balanced resampling: a class the train split holds, then one of its images.
-        self.real_sampling = spec.classic_sampling if regime == BASELINE else "natural"
-        if self.real_sampling not in ("natural", "balance"):
-            raise ConfigError(f"classic_sampling must be natural or balance, got {self.real_sampling!r}")
+        self.real_sampling = real_draw(spec, regime)
         self.real_by_class = [torch.nonzero(self.real_labels == c).flatten() for c in range(k)]
         self.real_classes = torch.tensor([c for c in range(k) if len(self.real_by_class[c])], dtype=torch.int64)
         self.n_real, self.n_syn, self.q = _composition(spec, regime, syn_labels)
@@ -473,7 +493,7 @@ def cell_counters(spec: TrainSpec, batches: _Batches) -> dict[str, Any]:
         "images_real": batches.seen_real,
         "images_synthetic": batches.seen_synthetic,
         "classic": batches.policy,
-        "classic_sampling": batches.real_sampling,
+        "real_draw": batches.real_sampling,
     }
 
 

@@ -310,6 +310,7 @@ def _new_plan(
         lr=cfg.lr,
         synthetic_share=cfg.synthetic_share,
         synthetic_sampling=cfg.synthetic_sampling,
+        gan_real_sampling=cfg.gan_real_sampling,
         synthetic_until=cfg.synthetic_until,
         confidence_threshold=cfg.confidence_threshold,
         classic=cfg.classic[0],

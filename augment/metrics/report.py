@@ -53,6 +53,15 @@ def _f(x: Any, digits: int = 3) -> str:
     return "n/a" if x is None else f"{x:.{digits}f}"
 
 
+def _real_draw_text(down: dict[str, Any]) -> str:
+    """How the real+gan regimes drew their real images, in words."""
+    if down.get("gan_real_sampling") != "baseline":
+        return "uniformly"
+    return "as the classic baseline draws them" + (
+        " (class-balanced)" if down.get("classic_sampling") == "balance" else " (uniformly)"
+    )
+
+
 def _pct(x: Any) -> str:
     return "n/a" if x is None else f"{100 * x:.1f}"
 
@@ -257,7 +266,8 @@ def _downstream_lines(down: dict[str, Any]) -> list[str]:
         shares += ", ".join(f"{c} {_f(v, 2)}" for c, v in tail_first)
     lines.append(
         f"Synthetic share of a batch: {down['synthetic_share']} ({down['synthetic_sampling']} class "
-        f"sampling); confidence filter: {'off' if thr is None else f'keep p(class) >= {thr}'}; "
+        f"sampling; real images drawn {_real_draw_text(down)}); "
+        f"confidence filter: {'off' if thr is None else f'keep p(class) >= {thr}'}; "
         f"soft labels: {'on (the filter classifier probabilities)' if soft else 'off'}{shares}."
     )
     until = down.get("synthetic_until", 1.0)

@@ -175,6 +175,7 @@ def summarize(plan: Plan, cells: list[dict[str, Any]]) -> dict[str, Any]:
         "classic_backend": plan.classic_backend,
         "synthetic_share": plan.synthetic_share,
         "synthetic_sampling": plan.synthetic_sampling,
+        "gan_real_sampling": plan.gan_real_sampling,
         "synthetic_until": plan.synthetic_until,
         "confidence_threshold": plan.confidence_threshold,
         "soft_labels": plan.soft_labels,

@@ -182,8 +182,8 @@ def test_class_balanced_classic_sampling_draws_every_class_equally_and_only_for_
     tail = set(torch.nonzero(plan.train_labels == 2).flatten().tolist())
     assert set(seen[plan.train_labels[seen] == 2].tolist()) == tail
     cell = run_cell(plan, "real+classic", 0)
-    assert cell["classic_sampling"] == "balance" and cell["images_real"] == 6 * 16
-    assert run_cell(plan, "real+gan+classic", 0)["classic_sampling"] == "natural"
+    assert cell["real_draw"] == "balance" and cell["images_real"] == 6 * 16
+    assert run_cell(plan, "real+gan+classic", 0)["real_draw"] == "natural"
 
 
 def test_the_classic_baselines_sampling_is_chosen_on_val_and_named_in_the_verdict() -> None:
@@ -208,6 +208,29 @@ def test_the_classic_baselines_sampling_is_chosen_on_val_and_named_in_the_verdic
     assert list(even.selection["classic"]["scores"]) == ["crop", "crop+flip"] and even.classic_sampling == "natural"
     assert "balanced" in even.selection["classic_sampling_note"]
     assert "class-balanced resampling left out" in "\n".join(_downstream_lines(summarize(even, [])))
+
+
+def test_gan_regimes_can_draw_their_real_images_as_the_baseline_does() -> None:
+    data = long_tail(make_data(n_train=90), [30, 6, 3])
+    data.train.images.clamp_(max=250)  # real pixels < 255; synthetic pixels are all 255
+    cfg = ev(batch_size=16, synthetic_share=0.25, classic_sampling=["balance"], gan_real_sampling="baseline")
+    plan = prepare(data, *synthetic(), cfg)
+    # The real part is class-balanced, so the synthetic part needs no top-up: uniform classes, and every
+    # class's images are a quarter synthetic.
+    assert torch.allclose(_drawn_class_shares(plan, "real+gan+classic"), torch.full((3,), 1 / 3), atol=0.04)
+    assert per_class_synthetic_share(plan) == pytest.approx({"0": 0.25, "1": 0.25, "2": 0.25})
+    draws = training._Batches(plan, "real+gan", torch.Generator().manual_seed(0))
+    assert torch.allclose(draws.q, torch.full((3,), 1 / 3))
+    x, _ = draws()
+    assert int((x == 1.0).flatten(1).all(dim=1).sum()) == 4  # the share is unchanged
+    assert run_cell(plan, "real+gan", 0)["real_draw"] == "balance"
+    assert run_cell(plan, "gan-augmenter", 0)["real_draw"] == "natural"  # the deployed regimes keep the split's draw
+    # With the natural default the same plan's GAN regimes draw the split's frequencies and top the tail up.
+    natural = dataclasses.replace(plan, gan_real_sampling="natural")
+    assert per_class_synthetic_share(natural)["2"] > 0.5 > per_class_synthetic_share(natural)["0"]
+    down = summarize(plan, [run_cell(plan, r, s) for r in ("real+classic", "real+gan") for s in plan.seeds])
+    assert down["gan_real_sampling"] == "baseline"
+    assert "real images drawn as the classic baseline draws them (class-balanced)" in "\n".join(_downstream_lines(down))
 
 
 def test_classic_sampling_rejects_an_empty_repeated_or_unknown_list() -> None:
@@ -319,7 +342,7 @@ def test_a_cell_trains_from_its_train_spec_alone() -> None:
         "images_real": 16,
         "images_synthetic": 0,
         "classic": "crop",
-        "classic_sampling": "natural",
+        "real_draw": "natural",
     }
     with pytest.raises(ConfigError, match="needs synthetic images, the pool is empty"):
         train_classifier(bare, "gan-augmenter", 0)

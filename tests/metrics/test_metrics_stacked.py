@@ -68,6 +68,7 @@ def test_each_cell_in_a_stack_gets_the_lone_cells_batches_bit_for_bit(
 ) -> None:
     plan = a_plan(classic=[classic], confidence_threshold=None)
     plan = dataclasses.replace(plan, synthetic_share=0.25, synthetic_until=until, steps=4, classic_sampling=sampling)
+    plan.gan_real_sampling = "baseline" if sampling == "balance" else "natural"  # the GAN regimes' real draws too
     jobs = [(plan, regime, seed, "test") for regime in REGIMES for seed in (0, 1)]
     both = StackedBatches(jobs, torch.device("cpu"))
     lone = [_Batches(p, regime, torch.Generator().manual_seed(seed)) for p, regime, seed, _ in jobs]
