@@ -63,6 +63,12 @@ def spread(downs: Sequence[dict[str, Any]], names: Sequence[str]) -> dict[str, A
     for name, down in zip(names, downs, strict=True):
         if BASELINE not in down.get("regimes", {}):
             raise AugmentError(f"{name}: its evaluation has no {BASELINE} regime to compare against")
+        if baseline_label(down) != baseline_label(first):
+            raise AugmentError(
+                f"{name}: its classic baseline ({baseline_label(down)}) differs from {names[0]}'s "
+                f"({baseline_label(first)}): evaluated with other settings or code; re-evaluate both "
+                "with `augment evaluate`"
+            )
         for regime in [r for r in GAN_FREE if r in first["regimes"] or r in down["regimes"]]:
             if (
                 regime not in first["regimes"]

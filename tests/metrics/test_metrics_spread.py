@@ -192,6 +192,11 @@ def test_spread_refuses_runs_that_are_not_one_recipe_trained_again(trainings: li
     with pytest.raises(AugmentError, match="its real\\+classic cells differ"):
         spread(downs, ["a", "b"])
     downs = [downstream(r) for r in trainings[:2]]
+    # An evaluation whose val chose another baseline (other settings or code) is not comparable.
+    downs[1]["classic_sampling"] = "natural" if downs[0].get("classic_sampling") == "balance" else "balance"
+    with pytest.raises(AugmentError, match="its classic baseline \\(crop.*\\) differs from a's \\(crop"):
+        spread(downs, ["a", "b"])
+    downs = [downstream(r) for r in trainings[:2]]
     del downs[1]["regimes"]["real"]  # evaluated without real-only training: not the same grid
     with pytest.raises(AugmentError, match="its real cells differ"):
         spread(downs, ["a", "b"])
