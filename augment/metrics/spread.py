@@ -63,11 +63,11 @@ def spread(downs: Sequence[dict[str, Any]], names: Sequence[str]) -> dict[str, A
     for name, down in zip(names, downs, strict=True):
         if BASELINE not in down.get("regimes", {}):
             raise AugmentError(f"{name}: its evaluation has no {BASELINE} regime to compare against")
+        other_baseline = ""
         if baseline_label(down) != baseline_label(first):
-            raise AugmentError(
-                f"{name}: its classic baseline ({baseline_label(down)}) differs from {names[0]}'s "
-                f"({baseline_label(first)}): evaluated with other settings or code; re-evaluate both "
-                "with `augment evaluate`"
+            other_baseline = (
+                f"its classic baseline ({baseline_label(down)}) differs from {names[0]}'s ({baseline_label(first)}): "
+                "evaluated with other settings or code; re-evaluate both with `augment evaluate`"
             )
         for regime in [r for r in GAN_FREE if r in first["regimes"] or r in down["regimes"]]:
             if (
@@ -75,10 +75,13 @@ def spread(downs: Sequence[dict[str, Any]], names: Sequence[str]) -> dict[str, A
                 or regime not in down["regimes"]
                 or _cells(down, regime) != _cells(first, regime)
             ):
+                also = f"; or {other_baseline}" if other_baseline else ""
                 raise AugmentError(
                     f"{name}: its {regime} cells differ from {names[0]}'s: "
-                    "not the same data, split and classifier budget"
+                    f"not the same data, split and classifier budget{also}"
                 )
+        if other_baseline:
+            raise AugmentError(f"{name}: {other_baseline}")
         if down.get("seeds") != first.get("seeds"):
             raise AugmentError(
                 f"{name}: classifier seeds {down.get('seeds')}, {names[0]}'s {first.get('seeds')}: "
