@@ -181,6 +181,13 @@ def real_draw(spec: TrainSpec, regime: str) -> str:
     return "natural"
 
 
+def _real_class_counts(spec: TrainSpec, regime: str) -> torch.Tensor:
+    """Relative class weights of ``regime``'s real draws: the train split's counts, or 1 per class it
+    holds where :func:`real_draw` is "balance"."""
+    counts = spec.train_labels.bincount(minlength=spec.num_classes)
+    return (counts > 0).long() if real_draw(spec, regime) == "balance" else counts
+
+
 def _composition(spec: TrainSpec, regime: str, syn_labels: torch.Tensor) -> tuple[int, int, torch.Tensor | None]:
     """``(n_real, n_syn, q)`` of one regime's batches: how many real images (drawn as
     :func:`real_draw` says), how many synthetic, and the synthetic part's class distribution."""
@@ -192,11 +199,8 @@ def _composition(spec: TrainSpec, regime: str, syn_labels: torch.Tensor) -> tupl
         q = synthetic_class_probs([1] * k, available, 1.0, "uniform")
     elif regime in SHARE_REGIMES:
         n_syn = round(spec.synthetic_share * spec.batch_size)
-        counts = spec.train_labels.bincount(minlength=k).tolist()
-        if real_draw(spec, regime) == "balance":  # the real part's classes are uniform over those present
-            counts = [1 if n else 0 for n in counts]
         q = synthetic_class_probs(
-            counts,
+            _real_class_counts(spec, regime).tolist(),
             available,
             spec.synthetic_share,
             spec.synthetic_sampling,
@@ -227,9 +231,7 @@ def per_class_synthetic_share(spec: TrainSpec) -> dict[str, float]:
     if len(spec.train_labels) == 0:
         raise ValueError("per_class_synthetic_share needs the plan's real train split, it is empty")
     n_real, n_syn, q = _composition(spec, "real+gan", spec.synthetic_pool()[1])
-    counts = spec.train_labels.bincount(minlength=spec.num_classes).double()
-    if real_draw(spec, "real+gan") == "balance":
-        counts = (counts > 0).double()
+    counts = _real_class_counts(spec, "real+gan").double()
     real = n_real * counts / counts.sum()
     syn = n_syn * q.double()
     total = real + syn
