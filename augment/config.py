@@ -356,6 +356,9 @@ class EvaluateConfig(_Section):
     #: chosen classic baseline draws (class-balanced where val chose that), so the GAN regime is the
     #: baseline's batch with a share of it synthetic.
     gan_real_sampling: Literal["natural", "baseline"] = "natural"
+    #: real+gan+classic: the classic policy transforms the synthetic images too (true), or the
+    #: real images only (false: the generator's samples enter the batch as generated).
+    classic_on_synthetic: bool = True
     #: Fraction of the real+gan regimes' optimizer steps whose batches hold synthetic images; the
     #: steps after it train on real images only (a real-data finish). 1.0 = every step.
     synthetic_until: float = Field(1.0, gt=0.0, le=1.0)

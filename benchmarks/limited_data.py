@@ -194,6 +194,8 @@ USES: dict[str, list[str]] = {
     "filter": ["evaluate.confidence_threshold=0.8"],
     # the real+gan regimes' real images drawn as the val-chosen classic baseline draws them
     "gan_real_baseline": ["evaluate.gan_real_sampling=baseline"],
+    # real+gan+classic with the classic policy on its real images only (the synthetic ones as generated)
+    "classic_real_only": ["evaluate.classic_on_synthetic=false"],
 }
 
 #: Defaults of the budget and evaluation flags: the real run (2 shared CPU cores) and ``--quick``.

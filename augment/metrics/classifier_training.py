@@ -11,7 +11,8 @@ and how (architecture, steps, batch size, learning rate, classic policy, synthet
 * ``real+gan``: each batch takes ``synthetic_share`` of its images from the synthetic pool
   (classes drawn to even out the real class imbalance, ``synthetic_sampling: balance``), the rest
   real images drawn uniformly, or as the classic baseline draws them (``gan_real_sampling: baseline``);
-* ``real+gan+classic``: the same, with the classic policy applied to the whole batch; in both,
+* ``real+gan+classic``: the same, with the classic policy applied to the whole batch (or to its
+  real images only: ``classic_on_synthetic=False``); in both,
   ``synthetic_until < 1`` ends the synthetic draws after that fraction of the steps (the rest of the
   steps' batches are real images only, as ``real`` / ``real+classic`` draw them);
 * ``gan-only``: synthetic images only, classes uniform (Classification Accuracy Score);
@@ -100,6 +101,8 @@ class TrainSpec:
     gan_real_sampling: str = "natural"
     #: "torch" (vectorised, the default) or "torchvision" (the v2 transforms themselves, per image).
     classic_backend: str = "torch"
+    #: real+gan+classic applies the classic policy to its synthetic images too (else the real ones only).
+    classic_on_synthetic: bool = True
     #: Intra-op threads: None = every core for a stacked grid, 1 for a lone cell.
     threads: int | None = None
     #: Where the classifiers train and predict ("cpu" or "cuda"); batches are drawn on the CPU.
@@ -347,6 +350,10 @@ class _Batches:
         self.ops = parse_classic(self.policy)
         self.backend = spec.classic_backend
         self.size = spec.train_images.shape[-2]
+        #: The classic policy transforms the batch's real rows only (they come first in a batch).
+        self.real_rows_only = regime == "real+gan+classic" and not spec.classic_on_synthetic
+        #: Leading rows of the last batch drawn that the classic policy transforms.
+        self.classic_rows = 0
 
     def draw(self) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor] | None]:
         """One batch's draws: real indices (into the train split), synthetic indices (into the pool),
@@ -381,8 +388,12 @@ class _Batches:
         self.seen_real += len(idx)
         self.seen_synthetic += len(pick)
         params = None
+        self.classic_rows = len(idx) if self.real_rows_only else len(idx) + len(pick)
         if self.ops and self.backend == "torch":
+            # Drawn for the whole batch either way, so the random stream does not depend on the option.
             params = classic_params(self.ops, self.batch_size, self.size, self.gen)
+            if self.real_rows_only:
+                params["apply"] = torch.arange(self.batch_size) < self.classic_rows
         return idx, pick, params
 
     def _of_classes(self, cls: torch.Tensor, by_class: list[torch.Tensor] | None = None) -> torch.Tensor:
@@ -416,8 +427,18 @@ class _Batches:
         if params is not None:
             x = apply_classic(x, self.ops, params)
         elif self.ops:
-            x = classic_augment(x, self.policy, self.gen, self.backend)
+            x = self.classic_torchvision(x)
         return x, self.targets(idx, pick)
+
+    def classic_torchvision(self, x: torch.Tensor) -> torch.Tensor:
+        """The last batch drawn, ``x``, through the classic policy with a backend that draws its own
+        parameters (torchvision): its first :attr:`classic_rows` rows; the rest as they are."""
+        n = self.classic_rows
+        if n == len(x):
+            return classic_augment(x, self.policy, self.gen, self.backend)
+        if n == 0:
+            return x
+        return torch.cat([classic_augment(x[:n], self.policy, self.gen, self.backend), x[n:]])
 
 
 _NO_INDEX = torch.empty(0, dtype=torch.int64)

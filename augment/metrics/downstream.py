@@ -311,6 +311,7 @@ def _new_plan(
         synthetic_share=cfg.synthetic_share,
         synthetic_sampling=cfg.synthetic_sampling,
         gan_real_sampling=cfg.gan_real_sampling,
+        classic_on_synthetic=cfg.classic_on_synthetic,
         synthetic_until=cfg.synthetic_until,
         confidence_threshold=cfg.confidence_threshold,
         classic=cfg.classic[0],

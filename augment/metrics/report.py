@@ -270,6 +270,10 @@ def _downstream_lines(down: dict[str, Any]) -> list[str]:
         f"confidence filter: {'off' if thr is None else f'keep p(class) >= {thr}'}; "
         f"soft labels: {'on (the filter classifier probabilities)' if soft else 'off'}{shares}."
     )
+    if down.get("classic_on_synthetic") is False and "real+gan+classic" in down.get("regimes", {}):
+        lines.append(
+            "real+gan+classic applies the classic policy to its real images only (synthetic ones as generated)."
+        )
     until = down.get("synthetic_until", 1.0)
     if until < 1.0:
         lines.append(

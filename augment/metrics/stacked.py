@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 
 from augment.devices import keep_freed_memory
 from augment.metrics import downstream
-from augment.metrics.classic import apply_classic, classic_augment
+from augment.metrics.classic import apply_classic
 from augment.metrics.classifier_training import (
     WEIGHT_DECAY,
     _as_float,
@@ -171,12 +171,15 @@ class StackedBatches:
         x = x.view(g, -1, *x.shape[1:])  # (G, B, C, H, W)
         for ops, members in self.groups.items():
             sel = torch.tensor(members, device=self.device)
-            batch = {k: torch.cat([params[m][k] for m in members]) for k in params[members[0]]}
+            batch = {k: torch.cat([params[m][k] for m in members]) for k in params[members[0]] if k != "apply"}
+            if any("apply" in params[m] for m in members):  # cells that leave their synthetic rows alone
+                every = torch.ones(x.shape[1], dtype=torch.bool)
+                batch["apply"] = torch.cat([params[m].get("apply", every) for m in members])
             flat = x[sel].reshape(-1, *x.shape[2:])
             x[sel] = apply_classic(flat, ops, batch).view(len(members), *x.shape[1:])
         for m, (draws, _, _) in enumerate(self.cells):  # the torchvision backend: per cell, its own draws
             if draws.ops and draws.backend != "torch":
-                x[m] = classic_augment(x[m], draws.policy, draws.gen, draws.backend)
+                x[m] = draws.classic_torchvision(x[m])
         b, c, h, w = x.shape[1:]
         x = x.transpose(0, 1).reshape(b, g * c, h, w).contiguous(memory_format=torch.channels_last)
         return x, targets

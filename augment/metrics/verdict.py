@@ -176,6 +176,7 @@ def summarize(plan: Plan, cells: list[dict[str, Any]]) -> dict[str, Any]:
         "synthetic_share": plan.synthetic_share,
         "synthetic_sampling": plan.synthetic_sampling,
         "gan_real_sampling": plan.gan_real_sampling,
+        "classic_on_synthetic": plan.classic_on_synthetic,
         "synthetic_until": plan.synthetic_until,
         "confidence_threshold": plan.confidence_threshold,
         "soft_labels": plan.soft_labels,

@@ -233,6 +233,33 @@ def test_gan_regimes_can_draw_their_real_images_as_the_baseline_does() -> None:
     assert "real images drawn as the classic baseline draws them (class-balanced)" in "\n".join(_downstream_lines(down))
 
 
+@pytest.mark.parametrize("backend", ["torch", "torchvision"])
+def test_real_gan_classic_can_leave_its_synthetic_images_as_generated(backend: str) -> None:
+    data = make_data(n_train=60)
+    data.train.images.clamp_(max=250)  # real pixels < 255; synthetic pixels are all 255
+    cfg = ev(batch_size=16, synthetic_share=0.25, classic=["crop+flip+affine"], classic_backend=backend)
+    plan = prepare(data, *synthetic(), cfg)
+    only_real = dataclasses.replace(plan, classic_on_synthetic=False)
+    whole = training._Batches(plan, "real+gan+classic", torch.Generator().manual_seed(3))
+    real = training._Batches(only_real, "real+gan+classic", torch.Generator().manual_seed(3))
+    n_real = 12  # 16 images, a quarter synthetic; a batch's real rows come first
+    for _ in range(3):
+        (x_all, y_all), (x_real, y_real) = whole(), real()
+        # The same draws: the real rows bit for bit; the synthetic rows untouched (a crop or an affine
+        # brings the -1 background in on most of them where the policy applies to the whole batch).
+        assert torch.equal(x_real[:n_real], x_all[:n_real]) and torch.equal(y_real, y_all)
+        assert bool((x_real[n_real:] == 1.0).all())
+        assert int((x_all[n_real:] == 1.0).flatten(1).all(dim=1).sum()) < 4
+    # Other regimes do not change with the option.
+    a = training._Batches(plan, "real+classic", torch.Generator().manual_seed(3))()
+    b = training._Batches(only_real, "real+classic", torch.Generator().manual_seed(3))()
+    assert torch.equal(a[0], b[0])
+    down = summarize(only_real, [run_cell(only_real, r, 0) for r in ("real+classic", "real+gan+classic")])
+    assert down["classic_on_synthetic"] is False
+    assert "applies the classic policy to its real images only" in "\n".join(_downstream_lines(down))
+    assert "real images only" not in "\n".join(_downstream_lines(summarize(plan, [])))
+
+
 def test_classic_sampling_rejects_an_empty_repeated_or_unknown_list() -> None:
     for bad in ([], ["balance", "balance"], ["uniform"]):
         with pytest.raises(ValueError, match="classic_sampling"):

@@ -55,19 +55,27 @@ def test_a_stack_refuses_networks_of_different_shapes() -> None:
 
 
 @pytest.mark.parametrize(
-    ("classic", "until", "sampling"),
+    ("classic", "until", "sampling", "on_synthetic"),
     [
-        ("crop", 1.0, "natural"),
-        ("crop+flip+affine", 1.0, "natural"),
-        ("crop", 0.5, "natural"),
-        ("crop", 1.0, "balance"),
+        ("crop", 1.0, "natural", True),
+        ("crop+flip+affine", 1.0, "natural", True),
+        ("crop", 0.5, "natural", True),
+        ("crop", 1.0, "balance", True),
+        ("crop+flip+affine", 1.0, "natural", False),
     ],
 )
 def test_each_cell_in_a_stack_gets_the_lone_cells_batches_bit_for_bit(
-    classic: str, until: float, sampling: str
+    classic: str, until: float, sampling: str, on_synthetic: bool
 ) -> None:
     plan = a_plan(classic=[classic], confidence_threshold=None)
-    plan = dataclasses.replace(plan, synthetic_share=0.25, synthetic_until=until, steps=4, classic_sampling=sampling)
+    plan = dataclasses.replace(
+        plan,
+        synthetic_share=0.25,
+        synthetic_until=until,
+        steps=4,
+        classic_sampling=sampling,
+        classic_on_synthetic=on_synthetic,
+    )
     plan.gan_real_sampling = "baseline" if sampling == "balance" else "natural"  # the GAN regimes' real draws too
     jobs = [(plan, regime, seed, "test") for regime in REGIMES for seed in (0, 1)]
     both = StackedBatches(jobs, torch.device("cpu"))
