@@ -217,8 +217,16 @@ QUICK_SETS = ["model.z_dim=16", "model.g_channels=8", "model.d_channels=8"]
 QUICK_FASHION = ["data.split.test_per_class=100", "evaluate.samples_per_class=20"]
 
 GAN_FREE = ("real", "real+classic")  # regimes whose cells do not depend on the generator
-#: Plan fields that only concern the synthetic images: left out of the cache key of GAN-free cells.
-SYNTHETIC_FIELDS = ("synthetic_", "confidence_threshold", "soft_label", "selection")
+#: Plan fields that only concern the synthetic images or the GAN regimes' batches: left out of the
+#: cache key of GAN-free cells (field-name prefixes).
+SYNTHETIC_FIELDS = (
+    "synthetic_",
+    "confidence_threshold",
+    "soft_label",
+    "selection",
+    "gan_real_sampling",
+    "classic_on_synthetic",
+)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -147,6 +147,10 @@ def test_cell_map_caches_only_gan_free_cells_per_profile() -> None:
     other = downstream.Plan(**{**plan.__dict__, "classic": "crop+flip"})
     list(m(functools.partial(fake, other), grid[:1]))
     assert calls[-2:] == [("real", 0), ("real", 0)]
+    # Options of the GAN regimes' batches alone reuse the GAN-free entries.
+    gan_side = downstream.Plan(**{**plan.__dict__, "gan_real_sampling": "baseline", "classic_on_synthetic": False})
+    list(m(functools.partial(fake, gan_side), grid[:2]))
+    assert calls[-2:] == [("real", 0), ("real", 0)]
 
 
 def test_recipe_overrides_and_inert_switch(monkeypatch: pytest.MonkeyPatch) -> None:
