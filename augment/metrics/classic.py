@@ -114,10 +114,12 @@ def classic_params(ops: tuple[str, ...], n: int, size: int, gen: torch.Generator
     return params
 
 
-def apply_classic(x: torch.Tensor, ops: tuple[str, ...], params: dict[str, torch.Tensor]) -> torch.Tensor:
+def apply_classic(
+    x: torch.Tensor, ops: tuple[str, ...], params: dict[str, torch.Tensor], apply: torch.Tensor | None = None
+) -> torch.Tensor:
     """Apply ``ops`` with :func:`classic_params`'s parameters (one row per image) to a float batch
     in [-1, 1], all images at once: every output image depends only on its own input and row.
-    An optional boolean ``params["apply"]`` leaves the images whose row is False as they are."""
+    ``apply`` (boolean, one per image; None = all) leaves the images whose entry is False as they are."""
     n, _, h, w = x.shape
     given = x
     dev = x.device  # the parameters come from the CPU, the pixels stay where they are
@@ -137,6 +139,6 @@ def apply_classic(x: torch.Tensor, ops: tuple[str, ...], params: dict[str, torch
         theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
         grid = F.affine_grid(theta.to(dev, x.dtype), list(x.shape), align_corners=False)
         x = F.grid_sample(x + 1.0, grid, mode="bilinear", padding_mode="zeros", align_corners=False) - 1.0
-    if "apply" in params:
-        x = torch.where(params["apply"].to(dev)[:, None, None, None], x, given)
+    if apply is not None:
+        x = torch.where(apply.to(dev)[:, None, None, None], x, given)
     return x.contiguous()

@@ -392,9 +392,13 @@ class _Batches:
         if self.ops and self.backend == "torch":
             # Drawn for the whole batch either way, so the random stream does not depend on the option.
             params = classic_params(self.ops, self.batch_size, self.size, self.gen)
-            if self.real_rows_only:
-                params["apply"] = torch.arange(self.batch_size) < self.classic_rows
         return idx, pick, params
+
+    def classic_mask(self) -> torch.Tensor | None:
+        """Which rows of the last batch drawn the classic policy transforms (None: every row)."""
+        if not self.real_rows_only:
+            return None
+        return torch.arange(self.batch_size) < self.classic_rows
 
     def _of_classes(self, cls: torch.Tensor, by_class: list[torch.Tensor] | None = None) -> torch.Tensor:
         """A random image of each class in ``cls``: an index into the synthetic pool, or into the
@@ -425,7 +429,7 @@ class _Batches:
         x = torch.cat(xs)
         # The images only: a crop or flip keeps the class and its soft label.
         if params is not None:
-            x = apply_classic(x, self.ops, params)
+            x = apply_classic(x, self.ops, params, self.classic_mask())
         elif self.ops:
             x = self.classic_torchvision(x)
         return x, self.targets(idx, pick)

@@ -171,12 +171,14 @@ class StackedBatches:
         x = x.view(g, -1, *x.shape[1:])  # (G, B, C, H, W)
         for ops, members in self.groups.items():
             sel = torch.tensor(members, device=self.device)
-            batch = {k: torch.cat([params[m][k] for m in members]) for k in params[members[0]] if k != "apply"}
-            if any("apply" in params[m] for m in members):  # cells that leave their synthetic rows alone
+            batch = {k: torch.cat([params[m][k] for m in members]) for k in params[members[0]]}
+            masks = [self.cells[m][0].classic_mask() for m in members]
+            apply = None  # cells that leave their synthetic rows alone mask them; the others take every row
+            if any(mask is not None for mask in masks):
                 every = torch.ones(x.shape[1], dtype=torch.bool)
-                batch["apply"] = torch.cat([params[m].get("apply", every) for m in members])
+                apply = torch.cat([every if mask is None else mask for mask in masks])
             flat = x[sel].reshape(-1, *x.shape[2:])
-            x[sel] = apply_classic(flat, ops, batch).view(len(members), *x.shape[1:])
+            x[sel] = apply_classic(flat, ops, batch, apply).view(len(members), *x.shape[1:])
         for m, (draws, _, _) in enumerate(self.cells):  # the torchvision backend: per cell, its own draws
             if draws.ops and draws.backend != "torch":
                 x[m] = draws.classic_torchvision(x[m])
