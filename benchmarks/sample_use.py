@@ -13,12 +13,15 @@ For one finished run (``RUN_DIR``: ``augment train`` or ``benchmarks/limited_dat
 candidate of the grid ``--pool`` (synthetic images per class) x ``--shares`` x ``--sampling``
 (``balance``: the tail classes get the larger synthetic share; ``uniform``: equal counts) x ``--thresholds``
 (confidence filter; ``none`` = off) x ``--soft`` x ``--until`` (the fraction of the steps that draw synthetic
-images; the rest train on real images only) trains ``--seeds`` classifiers of ``--regime``
-(default real+gan+classic) at the run's classifier budget and scores them on dev, paired per seed
-with the verdict's baseline (``real+classic``, its classic policy chosen on val as the product does).
-The candidate with the best mean dev delta is the pick (ties: the earlier candidate, the smaller
-pool first); then the pick and the run's own settings (the default) are trained again and scored on
-the test split, with the baseline, paired per seed. The pools are prefixes of one another (every
+images; the rest train on real images only) x ``--steps`` (the classifier's optimizer steps; default: the
+run's) trains ``--seeds`` classifiers of ``--regime`` (default real+gan+classic) and scores them on dev,
+paired per seed with the verdict's baseline (``real+classic``) at the same number of steps, its classic
+policy chosen on val at that budget as the product does. The candidate with the best mean dev accuracy
+is the pick (ties: the earlier candidate, the smaller pool first; at one step count that is the best
+mean dev delta); then the pick and the run's own settings (the default) are trained again and scored
+on the test split, paired per seed with the baseline at their own step count. With several step
+counts, the baseline also gets its best one on dev, and the test reports the pick against it: each
+side at the classifier budget dev chose for it. The pools are prefixes of one another (every
 image is seeded per class and index, as ``augment evaluate`` draws them), so a pool of 300 is the
 300 images the run's evaluation used.
 
@@ -63,7 +66,15 @@ from benchmarks.common import command, git_commit, machine  # noqa: E402
 from benchmarks.limited_data import make_executor  # noqa: E402
 
 #: The settings one candidate varies (Plan fields, plus the pool size).
-KEYS = ("pool", "synthetic_share", "synthetic_sampling", "confidence_threshold", "soft_labels", "synthetic_until")
+KEYS = (
+    "pool",
+    "synthetic_share",
+    "synthetic_sampling",
+    "confidence_threshold",
+    "soft_labels",
+    "synthetic_until",
+    "steps",
+)
 
 
 def dev_split(cfg: Config, data: PreparedData, per_class: int) -> ImageSet:
@@ -98,7 +109,12 @@ def pool_prefix(labels: torch.Tensor, n: int, num_classes: int) -> torch.Tensor:
 
 
 def candidate_plan(plan: downstream.Plan, cand: dict[str, Any], on: ImageSet | None) -> downstream.Plan:
-    """``plan`` with the candidate's pool prefix and settings, scored on ``on`` (None: the test split)."""
+    """``plan`` with the candidate's pool prefix and settings, scored on ``on`` (None: the test split).
+
+    ``plan`` is the one prepared at the candidate's ``steps`` (its classic policy chosen at that budget).
+    """
+    if cand["steps"] != plan.steps:
+        raise ValueError(f"candidate of {cand['steps']} steps on a plan prepared for {plan.steps}")
     keep = pool_prefix(plan.synthetic_labels, cand["pool"], plan.num_classes)
     subset = {
         "synthetic_images": plan.synthetic_images[keep],
@@ -134,12 +150,18 @@ def _label(cand: dict[str, Any]) -> str:
     until = cand.get("synthetic_until", 1.0)
     return (
         f"pool {cand['pool']}, share {cand['synthetic_share']:g} ({cand['synthetic_sampling']}), filter {th}, "
-        f"soft {cand['soft_labels']}" + (f", synthetic until {until:g} of the steps" if until < 1 else "")
+        f"soft {cand['soft_labels']}"
+        + (f", synthetic until {until:g} of the steps" if until < 1 else "")
+        + f", {cand['steps']} steps"
     )
 
 
 def _ci(d: dict[str, Any]) -> str:
     return f"{d['mean']:+.1f} [{d['ci_low']:+.1f}, {d['ci_high']:+.1f}]"
+
+
+def _pct(d: dict[str, Any]) -> str:
+    return f"{d['mean']:.1f} [{d['ci_low']:.1f}, {d['ci_high']:.1f}]"
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -154,10 +176,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "confidence_threshold": ev.confidence_threshold,
         "soft_labels": ev.soft_labels,
         "synthetic_until": ev.synthetic_until,
+        "steps": ev.steps,
     }
+    steps = args.steps or [ev.steps]
     grid = [
         dict(zip(KEYS, values, strict=True))
-        for values in itertools.product(args.pool, args.shares, args.sampling, args.thresholds, args.soft, args.until)
+        for values in itertools.product(
+            args.pool, args.shares, args.sampling, args.thresholds, args.soft, args.until, steps
+        )
     ]
     if default not in grid:
         grid.append(default)
@@ -176,25 +202,46 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     executor = make_executor(args.workers)
     map_fn = map if executor is None else (lambda fn, items: executor.map(fn, items))
     try:
-        plan = downstream.prepare(data, pool, labels, ev, seed=cfg.seed, map_fn=map_fn)  # classic policy on val
+        plans = {}  # one per classifier budget: the classic policy is chosen on val at that budget
+        budgets = list(dict.fromkeys(c["steps"] for c in grid))  # the default's too, where it is not in --steps
+        for n in budgets:
+            plans[n] = downstream.prepare(
+                data, pool, labels, ev.model_copy(update={"steps": n}), seed=cfg.seed, map_fn=map_fn
+            )
         if any(c["confidence_threshold"] is not None or c["soft_labels"] for c in grid):
-            downstream.score_pool(plan, plan.selection["seeds"][0])  # the real-data classifier's probabilities
+            for plan in plans.values():  # the real-data classifier's probabilities
+                downstream.score_pool(plan, plan.selection["seeds"][0])
+        plan = plans[default["steps"]]
         regime = args.regime
         t0 = time.time()
-        base_dev = cells(candidate_plan(plan, default, dev), BASELINE, map_fn)
+        base_dev = {n: cells(candidate_plan(plans[n], {**default, "steps": n}, dev), BASELINE, map_fn) for n in budgets}
         rows = []
         for cand in grid:
-            got = cells(candidate_plan(plan, cand, dev), regime, map_fn)
-            rows.append({**cand, "dev": paired(got, base_dev), "dev_values": [c["balanced_accuracy"] for c in got]})
+            got = cells(candidate_plan(plans[cand["steps"]], cand, dev), regime, map_fn)
+            rows.append(
+                {
+                    **cand,
+                    "dev": paired(got, base_dev[cand["steps"]]),
+                    "dev_accuracy": mean_ci([100 * c["balanced_accuracy"] for c in got]),
+                    "dev_values": [c["balanced_accuracy"] for c in got],
+                }
+            )
             print(f"dev {_label(cand)}: {_ci(rows[-1]['dev'])}", flush=True)
         dev_s = time.time() - t0
-        pick = max(rows, key=lambda r: r["dev"]["mean"])  # ties: the earlier candidate
+        pick = max(rows, key=lambda r: r["dev_accuracy"]["mean"])  # ties: the earlier candidate
         pick_cand = {k: pick[k] for k in KEYS}
+        base_dev_acc = {n: mean_ci([100 * c["balanced_accuracy"] for c in v]) for n, v in base_dev.items()}
+        base_best = max(budgets, key=lambda n: base_dev_acc[n]["mean"])  # the baseline's own budget on dev
         t0 = time.time()
-        base_test = cells(candidate_plan(plan, default, None), BASELINE, map_fn)
+        base_test = {
+            n: cells(candidate_plan(plans[n], {**default, "steps": n}, None), BASELINE, map_fn)
+            for n in dict.fromkeys([default["steps"], pick_cand["steps"], base_best])
+        }
         test = {"default": cells(candidate_plan(plan, default, None), regime, map_fn)}
         test["pick"] = (
-            test["default"] if pick_cand == default else cells(candidate_plan(plan, pick_cand, None), regime, map_fn)
+            test["default"]
+            if pick_cand == default
+            else cells(candidate_plan(plans[pick_cand["steps"]], pick_cand, None), regime, map_fn)
         )
         test_s = time.time() - t0
     finally:
@@ -206,19 +253,34 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "run_dir": str(run_dir),
         "snapshot": {"path": str(snap_path), "kimg": snap.kimg, "member_kimg": list(snap.member_kimg)},
         "regime": regime,
-        "baseline": {"regime": BASELINE, "classic": plan.classic, "selection": plan.selection},
+        "baseline": {
+            "regime": BASELINE,
+            "classic": plan.classic,
+            "selection": plan.selection,
+            "by_steps": {
+                str(n): {
+                    "classic": plans[n].classic,
+                    "classic_sampling": plans[n].classic_sampling,
+                    **({"dev": base_dev_acc[n]} if n in base_dev_acc else {}),
+                }
+                for n in plans
+            },
+            "best_steps_on_dev": base_best,
+        },
         "sizes": {"train": len(data.train), "val": len(data.val), "dev": len(dev), "test": len(data.test)},
         "classifier": {"name": ev.classifier, "steps": ev.steps, "batch_size": ev.batch_size, "seeds": plan.seeds},
         "default": default,
         "candidates": rows,
         "pick": pick_cand,
         "test": {
-            "baseline_values": [c["balanced_accuracy"] for c in base_test],
+            "baseline_values": [c["balanced_accuracy"] for c in base_test[default["steps"]]],
+            "baseline_values_by_steps": {str(n): [c["balanced_accuracy"] for c in v] for n, v in base_test.items()},
             **{k: [c["balanced_accuracy"] for c in v] for k, v in test.items()},
-            "default_vs_baseline": paired(test["default"], base_test),
-            "pick_vs_baseline": paired(test["pick"], base_test),
+            "default_vs_baseline": paired(test["default"], base_test[default["steps"]]),
+            "pick_vs_baseline": paired(test["pick"], base_test[pick_cand["steps"]]),
+            "pick_vs_best_baseline": paired(test["pick"], base_test[base_best]),
             "pick_vs_default": paired(test["pick"], test["default"]),
-            "pick_per_class_vs_baseline": per_class_delta(test["pick"], base_test, names),
+            "pick_per_class_vs_baseline": per_class_delta(test["pick"], base_test[pick_cand["steps"]], names),
         },
         "seconds": {"dev": dev_s, "test": test_s},
         "machine": machine(),
@@ -243,14 +305,33 @@ def render(res: dict[str, Any]) -> str:
         mark = " ".join(m for m, c in (("pick", res["pick"]), ("default", res["default"])) if cand == c)
         lines.append(f"| {_label(cand)} | {_ci(r['dev'])} | {mark} |")
     t = res["test"]
+    by_steps = res["baseline"].get("by_steps", {})
+    if len(by_steps) > 1:
+        best = res["baseline"]["best_steps_on_dev"]
+        lines += [
+            "",
+            f"The baseline at each classifier budget (classic policy chosen on val at it; balanced accuracy on dev, %; "
+            f"its best on dev: {best} steps): "
+            + ", ".join(
+                f"{k} steps `{v['classic']}` ({v['classic_sampling']})" + (f" {_pct(v['dev'])}" if "dev" in v else "")
+                for k, v in by_steps.items()
+            ),
+        ]
     lines += [
         "",
         f"Test split ({n['test']} images), the pick and the default only:",
         "",
-        "| use | Δ vs baseline on test | Δ vs the default |",
+        "| use | Δ vs baseline on test (same steps) | Δ vs the default |",
         "|---|---|---|",
         f"| default: {_label(res['default'])} | {_ci(t['default_vs_baseline'])} | |",
         f"| pick: {_label(res['pick'])} | {_ci(t['pick_vs_baseline'])} | {_ci(t['pick_vs_default'])} |",
+    ]
+    if len(by_steps) > 1:
+        lines.append(
+            f"| pick vs the baseline at its own best budget on dev ({res['baseline']['best_steps_on_dev']} steps) "
+            f"| {_ci(t['pick_vs_best_baseline'])} | |"
+        )
+    lines += [
         "",
         "Pick minus baseline per class (recall, points): "
         + ", ".join(f"{k} {v:+.1f}" for k, v in t["pick_per_class_vs_baseline"].items()),
@@ -280,13 +361,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=[1.0],
         help="fraction of the classifier's steps that draw synthetic images (the rest: real only; default 1)",
     )
+    ap.add_argument(
+        "--steps",
+        type=int,
+        nargs="+",
+        default=None,
+        help="classifier optimizer steps, for every regime alike (default: the run's evaluate.steps)",
+    )
     ap.add_argument("--regime", default="real+gan+classic", choices=[r for r in GAN_REGIMES if "gan-" not in r])
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--workers", type=int, default=2, help="single-threaded cell processes (default 2)")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
-    if min(args.pool) < 1 or args.dev_per_class < 1:
-        ap.error("--pool and --dev-per-class are 1 or more")
+    if min(args.pool) < 1 or args.dev_per_class < 1 or min(args.steps or [1]) < 1:
+        ap.error("--pool, --dev-per-class and --steps are 1 or more")
     if any(not 0 <= s <= 1 for s in args.shares):
         ap.error("--shares are in [0, 1]")
     if any(not 0 < u <= 1 for u in args.until):

@@ -77,8 +77,11 @@ def test_the_pick_is_the_best_dev_candidate_and_the_defaults_test_cells_are_eval
         "confidence_threshold": None,
         "soft_labels": False,
         "synthetic_until": 1.0,
+        "steps": 20,
     }
+    # At one classifier budget the best dev accuracy is the best dev delta (one baseline for all).
     best = max(res["candidates"], key=lambda r: r["dev"]["mean"])
+    assert best is max(res["candidates"], key=lambda r: r["dev_accuracy"]["mean"])
     assert res["pick"] == {k: best[k] for k in sample_use.KEYS}
     assert res["sizes"]["dev"] == 18 and res["baseline"]["classic"] == "crop"
     # The default's test cells are what `augment evaluate` measures cell by cell on the same run.
@@ -118,7 +121,7 @@ def test_a_candidates_sampling_reaches_the_batches(small_run: Path) -> None:
     share = {}
     for sampling in args.sampling:
         cand = {"pool": 4, "synthetic_share": 0.5, "synthetic_sampling": sampling}
-        cand |= {"confidence_threshold": None, "soft_labels": False, "synthetic_until": 1.0}
+        cand |= {"confidence_threshold": None, "soft_labels": False, "synthetic_until": 1.0, "steps": plan.steps}
         got = sample_use.candidate_plan(plan, cand, None)
         assert got.synthetic_sampling == sampling and len(got.synthetic_labels) == 12
         share[sampling] = list(per_class_synthetic_share(got).values())
@@ -140,8 +143,39 @@ def test_a_candidates_real_data_finish_reaches_the_cells(small_run: Path) -> Non
     seen = {}
     for until in args.until:
         cand = {"pool": 4, "synthetic_share": 0.5, "synthetic_sampling": "balance", "confidence_threshold": None}
-        cand |= {"soft_labels": False, "synthetic_until": until}
+        cand |= {"soft_labels": False, "synthetic_until": until, "steps": 8}
         got = sample_use.cells(sample_use.candidate_plan(plan, cand, None), "real+gan", map)
         seen[until] = {c["images_synthetic"] for c in got}
         assert "synthetic until 0.5" in sample_use._label(cand) or until == 1.0
     assert seen == {1.0: {8 * 4}, 0.5: {4 * 4}}  # 4 synthetic images a step, in all 8 steps or the first 4
+
+
+def test_a_classifier_budget_pairs_each_candidate_with_the_baseline_at_its_own_steps(small_run: Path) -> None:
+    one = ["--dev-per-class", "6", "--pool", "6", "--shares", "0.5", "--seeds", "2", "--workers", "1"]
+    res = sample_use.main([str(small_run), *one, "--steps", "40", "--regime", "real+gan"])
+    # The run's own budget (20 steps) stays a candidate beside --steps 40, each with its own baseline.
+    assert [r["steps"] for r in res["candidates"]] == [40, 20] and res["default"]["steps"] == 20
+    by_steps = res["baseline"]["by_steps"]
+    assert set(by_steps) == {"20", "40"} and by_steps["40"]["classic"] == "crop"
+    for r in res["candidates"]:
+        want = 100 * sum(r["dev_values"]) / 2 - by_steps[str(r["steps"])]["dev"]["mean"]
+        assert r["dev"]["mean"] == pytest.approx(want)
+    assert res["baseline"]["best_steps_on_dev"] == max((20, 40), key=lambda n: by_steps[str(n)]["dev"]["mean"])
+    best = max(res["candidates"], key=lambda r: r["dev_accuracy"]["mean"])
+    assert res["pick"] == {k: best[k] for k in sample_use.KEYS}
+    # Each budget's test cells are what `augment evaluate` measures with evaluate.steps at that budget.
+    test = res["test"]
+    assert {"20", str(res["pick"]["steps"]), str(res["baseline"]["best_steps_on_dev"])} == set(
+        test["baseline_values_by_steps"]
+    )
+    for n, values in test["baseline_values_by_steps"].items():
+        sets = ["evaluate.threads=1", f"evaluate.steps={n}"]
+        ev = evaluate_run(small_run, overrides=sets, progress=False, map_fn=map)
+        regimes = ev["downstream"]["regimes"]
+        assert values == pytest.approx(regimes["real+classic"]["balanced_accuracy"]["values"], abs=1e-12)
+        if int(n) == res["pick"]["steps"]:
+            assert test["pick"] == pytest.approx(regimes["real+gan"]["balanced_accuracy"]["values"], abs=1e-12)
+    # 40 steps move the classifiers: a budget axis that changed nothing would be a silent no-op.
+    assert by_steps["20"]["dev"] != by_steps["40"]["dev"]
+    with pytest.raises(SystemExit):
+        sample_use.parse_args([str(small_run), *one, "--steps", "0"])
