@@ -213,8 +213,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 downstream.score_pool(plan, plan.selection["seeds"][0])
         plan = plans[default["steps"]]
         regime = args.regime
+
+        def baseline(n: int, on: ImageSet | None) -> list[dict[str, Any]]:
+            return cells(candidate_plan(plans[n], {**default, "steps": n}, on), BASELINE, map_fn)
+
         t0 = time.time()
-        base_dev = {n: cells(candidate_plan(plans[n], {**default, "steps": n}, dev), BASELINE, map_fn) for n in budgets}
+        base_dev = {n: baseline(n, dev) for n in budgets}
         rows = []
         for cand in grid:
             got = cells(candidate_plan(plans[cand["steps"]], cand, dev), regime, map_fn)
@@ -233,10 +237,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         base_dev_acc = {n: mean_ci([100 * c["balanced_accuracy"] for c in v]) for n, v in base_dev.items()}
         base_best = max(budgets, key=lambda n: base_dev_acc[n]["mean"])  # the baseline's own budget on dev
         t0 = time.time()
-        base_test = {
-            n: cells(candidate_plan(plans[n], {**default, "steps": n}, None), BASELINE, map_fn)
-            for n in dict.fromkeys([default["steps"], pick_cand["steps"], base_best])
-        }
+        base_test = {n: baseline(n, None) for n in dict.fromkeys([default["steps"], pick_cand["steps"], base_best])}
         test = {"default": cells(candidate_plan(plan, default, None), regime, map_fn)}
         test["pick"] = (
             test["default"]
@@ -261,7 +262,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 str(n): {
                     "classic": plans[n].classic,
                     "classic_sampling": plans[n].classic_sampling,
-                    **({"dev": base_dev_acc[n]} if n in base_dev_acc else {}),
+                    "dev": base_dev_acc[n],
                 }
                 for n in plans
             },
@@ -313,7 +314,7 @@ def render(res: dict[str, Any]) -> str:
             f"The baseline at each classifier budget (classic policy chosen on val at it; balanced accuracy on dev, %; "
             f"its best on dev: {best} steps): "
             + ", ".join(
-                f"{k} steps `{v['classic']}` ({v['classic_sampling']})" + (f" {_pct(v['dev'])}" if "dev" in v else "")
+                f"{k} steps `{v['classic']}` ({v['classic_sampling']})" + f" {_pct(v['dev'])}"
                 for k, v in by_steps.items()
             ),
         ]
