@@ -31,8 +31,9 @@ not about synthetic images; never across profiles). The other cells run on a pro
 ``--workers`` single-threaded processes (cells are deterministic on the CPU: same numbers as a
 plain ``map``, see tests/test_bench_limited_data.py).
 
-Commands (2 CPU cores, default budget: ~15 minutes for a profile's first row, ~11 for each further
-one; the downstream cells are most of it)::
+Commands (2 CPU cores, default budget, measured at 500 classifier steps: ~15 minutes for a profile's first row,
+~11 for each further one; the downstream cells are most of it, and the Fashion config's ``evaluate.steps: 1500``
+(since 2026-12-06) gives each three times the steps; ``--steps 500`` compares with the rows stored before it)::
 
     .venv/bin/python benchmarks/limited_data.py                              # all profiles, all rows, 10 kimg
     .venv/bin/python benchmarks/limited_data.py --profiles longtail --kimg 20 --combined ada,lecam
@@ -607,7 +608,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     budget.add_argument("--minutes", type=float, default=None, help="wall-time budget per row instead")
     ap.add_argument("--eval-kimg", type=float, default=None, help="fd_domain every this many kimg (default kimg/5)")
     ap.add_argument("--seeds", type=int, default=None, help="downstream seeds (default 5)")
-    ap.add_argument("--steps", type=int, default=None, help="classifier steps (default: evaluate.steps, 500)")
+    ap.add_argument("--steps", type=int, default=None, help="classifier steps (default: the config's evaluate.steps, 1500 for Fashion)")
     ap.add_argument("--batch-size", type=int, default=None, help="classifier batch (default: evaluate.batch_size)")
     ap.add_argument("--synthetic-per-class", type=int, default=None, help="downstream pool per class (default 300)")
     ap.add_argument("--extractor-steps", type=int, default=None, help="domain extractor steps (default 400)")
