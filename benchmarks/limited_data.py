@@ -608,7 +608,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     budget.add_argument("--minutes", type=float, default=None, help="wall-time budget per row instead")
     ap.add_argument("--eval-kimg", type=float, default=None, help="fd_domain every this many kimg (default kimg/5)")
     ap.add_argument("--seeds", type=int, default=None, help="downstream seeds (default 5)")
-    ap.add_argument("--steps", type=int, default=None, help="classifier steps (default: the config's evaluate.steps, 1500 for Fashion)")
+    ap.add_argument("--steps", type=int, default=None, help="classifier steps (default: the config's evaluate.steps)")
     ap.add_argument("--batch-size", type=int, default=None, help="classifier batch (default: evaluate.batch_size)")
     ap.add_argument("--synthetic-per-class", type=int, default=None, help="downstream pool per class (default 300)")
     ap.add_argument("--extractor-steps", type=int, default=None, help="domain extractor steps (default 400)")
