@@ -287,3 +287,19 @@ def test_gan_seed_spread_takes_each_runs_delta_and_the_interval_over_runs(capsys
         gan_seed_spread.main([str(shipped), str(other_draw)])
     with pytest.raises(SystemExit, match="at least two"):
         gan_seed_spread.main([str(shipped)])
+
+
+def test_the_classifier_budget_defaults_to_each_profiles_config(tmp_path: Path) -> None:
+    # Fashion-MNIST's config sets evaluate.steps: 1500, digits keeps the library's 250/500: the benchmark
+    # scores each profile at the budget its config ships unless --steps says otherwise.
+    def steps(argv: list[str], profile: str) -> int:
+        args = limited_data.parse_args(argv)
+        train_sets, _ = limited_data.common_overrides(args, profile, tmp_path / "cache")
+        prof = limited_data.PROFILES[profile]
+        return load_config(REPO / prof.config, [*prof.overrides, *train_sets]).evaluate.steps
+
+    for profile in ("longtail", "fm100", "digits"):
+        shipped = load_config(REPO / limited_data.PROFILES[profile].config).evaluate.steps
+        assert steps(["--profiles", profile], profile) == shipped
+        assert steps(["--profiles", profile, "--steps", "700"], profile) == 700
+    assert steps(["--profiles", "longtail"], "longtail") == 1500
