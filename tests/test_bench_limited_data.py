@@ -290,7 +290,7 @@ def test_gan_seed_spread_takes_each_runs_delta_and_the_interval_over_runs(capsys
 
 
 def test_the_classifier_budget_defaults_to_each_profiles_config(tmp_path: Path) -> None:
-    # Fashion-MNIST's config sets evaluate.steps: 1500, digits keeps the library's 250/500: the benchmark
+    # Fashion-MNIST's config sets evaluate.steps: 1500, digits 250: the benchmark
     # scores each profile at the budget its config ships unless --steps says otherwise.
     def steps(argv: list[str], profile: str) -> int:
         args = limited_data.parse_args(argv)
