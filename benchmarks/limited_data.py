@@ -203,8 +203,8 @@ USES: dict[str, list[str]] = {
 DEFAULTS = {
     "kimg": 10.0,
     "seeds": 5,
-    # The classifier budget the product ships: None = the profile config's own evaluate.steps (1500 for
-    # Fashion-MNIST since 2026-12-06, 250 for the digits test profile). At 300 x 64 (this benchmark's default
+    # The classifier budget the product ships: None = the profile config's own evaluate.steps (not a
+    # copy of its value, which could drift from the config). At 300 x 64 (this benchmark's default
     # until 2026-12-03) classic augmentation was under-trained: real-only beat the val-chosen classic
     # baseline by 11 pts on the long tail, and every verdict read that.
     "steps": None,
