@@ -51,7 +51,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from augment.devices import keep_freed_memory
+from augment.devices import keep_freed_memory, resolve_precision
 from augment.errors import ConfigError
 from augment.metrics.classic import GLOBAL_RNG_LOCK, apply_classic, classic_augment, classic_params, parse_classic
 from augment.metrics.regimes import BASELINE, DEPLOYED_REGIMES, REGIMES, SHARE_REGIMES
@@ -107,6 +107,11 @@ class TrainSpec:
     threads: int | None = None
     #: Where the classifiers train and predict ("cpu" or "cuda"); batches are drawn on the CPU.
     device: str = "cpu"
+    #: NHWC memory layout for the classifier and its batches (what oneDNN's convolutions want).
+    channels_last: bool = True
+    #: "fp32", "bf16" (autocast for the training steps' convolutions and matmuls; weights, optimizer,
+    #: loss and predictions stay fp32) or "auto" (bf16 where the device computes it natively).
+    precision: str = "fp32"
 
     @property
     def num_classes(self) -> int:
@@ -490,10 +495,23 @@ def torch_threads(n: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+def classifier_autocast(spec: TrainSpec, device: torch.device) -> torch.autocast:
+    """The training steps' autocast context: bf16 where ``spec.precision`` resolves to it, else off.
+
+    Raises:
+        ConfigError: ``spec.precision`` is not auto, fp32 or bf16.
+    """
+    precision = resolve_precision(spec.precision, device, "evaluate.precision")
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
 def _train_classifier(spec: TrainSpec, regime: str, seed: int) -> tuple[torch.nn.Module, dict[str, Any]]:
     model = init_classifier(spec, seed)
     device = torch.device(spec.device)
     model.to(device)
+    layout = torch.channels_last if spec.channels_last else torch.contiguous_format
+    model.to(memory_format=layout)
+    autocast = classifier_autocast(spec, device)
     gen = torch.Generator().manual_seed(seed)
     batches = _Batches(spec, regime, gen, device)
     opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=WEIGHT_DECAY)
@@ -502,9 +520,11 @@ def _train_classifier(spec: TrainSpec, regime: str, seed: int) -> tuple[torch.nn
         for group in opt.param_groups:
             group["lr"] = spec.lr * lr_scale(step, spec.steps)
         x, y = batches()  # already on the device
+        with autocast:
+            logits = model(x.contiguous(memory_format=layout))
         # y is class indices, or (B, K) probabilities with soft labels: the same cross-entropy,
-        # -sum_k y_k log softmax_k, which for one-hot rows is the hard-label loss.
-        loss = F.cross_entropy(model(x), y)
+        # -sum_k y_k log softmax_k, which for one-hot rows is the hard-label loss (in fp32).
+        loss = F.cross_entropy(logits.float(), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -526,7 +546,10 @@ def cell_counters(spec: TrainSpec, batches: _Batches) -> dict[str, Any]:
 
 @torch.no_grad()
 def predict_proba(model: torch.nn.Module, images: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
-    """Softmax probabilities for uint8 images (on the CPU, whatever the model's device)."""
+    """Softmax probabilities for uint8 images (on the CPU, whatever the model's device), in fp32.
+
+    The batches go in as NCHW; a channels_last model's convolutions take that and compute in NHWC.
+    """
     model.eval()
     device = next(model.parameters()).device
     out = [

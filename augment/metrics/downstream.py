@@ -58,6 +58,7 @@ import torch
 
 from augment.config import EvaluateConfig
 from augment.data import PreparedData
+from augment.devices import resolve_precision
 from augment.errors import ConfigError
 from augment.metrics.classic import classic_label, parse_classic
 from augment.metrics.classifier_training import (
@@ -320,6 +321,8 @@ def _new_plan(
         stack_cells=cfg.stack_cells,
         data_fingerprint=data.fingerprint,
         device=str(device),
+        channels_last=cfg.channels_last,
+        precision=resolve_precision(cfg.precision, device, "evaluate.precision"),
     )
     if "balanced-dataset" in plan.regimes and len(balanced_topup(plan)) == 0:
         plan.regimes.remove("balanced-dataset")

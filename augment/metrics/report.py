@@ -234,12 +234,13 @@ def _deploy_lines(deploy: dict[str, Any] | None) -> list[str]:
 
 
 def _downstream_lines(down: dict[str, Any]) -> list[str]:
+    autocast = " (bf16 autocast)" if down.get("precision") == "bf16" else ""
     lines = [
         "## Downstream classifier (real test split)",
         "",
         f"{down['classifier']} trained from scratch, {down['steps']} optimizer steps x {down['batch_size']} images "
-        f"in every regime, seeds {down['seeds']}; scored on {down['n_test']} real test images. Mean over seeds "
-        "with the 95% t-interval; deltas are paired by seed against the classic baseline. The intervals hold the "
+        f"in every regime{autocast}, seeds {down['seeds']}; scored on {down['n_test']} real test images. Mean over "
+        "seeds with the 95% t-interval; deltas are paired by seed against the classic baseline. The intervals hold the "
         "classifier seeds' spread around this one trained generator, not the GAN training's own: "
         "`augment run CONFIG --trainings 3` (or `augment spread` over runs trained with other `train.seed` values) "
         "gives the interval over trainings.",

@@ -48,6 +48,7 @@ from augment.metrics.classifier_training import (
     _as_float,
     _Batches,
     cell_counters,
+    classifier_autocast,
     init_classifier,
     lr_scale,
     torch_threads,
@@ -202,6 +203,7 @@ def _stack_key(job: Job) -> tuple[Any, ...] | None:
         tuple(plan.train_images.shape[1:]),
         id(images),
         plan.threads,
+        plan.precision,
     )
 
 
@@ -261,13 +263,15 @@ def _train(jobs: Sequence[Job], device: torch.device, bar: tqdm | None) -> tuple
     nets = [init_classifier(p, seed) for p, _regime, seed, _split in jobs]
     model = StackedSmallCNN(nets).to(device).to(memory_format=torch.channels_last)
     batches = StackedBatches(jobs, device)
+    autocast = classifier_autocast(plan, device)  # the stack is NHWC whatever plan.channels_last says
     opt = torch.optim.AdamW(model.parameters(), lr=plan.lr, weight_decay=WEIGHT_DECAY)
     model.train()
     for step in range(plan.steps):
         for group in opt.param_groups:
             group["lr"] = plan.lr * lr_scale(step, plan.steps)
         x, targets = batches()
-        logits = model(x)  # (G, B, K)
+        with autocast:
+            logits = model(x).float()  # (G, B, K)
         # Each cell's own mean cross-entropy (class indices or soft-label rows); their sum gives
         # every cell's parameters the gradient of its own loss.
         loss = sum(F.cross_entropy(logits[g], y) for g, y in enumerate(targets))

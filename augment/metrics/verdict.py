@@ -186,6 +186,7 @@ def summarize(plan: Plan, cells: list[dict[str, Any]]) -> dict[str, Any]:
         "classifier": plan.classifier,
         "steps": plan.steps,
         "batch_size": plan.batch_size,
+        "precision": plan.precision,
         "seeds": plan.seeds,
         "n_test": len(plan.test_labels),
         "selection": plan.selection,

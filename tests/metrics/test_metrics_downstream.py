@@ -375,6 +375,78 @@ def test_a_cell_trains_from_its_train_spec_alone() -> None:
         train_classifier(bare, "gan-augmenter", 0)
 
 
+def conv_dtypes_while_training(plan: downstream.Plan, regime: str = "real+gan+classic") -> set[torch.dtype]:
+    """The dtypes the first convolution of a cell computes in during its training steps."""
+    seen: set[torch.dtype] = set()
+    real_init = training.init_classifier
+
+    def hooked(spec, seed):
+        net = real_init(spec, seed)
+        net.body[0][0].register_forward_hook(lambda _m, _i, out: seen.add(out.dtype))
+        return net
+
+    training.init_classifier = hooked
+    try:
+        model, _ = train_classifier(plan, regime, 0)
+    finally:
+        training.init_classifier = real_init
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # weights and optimizer stay fp32
+    return seen
+
+
+def test_channels_last_is_the_same_arithmetic_in_another_layout() -> None:
+    data = make_data()
+    nchw = prepare(data, *synthetic(), ev(steps=8, channels_last=False))
+    nhwc = prepare(data, *synthetic(), ev(steps=8, channels_last=True))
+    model, _ = train_classifier(nhwc, "real+gan+classic", 0)
+    second = model.body[1][0].weight  # 32 -> 48 channels: NHWC storage is not NCHW storage
+    assert second.is_contiguous(memory_format=torch.channels_last) and not second.is_contiguous()
+    flat, _ = train_classifier(nchw, "real+gan+classic", 0)
+    assert flat.body[1][0].weight.is_contiguous()
+    torch.testing.assert_close(
+        logits_after_training(nhwc, "real+gan+classic"),
+        logits_after_training(nchw, "real+gan+classic"),
+        atol=1e-4,
+        rtol=1e-4,
+    )
+    assert untimed(run_cell(nhwc, "real+gan+classic", 1)) == untimed(run_cell(nhwc, "real+gan+classic", 1))
+
+
+def test_bf16_precision_trains_the_convolutions_in_bf16_and_repeats_exactly() -> None:
+    data = make_data()
+    fp32 = prepare(data, *synthetic(), ev(steps=8, precision="fp32"))
+    bf16 = prepare(data, *synthetic(), ev(steps=8, precision="bf16"))
+    assert conv_dtypes_while_training(fp32) == {torch.float32}
+    assert conv_dtypes_while_training(bf16) == {torch.bfloat16}
+    a, b = (train_classifier(bf16, "real+gan+classic", 0)[0].state_dict() for _ in range(2))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    c = train_classifier(fp32, "real+gan+classic", 0)[0].state_dict()
+    assert not all(torch.equal(a[k], c[k]) for k in a)  # bf16 rounding reached the updates
+    # Predictions are fp32 whatever the training precision.
+    probs = training.predict_proba(train_classifier(bf16, "real", 0)[0], data.test.images)
+    assert probs.dtype == torch.float32 and torch.allclose(probs.sum(dim=1), torch.ones(len(probs)))
+    # The report says how the classifiers trained.
+    assert "(bf16 autocast)" in "\n".join(_downstream_lines(summarize(bf16, [])))
+    assert "autocast" not in "\n".join(_downstream_lines(summarize(fp32, [])))
+
+
+def test_auto_precision_resolves_by_the_device_and_a_bad_one_is_named() -> None:
+    from augment.devices import native_bf16
+
+    plan = prepare(make_data(), *synthetic(), ev(precision="auto"))
+    assert plan.precision == ("bf16" if native_bf16(torch.device("cpu")) else "fp32")
+    assert (
+        summarize(plan, list(downstream.run_grid(dataclasses.replace(plan, regimes=["real", "real+classic"]))))[
+            "precision"
+        ]
+        == plan.precision
+    )
+    with pytest.raises(ConfigError, match="evaluate.precision must be auto, fp32 or bf16, got 'fp16'"):
+        train_classifier(dataclasses.replace(plan, precision="fp16"), "real", 0)
+    with pytest.raises(ValueError, match="precision"):
+        ev(precision="fp16")
+
+
 def logits_after_training(plan: downstream.Plan, regime: str, seed: int = 0) -> torch.Tensor:
     model, _ = train_classifier(plan, regime, seed)
     with torch.no_grad():

@@ -171,3 +171,31 @@ def test_the_default_grid_and_selection_are_stacked(monkeypatch: pytest.MonkeyPa
     cells = list(downstream.run_grid(plan))
     assert calls == [4, len(plan.regimes) * len(plan.seeds)]
     assert [(c["regime"], c["seed"]) for c in cells] == [(r, s) for r in plan.regimes for s in plan.seeds]
+
+
+def test_bf16_cells_stack_apart_from_fp32_ones_and_train_in_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
+    sizes: list[int] = []
+    dtypes: set[torch.dtype] = set()
+    real_stack, real_init = stacked.train_stack, StackedSmallCNN.__init__
+
+    def spy(jobs, bar=None):
+        sizes.append(len(jobs))
+        return real_stack(jobs, bar)
+
+    def hooked(self, nets):
+        real_init(self, nets)
+        # The grouped convolution's output while training (predictions are fp32 in every precision).
+        self.body[0][0].register_forward_hook(lambda m, _i, out: dtypes.add(out.dtype) if m.training else None)
+
+    monkeypatch.setattr(stacked, "train_stack", spy)
+    monkeypatch.setattr(StackedSmallCNN, "__init__", hooked)
+    fp32 = dataclasses.replace(a_plan(), steps=6, batch_size=8)
+    bf16 = dataclasses.replace(fp32, precision="bf16")
+    jobs = [(fp32, "real", 0, "test"), (bf16, "real", 0, "test"), (bf16, "real+gan", 1, "test")]
+    fit_score_many(jobs)
+    assert sorted(sizes) == [1, 2]  # one stack per precision
+    assert dtypes == {torch.float32, torch.bfloat16}
+    sizes.clear()
+    dtypes.clear()
+    first = fit_score_many(jobs[1:])
+    assert dtypes == {torch.bfloat16} and rows(fit_score_many(jobs[1:])) == rows(first)
