@@ -402,9 +402,6 @@ class EvaluateConfig(_Section):
     #: Most downstream cells trained as one stacked network (augment.metrics.stacked); memory grows
     #: with it (about 60 MB per cell at 28x28, batch 128).
     stack_cells: int = Field(16, ge=1)
-    #: NHWC memory layout for the downstream classifiers and the extractor (1.8x faster lone cells on
-    #: a 2-core AMX CPU in fp32, the same arithmetic; the stacked grid is NHWC always).
-    channels_last: bool = True
     #: bf16 autocast for the downstream classifiers' training steps (weights, optimizer, loss and
     #: predictions stay fp32); auto = bf16 where the device computes it natively. The domain
     #: extractor stays fp32: its features define fd_domain.

@@ -1,16 +1,15 @@
-"""The downstream classifiers' memory layout and precision: seconds per cell and accuracy on a dev split.
+"""The downstream classifiers' precision: seconds per cell and accuracy on a dev split.
 
 Every verdict trains a grid of small classifiers; on a 2-core CPU they are most of an ``augment run``'s
-wall time. ``evaluate.channels_last`` (NHWC, the same fp32 arithmetic in another order) and
-``evaluate.precision: bf16`` (autocast of the training steps' convolutions and matmuls) are speed
-switches; this benchmark measures what each costs in seconds and what it does to the numbers the
-verdict compares.
+wall time. ``evaluate.precision: bf16`` (autocast of the training steps' convolutions and matmuls;
+weights, optimizer, loss and predictions fp32) is a speed switch; this benchmark measures what it
+saves in seconds and what it does to the numbers the verdict compares.
 
-For one finished run (``RUN_DIR``), each arm (``--arms``: ``fp32`` = NCHW fp32, the layout before the
-switch; ``fp32+nhwc``; ``bf16``; ``bf16+nhwc``) trains ``--seeds`` classifiers of each ``--regimes`` regime with
-the run's evaluate settings and one fixed classic policy (``--classic``, no selection on val, so the
-arms differ in the switch only) and scores them on a **dev split** of real images the data limit
-left out (``sample_use.dev_split``; disjoint from train, val and test; the test split is not read).
+For one finished run (``RUN_DIR``), each arm (``--arms``: ``fp32``, the precision before the switch;
+``bf16``) trains ``--seeds`` classifiers of each ``--regimes`` regime with the run's evaluate settings
+and one fixed classic policy (``--classic``, no selection on val, so the arms differ in the switch
+only) and scores them on a **dev split** of real images the data limit left out
+(``sample_use.dev_split``; disjoint from train, val and test; the test split is not read).
 Cells run one by one on ``--workers`` single-threaded processes, as ``augment evaluate`` runs them on
 a CPU with ``workers: auto``; arms run one after another.
 
@@ -52,9 +51,9 @@ from benchmarks.common import command, git_commit, machine  # noqa: E402
 from benchmarks.limited_data import make_executor  # noqa: E402
 from benchmarks.sample_use import cells, dev_split, paired  # noqa: E402
 
-#: Arm name -> (evaluate.channels_last, evaluate.precision).
-ARMS = {"fp32": (False, "fp32"), "fp32+nhwc": (True, "fp32"), "bf16": (False, "bf16"), "bf16+nhwc": (True, "bf16")}
-#: The arm the others are paired with: the layout and precision before the switches existed.
+#: Arm name -> evaluate.precision.
+ARMS = {"fp32": "fp32", "bf16": "bf16"}
+#: The arm the others are paired with: the precision before the switch existed.
 REFERENCE = "fp32"
 
 
@@ -75,11 +74,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     arms: dict[str, dict[str, Any]] = {}
     try:
         for arm in args.arms:
-            channels_last, precision = ARMS[arm]
             arm_ev = ev.model_copy(
                 update={
-                    "channels_last": channels_last,
-                    "precision": precision,
+                    "precision": ARMS[arm],
                     "classic": [args.classic],
                     "classic_sampling": ["natural"],
                 }
@@ -89,7 +86,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             t0 = time.time()
             got = {regime: cells(on_dev, regime, map_fn) for regime in args.regimes}
             arms[arm] = {
-                "channels_last": channels_last,
                 "precision": plan.precision,
                 "wall_s": time.time() - t0,
                 "cells": got,
@@ -107,7 +103,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for arm, a in arms.items():
         got = a["cells"]
         rows[arm] = {
-            "channels_last": a["channels_last"],
             "precision": a["precision"],
             "seconds_per_cell": float(np.mean([c["seconds"] for v in got.values() for c in v])),
             "wall_s": a["wall_s"],

@@ -107,8 +107,6 @@ class TrainSpec:
     threads: int | None = None
     #: Where the classifiers train and predict ("cpu" or "cuda"); batches are drawn on the CPU.
     device: str = "cpu"
-    #: NHWC memory layout for the classifier and its batches (what oneDNN's convolutions want).
-    channels_last: bool = True
     #: "fp32", "bf16" (autocast for the training steps' convolutions and matmuls; weights, optimizer,
     #: loss and predictions stay fp32) or "auto" (bf16 where the device computes it natively).
     precision: str = "fp32"
@@ -509,8 +507,6 @@ def _train_classifier(spec: TrainSpec, regime: str, seed: int) -> tuple[torch.nn
     model = init_classifier(spec, seed)
     device = torch.device(spec.device)
     model.to(device)
-    layout = torch.channels_last if spec.channels_last else torch.contiguous_format
-    model.to(memory_format=layout)
     autocast = classifier_autocast(spec, device)
     gen = torch.Generator().manual_seed(seed)
     batches = _Batches(spec, regime, gen, device)
@@ -521,7 +517,7 @@ def _train_classifier(spec: TrainSpec, regime: str, seed: int) -> tuple[torch.nn
             group["lr"] = spec.lr * lr_scale(step, spec.steps)
         x, y = batches()  # already on the device
         with autocast:
-            logits = model(x.contiguous(memory_format=layout))
+            logits = model(x)
         # y is class indices, or (B, K) probabilities with soft labels: the same cross-entropy,
         # -sum_k y_k log softmax_k, which for one-hot rows is the hard-label loss (in fp32).
         loss = F.cross_entropy(logits.float(), y)
@@ -546,10 +542,7 @@ def cell_counters(spec: TrainSpec, batches: _Batches) -> dict[str, Any]:
 
 @torch.no_grad()
 def predict_proba(model: torch.nn.Module, images: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
-    """Softmax probabilities for uint8 images (on the CPU, whatever the model's device), in fp32.
-
-    The batches go in as NCHW; a channels_last model's convolutions take that and compute in NHWC.
-    """
+    """Softmax probabilities for uint8 images (on the CPU, whatever the model's device), in fp32."""
     model.eval()
     device = next(model.parameters()).device
     out = [

@@ -321,7 +321,6 @@ def _new_plan(
         stack_cells=cfg.stack_cells,
         data_fingerprint=data.fingerprint,
         device=str(device),
-        channels_last=cfg.channels_last,
         precision=resolve_precision(cfg.precision, device, "evaluate.precision"),
     )
     if "balanced-dataset" in plan.regimes and len(balanced_topup(plan)) == 0:

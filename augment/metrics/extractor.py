@@ -81,7 +81,8 @@ def train_extractor(
     images = torch.cat([data.train.images, data.val.images])
     labels = torch.cat([data.train.labels, data.val.labels])
     ids = list(data.train.ids) + list(data.val.ids)
-    # The extractor is the real+classic(crop) classifier of train+val.
+    # The extractor is the real+classic(crop) classifier of train+val, in fp32 whatever
+    # evaluate.precision says (its features define fd_domain).
     spec = TrainSpec(
         class_names=list(data.class_names),
         train_images=images,
@@ -93,13 +94,9 @@ def train_extractor(
         classic="crop",
         threads=cfg.threads,
         device=str(device),
-        channels_last=cfg.channels_last,  # layout only; the extractor trains in fp32 whatever cfg.precision says
     )
     log.info("Training the domain extractor on %d train+val images (%d steps)...", len(labels), cfg.extractor_steps)
     net, _ = train_classifier(spec, "real+classic", seed)
-    # Features in NCHW, as a cached extractor loaded from its state dict computes them: fd_domain is
-    # then the same number whether this run trained the extractor or found it in the cache.
-    net = net.to(memory_format=torch.contiguous_format)
     return DomainExtractor(net=net.eval().requires_grad_(False), fingerprint=data.fingerprint, trained_on_ids=ids)
 
 

@@ -263,7 +263,7 @@ def _train(jobs: Sequence[Job], device: torch.device, bar: tqdm | None) -> tuple
     nets = [init_classifier(p, seed) for p, _regime, seed, _split in jobs]
     model = StackedSmallCNN(nets).to(device).to(memory_format=torch.channels_last)
     batches = StackedBatches(jobs, device)
-    autocast = classifier_autocast(plan, device)  # the stack is NHWC whatever plan.channels_last says
+    autocast = classifier_autocast(plan, device)
     opt = torch.optim.AdamW(model.parameters(), lr=plan.lr, weight_decay=WEIGHT_DECAY)
     model.train()
     for step in range(plan.steps):
