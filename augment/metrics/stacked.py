@@ -51,6 +51,7 @@ from augment.metrics.classifier_training import (
     classifier_autocast,
     init_classifier,
     lr_scale,
+    nhwc,
     torch_threads,
 )
 from augment.metrics.downstream import Plan
@@ -184,7 +185,7 @@ class StackedBatches:
             if draws.ops and draws.backend != "torch":
                 x[m] = draws.classic_torchvision(x[m])
         b, c, h, w = x.shape[1:]
-        x = x.transpose(0, 1).reshape(b, g * c, h, w).contiguous(memory_format=torch.channels_last)
+        x = nhwc(x.transpose(0, 1).reshape(b, g * c, h, w))  # NHWC strides even for one cell of one channel
         return x, targets
 
 

@@ -394,6 +394,37 @@ def conv_dtypes_while_training(plan: downstream.Plan, regime: str = "real+gan+cl
     return seen
 
 
+def test_nhwc_gives_a_batch_nhwc_strides_even_with_one_channel() -> None:
+    one = torch.rand(4, 1, 5, 6)
+    assert one.contiguous(memory_format=torch.channels_last).stride() == (30, 30, 6, 1)  # torch keeps NCHW's
+    got = training.nhwc(one)
+    assert got.stride() == (30, 1, 6, 1) and torch.equal(got, one) and got.data_ptr() == one.data_ptr()
+    three = torch.rand(4, 3, 5, 6)
+    assert training.nhwc(three).stride() == (90, 1, 18, 3) and torch.equal(training.nhwc(three), three)
+    sliced = torch.rand(4, 3, 5, 6)[1:, 1:2]  # not dense: copied first
+    assert training.nhwc(sliced).stride() == (30, 1, 6, 1) and torch.equal(training.nhwc(sliced), sliced)
+
+
+def test_every_regimes_batches_reach_the_classifier_with_nhwc_strides() -> None:
+    plan = prepare(make_data(), *synthetic(), ev(steps=2))
+    strides: dict[str, set[tuple[int, ...]]] = {}
+    real_init = training.init_classifier
+
+    def hooked(spec, seed):
+        net = real_init(spec, seed)
+        net.body[0][0].register_forward_pre_hook(lambda _m, args: strides[regime].add(args[0].stride()))
+        return net
+
+    training.init_classifier = hooked
+    try:
+        for regime in REGIMES:
+            strides[regime] = set()
+            train_classifier(plan, regime, 0)
+    finally:
+        training.init_classifier = real_init
+    assert strides == {regime: {(64, 1, 8, 1)} for regime in REGIMES}
+
+
 def test_bf16_precision_trains_the_convolutions_in_bf16_and_repeats_exactly() -> None:
     data = make_data()
     fp32 = prepare(data, *synthetic(), ev(steps=8, precision="fp32"))
