@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as _dt
-import json
 import sys
 import time
 from pathlib import Path
@@ -42,12 +41,11 @@ sys.path.insert(0, str(REPO))
 from augment import rundir  # noqa: E402
 from augment.checkpoint import find_snapshot, load_snapshot  # noqa: E402
 from augment.data import load_data  # noqa: E402
-from augment.errors import AugmentError  # noqa: E402
 from augment.metrics import downstream  # noqa: E402
 from augment.metrics.evaluate import generate_uint8  # noqa: E402
 from augment.metrics.regimes import BASELINE  # noqa: E402
 from augment.metrics.verdict import mean_ci  # noqa: E402
-from benchmarks.common import command, git_commit, machine  # noqa: E402
+from benchmarks.common import command, git_commit, machine, run_cli  # noqa: E402
 from benchmarks.limited_data import make_executor  # noqa: E402
 from benchmarks.sample_use import cells, dev_split, paired  # noqa: E402
 
@@ -183,17 +181,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    args = parse_args(argv)
-    try:
-        res = run(args)
-    except AugmentError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
-    print(render(res), flush=True)
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(res, indent=1))
-    return res
+    return run_cli(run, render, parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import os
 import platform
 import shlex
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -92,6 +95,23 @@ def peak_gflops(n: int = 1024, device: str = "cpu", dtype: torch.dtype = torch.f
     mm = matmul_peak_gflops(n=n, device=device, dtype=dtype)
     conv = conv_peak_gflops(device=device, dtype=dtype)
     return {"matmul": mm, "conv": conv, "peak": max(mm, conv)}
+
+
+def run_cli(run: Callable[[Any], dict[str, Any]], render: Callable[[dict[str, Any]], str], args: Any) -> dict[str, Any]:
+    """A benchmark's ``main``: ``run(args)``, its ``render``ed table on stdout and, with ``args.json``,
+    the raw result there; an ``AugmentError`` (bad run dir, bad config) is one line on stderr, exit 2."""
+    from augment.errors import AugmentError
+
+    try:
+        res = run(args)
+    except AugmentError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    print(render(res), flush=True)
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(res, indent=1))
+    return res
 
 
 def command() -> str:

@@ -41,7 +41,6 @@ import argparse
 import dataclasses
 import datetime as _dt
 import itertools
-import json
 import sys
 import time
 from pathlib import Path
@@ -62,7 +61,7 @@ from augment.metrics import downstream  # noqa: E402
 from augment.metrics.evaluate import generate_uint8  # noqa: E402
 from augment.metrics.regimes import BASELINE, GAN_REGIMES  # noqa: E402
 from augment.metrics.verdict import mean_ci  # noqa: E402
-from benchmarks.common import command, git_commit, machine  # noqa: E402
+from benchmarks.common import command, git_commit, machine, run_cli  # noqa: E402
 from benchmarks.limited_data import make_executor  # noqa: E402
 
 #: The settings one candidate varies (Plan fields, plus the pool size).
@@ -389,17 +388,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    args = parse_args(argv)
-    try:
-        res = run(args)
-    except AugmentError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
-    print(render(res), flush=True)
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(res, indent=1))
-    return res
+    return run_cli(run, render, parse_args(argv))
 
 
 if __name__ == "__main__":
