@@ -92,6 +92,18 @@ PIPELINE_FAST = [
 ]
 
 
+def copy_run(src: Path, dest: Path, *overrides: str) -> Path:
+    """A copy of run directory ``src`` at ``dest`` whose stored config has ``overrides`` applied."""
+    import json
+
+    from augment import rundir
+
+    shutil.copytree(src, dest)
+    cfg = load_config(dest / rundir.CONFIG, list(overrides))
+    (dest / rundir.CONFIG).write_text(json.dumps(cfg.to_dict()))  # YAML is a superset of JSON
+    return dest
+
+
 def write_pipeline_config(tmp: Path, *overrides: str) -> tuple[Path, Config]:
     """The tiny pipeline config (:data:`PIPELINE_FAST`) saved as ``tmp/tiny.yaml``."""
     from augment.config import save_config

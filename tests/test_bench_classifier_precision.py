@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 from pathlib import Path
 
 import pytest
 
-from augment import rundir
-from augment.config import load_config
+from conftest import copy_run  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -22,11 +20,12 @@ ARGS = ["--dev-per-class", "6", "--seeds", "2", "--steps", "6", "--workers", "1"
 
 @pytest.fixture(scope="module")
 def small_run(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    run = tmp_path_factory.mktemp("precision") / "run"
-    shutil.copytree(tiny_run, run)
-    cfg = load_config(run / rundir.CONFIG, ["evaluate.synthetic_per_class=6", "evaluate.batch_size=16"])
-    (run / rundir.CONFIG).write_text(json.dumps(cfg.to_dict()))  # YAML is a superset of JSON
-    return run
+    return copy_run(
+        tiny_run,
+        tmp_path_factory.mktemp("precision") / "run",
+        "evaluate.synthetic_per_class=6",
+        "evaluate.batch_size=16",
+    )
 
 
 def test_each_arm_is_scored_on_dev_and_paired_with_the_fp32_arm(small_run: Path, tmp_path: Path) -> None:
@@ -53,10 +52,7 @@ def test_each_arm_is_scored_on_dev_and_paired_with_the_fp32_arm(small_run: Path,
 
 
 def test_a_run_without_a_dev_split_is_one_clear_error(small_run: Path, tmp_path: Path, capsys) -> None:
-    run = tmp_path / "run"
-    shutil.copytree(small_run, run)
-    cfg = load_config(run / rundir.CONFIG, ["data.split.test_per_class=null", "data.split.test=0.2"])
-    (run / rundir.CONFIG).write_text(json.dumps(cfg.to_dict()))
+    run = copy_run(small_run, tmp_path / "run", "data.split.test_per_class=null", "data.split.test=0.2")
     with pytest.raises(SystemExit) as exit_info:
         classifier_precision.main([str(run), *ARGS, "--arms", "fp32"])
     assert exit_info.value.code == 2

@@ -18,6 +18,7 @@ from augment.errors import ConfigError
 from augment.metrics import downstream
 from augment.metrics.classifier_training import per_class_synthetic_share
 from augment.metrics.evaluate import evaluate_run, generate_uint8
+from conftest import copy_run  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -30,11 +31,9 @@ USE = ["--dev-per-class", "6", "--pool", "4", "8", "--shares", "0.5", "0.75", "-
 @pytest.fixture(scope="module")
 def small_run(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny run with a small pool and two cheap regimes as its own evaluation settings."""
-    run = tmp_path_factory.mktemp("use") / "run"
-    shutil.copytree(tiny_run, run)
-    cfg = load_config(run / rundir.CONFIG, ["evaluate.synthetic_per_class=6", "evaluate.classic=['crop']"])
-    (run / rundir.CONFIG).write_text(json.dumps(cfg.to_dict()))  # YAML is a superset of JSON
-    return run
+    return copy_run(
+        tiny_run, tmp_path_factory.mktemp("use") / "run", "evaluate.synthetic_per_class=6", "evaluate.classic=['crop']"
+    )
 
 
 def test_the_dev_split_is_left_out_images_disjoint_from_every_split(small_run: Path) -> None:
