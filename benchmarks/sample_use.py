@@ -268,7 +268,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "best_steps_on_dev": base_best,
         },
         "sizes": {"train": len(data.train), "val": len(data.val), "dev": len(dev), "test": len(data.test)},
-        "classifier": {"name": ev.classifier, "steps": ev.steps, "batch_size": ev.batch_size, "seeds": plan.seeds},
+        "classifier": {
+            "name": ev.classifier,
+            "steps": ev.steps,
+            "batch_size": ev.batch_size,
+            "seeds": plan.seeds,
+            "precision": plan.precision,  # resolved: fp32 or bf16 (autocast in the training steps)
+        },
         "default": default,
         "candidates": rows,
         "pick": pick_cand,
@@ -295,7 +301,7 @@ def render(res: dict[str, Any]) -> str:
     lines = [
         f"Dev split: {n['dev']} real images (the run never saw them); {res['regime']} minus {BASELINE} "
         f"(`{res['baseline']['classic']}`, chosen on val), paired over seeds {res['classifier']['seeds']}, "
-        "points, 95% t-interval:",
+        f"classifier cells in {res['classifier'].get('precision', 'fp32')}, points, 95% t-interval:",
         "",
         "| candidate | Δ on dev | |",
         "|---|---|---|",

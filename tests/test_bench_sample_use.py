@@ -87,6 +87,7 @@ def test_the_pick_is_the_best_dev_candidate_and_the_defaults_test_cells_are_eval
     ev = evaluate_run(small_run, overrides=["evaluate.threads=1"], progress=False, map_fn=map)
     regimes = ev["downstream"]["regimes"]
     assert res["test"]["default"] == pytest.approx(regimes["real+gan"]["balanced_accuracy"]["values"], abs=1e-12)
+    assert res["classifier"]["precision"] == ev["downstream"]["precision"] == "fp32"  # the resolved one, recorded
     assert res["test"]["baseline_values"] == pytest.approx(
         regimes["real+classic"]["balanced_accuracy"]["values"], abs=1e-12
     )
