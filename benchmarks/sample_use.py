@@ -301,7 +301,7 @@ def render(res: dict[str, Any]) -> str:
     lines = [
         f"Dev split: {n['dev']} real images (the run never saw them); {res['regime']} minus {BASELINE} "
         f"(`{res['baseline']['classic']}`, chosen on val), paired over seeds {res['classifier']['seeds']}, "
-        f"classifier cells in {res['classifier'].get('precision', 'fp32')}, points, 95% t-interval:",
+        f"classifier cells in {res['classifier']['precision']}, points, 95% t-interval:",
         "",
         "| candidate | Δ on dev | |",
         "|---|---|---|",

@@ -1,0 +1,51 @@
+"""benchmarks/sample_use_spread.py: trainings' sample_use results pooled, paired by seed."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from augment.metrics.verdict import crossed_ci
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from benchmarks import sample_use_spread  # noqa: E402
+
+
+def _result(deltas: list[float], baseline: list[float], seeds: list[int] | None = None) -> dict:
+    mean = sum(deltas) / len(deltas)
+    ci = {"mean": mean, "n": len(deltas), "values": deltas, "ci_low": mean - 1, "ci_high": mean + 1}
+    return {
+        "classifier": {"seeds": seeds or list(range(len(deltas)))},
+        "test": {"baseline_values_by_steps": {"1500": baseline}, "pick_vs_best_baseline": ci, "pick_vs_baseline": ci},
+    }
+
+
+def test_the_trainings_are_pooled_crossed_and_over_their_means(tmp_path: Path, capsys) -> None:
+    a, b = [0.5, 1.0, 0.0], [2.0, 2.5, 1.5]
+    paths = []
+    for name, deltas in (("t0", a), ("t1", b)):
+        paths.append(tmp_path / f"{name}.json")
+        paths[-1].write_text(json.dumps(_result(deltas, [0.7, 0.71, 0.72])))
+    out = sample_use_spread.main([str(p) for p in paths])
+    got = out["deltas"]["pick_vs_best_baseline"]
+    want = crossed_ci([a, b])
+    assert got["crossed"]["mean"] == pytest.approx(1.25) and got["crossed"]["ci_low"] == pytest.approx(want["ci_low"])
+    assert got["over_means"]["values"] == pytest.approx([0.5, 2.0]) and got["over_means"]["n"] == 2
+    assert out["shared_baseline"] is True
+    text = capsys.readouterr().out
+    assert "| t0 | t1 |" in text and "approximation" not in text
+
+
+def test_differing_baselines_are_flagged_and_differing_seeds_refused() -> None:
+    out = sample_use_spread.spread([_result([1.0, 2.0], [0.7, 0.7]), _result([1.5, 2.5], [0.7, 0.71])])
+    assert out["shared_baseline"] is False
+    assert "approximation" in sample_use_spread.table(out, ["a", "b"])
+    with pytest.raises(SystemExit, match="classifier seeds differ"):
+        sample_use_spread.spread([_result([1.0, 2.0], [0.7, 0.7]), _result([1.0, 2.0], [0.7, 0.7], seeds=[5, 6])])
+    with pytest.raises(SystemExit, match="at least two"):
+        sample_use_spread.spread([_result([1.0, 2.0], [0.7, 0.7])])
