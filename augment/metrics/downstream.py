@@ -242,7 +242,7 @@ def prepare(
     _check_inputs(data, synthetic_images, cfg)
     plan = _new_plan(data, synthetic_images, synthetic_labels, cfg, seed, device)
     select_seeds = [seed + SELECT_SEED_OFFSET + i for i in range(cfg.select_seeds)]
-    samplings = _classic_samplings(plan, cfg.classic_sampling)
+    samplings = classic_samplings(plan, cfg.classic_sampling)
     plan.classic_sampling = samplings[0]
     needs_val = len(cfg.classic) * len(samplings) > 1 or cfg.tune
     if needs_val and len(data.val) == 0:
@@ -331,7 +331,7 @@ def _new_plan(
     return plan
 
 
-def _classic_samplings(plan: Plan, samplings: list[str]) -> list[str]:
+def classic_samplings(plan: Plan, samplings: list[str]) -> list[str]:
     """The configured classic samplings, less ``balance`` where the train split's classes are even
     (resampling them would change nothing but the random draws)."""
     counts = [n for n in plan.train_labels.bincount(minlength=plan.num_classes).tolist() if n > 0]

@@ -1,0 +1,269 @@
+"""Is the classic baseline's choice on the validation split a choice or a coin? Measured on a dev split.
+
+``augment evaluate`` picks the verdict's classic baseline among ``evaluate.classic`` x
+``evaluate.classic_sampling`` by the best mean validation balanced accuracy over
+``evaluate.select_seeds`` classifier seeds. On the Fashion-MNIST long tail that split is 42 images (the
+rarest class has one or two), so the pick may be noise, and a noisy pick is a weaker baseline than the
+candidates allow. This benchmark trains every candidate with ``--seeds`` selection seeds (the product's
+own: ``seed + 100, + 101, ...``, so the first is bit for bit the cell ``augment evaluate`` trains) and
+scores each classifier on the validation split and on a **dev split** of ``--dev-per-class`` real images
+per class the data limit left out (disjoint from train, val and test, as ``sample_use.py`` takes it). The
+test split is never loaded into a cell.
+
+Then it replays selection rules on those numbers: for every subset of ``k`` seeds, the rule picks on the
+subset's validation scores and the pick is judged by its dev accuracy on the *other* seeds (fresh
+classifiers, as the verdict trains): how often the rule finds the dev-best candidate and its mean
+regret (dev-best minus the pick, in points). Rules: ``argmax`` (the product's: the best validation
+mean) and ``one-se`` (the first candidate, in the product's order from simple to rich, whose validation
+mean is within one binomial standard error of the best, the Breiman et al. rule). Classic cells do not
+depend on a generator, so no run directory is needed::
+
+    .venv/bin/python benchmarks/classic_selection.py --profile longtail --seeds 6 --dev-per-class 500 \\
+        --workers 2 --json /tmp/classic_selection.json [--set evaluate.precision=fp32]
+
+Prints markdown tables; ``--json`` writes the numbers; nothing is appended anywhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as _dt
+import functools
+import itertools
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from augment.config import load_config  # noqa: E402
+from augment.data import load_data  # noqa: E402
+from augment.metrics import downstream  # noqa: E402
+from augment.metrics.classic import classic_label  # noqa: E402
+from augment.metrics.classifier_training import predict_proba, score, torch_threads, train_classifier  # noqa: E402
+from augment.metrics.regimes import BASELINE  # noqa: E402
+from augment.metrics.verdict import mean_ci  # noqa: E402
+from benchmarks.common import command, git_commit, machine, run_cli  # noqa: E402
+from benchmarks.limited_data import PROFILES, make_executor  # noqa: E402
+from benchmarks.sample_use import dev_split  # noqa: E402
+
+RULES = ("argmax", "one-se")
+
+
+def cell(plan: downstream.Plan, item: tuple[str, str, int]) -> dict[str, Any]:
+    """Train the baseline regime with one candidate's policy and sampling; its val and dev scores.
+
+    ``plan.test_images`` holds the dev split here (the benchmark never gives it the test split).
+    """
+    policy, sampling, seed = item
+    p = dataclasses.replace(plan, classic=policy, classic_sampling=sampling)
+    model, _ = train_classifier(p, BASELINE, seed)
+    out: dict[str, Any] = {"policy": policy, "sampling": sampling, "seed": seed}
+    with torch_threads(p.threads or 1):
+        for split, images, labels in (("val", p.val_images, p.val_labels), ("dev", p.test_images, p.test_labels)):
+            s = score(labels, predict_proba(model, images).argmax(dim=1), p.num_classes)
+            out[split] = s["balanced_accuracy"]
+            out[f"{split}_recall"] = s["per_class_recall"]
+    return out
+
+
+def balanced_accuracy_se(recall: list[float], counts: list[int]) -> float:
+    """Binomial standard error of a balanced accuracy: the classes' recalls as independent proportions,
+    ``sqrt(sum_c p_c (1 - p_c) / n_c) / K`` over the K classes present, with ``p_c = (r_c n_c + 1) / (n_c + 2)``
+    (Laplace's rule: a class of one validation image is not a proportion known exactly)."""
+    terms = []
+    for r, n in zip(recall, counts, strict=True):
+        if n > 0:
+            p = (r * n + 1) / (n + 2)
+            terms.append(p * (1 - p) / n)
+    return math.sqrt(sum(terms)) / len(terms)
+
+
+def pick(rule: str, val: np.ndarray, val_recall: np.ndarray, counts: list[int]) -> int:
+    """The candidate ``rule`` picks from validation scores ``val[seed, candidate]`` (ties: the earlier).
+
+    ``val_recall[seed, candidate, class]`` gives ``one-se`` its standard error (the best's mean recalls).
+    """
+    means = val.mean(axis=0)
+    best = int(np.argmax(means))  # the first maximum: the product's tie rule
+    if rule == "argmax":
+        return best
+    if rule == "one-se":
+        se = balanced_accuracy_se(val_recall[:, best].mean(axis=0).tolist(), counts)
+        return int(np.flatnonzero(means >= means[best] - se - 1e-12)[0])
+    raise ValueError(f"unknown rule {rule!r} (one of {RULES})")
+
+
+def replay(
+    rule: str, k: int, val: np.ndarray, dev: np.ndarray, val_recall: np.ndarray, counts: list[int]
+) -> dict[str, Any]:
+    """``rule`` on every ``k``-subset of the seeds, judged on the dev accuracy of the other seeds."""
+    n_seeds, n_cand = val.shape
+    picks, hits, regrets = [], [], []
+    for subset in itertools.combinations(range(n_seeds), k):
+        rest = [s for s in range(n_seeds) if s not in subset]
+        truth = dev[rest].mean(axis=0)
+        chosen = pick(rule, val[list(subset)], val_recall[list(subset)], counts)
+        picks.append(chosen)
+        hits.append(chosen == int(np.argmax(truth)))
+        regrets.append(100 * float(truth.max() - truth[chosen]))
+    return {
+        "rule": rule,
+        "k": k,
+        "subsets": len(picks),
+        "hit_rate": float(np.mean(hits)),
+        "mean_regret_pts": float(np.mean(regrets)),
+        "max_regret_pts": float(np.max(regrets)),
+        "pick_counts": np.bincount(picks, minlength=n_cand).tolist(),
+    }
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    profile = PROFILES[args.profile]
+    sets = [*profile.overrides, *args.set, "evaluate.threads=1", "evaluate.tune=false"]
+    cfg = load_config(REPO / profile.config, sets)
+    ev = cfg.evaluate
+    data = load_data(cfg.data, cfg.seed)
+    dev = dev_split(cfg, data, args.dev_per_class)
+    c, h, w = data.train.images.shape[1:]
+    no_images, no_labels = torch.empty((0, c, h, w), dtype=torch.uint8), torch.empty(0, dtype=torch.int64)
+    # one policy and sampling, no tuning: prepare() trains no selection cell, the grid below is the selection
+    base = ev.model_copy(
+        update={"regimes": [BASELINE], "classic": ev.classic[:1], "classic_sampling": ev.classic_sampling[:1]}
+    )
+    plan = downstream.prepare(data, no_images, no_labels, base, seed=cfg.seed)
+    plan = dataclasses.replace(plan, test_images=dev.images, test_labels=dev.labels)
+    samplings = downstream.classic_samplings(plan, ev.classic_sampling)
+    candidates = [(pol, samp) for samp in samplings for pol in ev.classic]  # the product's order
+    seeds = [cfg.seed + downstream.SELECT_SEED_OFFSET + i for i in range(args.seeds)]
+    items = [(pol, samp, s) for s in seeds for pol, samp in candidates]
+    print(
+        f"{len(candidates)} candidates x {len(seeds)} seeds, {ev.steps} steps ({plan.precision}); "
+        f"val {len(data.val)} images, dev {len(dev)}",
+        flush=True,
+    )
+    executor = make_executor(args.workers)
+    t0 = time.time()
+    try:
+        map_fn = map if executor is None else executor.map
+        cells = []
+        for out in map_fn(functools.partial(cell, plan), items):
+            cells.append(out)
+            print(
+                f"{classic_label(out['policy'], out['sampling'])} seed {out['seed']}: val {out['val']:.3f} "
+                f"dev {out['dev']:.3f}",
+                flush=True,
+            )
+    finally:
+        if executor is not None:
+            executor.shutdown()
+    seconds = time.time() - t0
+    shape = (len(seeds), len(candidates))
+    val = np.array([c_["val"] for c_ in cells]).reshape(shape)
+    dev_acc = np.array([c_["dev"] for c_ in cells]).reshape(shape)
+    val_recall = np.array([c_["val_recall"] for c_ in cells]).reshape(*shape, plan.num_classes)
+    counts = torch.bincount(plan.val_labels, minlength=plan.num_classes).tolist()
+    labels = [classic_label(pol, samp) for pol, samp in candidates]
+    best_dev = int(np.argmax(dev_acc.mean(axis=0)))
+    return {
+        "benchmark": "classic_selection",
+        "profile": args.profile,
+        "sets": args.set,
+        "sizes": {"train": len(data.train), "val": len(data.val), "dev": len(dev)},
+        "val_counts": dict(zip(plan.class_names, counts, strict=True)),
+        "classifier": {
+            "name": ev.classifier,
+            "steps": ev.steps,
+            "batch_size": ev.batch_size,
+            "precision": plan.precision,
+            "seeds": seeds,
+        },
+        "candidates": [
+            {
+                "label": lab,
+                "val": mean_ci([100 * v for v in val[:, j]]),
+                "dev": mean_ci([100 * v for v in dev_acc[:, j]]),
+                "dev_regret_pts": 100 * float(dev_acc.mean(axis=0)[best_dev] - dev_acc[:, j].mean()),
+            }
+            for j, lab in enumerate(labels)
+        ],
+        "dev_best": labels[best_dev],
+        "rules": [
+            {**replay(rule, k, val, dev_acc, val_recall, counts), "picks": labels}
+            for rule in RULES
+            for k in range(1, len(seeds))
+        ],
+        "cells": cells,
+        "seconds": seconds,
+        "machine": machine(),
+        "commit": git_commit(),
+        "command": command(),
+        "date": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+
+
+def _ci(d: dict[str, Any]) -> str:
+    return f"{d['mean']:.1f} [{d['ci_low']:.1f}, {d['ci_high']:.1f}]"
+
+
+def render(res: dict[str, Any]) -> str:
+    cl, n = res["classifier"], res["sizes"]
+    lines = [
+        f"classic_selection: {res['profile']} {' '.join(res['sets'])}".rstrip(),
+        "",
+        f"{cl['name']}, {cl['steps']} steps of batch {cl['batch_size']} ({cl['precision']}); selection seeds "
+        f"{cl['seeds']}; train/val/dev {n['train']}/{n['val']}/{n['dev']} (val per class: "
+        f"{', '.join(str(v) for v in res['val_counts'].values())}); {res['seconds']:.0f} s; "
+        f"commit {res['commit']}; {res['date']}",
+        "",
+        "| candidate (product order) | val balanced accuracy % (mean [95% CI] over seeds) | dev % | dev regret (pts) |",
+        "|---|---|---|---|",
+    ]
+    for cand in res["candidates"]:
+        star = " **(dev best)**" if cand["label"] == res["dev_best"] else ""
+        lines.append(
+            f"| {cand['label']}{star} | {_ci(cand['val'])} | {_ci(cand['dev'])} | {cand['dev_regret_pts']:.1f} |"
+        )
+    lines += [
+        "",
+        "Selection rules replayed on every k-seed subset, each pick judged by the dev accuracy of the other seeds:",
+        "",
+        "| rule | k seeds | subsets | finds the dev best | mean regret (pts) | worst regret (pts) "
+        "| picks (per candidate) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in res["rules"]:
+        lines.append(
+            f"| {r['rule']} | {r['k']} | {r['subsets']} | {100 * r['hit_rate']:.0f}% | {r['mean_regret_pts']:.2f} | "
+            f"{r['max_regret_pts']:.1f} | {' / '.join(str(x) for x in r['pick_counts'])} |"
+        )
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--profile", default="longtail", choices=list(PROFILES))
+    ap.add_argument("--seeds", type=int, default=6, help="selection seeds per candidate (>= 2: one is left for dev)")
+    ap.add_argument("--dev-per-class", type=int, default=500)
+    ap.add_argument("--workers", type=int, default=2, help="single-threaded cell processes (1: in this process)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args(argv)
+    if args.seeds < 2:
+        ap.error("--seeds must be at least 2: the rules pick on some seeds and are judged on the others")
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    return run_cli(run, render, parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()
