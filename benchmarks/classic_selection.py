@@ -188,6 +188,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "candidates": [
             {
                 "label": lab,
+                "policy": candidates[j][0],
+                "sampling": candidates[j][1],
                 "val": mean_ci([100 * v for v in val[:, j]]),
                 "dev": mean_ci([100 * v for v in dev_acc[:, j]]),
                 "dev_regret_pts": 100 * float(dev_acc.mean(axis=0)[best_dev] - dev_acc[:, j].mean()),
