@@ -54,7 +54,9 @@ from benchmarks.common import command, git_commit, machine, run_cli  # noqa: E40
 from benchmarks.limited_data import PROFILES, make_executor  # noqa: E402
 from benchmarks.sample_use import dev_split  # noqa: E402
 
-RULES = ("argmax", "one-se")
+#: argmax: the product's (best mean val balanced accuracy); one-se: the first candidate within one standard
+#: error of it; min-nll / max-prob: the best class-balanced val log-likelihood / true-class probability.
+RULES = ("argmax", "one-se", "min-nll", "max-prob")
 
 
 def cell(plan: downstream.Plan, item: tuple[str, str, int]) -> dict[str, Any]:
@@ -68,10 +70,24 @@ def cell(plan: downstream.Plan, item: tuple[str, str, int]) -> dict[str, Any]:
     out: dict[str, Any] = {"policy": policy, "sampling": sampling, "seed": seed}
     with torch_threads(p.threads or 1):
         for split, images, labels in (("val", p.val_images, p.val_labels), ("dev", p.test_images, p.test_labels)):
-            s = score(labels, predict_proba(model, images).argmax(dim=1), p.num_classes)
+            probs = predict_proba(model, images)
+            s = score(labels, probs.argmax(dim=1), p.num_classes)
             out[split] = s["balanced_accuracy"]
             out[f"{split}_recall"] = s["per_class_recall"]
+            out[f"{split}_nll"], out[f"{split}_prob"] = balanced_soft_scores(probs, labels, p.num_classes)
     return out
+
+
+def balanced_soft_scores(probs: torch.Tensor, labels: torch.Tensor, num_classes: int) -> tuple[float, float]:
+    """Class-balanced mean negative log-likelihood and mean probability of the true class: the
+    balanced accuracy's smooth siblings (each image counts by how sure, not only whether, it is right)."""
+    p_true = probs.gather(1, labels[:, None]).flatten().double()
+    nll = -torch.log(p_true.clamp_min(1e-12))
+    present = [c for c in range(num_classes) if (labels == c).any()]
+    return (
+        float(np.mean([nll[labels == c].mean().item() for c in present])),
+        float(np.mean([p_true[labels == c].mean().item() for c in present])),
+    )
 
 
 def balanced_accuracy_se(recall: list[float], counts: list[int]) -> float:
@@ -86,31 +102,34 @@ def balanced_accuracy_se(recall: list[float], counts: list[int]) -> float:
     return math.sqrt(sum(terms)) / len(terms)
 
 
-def pick(rule: str, val: np.ndarray, val_recall: np.ndarray, counts: list[int]) -> int:
-    """The candidate ``rule`` picks from validation scores ``val[seed, candidate]`` (ties: the earlier).
+def pick(rule: str, val: dict[str, np.ndarray], counts: list[int]) -> int:
+    """The candidate ``rule`` picks from validation scores ``val[name][seed, candidate]`` (ties: the earlier).
 
-    ``val_recall[seed, candidate, class]`` gives ``one-se`` its standard error (the best's mean recalls).
+    ``val`` holds ``acc`` (balanced accuracy), ``nll`` and ``prob`` (:func:`balanced_soft_scores`) and
+    ``recall[seed, candidate, class]`` (``one-se``'s standard error: the best's mean recalls).
     """
-    means = val.mean(axis=0)
+    if rule == "min-nll":
+        return int(np.argmin(val["nll"].mean(axis=0)))
+    if rule == "max-prob":
+        return int(np.argmax(val["prob"].mean(axis=0)))
+    means = val["acc"].mean(axis=0)
     best = int(np.argmax(means))  # the first maximum: the product's tie rule
     if rule == "argmax":
         return best
     if rule == "one-se":
-        se = balanced_accuracy_se(val_recall[:, best].mean(axis=0).tolist(), counts)
+        se = balanced_accuracy_se(val["recall"][:, best].mean(axis=0).tolist(), counts)
         return int(np.flatnonzero(means >= means[best] - se - 1e-12)[0])
     raise ValueError(f"unknown rule {rule!r} (one of {RULES})")
 
 
-def replay(
-    rule: str, k: int, val: np.ndarray, dev: np.ndarray, val_recall: np.ndarray, counts: list[int]
-) -> dict[str, Any]:
+def replay(rule: str, k: int, val: dict[str, np.ndarray], dev: np.ndarray, counts: list[int]) -> dict[str, Any]:
     """``rule`` on every ``k``-subset of the seeds, judged on the dev accuracy of the other seeds."""
-    n_seeds, n_cand = val.shape
+    n_seeds, n_cand = dev.shape
     picks, hits, regrets = [], [], []
     for subset in itertools.combinations(range(n_seeds), k):
         rest = [s for s in range(n_seeds) if s not in subset]
         truth = dev[rest].mean(axis=0)
-        chosen = pick(rule, val[list(subset)], val_recall[list(subset)], counts)
+        chosen = pick(rule, {name: v[list(subset)] for name, v in val.items()}, counts)
         picks.append(chosen)
         hits.append(chosen == int(np.argmax(truth)))
         regrets.append(100 * float(truth.max() - truth[chosen]))
@@ -166,9 +185,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             executor.shutdown()
     seconds = time.time() - t0
     shape = (len(seeds), len(candidates))
-    val = np.array([c_["val"] for c_ in cells]).reshape(shape)
+    val = {
+        "acc": np.array([c_["val"] for c_ in cells]).reshape(shape),
+        "nll": np.array([c_["val_nll"] for c_ in cells]).reshape(shape),
+        "prob": np.array([c_["val_prob"] for c_ in cells]).reshape(shape),
+        "recall": np.array([c_["val_recall"] for c_ in cells]).reshape(*shape, plan.num_classes),
+    }
     dev_acc = np.array([c_["dev"] for c_ in cells]).reshape(shape)
-    val_recall = np.array([c_["val_recall"] for c_ in cells]).reshape(*shape, plan.num_classes)
     counts = torch.bincount(plan.val_labels, minlength=plan.num_classes).tolist()
     labels = [classic_label(pol, samp) for pol, samp in candidates]
     best_dev = int(np.argmax(dev_acc.mean(axis=0)))
@@ -190,7 +213,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "label": lab,
                 "policy": candidates[j][0],
                 "sampling": candidates[j][1],
-                "val": mean_ci([100 * v for v in val[:, j]]),
+                "val": mean_ci([100 * v for v in val["acc"][:, j]]),
+                "val_nll": float(val["nll"][:, j].mean()),
                 "dev": mean_ci([100 * v for v in dev_acc[:, j]]),
                 "dev_regret_pts": 100 * float(dev_acc.mean(axis=0)[best_dev] - dev_acc[:, j].mean()),
             }
@@ -198,9 +222,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         ],
         "dev_best": labels[best_dev],
         "rules": [
-            {**replay(rule, k, val, dev_acc, val_recall, counts), "picks": labels}
-            for rule in RULES
-            for k in range(1, len(seeds))
+            {**replay(rule, k, val, dev_acc, counts), "picks": labels} for rule in RULES for k in range(1, len(seeds))
         ],
         "cells": cells,
         "seconds": seconds,
@@ -225,13 +247,15 @@ def render(res: dict[str, Any]) -> str:
         f"{', '.join(str(v) for v in res['val_counts'].values())}); {res['seconds']:.0f} s; "
         f"commit {res['commit']}; {res['date']}",
         "",
-        "| candidate (product order) | val balanced accuracy % (mean [95% CI] over seeds) | dev % | dev regret (pts) |",
-        "|---|---|---|---|",
+        "| candidate (product order) | val balanced accuracy % (mean [95% CI] over seeds) | val balanced NLL | dev % "
+        "| dev regret (pts) |",
+        "|---|---|---|---|---|",
     ]
     for cand in res["candidates"]:
         star = " **(dev best)**" if cand["label"] == res["dev_best"] else ""
         lines.append(
-            f"| {cand['label']}{star} | {_ci(cand['val'])} | {_ci(cand['dev'])} | {cand['dev_regret_pts']:.1f} |"
+            f"| {cand['label']}{star} | {_ci(cand['val'])} | {cand['val_nll']:.3f} | {_ci(cand['dev'])} "
+            f"| {cand['dev_regret_pts']:.1f} |"
         )
     lines += [
         "",

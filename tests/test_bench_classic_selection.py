@@ -51,42 +51,52 @@ def test_its_first_seed_is_the_products_selection_and_the_rules_replay(tmp_path:
 
     # Every k < seeds, both rules; each k-subset judged on the other seeds.
     assert [(r["rule"], r["k"], r["subsets"]) for r in out["rules"]] == [
-        ("argmax", 1, 3),
-        ("argmax", 2, 3),
-        ("one-se", 1, 3),
-        ("one-se", 2, 3),
+        (rule, k, 3) for rule in ("argmax", "one-se", "min-nll", "max-prob") for k in (1, 2)
     ]
     for r in out["rules"]:
         assert sum(r["pick_counts"]) == r["subsets"] and 0 <= r["hit_rate"] <= 1 and r["mean_regret_pts"] >= 0
     assert "| argmax | 1 | 3 |" in capsys.readouterr().out
 
 
-def test_argmax_and_one_se_picks_and_their_regret() -> None:
-    # 3 seeds x 3 candidates; candidate 2 is best on val by a hair, candidate 0 (simpler) is within one SE.
-    val = np.array([[0.70, 0.60, 0.72], [0.70, 0.60, 0.72], [0.70, 0.60, 0.72]])
+def test_the_rules_picks_and_their_regret() -> None:
+    # 3 seeds x 3 candidates; candidate 2 is best on val accuracy by a hair, candidate 0 (simpler) within one SE,
+    # candidate 1 the most likely on val (lowest NLL, highest true-class probability).
+    val = {
+        "acc": np.array([[0.70, 0.60, 0.72]] * 3),
+        "nll": np.array([[0.9, 0.5, 0.8]] * 3),
+        "prob": np.array([[0.5, 0.7, 0.6]] * 3),
+        "recall": np.full((3, 3, 2), 0.7),
+    }
     dev = np.array([[0.80, 0.70, 0.75], [0.82, 0.70, 0.75], [0.78, 0.70, 0.75]])
-    recall = np.full((3, 3, 2), 0.7)
     counts = [10, 10]
-    assert classic_selection.pick("argmax", val, recall, counts) == 2
+    assert classic_selection.pick("argmax", val, counts) == 2
     se = classic_selection.balanced_accuracy_se([0.7, 0.7], counts)
     p = (0.7 * 10 + 1) / 12
     assert se == pytest.approx(np.sqrt(2 * p * (1 - p) / 10) / 2)
     assert se > 0.02  # so one SE below 0.72 reaches candidate 0's 0.70
-    assert classic_selection.pick("one-se", val, recall, counts) == 0
+    assert classic_selection.pick("one-se", val, counts) == 0
+    assert classic_selection.pick("min-nll", val, counts) == 1 and classic_selection.pick("max-prob", val, counts) == 1
     # A class of one image right or wrong is not known exactly: Laplace's rule keeps its SE above 0.
     assert classic_selection.balanced_accuracy_se([1.0], [1]) > 0.4
     with pytest.raises(ValueError, match="unknown rule"):
-        classic_selection.pick("vote", val, recall, counts)
+        classic_selection.pick("vote", val, counts)
 
-    arg = classic_selection.replay("argmax", 1, val, dev, recall, counts)
+    arg = classic_selection.replay("argmax", 1, val, dev, counts)
     # Always candidate 2, whose dev mean on the other two seeds is 0.75 against candidate 0's (0.80 on average).
     assert arg["pick_counts"] == [0, 0, 3] and arg["hit_rate"] == 0.0
     regrets = [100 * (np.mean([dev[s, 0] for s in range(3) if s != k]) - 0.75) for k in range(3)]
-    assert arg["mean_regret_pts"] == pytest.approx(np.mean(regrets)) and arg["max_regret_pts"] == pytest.approx(
-        max(regrets)
-    )
-    one = classic_selection.replay("one-se", 2, val, dev, recall, counts)
+    assert arg["mean_regret_pts"] == pytest.approx(np.mean(regrets))
+    assert arg["max_regret_pts"] == pytest.approx(max(regrets))
+    one = classic_selection.replay("one-se", 2, val, dev, counts)
     assert one["pick_counts"] == [3, 0, 0] and one["hit_rate"] == 1.0 and one["mean_regret_pts"] == 0.0
+
+
+def test_balanced_soft_scores_weigh_each_class_equally() -> None:
+    probs = torch.tensor([[0.9, 0.1], [0.5, 0.5], [0.5, 0.5], [0.2, 0.8]])
+    labels = torch.tensor([0, 0, 0, 1])
+    nll, prob = classic_selection.balanced_soft_scores(probs, labels, 3)  # class 2 absent: not counted
+    assert prob == pytest.approx(((0.9 + 0.5 + 0.5) / 3 + 0.8) / 2)
+    assert nll == pytest.approx(((-np.log(0.9) - 2 * np.log(0.5)) / 3 - np.log(0.8)) / 2)
 
 
 def test_fewer_than_two_seeds_is_refused() -> None:
