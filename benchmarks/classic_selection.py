@@ -19,7 +19,11 @@ mean is within one binomial standard error of the best, the Breiman et al. rule)
 depend on a generator, so no run directory is needed::
 
     .venv/bin/python benchmarks/classic_selection.py --profile longtail --seeds 6 --dev-per-class 500 \\
-        --workers 2 --json /tmp/classic_selection.json [--set evaluate.precision=fp32]
+        --workers 2 --json /tmp/classic_selection.json [--set evaluate.precision=fp32] [--test]
+
+With ``--test`` (``--ranked JSON`` reuses a ranking), the dev-best candidate alone is then trained on the
+verdict's classifier seeds and scored on the test split: the classic baseline that stored GAN cells can
+be paired against (``sample_use_spread.py --baseline``), chosen without reading the test split.
 
 Prints markdown tables; ``--json`` writes the numbers; nothing is appended anywhere.
 """
@@ -31,6 +35,7 @@ import dataclasses
 import datetime as _dt
 import functools
 import itertools
+import json
 import math
 import sys
 import time
@@ -43,8 +48,9 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from augment.config import load_config  # noqa: E402
-from augment.data import load_data  # noqa: E402
+from augment.config import Config, load_config  # noqa: E402
+from augment.data import PreparedData, load_data  # noqa: E402
+from augment.errors import ConfigError  # noqa: E402
 from augment.metrics import downstream  # noqa: E402
 from augment.metrics.classic import classic_label  # noqa: E402
 from augment.metrics.classifier_training import predict_proba, score, torch_threads, train_classifier  # noqa: E402
@@ -59,17 +65,15 @@ from benchmarks.sample_use import dev_split  # noqa: E402
 RULES = ("argmax", "one-se", "min-nll", "max-prob")
 
 
-def cell(plan: downstream.Plan, item: tuple[str, str, int]) -> dict[str, Any]:
-    """Train the baseline regime with one candidate's policy and sampling; its val and dev scores.
-
-    ``plan.test_images`` holds the dev split here (the benchmark never gives it the test split).
-    """
+def cell(plan: downstream.Plan, scored: str, item: tuple[str, str, int]) -> dict[str, Any]:
+    """Train the baseline regime with one candidate's policy and sampling; its val scores and those on
+    ``plan.test_images``, named ``scored``: "dev" (the ranking: the dev split is there) or "test"."""
     policy, sampling, seed = item
     p = dataclasses.replace(plan, classic=policy, classic_sampling=sampling)
     model, _ = train_classifier(p, BASELINE, seed)
     out: dict[str, Any] = {"policy": policy, "sampling": sampling, "seed": seed}
     with torch_threads(p.threads or 1):
-        for split, images, labels in (("val", p.val_images, p.val_labels), ("dev", p.test_images, p.test_labels)):
+        for split, images, labels in (("val", p.val_images, p.val_labels), (scored, p.test_images, p.test_labels)):
             probs = predict_proba(model, images)
             s = score(labels, probs.argmax(dim=1), p.num_classes)
             out[split] = s["balanced_accuracy"]
@@ -144,20 +148,48 @@ def replay(rule: str, k: int, val: dict[str, np.ndarray], dev: np.ndarray, count
     }
 
 
+def _cells(plan: downstream.Plan, scored: str, items: list[tuple[str, str, int]], workers: int) -> list[dict]:
+    executor = make_executor(workers)
+    try:
+        out = []
+        for c in (map if executor is None else executor.map)(functools.partial(cell, plan, scored), items):
+            out.append(c)
+            label = classic_label(c["policy"], c["sampling"])
+            print(f"{label} seed {c['seed']}: val {c['val']:.3f} {scored} {c[scored]:.3f}", flush=True)
+        return out
+    finally:
+        if executor is not None:
+            executor.shutdown()
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     profile = PROFILES[args.profile]
     sets = [*profile.overrides, *args.set, "evaluate.threads=1", "evaluate.tune=false"]
     cfg = load_config(REPO / profile.config, sets)
     ev = cfg.evaluate
     data = load_data(cfg.data, cfg.seed)
-    dev = dev_split(cfg, data, args.dev_per_class)
     c, h, w = data.train.images.shape[1:]
     no_images, no_labels = torch.empty((0, c, h, w), dtype=torch.uint8), torch.empty(0, dtype=torch.int64)
-    # one policy and sampling, no tuning: prepare() trains no selection cell, the grid below is the selection
+    # one policy and sampling, no tuning: prepare() trains no selection cell, the candidates below are the selection
     base = ev.model_copy(
         update={"regimes": [BASELINE], "classic": ev.classic[:1], "classic_sampling": ev.classic_sampling[:1]}
     )
     plan = downstream.prepare(data, no_images, no_labels, base, seed=cfg.seed)
+    if args.ranked is not None:
+        res = json.loads(args.ranked.read_text())
+        if (res["profile"], res["sets"], res["classifier"]["precision"]) != (args.profile, args.set, plan.precision):
+            raise ConfigError(f"{args.ranked}: ranked for another profile, config or precision than asked")
+    else:
+        res = rank(args, cfg, data, plan)
+    if args.test:
+        res["test"] = test_dev_best(res, plan, cfg.seed, ev.seeds, args.workers)
+    return res
+
+
+def rank(args: argparse.Namespace, cfg: Config, data: PreparedData, plan: downstream.Plan) -> dict[str, Any]:
+    """Every candidate x ``--seeds`` selection seeds on val and dev; the rules replayed."""
+    ev = cfg.evaluate
+    dev = dev_split(cfg, data, args.dev_per_class)
     plan = dataclasses.replace(plan, test_images=dev.images, test_labels=dev.labels)
     samplings = downstream.classic_samplings(plan, ev.classic_sampling)
     candidates = [(pol, samp) for samp in samplings for pol in ev.classic]  # the product's order
@@ -168,21 +200,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         f"val {len(data.val)} images, dev {len(dev)}",
         flush=True,
     )
-    executor = make_executor(args.workers)
     t0 = time.time()
-    try:
-        map_fn = map if executor is None else executor.map
-        cells = []
-        for out in map_fn(functools.partial(cell, plan), items):
-            cells.append(out)
-            print(
-                f"{classic_label(out['policy'], out['sampling'])} seed {out['seed']}: val {out['val']:.3f} "
-                f"dev {out['dev']:.3f}",
-                flush=True,
-            )
-    finally:
-        if executor is not None:
-            executor.shutdown()
+    cells = _cells(plan, "dev", items, args.workers)
     seconds = time.time() - t0
     shape = (len(seeds), len(candidates))
     val = {
@@ -233,6 +252,26 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def test_dev_best(res: dict[str, Any], plan: downstream.Plan, seed: int, n_seeds: int, workers: int) -> dict:
+    """The dev-best candidate trained on the verdict's classifier seeds and scored on the test split:
+    the classic baseline a noisy validation pick would be judged against (the pick only: no other
+    candidate is scored on test)."""
+    best = next(c for c in res["candidates"] if c["label"] == res["dev_best"])
+    seeds = [seed + i for i in range(n_seeds)]  # augment evaluate's grid seeds
+    print(f"test: {best['label']} on seeds {seeds}", flush=True)
+    cells = _cells(plan, "test", [(best["policy"], best["sampling"], s) for s in seeds], workers)
+    return {
+        "label": best["label"],
+        "policy": best["policy"],
+        "sampling": best["sampling"],
+        "steps": res["classifier"]["steps"],
+        "precision": res["classifier"]["precision"],
+        "seeds": seeds,
+        "values": [c["test"] for c in cells],
+        "per_class_recall": [c["test_recall"] for c in cells],
+    }
+
+
 def _ci(d: dict[str, Any]) -> str:
     return f"{d['mean']:.1f} [{d['ci_low']:.1f}, {d['ci_high']:.1f}]"
 
@@ -270,6 +309,14 @@ def render(res: dict[str, Any]) -> str:
             f"| {r['rule']} | {r['k']} | {r['subsets']} | {100 * r['hit_rate']:.0f}% | {r['mean_regret_pts']:.2f} | "
             f"{r['max_regret_pts']:.1f} | {' / '.join(str(x) for x in r['pick_counts'])} |"
         )
+    if "test" in res:
+        t = res["test"]
+        lines += [
+            "",
+            f"Test split, the dev-best candidate only: **{t['label']}**, {t['steps']} steps ({t['precision']}), seeds "
+            f"{t['seeds']}: balanced accuracy {_ci(mean_ci([100 * v for v in t['values']]))} % "
+            "(pair it with GAN regimes' cells: `sample_use_spread.py --baseline`).",
+        ]
     return "\n".join(lines)
 
 
@@ -280,6 +327,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--dev-per-class", type=int, default=500)
     ap.add_argument("--workers", type=int, default=2, help="single-threaded cell processes (1: in this process)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
+    ap.add_argument(
+        "--test",
+        action="store_true",
+        help="then train the dev-best candidate on the verdict's seeds and score it on the test split",
+    )
+    ap.add_argument("--ranked", type=Path, default=None, help="a ranking JSON of this script: skip the ranking")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
     if args.seeds < 2:

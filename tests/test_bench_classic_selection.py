@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -23,9 +24,8 @@ STEPS = "evaluate.steps=15"
 
 
 def test_its_first_seed_is_the_products_selection_and_the_rules_replay(tmp_path: Path, capsys) -> None:
-    out = classic_selection.main(
-        ["--profile", "digits", "--seeds", "3", "--dev-per-class", "10", "--workers", "1", "--set", STEPS]
-    )
+    args = ["--profile", "digits", "--seeds", "3", "--dev-per-class", "10", "--workers", "1", "--set", STEPS]
+    out = classic_selection.main([*args, "--json", str(tmp_path / "ranked.json")])
     labels = [c["label"] for c in out["candidates"]]
     # The digits profile's long tail keeps class-balanced draws: 3 policies x 2 samplings, the product's order.
     assert labels[:3] == ["crop", "crop+flip", "crop+flip+affine"] and len(labels) == 6
@@ -56,6 +56,22 @@ def test_its_first_seed_is_the_products_selection_and_the_rules_replay(tmp_path:
     for r in out["rules"]:
         assert sum(r["pick_counts"]) == r["subsets"] and 0 <= r["hit_rate"] <= 1 and r["mean_regret_pts"] >= 0
     assert "| argmax | 1 | 3 |" in capsys.readouterr().out
+    assert "test" not in out  # the test split only with --test
+
+    # --test on the stored ranking: the dev-best alone, on the verdict's seeds, scored on the test split.
+    tested = classic_selection.main([*args, "--ranked", str(tmp_path / "ranked.json"), "--test"])
+    t = tested["test"]
+    assert t["label"] == out["dev_best"] and t["seeds"] == [cfg.seed + i for i in range(cfg.evaluate.seeds)]
+    best = next(c for c in out["candidates"] if c["label"] == out["dev_best"])
+    grid = downstream.run_grid(
+        dataclasses.replace(plan, classic=best["policy"], classic_sampling=best["sampling"], seeds=t["seeds"])
+    )
+    assert t["values"] == [c["balanced_accuracy"] for c in grid]  # augment evaluate's own test cells
+    assert "Test split, the dev-best candidate only" in capsys.readouterr().out
+    # A ranking of another config is refused: one line, exit 2.
+    with pytest.raises(SystemExit) as exc:
+        classic_selection.main([*args[:-1], "evaluate.steps=16", "--ranked", str(tmp_path / "ranked.json"), "--test"])
+    assert exc.value.code == 2 and "ranked for another" in capsys.readouterr().err
 
 
 def test_the_rules_picks_and_their_regret() -> None:

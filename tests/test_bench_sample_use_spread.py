@@ -49,3 +49,41 @@ def test_differing_baselines_are_flagged_and_differing_seeds_refused() -> None:
         sample_use_spread.spread([_result([1.0, 2.0], [0.7, 0.7]), _result([1.0, 2.0], [0.7, 0.7], seeds=[5, 6])])
     with pytest.raises(SystemExit, match="at least two"):
         sample_use_spread.spread([_result([1.0, 2.0], [0.7, 0.7])])
+
+
+def _baseline(values: list[float], seeds: list[int], precision: str = "bf16") -> dict:
+    test = {"label": "crop+flip, class-balanced", "steps": 1500, "precision": precision, "seeds": seeds}
+    return {"test": {**test, "values": values}}
+
+
+def test_a_dev_ranked_baseline_pairs_each_pick_by_seed(tmp_path: Path, capsys) -> None:
+    picks = [[0.76, 0.78, 0.77], [0.75, 0.79, 0.74]]
+    results = [_result([1.0, 2.0, 3.0], [0.7, 0.7, 0.7]) for _ in picks]
+    for r, p in zip(results, picks, strict=True):
+        r["test"]["pick"] = p
+    base = [0.74, 0.75, 0.78]
+    paths = []
+    for i, r in enumerate(results):
+        paths += [tmp_path / f"r{i}.json", tmp_path / f"b{i}.json"]
+        paths[-2].write_text(json.dumps(r))
+        paths[-1].write_text(json.dumps(_baseline(base, [0, 1, 2])))
+    out = sample_use_spread.main(
+        [str(paths[0]), str(paths[2]), "--baseline", str(paths[1]), "--baseline", str(paths[3])]
+    )
+    given = out["deltas"][sample_use_spread.GIVEN]
+    want = [[100 * (p - b) for p, b in zip(pick, base, strict=True)] for pick in picks]
+    assert given["per_training"][0]["values"] == pytest.approx(want[0])
+    assert given["crossed"]["mean"] == pytest.approx(crossed_ci(want)["mean"])
+    assert given["over_means"]["values"] == pytest.approx([sum(w) / 3 for w in want])
+    assert "crop+flip, class-balanced at 1500 steps (bf16)" in capsys.readouterr().out
+    # Other seeds, another recorded precision, a missing test part: refused; one --baseline per result.
+    with pytest.raises(SystemExit, match="seeds"):
+        sample_use_spread.spread(results, [_baseline(base, [0, 1, 3])] * 2)
+    results[0]["classifier"]["precision"] = "fp32"
+    with pytest.raises(SystemExit, match="fp32"):
+        sample_use_spread.spread(results, [_baseline(base, [0, 1, 2])] * 2)
+    with pytest.raises(SystemExit, match="--test"):
+        sample_use_spread.spread(results, [{}, {}])
+    with pytest.raises(SystemExit) as exc:
+        sample_use_spread.main([str(paths[0]), str(paths[2]), "--baseline", str(paths[1])])
+    assert exc.value.code == 2
