@@ -36,7 +36,6 @@ import datetime as _dt
 import functools
 import itertools
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -53,7 +52,13 @@ from augment.data import PreparedData, load_data  # noqa: E402
 from augment.errors import ConfigError  # noqa: E402
 from augment.metrics import downstream  # noqa: E402
 from augment.metrics.classic import classic_label  # noqa: E402
-from augment.metrics.classifier_training import predict_proba, score, torch_threads, train_classifier  # noqa: E402
+from augment.metrics.classifier_training import (  # noqa: E402
+    balanced_accuracy_se,
+    predict_proba,
+    score,
+    torch_threads,
+    train_classifier,
+)
 from augment.metrics.regimes import BASELINE  # noqa: E402
 from augment.metrics.verdict import mean_ci  # noqa: E402
 from benchmarks.common import command, git_commit, machine, run_cli  # noqa: E402
@@ -92,18 +97,6 @@ def balanced_soft_scores(probs: torch.Tensor, labels: torch.Tensor, num_classes:
         float(np.mean([nll[labels == c].mean().item() for c in present])),
         float(np.mean([p_true[labels == c].mean().item() for c in present])),
     )
-
-
-def balanced_accuracy_se(recall: list[float], counts: list[int]) -> float:
-    """Binomial standard error of a balanced accuracy: the classes' recalls as independent proportions,
-    ``sqrt(sum_c p_c (1 - p_c) / n_c) / K`` over the K classes present, with ``p_c = (r_c n_c + 1) / (n_c + 2)``
-    (Laplace's rule: a class of one validation image is not a proportion known exactly)."""
-    terms = []
-    for r, n in zip(recall, counts, strict=True):
-        if n > 0:
-            p = (r * n + 1) / (n + 2)
-            terms.append(p * (1 - p) / n)
-    return math.sqrt(sum(terms)) / len(terms)
 
 
 def pick(rule: str, val: dict[str, np.ndarray], counts: list[int]) -> int:

@@ -567,6 +567,19 @@ def predict_proba(model: torch.nn.Module, images: torch.Tensor, batch_size: int 
     return torch.cat(out) if out else torch.empty(0, 0)
 
 
+def balanced_accuracy_se(recall: list[float], counts: list[int]) -> float:
+    """Binomial standard error of a balanced accuracy scored on ``counts`` images per class: the classes'
+    recalls as independent proportions, ``sqrt(sum_c p_c (1 - p_c) / n_c) / K`` over the K classes present,
+    with ``p_c = (r_c n_c + 1) / (n_c + 2)`` (Laplace's rule: a class of one image is not a proportion
+    known exactly)."""
+    terms = []
+    for r, n in zip(recall, counts, strict=True):
+        if n > 0:
+            p = (r * n + 1) / (n + 2)
+            terms.append(p * (1 - p) / n)
+    return math.sqrt(sum(terms)) / len(terms)
+
+
 def score(labels: torch.Tensor, preds: torch.Tensor, num_classes: int) -> dict[str, Any]:
     """Accuracy, balanced accuracy, macro-F1, per-class recall and the confusion matrix.
 

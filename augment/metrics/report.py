@@ -256,6 +256,7 @@ def _downstream_lines(down: dict[str, Any]) -> list[str]:
             f"Classic baseline chosen on the validation split ({sel['n_val']} images): "
             f"**{classic['chosen']}** (val balanced accuracy %: {scores})"
             + (f"; {sel['classic_sampling_note']}." if sel.get("classic_sampling_note") else ".")
+            + _selection_noise(classic)
         )
     else:
         lines.append(f"Classic baseline: **{baseline_label(down)}** (the only policy configured).")
@@ -463,3 +464,16 @@ def write_report(
     files = {k: p.name for k, p in paths.items() if k != "report"}
     atomic_write_text(paths["report"], render_markdown(jsonable(result), files))
     return paths
+
+
+def _selection_noise(classic: dict[str, Any]) -> str:
+    """A sentence where the pick's lead on val is within one standard error (empty otherwise, or for
+    records written before the SE was kept)."""
+    if "se" not in classic or classic["lead"] > classic["se"]:
+        return ""
+    return (
+        f" Its lead over the next candidate ({100 * classic['lead']:.1f} pts) is within one standard error of a "
+        f"balanced accuracy on these images ({100 * classic['se']:.1f} pts): the validation split cannot tell these "
+        "baselines apart, so the verdict's baseline may be weaker than the best of them (a larger validation split, "
+        "or a single `evaluate.classic` policy chosen on other data, settles it)."
+    )
