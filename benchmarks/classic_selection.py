@@ -141,6 +141,17 @@ def replay(rule: str, k: int, val: dict[str, np.ndarray], dev: np.ndarray, count
     }
 
 
+def only(candidates: list[tuple[str, str]], labels: list[str] | None) -> list[tuple[str, str]]:
+    """The candidates named in ``labels`` (:func:`classic_label` spelling), in the product's order."""
+    if not labels:
+        return candidates
+    known = {classic_label(pol, samp): (pol, samp) for pol, samp in candidates}
+    unknown = [lab for lab in labels if lab not in known]
+    if unknown:
+        raise ConfigError(f"--only: unknown candidate(s) {unknown} (one of {list(known)})")
+    return [pair for lab, pair in known.items() if lab in labels]
+
+
 def _cells(plan: downstream.Plan, scored: str, items: list[tuple[str, str, int]], workers: int) -> list[dict]:
     executor = make_executor(workers)
     try:
@@ -172,6 +183,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         res = json.loads(args.ranked.read_text())
         if (res["profile"], res["sets"], res["classifier"]["precision"]) != (args.profile, args.set, plan.precision):
             raise ConfigError(f"{args.ranked}: ranked for another profile, config or precision than asked")
+        if args.only:  # the same cells, fewer candidates: the replay as if the product offered only these
+            ranked = [(c["policy"], c["sampling"]) for c in res["candidates"]]
+            counts = list(res["val_counts"].values())
+            res = {
+                **res,
+                "only": args.only,
+                **tabulate(res["cells"], only(ranked, args.only), res["classifier"]["seeds"], counts),
+            }
     else:
         res = rank(args, cfg, data, plan)
     if args.test:
@@ -185,7 +204,7 @@ def rank(args: argparse.Namespace, cfg: Config, data: PreparedData, plan: downst
     dev = dev_split(cfg, data, args.dev_per_class)
     plan = dataclasses.replace(plan, test_images=dev.images, test_labels=dev.labels)
     samplings = downstream.classic_samplings(plan, ev.classic_sampling)
-    candidates = [(pol, samp) for samp in samplings for pol in ev.classic]  # the product's order
+    candidates = only([(pol, samp) for samp in samplings for pol in ev.classic], args.only)  # the product's order
     seeds = [cfg.seed + downstream.SELECT_SEED_OFFSET + i for i in range(args.seeds)]
     items = [(pol, samp, s) for s in seeds for pol, samp in candidates]
     print(
@@ -196,21 +215,12 @@ def rank(args: argparse.Namespace, cfg: Config, data: PreparedData, plan: downst
     t0 = time.time()
     cells = _cells(plan, "dev", items, args.workers)
     seconds = time.time() - t0
-    shape = (len(seeds), len(candidates))
-    val = {
-        "acc": np.array([c_["val"] for c_ in cells]).reshape(shape),
-        "nll": np.array([c_["val_nll"] for c_ in cells]).reshape(shape),
-        "prob": np.array([c_["val_prob"] for c_ in cells]).reshape(shape),
-        "recall": np.array([c_["val_recall"] for c_ in cells]).reshape(*shape, plan.num_classes),
-    }
-    dev_acc = np.array([c_["dev"] for c_ in cells]).reshape(shape)
     counts = torch.bincount(plan.val_labels, minlength=plan.num_classes).tolist()
-    labels = [classic_label(pol, samp) for pol, samp in candidates]
-    best_dev = int(np.argmax(dev_acc.mean(axis=0)))
     return {
         "benchmark": "classic_selection",
         "profile": args.profile,
         "sets": args.set,
+        "only": args.only,
         "sizes": {"train": len(data.train), "val": len(data.val), "dev": len(dev)},
         "val_counts": dict(zip(plan.class_names, counts, strict=True)),
         "classifier": {
@@ -220,6 +230,32 @@ def rank(args: argparse.Namespace, cfg: Config, data: PreparedData, plan: downst
             "precision": plan.precision,
             "seeds": seeds,
         },
+        **tabulate(cells, candidates, seeds, counts),
+        "cells": cells,
+        "seconds": seconds,
+        "machine": machine(),
+        "commit": git_commit(),
+        "command": command(),
+        "date": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+
+
+def tabulate(
+    cells: list[dict[str, Any]], candidates: list[tuple[str, str]], seeds: list[int], counts: list[int]
+) -> dict[str, Any]:
+    """The candidates' val and dev means, the dev best and the rules replayed, from the cells of
+    ``candidates`` x ``seeds`` (any other cell is ignored)."""
+    by_key = {(c["policy"], c["sampling"], c["seed"]): c for c in cells}
+    grid = [[by_key[(pol, samp, s)] for pol, samp in candidates] for s in seeds]
+
+    def matrix(key: str) -> np.ndarray:
+        return np.array([[c[key] for c in row] for row in grid])
+
+    val = {"acc": matrix("val"), "nll": matrix("val_nll"), "prob": matrix("val_prob"), "recall": matrix("val_recall")}
+    dev_acc = matrix("dev")
+    labels = [classic_label(pol, samp) for pol, samp in candidates]
+    best_dev = int(np.argmax(dev_acc.mean(axis=0)))
+    return {
         "candidates": [
             {
                 "label": lab,
@@ -236,12 +272,6 @@ def rank(args: argparse.Namespace, cfg: Config, data: PreparedData, plan: downst
         "rules": [
             {**replay(rule, k, val, dev_acc, counts), "picks": labels} for rule in RULES for k in range(1, len(seeds))
         ],
-        "cells": cells,
-        "seconds": seconds,
-        "machine": machine(),
-        "commit": git_commit(),
-        "command": command(),
-        "date": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
     }
 
 
@@ -272,7 +302,8 @@ def _ci(d: dict[str, Any]) -> str:
 def render(res: dict[str, Any]) -> str:
     cl, n = res["classifier"], res["sizes"]
     lines = [
-        f"classic_selection: {res['profile']} {' '.join(res['sets'])}".rstrip(),
+        f"classic_selection: {res['profile']} {' '.join(res['sets'])}".rstrip()
+        + (f"; candidates offered: {' / '.join(res['only'])}" if res.get("only") else ""),
         "",
         f"{cl['name']}, {cl['steps']} steps of batch {cl['batch_size']} ({cl['precision']}); selection seeds "
         f"{cl['seeds']}; train/val/dev {n['train']}/{n['val']}/{n['dev']} (val per class: "
@@ -324,6 +355,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--test",
         action="store_true",
         help="then train the dev-best candidate on the verdict's seeds and score it on the test split",
+    )
+    ap.add_argument(
+        "--only",
+        action="append",
+        default=None,
+        metavar="LABEL",
+        help="rank only these candidates (repeatable; as printed, e.g. 'crop+flip, class-balanced'); "
+        "with --ranked, replay the stored cells as if the product offered only these",
     )
     ap.add_argument("--ranked", type=Path, default=None, help="a ranking JSON of this script: skip the ranking")
     ap.add_argument("--json", type=Path, default=None)

@@ -69,6 +69,16 @@ def test_its_first_seed_is_the_products_selection_and_the_rules_replay(tmp_path:
     )
     assert t["values"] == [c["balanced_accuracy"] for c in grid]  # augment evaluate's own test cells
     assert "Test split, the dev-best candidate only" in capsys.readouterr().out
+    # --only replays the stored cells as if the product offered fewer candidates (no training).
+    two = classic_selection.main(
+        [*args, "--ranked", str(tmp_path / "ranked.json"), "--only", "crop+flip", "--only", "crop"]
+    )
+    assert [c["label"] for c in two["candidates"]] == ["crop", "crop+flip"]  # the product's order
+    assert [c["val"] for c in two["candidates"]] == [c["val"] for c in out["candidates"][:2]]
+    assert all(len(r["pick_counts"]) == 2 for r in two["rules"]) and two["only"] == ["crop+flip", "crop"]
+    with pytest.raises(SystemExit) as exc:
+        classic_selection.main([*args, "--ranked", str(tmp_path / "ranked.json"), "--only", "crop+blur"])
+    assert exc.value.code == 2 and "unknown candidate" in capsys.readouterr().err
     # A ranking of another config is refused: one line, exit 2.
     with pytest.raises(SystemExit) as exc:
         classic_selection.main([*args[:-1], "evaluate.steps=16", "--ranked", str(tmp_path / "ranked.json"), "--test"])
