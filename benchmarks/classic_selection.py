@@ -194,7 +194,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     else:
         res = rank(args, cfg, data, plan)
     if args.test:
-        res["test"] = test_dev_best(res, plan, cfg.seed, ev.seeds, args.workers)
+        res["test"] = test_dev_best(res, plan, cfg.seed, args.test_seeds or ev.seeds, args.workers)
     return res
 
 
@@ -363,6 +363,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="LABEL",
         help="rank only these candidates (repeatable; as printed, e.g. 'crop+flip, class-balanced'); "
         "with --ranked, replay the stored cells as if the product offered only these",
+    )
+    ap.add_argument(
+        "--test-seeds",
+        type=int,
+        default=None,
+        help="classifier seeds of --test (default: evaluate.seeds; sample_use.py's --seeds to pair with its results)",
     )
     ap.add_argument("--ranked", type=Path, default=None, help="a ranking JSON of this script: skip the ranking")
     ap.add_argument("--json", type=Path, default=None)
