@@ -367,7 +367,7 @@ def _choose_classic(
     chosen = classic_label(plan.classic, plan.classic_sampling)
     log.info("classic baseline on val: %s -> %s", scores, chosen)
     # How far apart the val split can tell candidates: the binomial SE of the pick's balanced accuracy
-    # on these images. On the Fashion-MNIST long tail's 42 images it is ~7 pts, the candidates span ~2 on
+    # on these images. On the Fashion-MNIST long tail's 42 images it is ~9 pts, the candidates span ~2 on
     # a 5000-image dev split, and the pick finds the dev best no more often than chance (RESULTS.md).
     recall = np.mean([r["per_class_recall"] for r in rows if r["settings"] == _settings(*best)], axis=0)
     counts = torch.bincount(plan.val_labels, minlength=plan.num_classes).tolist()
