@@ -4,11 +4,12 @@
 ``evaluate.classic_sampling`` by the best mean validation balanced accuracy over
 ``evaluate.select_seeds`` classifier seeds. On the Fashion-MNIST long tail that split is 42 images (the
 rarest class has one or two), so the pick may be noise, and a noisy pick is a weaker baseline than the
-candidates allow. This benchmark trains every candidate with ``--seeds`` selection seeds (the product's
+candidates allow. This benchmark trains every candidate of the library's defaults (whatever the profile's
+config narrows them to) with ``--seeds`` selection seeds (the product's
 own: ``seed + 100, + 101, ...``, so the first is bit for bit the cell ``augment evaluate`` trains) and
 scores each classifier on the validation split and on a **dev split** of ``--dev-per-class`` real images
 per class the data limit left out (disjoint from train, val and test, as ``sample_use.py`` takes it). The
-test split is never loaded into a cell.
+ranking never loads the test split.
 
 Then it replays selection rules on those numbers: for every subset of ``k`` seeds, the rule picks on the
 subset's validation scores and the pick is judged by its dev accuracy on the *other* seeds (fresh
@@ -47,7 +48,7 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from augment.config import Config, load_config  # noqa: E402
+from augment.config import Config, EvaluateConfig, load_config  # noqa: E402
 from augment.data import PreparedData, load_data  # noqa: E402
 from augment.errors import ConfigError  # noqa: E402
 from augment.metrics import downstream  # noqa: E402
@@ -203,8 +204,12 @@ def rank(args: argparse.Namespace, cfg: Config, data: PreparedData, plan: downst
     ev = cfg.evaluate
     dev = dev_split(cfg, data, args.dev_per_class)
     plan = dataclasses.replace(plan, test_images=dev.images, test_labels=dev.labels)
-    samplings = downstream.classic_samplings(plan, ev.classic_sampling)
-    candidates = only([(pol, samp) for samp in samplings for pol in ev.classic], args.only)  # the product's order
+    # The library's candidates (what augment evaluate chooses among unless a config narrows them), in its order.
+    policies, samplings = (
+        EvaluateConfig().classic,
+        downstream.classic_samplings(plan, EvaluateConfig().classic_sampling),
+    )
+    candidates = only([(pol, samp) for samp in samplings for pol in policies], args.only)
     seeds = [cfg.seed + downstream.SELECT_SEED_OFFSET + i for i in range(args.seeds)]
     items = [(pol, samp, s) for s in seeds for pol, samp in candidates]
     print(
