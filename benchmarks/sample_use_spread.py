@@ -59,6 +59,8 @@ def spread(results: list[dict[str, Any]], baselines: list[dict[str, Any]] | None
         }
     if baselines is not None:
         out["given_baselines"] = [_given(r, b) for r, b in zip(results, baselines, strict=True)]
+        given = [g["values"] for g in out["given_baselines"]]
+        out["shared_baseline"] = out["shared_baseline"] and all(v == given[0] for v in given)
         values = [
             [100 * (p - b) for p, b in zip(r["test"]["pick"], g["values"], strict=True)]
             for r, g in zip(results, out["given_baselines"], strict=True)

@@ -75,6 +75,9 @@ def test_a_dev_ranked_baseline_pairs_each_pick_by_seed(tmp_path: Path, capsys) -
     assert given["per_training"][0]["values"] == pytest.approx(want[0])
     assert given["crossed"]["mean"] == pytest.approx(crossed_ci(want)["mean"])
     assert given["over_means"]["values"] == pytest.approx([sum(w) / 3 for w in want])
+    assert out["shared_baseline"] is True  # one baseline's cells for both trainings
+    other = sample_use_spread.spread(results, [_baseline(base, [0, 1, 2]), _baseline([0.7, 0.7, 0.7], [0, 1, 2])])
+    assert other["shared_baseline"] is False  # the given baselines differ: the crossed interval is flagged
     assert "crop+flip, class-balanced at 1500 steps (bf16)" in capsys.readouterr().out
     # Other seeds, another recorded precision, a missing test part: refused; one --baseline per result.
     with pytest.raises(SystemExit, match="seeds"):
