@@ -371,14 +371,12 @@ def _choose_classic(
     # a 5000-image dev split, and the pick finds the dev best no more often than chance (RESULTS.md).
     recall = np.mean([r["per_class_recall"] for r in rows if r["settings"] == _settings(*best)], axis=0)
     counts = torch.bincount(plan.val_labels, minlength=plan.num_classes).tolist()
-    others = [v for pair, v in scores.items() if pair != best]
     return {
         "scores": {classic_label(*pair): score_ for pair, score_ in scores.items()},
         "chosen": chosen,
         "policy": plan.classic,
         "sampling": plan.classic_sampling,
         "se": balanced_accuracy_se(recall.tolist(), counts),
-        "lead": scores[best] - max(others),
     }
 
 

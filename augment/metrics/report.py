@@ -469,10 +469,12 @@ def write_report(
 def _selection_noise(classic: dict[str, Any]) -> str:
     """A sentence where the pick's lead on val is within one standard error (empty otherwise, or for
     records written before the SE was kept)."""
-    if "se" not in classic or classic["lead"] > classic["se"]:
+    ranked = sorted(classic["scores"].values())
+    lead = ranked[-1] - ranked[-2]
+    if "se" not in classic or lead > classic["se"]:
         return ""
     return (
-        f" Its lead over the next candidate ({100 * classic['lead']:.1f} pts) is within one standard error of a "
+        f" Its lead over the next candidate ({100 * lead:.1f} pts) is within one standard error of a "
         f"balanced accuracy on these images ({100 * classic['se']:.1f} pts): the validation split cannot tell these "
         "baselines apart, so the verdict's baseline may be weaker than the best of them (a larger validation split, "
         "or a single `evaluate.classic` policy chosen on other data, settles it)."
