@@ -231,6 +231,13 @@ class TrainConfig(_Section):
     #: the cross-entropy of a class head on D's features, learnt on real images in D's loss and paid
     #: by G on its fakes' classes (0 = off; on, D gets the head).
     aux_class_weight: float = Field(0.0, ge=0)
+    #: Noise on G's class conditioning while it trains (NoisyTwins' noise augmentation, Rangwani et
+    #: al. 2023, without its twins term): each image's class embedding and conditional BatchNorm gains
+    #: and shifts are moved by Gaussian noise of this many times the RMS of their table for the
+    #: rarest class, less for larger classes (inverse effective number of samples, beta 0.99), so a
+    #: tail class's neighbourhood in class space must give images of it too. Snapshots, checks and
+    #: samples use the clean conditioning (0 = off).
+    class_noise: float = Field(0.0, ge=0)
     #: The classes of the generator's step: ``data`` = the real minibatch's labels (the class
     #: frequencies of the train split, as D's fakes); ``uniform`` = every class equally often, so a
     #: tail class of a long tail gets as many generator updates as the largest class (D's step is

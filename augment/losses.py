@@ -22,7 +22,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from augment.diffaug import AdaptiveAugment, DiffAugment
-from augment.models.generator import ConditionalBatchNorm2d
+from augment.models.generator import ClassNoise, ConditionalBatchNorm2d
 
 LOSSES = ("hinge", "nonsaturating")
 
@@ -76,6 +76,20 @@ def class_balanced_weights(counts: Sequence[int] | torch.Tensor, beta: float = 0
     return (w * len(w) / w.sum()).float()
 
 
+def class_noise_scales(counts: Sequence[int] | torch.Tensor, sigma: float, beta: float = 0.99) -> torch.Tensor:
+    """Per-class noise of :class:`~augment.models.generator.ClassNoise` for ``train.class_noise``:
+    ``sigma`` for the rarest class, less for larger ones in proportion to the inverse effective
+    number of samples (:func:`class_balanced_weights`; ``beta`` 0.99 as NoisyTwins' configs); even
+    classes all get ``sigma``.
+
+    Example:
+        >>> [round(s, 3) for s in class_noise_scales([90, 9], 0.75).tolist()]
+        [0.109, 0.75]
+    """
+    w = class_balanced_weights(counts, beta)
+    return sigma * w / w.max()
+
+
 class GroupSpectral:
     """Group spectral regularisation, gSR (Rangwani et al. 2022, "Improving GANs for Long-Tailed Data
     through Group Spectral Regularization"). Each conditional BatchNorm layer of G holds, per class,
@@ -124,8 +138,10 @@ class GanLoss:
     (``lecam_weight``), balanced consistency regularisation (``bcr_weight``), a mode-seeking term
     for G (``mode_seeking``), group spectral regularisation of G's class-conditional BatchNorm
     (``gsr_weight``, weighted by ``class_counts``)
-    and an auxiliary classifier (``aux_weight``: D's class head learns the real images' classes, G
-    pays its cross-entropy on the fakes' intended classes; D must be built with ``aux_classifier``)."""
+    an auxiliary classifier (``aux_weight``: D's class head learns the real images' classes, G
+    pays its cross-entropy on the fakes' intended classes; D must be built with ``aux_classifier``)
+    and noise on G's class conditioning in both players' steps (``class_noise``: the per-class
+    ``sigma`` of :class:`~augment.models.generator.ClassNoise`, from :func:`class_noise_scales`)."""
 
     def __init__(
         self,
@@ -141,6 +157,7 @@ class GanLoss:
         mode_seeking: float = 0.0,
         gsr_weight: float = 0.0,
         aux_weight: float = 0.0,
+        class_noise: torch.Tensor | None = None,
         class_counts: Sequence[int] | torch.Tensor | None = None,
         device: torch.device | str = "cpu",
     ) -> None:
@@ -169,6 +186,7 @@ class GanLoss:
             raise ValueError("gsr_weight > 0 needs class_counts (the train split's images per class)")
         self.gsr = GroupSpectral(gsr_weight, class_counts, device) if gsr_weight > 0 else None
         self.aux_weight = aux_weight
+        self.class_noise = None if class_noise is None else torch.as_tensor(class_noise, dtype=torch.float32).to(device)
 
     @property
     def controllers(self) -> dict[str, AdaptiveAugment]:
@@ -179,6 +197,12 @@ class GanLoss:
         if self.extra is not None:  # ADA's p steers the extra policies; DiffAugment's stay on every image
             return self.augment(self.extra(x, gen, self.ada.p), gen)
         return self.augment(x, gen, None if self.ada is None else self.ada.p)
+
+    def _fake(self, G: nn.Module, z: torch.Tensor, labels: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
+        """G's images of ``labels``; with ``class_noise`` its class conditioning perturbed per image."""
+        if self.class_noise is None:
+            return G(z, labels)
+        return G(z, labels, ClassNoise(self.class_noise[labels], gen))
 
     def _score(self, D: nn.Module, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | float]:
         """D's logits, and the auxiliary classifier's term: ``aux_weight`` x the cross-entropy of D's
@@ -224,7 +248,7 @@ class GanLoss:
         one, so both views come from the augmentation D trains on (no augmentation leaks into G).
         """
         with torch.no_grad():
-            fake = G(z, labels)
+            fake = self._fake(G, z, labels, gen)
         if self.apa is not None:
             pick = torch.rand((real.shape[0], 1, 1, 1), generator=gen, device=real.device) < self.apa.p
             real = torch.where(pick, fake.to(real.dtype), real)
@@ -283,7 +307,7 @@ class GanLoss:
         if self.mode_seeking > 0:
             half = labels.shape[0] // 2
             labels = torch.cat([labels[:half], labels[:half], labels[2 * half :]])
-        fake = G(z, labels)
+        fake = self._fake(G, z, labels, gen)
         logits, aux_fake = self._score(D, self._aug(fake, gen), labels)
         if keep is not None and keep < logits.shape[0]:
             logits = logits.flatten().topk(keep).values

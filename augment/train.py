@@ -24,7 +24,7 @@ from augment.diffaug import AdaptiveAugment
 from augment.errors import CheckpointError, ConfigError, OutputError
 from augment.generate import save_class_grid
 from augment.io import atomic_write_text
-from augment.losses import GanLoss
+from augment.losses import GanLoss, class_noise_scales
 from augment.train_options import LossOptions, NetworkOptions, PerformanceOptions, ScheduleOptions, loop_kwargs
 from augment.train_parts import BestSnapshot, MetricFn, Networks, Ticker, TrainingState
 
@@ -138,6 +138,7 @@ def training_loop(
     # in the training state (a resumed run continues with the same p and anchors).
     ada = AdaptiveAugment(loss.ada_target, loss.ada_kimg, device=device) if loss.ada_target is not None else None
     apa = AdaptiveAugment(loss.apa_target, loss.ada_kimg, device=device) if loss.apa_target is not None else None
+    counts = data.train.counts(data.num_classes)
     loss_fn = GanLoss(
         loss.loss,
         list(loss.diffaug),
@@ -150,7 +151,8 @@ def training_loop(
         mode_seeking=loss.mode_seeking,
         gsr_weight=loss.gsr_weight,
         aux_weight=loss.aux_class_weight,
-        class_counts=data.train.counts(data.num_classes),
+        class_noise=class_noise_scales(counts, loss.class_noise) if loss.class_noise > 0 else None,
+        class_counts=counts,
         device=device,
     )
     trained = TrainingState(nets, opt_G, opt_D, gen, loss_fn, data, config)

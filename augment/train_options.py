@@ -45,6 +45,9 @@ class LossOptions:
     mode_seeking: float = 0.0  #: MSGAN mode-seeking weight for G (0: off)
     gsr_weight: float = 0.0  #: group spectral regularisation weight for G's class-conditional BatchNorm (0: off)
     aux_class_weight: float = 0.0  #: auxiliary classifier weight: D's class head on reals, G's on fakes (0: off)
+    class_noise: float = (
+        0.0  #: noise on G's class conditioning for the rarest class, in RMS units of its tables (0: off)
+    )
     g_labels: str = "data"  #: classes of G's step: ``data`` (the real batch's) or ``uniform``
     mirror: bool = False  #: mirror each real image left-right with probability 0.5 (dataset x-flips)
     top_k: float | None = None  #: top-k training's floor: the share of G's batch its adversarial term keeps; None: off
@@ -148,6 +151,7 @@ def loop_kwargs(cfg: Config, device: torch.device | str = "cpu") -> dict[str, An
         mode_seeking=t.mode_seeking,
         gsr_weight=t.gsr_weight,
         aux_class_weight=t.aux_class_weight,
+        class_noise=t.class_noise,
         g_labels=t.g_labels,
         mirror=t.mirror,
         top_k=t.top_k,

@@ -165,6 +165,9 @@ RECIPES: dict[str, list[str]] = {
     # (the window set before the row ran, not tuned: a sixth of the 640-kimg budget unconditional).
     "transition_100_300": ["train.cond_transition_kimg=[100, 300]"],
     "mirror": ["train.mirror=true"],  # StyleGAN2-ADA's --mirror: every real image also flipped left-right
+    # NoisyTwins' noise augmentation (Rangwani et al. 2023) without the twins term, at its CIFAR10-LT
+    # config's std (there relative to a unit-RMS embedding; here to each class table's RMS), rarest class
+    "class_noise_0.75": ["train.class_noise=0.75"],
     "aux_class_1": ["train.aux_class_weight=1.0"],  # AC-GAN's class head beside the projection, StudioGAN's weight 1
     "z128": ["model.z_dim=128"],
     "wide": ["model.g_channels=48", "model.d_channels=48"],

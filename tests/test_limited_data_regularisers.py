@@ -2,7 +2,7 @@
 extra policies such as StyleGAN2-ADA's geometric group on top of DiffAugment), adaptive pseudo
 augmentation (APA), LeCam, balanced consistency regularisation (bCR), top-k training, mode seeking,
 group spectral regularisation (gSR), an auxiliary classifier, class-balanced generator labels,
-dataset x-flips.
+dataset x-flips, noise on G's class conditioning.
 
 Each is checked against its defining formula on known values, for its effect on training, and for
 an exact resume (its state lives in the training state).
@@ -21,8 +21,9 @@ import torch
 from augment import checkpoint
 from augment.config import DiffAugPolicy
 from augment.diffaug import POLICIES, AdaptiveAugment, DiffAugment, geometric
-from augment.losses import GanLoss, GroupSpectral, LeCam, group_shape
+from augment.losses import GanLoss, GroupSpectral, LeCam, class_noise_scales, group_shape
 from augment.models import ConditionalGenerator, ProjectionDiscriminator
+from augment.models.generator import ClassNoise
 from augment.train import loop_kwargs, train
 from augment.train_options import LossOptions, flat_options
 from conftest import tiny_config
@@ -255,6 +256,76 @@ def test_mode_seeking_term_pairs_latents_of_one_class() -> None:
         GanLoss(mode_seeking=-1)
 
 
+def _trained_like_tables(G: ConditionalGenerator) -> ConditionalGenerator:
+    """``G`` with class tables moved off their initial values (CBN gains start at exactly 1, shifts at
+    0: no departure to scale the noise by), as a few hundred steps of training move them."""
+    with torch.no_grad():
+        for name, p in G.named_parameters():
+            if name.endswith(("gamma.weight", "beta.weight")):
+                p.add_(0.3 * torch.randn_like(p))
+    return G
+
+
+def test_class_noise_moves_every_class_table_by_sigma_times_its_rms() -> None:
+    torch.manual_seed(0)
+    G = _trained_like_tables(ConditionalGenerator(3, 8, 1, z_dim=8, width=8)).eval()
+    z, y = torch.randn(6, 8), torch.tensor([0, 1, 2, 0, 1, 2])
+    clean = G(z, y)
+    # sigma 0: the draws happen but add nothing, so the images are the clean ones exactly.
+    assert torch.equal(G(z, y, ClassNoise(torch.zeros(6), torch.Generator().manual_seed(1))), clean)
+    noisy = G(z, y, ClassNoise(torch.full((6,), 0.5), torch.Generator().manual_seed(1)))
+    again = G(z, y, ClassNoise(torch.full((6,), 0.5), torch.Generator().manual_seed(1)))
+    assert torch.equal(noisy, again) and not torch.allclose(noisy, clean)
+    # Only the images given noise change.
+    half = G(z, y, ClassNoise(torch.tensor([0.5, 0.5, 0.5, 0.0, 0.0, 0.0]), torch.Generator().manual_seed(1)))
+    assert not torch.allclose(half[:3], clean[:3]) and torch.equal(half[3:], clean[3:])
+    # The noise's size: sigma x the table's RMS (a gain table: its departure from 1), per entry.
+    gains = G.norm0.gamma.weight
+    rms = (gains - 1).square().mean().sqrt().item()
+    moved = ClassNoise(torch.full((20_000,), 0.5), torch.Generator().manual_seed(2)).perturb(
+        torch.zeros(20_000, gains.shape[1]), gains - 1
+    )
+    assert moved.std().item() == pytest.approx(0.5 * rms, rel=0.01)
+    assert moved.mean().item() == pytest.approx(0.0, abs=0.01 * rms)
+
+
+def test_class_noise_scales_give_the_rarest_class_sigma_and_even_classes_the_same() -> None:
+    counts = [90, 41, 9]
+    scales = class_noise_scales(counts, 0.75)
+    n = torch.tensor(counts, dtype=torch.float64)
+    inv_effective = (1 - 0.99) / (1 - 0.99**n)  # Cui et al.'s effective number, inverted
+    assert scales.tolist() == pytest.approx((0.75 * inv_effective / inv_effective.max()).tolist(), rel=1e-6)
+    assert scales[2].item() == pytest.approx(0.75) and scales[0].item() < scales[1].item() < 0.75
+    assert class_noise_scales([50, 50, 50], 0.3).tolist() == pytest.approx([0.3, 0.3, 0.3])
+
+
+class _Recording(torch.nn.Module):
+    """A real generator that also keeps the ``ClassNoise`` each call got."""
+
+    def __init__(self, G: ConditionalGenerator) -> None:
+        super().__init__()
+        self.G, self.calls = G, []
+
+    def forward(self, z: torch.Tensor, y: torch.Tensor, noise: ClassNoise | None = None) -> torch.Tensor:
+        self.calls.append(noise)
+        return self.G(z, y, noise)
+
+
+def test_gan_loss_gives_each_fake_its_class_noise_in_both_steps() -> None:
+    G, D = _nets()
+    rec = _Recording(G)
+    y, z = torch.tensor([0, 1, 2, 2]), torch.randn(4, 8)
+    per_class = torch.tensor([0.1, 0.2, 0.4])
+    loss = GanLoss("hinge", [], class_noise=per_class)
+    loss.discriminator(rec, D, torch.zeros(4, 1, 8, 8), y, z, torch.Generator().manual_seed(0))
+    loss.generator(rec, D, y, z, torch.Generator().manual_seed(0))
+    assert len(rec.calls) == 2
+    for call in rec.calls:
+        assert torch.equal(call.sigma, torch.tensor([0.1, 0.2, 0.4, 0.4]))
+    GanLoss("hinge", []).generator(rec, D, y, z)
+    assert rec.calls[-1] is None  # off: G is called as before, no draws
+
+
 def test_gsr_is_the_class_weighted_spectral_norm_of_the_grouped_cbn_parameters() -> None:
     torch.manual_seed(0)
     G = ConditionalGenerator(2, 8, 1, z_dim=8, width=16)  # conditional BatchNorm over 32 and 16 channels
@@ -345,6 +416,7 @@ SWITCHES = (
     "train.g_labels=uniform",
     "train.mirror=true",
     "train.aux_class_weight=1.0",
+    "train.class_noise=0.5",
 )
 
 
@@ -354,12 +426,12 @@ def test_switches_reach_the_loop_and_change_training(tmp_path: Path) -> None:
     assert (kw["ada_target"], kw["ada_kimg"], kw["lecam_weight"], kw["mode_seeking"]) == (0.6, 0.05, 0.3, 1.0)
     assert (kw["gsr_weight"], kw["g_labels"], kw["mirror"]) == (0.5, "uniform", True)
     assert kw["aux_class_weight"] == 1.0 and kw["apa_target"] == 0.3 and kw["bcr_weight"] == 10.0
-    assert kw["top_k"] == 0.5 and kw["ada_extra"] == ("geometric", "color")
+    assert kw["top_k"] == 0.5 and kw["ada_extra"] == ("geometric", "color") and kw["class_noise"] == 0.5
     off = flat_options(loop_kwargs(tiny_config(tmp_path)))
     assert (off["ada_target"], off["lecam_weight"], off["mode_seeking"], off["g_labels"]) == (None, 0.0, 0.0, "data")
     assert off["gsr_weight"] == 0.0 and off["mirror"] is False
     assert off["aux_class_weight"] == 0.0 and off["apa_target"] is None and off["bcr_weight"] == 0.0
-    assert off["top_k"] is None and off["ada_extra"] == ()
+    assert off["top_k"] is None and off["ada_extra"] == () and off["class_noise"] == 0.0
     run, _ = train(cfg, out=tmp_path / "on", progress=False)
     base, _ = train(tiny_config(tmp_path, "train.kimg=0.128"), out=tmp_path / "off", progress=False)
     state = checkpoint.load(run / "training-state.pt", checkpoint.STATE_FORMAT)
@@ -457,6 +529,7 @@ def test_mirror_shows_d_about_half_of_the_real_images_flipped(tmp_path: Path, mo
         ("train.top_k=1.5", "top_k"),
         ("train.mode_seeking=-0.5", "mode_seeking"),
         ("train.gsr_weight=-1", "gsr_weight"),
+        ("train.class_noise=-0.1", "class_noise"),
         ("train.ada_kimg=0", "ada_kimg"),
         ("train.apa_target=0", "apa_target"),
         ("train.g_labels=balanced", "g_labels"),

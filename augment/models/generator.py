@@ -3,6 +3,8 @@ convolution per resolution) or residual (BigGAN-style blocks of two, ``residual=
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
@@ -37,6 +39,27 @@ def memory_format_of(t: torch.Tensor) -> torch.memory_format:
     return torch.channels_last if nhwc else torch.contiguous_format
 
 
+@dataclass
+class ClassNoise:
+    """Gaussian noise on the class conditioning of a training call of G (NoisyTwins' noise
+    augmentation, Rangwani et al. 2023): every per-class vector G looks up (its class embedding,
+    each conditional BatchNorm's gain and shift) is moved, image by image, by ``sigma`` times the
+    RMS of that table's entries (the gains' departure from 1) times a standard normal draw. Nearby
+    class codes must then give images of the class too, which spreads a small class's samples.
+
+    ``sigma``: ``(batch,)`` each image's noise in units of the table's RMS; ``gen`` the draws' generator.
+    """
+
+    sigma: torch.Tensor
+    gen: torch.Generator | None = None
+
+    def perturb(self, v: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+        """``v`` (``(batch, features)`` rows of ``table``, or of its departure from 1) plus the noise."""
+        scale = table.detach().float().square().mean().sqrt()
+        eps = torch.randn(v.shape, generator=self.gen, device=v.device, dtype=v.dtype)
+        return v + (self.sigma.to(v.dtype)[:, None] * scale.to(v.dtype)) * eps
+
+
 class ConditionalBatchNorm2d(nn.Module):
     """BatchNorm without affine parameters, followed by a per-class scale and shift.
 
@@ -54,8 +77,12 @@ class ConditionalBatchNorm2d(nn.Module):
         nn.init.zeros_(self.beta.weight)
         self.strength = 1.0
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        gamma, beta = self.gamma(y)[:, :, None, None], self.beta(y)[:, :, None, None]
+    def forward(self, x: torch.Tensor, y: torch.Tensor, noise: ClassNoise | None = None) -> torch.Tensor:
+        gamma, beta = self.gamma(y), self.beta(y)
+        if noise is not None:
+            gamma = 1.0 + noise.perturb(gamma - 1.0, self.gamma.weight - 1.0)
+            beta = noise.perturb(beta, self.beta.weight)
+        gamma, beta = gamma[:, :, None, None], beta[:, :, None, None]
         if self.strength != 1.0:
             gamma, beta = 1.0 + self.strength * (gamma - 1.0), self.strength * beta
         return self.bn(x) * gamma + beta
@@ -93,8 +120,8 @@ class UpBlock(nn.Module):
         self.conv = nn.Conv2d(cin, cout, 3, padding=1, bias=False)
         self.norm = ConditionalBatchNorm2d(cout, num_classes)
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return torch.relu(self.norm(upsample_conv3x3(x, self.conv.weight), y))
+    def forward(self, x: torch.Tensor, y: torch.Tensor, noise: ClassNoise | None = None) -> torch.Tensor:
+        return torch.relu(self.norm(upsample_conv3x3(x, self.conv.weight), y, noise))
 
 
 class ResUpBlock(nn.Module):
@@ -110,9 +137,9 @@ class ResUpBlock(nn.Module):
         self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
         self.skip = nn.Conv2d(cin, cout, 1)
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        h = upsample_conv3x3(torch.relu(self.norm1(x, y)), self.conv1.weight)
-        h = self.conv2(torch.relu(self.norm2(h, y)))
+    def forward(self, x: torch.Tensor, y: torch.Tensor, noise: ClassNoise | None = None) -> torch.Tensor:
+        h = upsample_conv3x3(torch.relu(self.norm1(x, y, noise)), self.conv1.weight)
+        h = self.conv2(torch.relu(self.norm2(h, y, noise)))
         return h + nn.functional.interpolate(self.skip(x), scale_factor=2.0, mode="nearest")
 
 
@@ -177,18 +204,22 @@ class ConditionalGenerator(nn.Module):
             if isinstance(m, ConditionalBatchNorm2d):
                 m.strength = float(strength)
 
-    def forward(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, y: torch.Tensor, noise: ClassNoise | None = None) -> torch.Tensor:
+        """Images of classes ``y`` from latents ``z``; ``noise`` (training calls only) perturbs the
+        class conditioning (:class:`ClassNoise`)."""
         e = self.embed(y)
+        if noise is not None:
+            e = noise.perturb(e, self.embed.weight)
         if self.cond_strength != 1.0:
             e = self.cond_strength * e
         x = self.fc(torch.cat([z, e], dim=1)).view(z.shape[0], -1, self.start, self.start)
         x = x.contiguous(memory_format=memory_format_of(_stored_weight(self.to_img)))  # no-op unless channels_last
         if not self.residual:
-            x = torch.relu(self.norm0(x, y))
+            x = torch.relu(self.norm0(x, y, noise))
         for block in self.blocks:
-            x = block(x, y)
+            x = block(x, y, noise)
         if self.residual:
-            x = torch.relu(self.norm0(x, y))
+            x = torch.relu(self.norm0(x, y, noise))
         return torch.tanh(self.to_img(x))
 
 
