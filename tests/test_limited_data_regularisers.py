@@ -299,7 +299,7 @@ def test_class_noise_scales_give_the_rarest_class_sigma_and_even_classes_the_sam
     assert class_noise_scales([50, 50, 50], 0.3).tolist() == pytest.approx([0.3, 0.3, 0.3])
 
 
-class _Recording(torch.nn.Module):
+class _NoiseRecordingG(torch.nn.Module):
     """A real generator that also keeps the ``ClassNoise`` each call got."""
 
     def __init__(self, G: ConditionalGenerator) -> None:
@@ -313,7 +313,7 @@ class _Recording(torch.nn.Module):
 
 def test_gan_loss_gives_each_fake_its_class_noise_in_both_steps() -> None:
     G, D = _nets()
-    rec = _Recording(G)
+    rec = _NoiseRecordingG(G)
     y, z = torch.tensor([0, 1, 2, 2]), torch.randn(4, 8)
     per_class = torch.tensor([0.1, 0.2, 0.4])
     loss = GanLoss("hinge", [], class_noise=per_class)
