@@ -298,9 +298,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def render(res: dict[str, Any]) -> str:
     n = res["sizes"]
+    base = res["baseline"]
+    first = next(iter(base.get("by_steps", {}).values()), {})
+    sampling = ", class-balanced" if first.get("classic_sampling") == "balance" else ""
+    how = "chosen on val" if "classic" in base.get("selection", {}) else "the config's only candidate"
     lines = [
         f"Dev split: {n['dev']} real images (the run never saw them); {res['regime']} minus {BASELINE} "
-        f"(`{res['baseline']['classic']}`, chosen on val), paired over seeds {res['classifier']['seeds']}, "
+        f"(`{base['classic']}`{sampling}, {how}), paired over seeds {res['classifier']['seeds']}, "
         f"classifier cells in {res['classifier']['precision']}, points, 95% t-interval:",
         "",
         "| candidate | Δ on dev | |",

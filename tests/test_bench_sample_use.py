@@ -83,6 +83,10 @@ def test_the_pick_is_the_best_dev_candidate_and_the_defaults_test_cells_are_eval
     assert best is max(res["candidates"], key=lambda r: r["dev_accuracy"]["mean"])
     assert res["pick"] == {k: best[k] for k in sample_use.KEYS}
     assert res["sizes"]["dev"] == 18 and res["baseline"]["classic"] == "crop"
+    # The table says how the baseline came about: one configured policy here, no val choice.
+    assert "(`crop`, the config's only candidate)" in sample_use.render(res)
+    chosen = dict(res, baseline=dict(res["baseline"], selection={"classic": {"chosen": "crop"}}))
+    assert "(`crop`, chosen on val)" in sample_use.render(chosen)
     # The default's test cells are what `augment evaluate` measures cell by cell on the same run.
     ev = evaluate_run(small_run, overrides=["evaluate.threads=1"], progress=False, map_fn=map)
     regimes = ev["downstream"]["regimes"]
