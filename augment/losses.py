@@ -137,7 +137,7 @@ class GanLoss:
     pseudo augmentation (``apa``: D's real batch holds some of the step's fakes), LeCam
     (``lecam_weight``), balanced consistency regularisation (``bcr_weight``), a mode-seeking term
     for G (``mode_seeking``), group spectral regularisation of G's class-conditional BatchNorm
-    (``gsr_weight``, weighted by ``class_counts``)
+    (``gsr_weight``, weighted by ``class_counts``),
     an auxiliary classifier (``aux_weight``: D's class head learns the real images' classes, G
     pays its cross-entropy on the fakes' intended classes; D must be built with ``aux_classifier``)
     and noise on G's class conditioning in both players' steps (``class_noise``: the per-class
