@@ -45,9 +45,7 @@ class LossOptions:
     mode_seeking: float = 0.0  #: MSGAN mode-seeking weight for G (0: off)
     gsr_weight: float = 0.0  #: group spectral regularisation weight for G's class-conditional BatchNorm (0: off)
     aux_class_weight: float = 0.0  #: auxiliary classifier weight: D's class head on reals, G's on fakes (0: off)
-    class_noise: float = (
-        0.0  #: noise on G's class conditioning for the rarest class, in RMS units of its tables (0: off)
-    )
+    class_noise: float = 0.0  #: noise on G's class codes for the rarest class, in RMS of each table (0: off)
     g_labels: str = "data"  #: classes of G's step: ``data`` (the real batch's) or ``uniform``
     mirror: bool = False  #: mirror each real image left-right with probability 0.5 (dataset x-flips)
     top_k: float | None = None  #: top-k training's floor: the share of G's batch its adversarial term keeps; None: off

@@ -299,8 +299,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def render(res: dict[str, Any]) -> str:
     n = res["sizes"]
     base = res["baseline"]
-    first = next(iter(base.get("by_steps", {}).values()), {})
-    sampling = ", class-balanced" if first.get("classic_sampling") == "balance" else ""
+    # Val may choose another draw at each budget: name the draw only where every budget has it.
+    draws = {v.get("classic_sampling") for v in base.get("by_steps", {}).values()}
+    sampling = ", class-balanced" if draws == {"balance"} else ""
     how = "chosen on val" if "classic" in base.get("selection", {}) else "the config's only candidate"
     lines = [
         f"Dev split: {n['dev']} real images (the run never saw them); {res['regime']} minus {BASELINE} "

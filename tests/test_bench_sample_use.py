@@ -87,6 +87,15 @@ def test_the_pick_is_the_best_dev_candidate_and_the_defaults_test_cells_are_eval
     assert "(`crop`, the config's only candidate)" in sample_use.render(res)
     chosen = dict(res, baseline=dict(res["baseline"], selection={"classic": {"chosen": "crop"}}))
     assert "(`crop`, chosen on val)" in sample_use.render(chosen)
+    steps = res["baseline"]["by_steps"]
+    balanced = {k: dict(v, classic_sampling="balance") for k, v in steps.items()}
+    assert "(`crop`, class-balanced, the config's only candidate)" in sample_use.render(
+        dict(res, baseline=dict(res["baseline"], by_steps=balanced))
+    )
+    mixed = dict(balanced, **{"1": dict(next(iter(steps.values())), classic_sampling="natural")})
+    assert "(`crop`, chosen on val)" in sample_use.render(
+        dict(res, baseline=dict(res["baseline"], by_steps=mixed, selection={"classic": {"chosen": "crop"}}))
+    )
     # The default's test cells are what `augment evaluate` measures cell by cell on the same run.
     ev = evaluate_run(small_run, overrides=["evaluate.threads=1"], progress=False, map_fn=map)
     regimes = ev["downstream"]["regimes"]
