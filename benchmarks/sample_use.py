@@ -10,7 +10,8 @@ train, val and test; the GAN and its checks never see them). It is how the shipp
 chosen without reading the test split; a user's run still has only its own validation split.
 
 For one finished run (``RUN_DIR``: ``augment train`` or ``benchmarks/limited_data.py``), every
-candidate of the grid ``--pool`` (synthetic images per class) x ``--shares`` x ``--sampling``
+candidate of the grid ``--pool`` (synthetic images per class) x ``--latent-std`` (G's latents scaled:
+below 1 the truncation trick's direction, above 1 more diverse) x ``--shares`` x ``--sampling``
 (``balance``: the tail classes get the larger synthetic share; ``uniform``: equal counts) x ``--thresholds``
 (confidence filter; ``none`` = off) x ``--soft`` x ``--until`` (the fraction of the steps that draw synthetic
 images; the rest train on real images only) x ``--steps`` (the classifier's optimizer steps; default: the
@@ -67,6 +68,7 @@ from benchmarks.limited_data import make_executor  # noqa: E402
 #: The settings one candidate varies (Plan fields, plus the pool size).
 KEYS = (
     "pool",
+    "latent_std",
     "synthetic_share",
     "synthetic_sampling",
     "confidence_threshold",
@@ -107,21 +109,45 @@ def pool_prefix(labels: torch.Tensor, n: int, num_classes: int) -> torch.Tensor:
     return keep
 
 
-def candidate_plan(plan: downstream.Plan, cand: dict[str, Any], on: ImageSet | None) -> downstream.Plan:
+class LatentStd(torch.nn.Module):
+    """``G`` fed its latents times ``std``: 1 is the training distribution, below 1 trades diversity
+    for fidelity (the truncation direction), above 1 the other way. The latents themselves are the
+    ones ``augment generate`` draws, so pools at two stds hold the same images' codes, rescaled."""
+
+    def __init__(self, G: torch.nn.Module, std: float) -> None:
+        super().__init__()
+        self.G, self.std = G, float(std)
+        self.z_dim, self.channels, self.image_size = G.z_dim, G.channels, G.image_size
+
+    def forward(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.G(z * self.std, y)
+
+
+def candidate_plan(
+    plan: downstream.Plan,
+    cand: dict[str, Any],
+    on: ImageSet | None,
+    pools: dict[float, torch.Tensor] | None = None,
+) -> downstream.Plan:
     """``plan`` with the candidate's pool prefix and settings, scored on ``on`` (None: the test split).
 
-    ``plan`` is the one prepared at the candidate's ``steps`` (its classic policy chosen at that budget).
+    ``plan`` is the one prepared at the candidate's ``steps`` (its classic policy chosen at that budget)
+    with the latent-std-1 pool; ``pools`` holds the same pool's images at the other latent stds.
     """
     if cand["steps"] != plan.steps:
         raise ValueError(f"candidate of {cand['steps']} steps on a plan prepared for {plan.steps}")
+    std = cand.get("latent_std", 1.0)
+    images = plan.synthetic_images if std == 1.0 else (pools or {}).get(std)
+    if images is None:
+        raise ValueError(f"no pool at latent std {std:g}")
     keep = pool_prefix(plan.synthetic_labels, cand["pool"], plan.num_classes)
     subset = {
-        "synthetic_images": plan.synthetic_images[keep],
+        "synthetic_images": images[keep],
         "synthetic_labels": plan.synthetic_labels[keep],
         "synthetic_probs": None if plan.synthetic_probs is None else plan.synthetic_probs[keep],
         "synthetic_confidence": None if plan.synthetic_confidence is None else plan.synthetic_confidence[keep],
     }
-    settings = {k: cand[k] for k in KEYS if k != "pool"}
+    settings = {k: cand[k] for k in KEYS if k not in ("pool", "latent_std")}
     scored = {} if on is None else {"test_images": on.images, "test_labels": on.labels}
     return dataclasses.replace(plan, **subset, **settings, **scored)
 
@@ -147,12 +173,20 @@ def per_class_delta(a: list[dict[str, Any]], b: list[dict[str, Any]], names: lis
 def _label(cand: dict[str, Any]) -> str:
     th = "none" if cand["confidence_threshold"] is None else f"{cand['confidence_threshold']:g}"
     until = cand.get("synthetic_until", 1.0)
+    std = cand.get("latent_std", 1.0)
     return (
-        f"pool {cand['pool']}, share {cand['synthetic_share']:g} ({cand['synthetic_sampling']}), filter {th}, "
+        f"pool {cand['pool']}"
+        + (f" at latent std {std:g}" if std != 1.0 else "")
+        + f", share {cand['synthetic_share']:g} ({cand['synthetic_sampling']}), filter {th}, "
         f"soft {cand['soft_labels']}"
         + (f", synthetic until {until:g} of the steps" if until < 1 else "")
         + f", {cand['steps']} steps"
     )
+
+
+def _cand(row: dict[str, Any]) -> dict[str, Any]:
+    """A candidate's settings from a result row (JSON written before ``latent_std`` existed: 1)."""
+    return {k: row.get(k, 1.0 if k == "latent_std" else None) for k in KEYS}
 
 
 def _ci(d: dict[str, Any]) -> str:
@@ -170,6 +204,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     ev = cfg.evaluate
     default = {
         "pool": ev.synthetic_per_class,
+        "latent_std": 1.0,
         "synthetic_share": ev.synthetic_share,
         "synthetic_sampling": ev.synthetic_sampling,
         "confidence_threshold": ev.confidence_threshold,
@@ -181,7 +216,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     grid = [
         dict(zip(KEYS, values, strict=True))
         for values in itertools.product(
-            args.pool, args.shares, args.sampling, args.thresholds, args.soft, args.until, steps
+            args.pool, args.latent_std, args.shares, args.sampling, args.thresholds, args.soft, args.until, steps
         )
     ]
     if default not in grid:
@@ -193,7 +228,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     rundir.check_data_matches(snap_path, snap.class_names, snap.data_fingerprint, data)
     biggest = max(c["pool"] for c in grid)
     t0 = time.time()
-    pool, labels = generate_uint8(snap.generator("cpu"), [biggest] * data.num_classes, cfg.generate.seed)
+    G = snap.generator("cpu")
+    pool, labels = generate_uint8(G, [biggest] * data.num_classes, cfg.generate.seed)
+    pools = {
+        std: generate_uint8(LatentStd(G, std), [biggest] * data.num_classes, cfg.generate.seed)[0]
+        for std in sorted({c["latent_std"] for c in grid} - {1.0})
+    }
     print(
         f"{len(pool)} synthetic images from {snap_path} in {time.time() - t0:.0f} s; dev {len(dev)} images", flush=True
     )
@@ -214,13 +254,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         regime = args.regime
 
         def baseline(n: int, on: ImageSet | None) -> list[dict[str, Any]]:
-            return cells(candidate_plan(plans[n], {**default, "steps": n}, on), BASELINE, map_fn)
+            return cells(candidate_plan(plans[n], {**default, "steps": n}, on, pools), BASELINE, map_fn)
 
         t0 = time.time()
         base_dev = {n: baseline(n, dev) for n in budgets}
         rows = []
         for cand in grid:
-            got = cells(candidate_plan(plans[cand["steps"]], cand, dev), regime, map_fn)
+            got = cells(candidate_plan(plans[cand["steps"]], cand, dev, pools), regime, map_fn)
             rows.append(
                 {
                     **cand,
@@ -241,7 +281,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         test["pick"] = (
             test["default"]
             if pick_cand == default
-            else cells(candidate_plan(plans[pick_cand["steps"]], pick_cand, None), regime, map_fn)
+            else cells(candidate_plan(plans[pick_cand["steps"]], pick_cand, None, pools), regime, map_fn)
         )
         test_s = time.time() - t0
     finally:
@@ -312,8 +352,8 @@ def render(res: dict[str, Any]) -> str:
         "|---|---|---|",
     ]
     for r in res["candidates"]:
-        cand = {k: r[k] for k in KEYS}
-        mark = " ".join(m for m, c in (("pick", res["pick"]), ("default", res["default"])) if cand == c)
+        cand = _cand(r)
+        mark = " ".join(m for m, c in (("pick", res["pick"]), ("default", res["default"])) if cand == _cand(c))
         lines.append(f"| {_label(cand)} | {_ci(r['dev'])} | {mark} |")
     t = res["test"]
     by_steps = res["baseline"].get("by_steps", {})
@@ -355,6 +395,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("run_dir", type=Path)
     ap.add_argument("--dev-per-class", type=int, default=500, help="dev images per class (default 500)")
     ap.add_argument("--pool", type=int, nargs="+", default=[300, 1000, 3000], help="synthetic images per class")
+    ap.add_argument(
+        "--latent-std",
+        type=float,
+        nargs="+",
+        default=[1.0],
+        help="scale of G's latents (1: as trained; <1 truncation's direction, >1 more diverse; default 1)",
+    )
     ap.add_argument("--shares", type=float, nargs="+", default=[0.25, 0.5, 0.75])
     ap.add_argument(
         "--sampling",
@@ -386,15 +433,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = ap.parse_args(argv)
     if min(args.pool) < 1 or args.dev_per_class < 1 or min(args.steps or [1]) < 1:
         ap.error("--pool, --dev-per-class and --steps are 1 or more")
-    if any(not 0 <= s <= 1 for s in args.shares):
-        ap.error("--shares are in [0, 1]")
-    if any(not 0 < u <= 1 for u in args.until):
-        ap.error("--until values are in (0, 1]")
+    if min(args.latent_std) <= 0:
+        ap.error("--latent-std values are above 0")
     try:
         args.thresholds = [None if t == "none" else float(t) for t in args.thresholds]
     except ValueError:
         ap.error(f"--thresholds: numbers in [0, 1] or none, got {args.thresholds}")
     args.soft = [s == "on" for s in args.soft]
+    if set(args.latent_std) != {1.0} and (args.thresholds != [None] or args.soft != [False]):
+        ap.error("--latent-std other than 1 goes without --thresholds and --soft (the filter scores the std-1 pool)")
+    if any(not 0 <= s <= 1 for s in args.shares):
+        ap.error("--shares are in [0, 1]")
+    if any(not 0 < u <= 1 for u in args.until):
+        ap.error("--until values are in (0, 1]")
     return args
 
 

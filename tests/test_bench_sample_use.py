@@ -71,6 +71,7 @@ def test_the_pick_is_the_best_dev_candidate_and_the_defaults_test_cells_are_eval
     # 2 pools x 2 shares, plus the run's own settings (pool 6, share 0.5).
     assert len(res["candidates"]) == 5 and res["default"] == {
         "pool": 6,
+        "latent_std": 1.0,
         "synthetic_share": 0.5,
         "synthetic_sampling": "balance",
         "confidence_threshold": None,
@@ -87,6 +88,11 @@ def test_the_pick_is_the_best_dev_candidate_and_the_defaults_test_cells_are_eval
     assert "(`crop`, the config's only candidate)" in sample_use.render(res)
     chosen = dict(res, baseline=dict(res["baseline"], selection={"classic": {"chosen": "crop"}}))
     assert "(`crop`, chosen on val)" in sample_use.render(chosen)
+    # A result written before latent_std existed renders the same table, its pick still marked.
+    old = json.loads(json.dumps(res))
+    for row in (old["default"], old["pick"], *old["candidates"]):
+        del row["latent_std"]
+    assert sample_use.render(old) == sample_use.render(res) and "| pick" in sample_use.render(old)
     steps = res["baseline"]["by_steps"]
     balanced = {k: dict(v, classic_sampling="balance") for k, v in steps.items()}
     assert "(`crop`, class-balanced, the config's only candidate)" in sample_use.render(
@@ -192,3 +198,37 @@ def test_a_classifier_budget_pairs_each_candidate_with_the_baseline_at_its_own_s
     assert by_steps["20"]["dev"] != by_steps["40"]["dev"]
     with pytest.raises(SystemExit):
         sample_use.parse_args([str(small_run), *one, "--steps", "0"])
+
+
+def test_a_candidates_latent_std_reaches_the_batches(small_run: Path) -> None:
+    args = sample_use.parse_args([str(small_run), *USE, "--latent-std", "1", "1.5"])
+    assert args.latent_std == [1.0, 1.5]
+    for bad in (
+        ["--latent-std", "0"],
+        ["--latent-std", "1.5", "--thresholds", "0.8"],
+        ["--latent-std", "2", "--soft", "on"],
+    ):
+        with pytest.raises(SystemExit):
+            sample_use.parse_args([str(small_run), *USE, *bad])
+    cfg = rundir.run_config(small_run)
+    data = load_data(cfg.data, cfg.seed)
+    G = load_snapshot(find_snapshot(small_run)).generator("cpu")
+    pool, labels = generate_uint8(G, [8, 8, 8], 0)
+    wide, wide_labels = generate_uint8(sample_use.LatentStd(G, 1.5), [8, 8, 8], 0)
+    assert torch.equal(labels, wide_labels) and not torch.equal(pool, wide)
+    # The wrapper scales the very latents `augment generate` draws: image 0 of class 0 at std 1.5 is G(1.5 z).
+    from augment.generate import latents, quantize
+
+    z = latents(0, torch.tensor([0]), torch.tensor([0]), G.z_dim)
+    with torch.no_grad():
+        assert torch.equal(wide[:1], quantize(G(1.5 * z, torch.tensor([0]))))
+    plan = downstream.prepare(data, pool, labels, cfg.evaluate, seed=cfg.seed, map_fn=map)
+    cand = {"pool": 4, "latent_std": 1.5, "synthetic_share": 0.5, "synthetic_sampling": "balance"}
+    cand |= {"confidence_threshold": None, "soft_labels": False, "synthetic_until": 1.0, "steps": plan.steps}
+    got = sample_use.candidate_plan(plan, cand, None, {1.5: wide})
+    keep = sample_use.pool_prefix(labels, 4, 3)
+    assert torch.equal(got.synthetic_images, wide[keep]) and "at latent std 1.5" in sample_use._label(cand)
+    same = sample_use.candidate_plan(plan, cand | {"latent_std": 1.0}, None, {1.5: wide})
+    assert torch.equal(same.synthetic_images, pool[keep])
+    with pytest.raises(ValueError, match="no pool at latent std 1.5"):
+        sample_use.candidate_plan(plan, cand, None)
