@@ -238,6 +238,10 @@ class TrainConfig(_Section):
     #: tail class's neighbourhood in class space must give images of it too. Snapshots, checks and
     #: samples use the clean conditioning (0 = off).
     class_noise: float = Field(0.0, ge=0)
+    #: Fake instance discrimination (InsGen, Yang et al. 2021; FakeCLR, Li et al. 2022): weight of an
+    #: InfoNCE term over an embedding head on D's features, in D's loss and in G's: each fake must pick
+    #: out, among the batch's, the fake of its own latent moved by small noise (0 = off; on, D gets the head).
+    fake_contrast: float = Field(0.0, ge=0)
     #: The classes of the generator's step: ``data`` = the real minibatch's labels (the class
     #: frequencies of the train split, as D's fakes); ``uniform`` = every class equally often, so a
     #: tail class of a long tail gets as many generator updates as the largest class (D's step is
@@ -283,6 +287,12 @@ class TrainConfig(_Section):
     def _extra_needs_ada(self) -> TrainConfig:
         if self.ada_extra and self.ada_target is None:
             raise ValueError(f"ada_extra {self.ada_extra} needs ada_target (ADA's p applies them)")
+        return self
+
+    @model_validator(mode="after")
+    def _one_extra_head(self) -> TrainConfig:
+        if self.fake_contrast > 0 and self.aux_class_weight > 0:
+            raise ValueError("fake_contrast and aux_class_weight each add a head to D: set one of them")
         return self
 
     @model_validator(mode="after")

@@ -129,6 +129,31 @@ class GroupSpectral:
         return self.weight * (self.class_weights * per_class).mean()
 
 
+#: Fake instance discrimination (``GanLoss(fake_contrast=...)``): the positive of a fake is the fake of
+#: its latent moved by this much Gaussian noise (FakeCLR's perturbation, as in its code: 0.15) ...
+FAKE_CONTRAST_SIGMA = 0.15
+#: ... and the two views' cosine similarities are divided by this temperature (MoCo v2's 0.2).
+FAKE_CONTRAST_TEMPERATURE = 0.2
+#: The width of D's instance embedding (``ProjectionDiscriminator(contrast_dim=...)``).
+FAKE_CONTRAST_DIM = 64
+
+
+def info_nce(query: torch.Tensor, key: torch.Tensor, temperature: float = FAKE_CONTRAST_TEMPERATURE) -> torch.Tensor:
+    """InfoNCE of ``query[i]`` against ``key[i]`` among every key of the batch (in-batch negatives):
+    the cross-entropy of picking row i's own key by cosine similarity / ``temperature``.
+
+    Example:
+        >>> a = torch.eye(4)
+        >>> round(info_nce(a, a, 0.05).item(), 6)  # each query finds its own key: no loss
+        0.0
+        >>> round(info_nce(a, a.roll(1, dims=0), 0.05).item(), 1)  # each finds a neighbour's
+        20.0
+    """
+    q, k = F.normalize(query.float(), dim=1), F.normalize(key.float(), dim=1)
+    logits = q @ k.T / temperature
+    return F.cross_entropy(logits, torch.arange(len(q), device=q.device))
+
+
 class GanLoss:
     """Hinge (Lim & Ye 2017; Miyato et al. 2018) or non-saturating (Goodfellow et al. 2014) loss,
     with the limited-data regularisers as options: R1, adaptive augmentation (``ada``: its p
@@ -140,8 +165,10 @@ class GanLoss:
     (``gsr_weight``, weighted by ``class_counts``),
     an auxiliary classifier (``aux_weight``: D's class head learns the real images' classes, G
     pays its cross-entropy on the fakes' intended classes; D must be built with ``aux_classifier``)
-    and noise on G's class conditioning in both players' steps (``class_noise``: the per-class
-    ``sigma`` of :class:`~augment.models.generator.ClassNoise`, from :func:`class_noise_scales`)."""
+    noise on G's class conditioning in both players' steps (``class_noise``: the per-class
+    ``sigma`` of :class:`~augment.models.generator.ClassNoise`, from :func:`class_noise_scales`)
+    and fake instance discrimination (``fake_contrast``, InsGen / FakeCLR: D must be built with
+    ``contrast_dim``)."""
 
     def __init__(
         self,
@@ -158,6 +185,7 @@ class GanLoss:
         gsr_weight: float = 0.0,
         aux_weight: float = 0.0,
         class_noise: torch.Tensor | None = None,
+        fake_contrast: float = 0.0,
         class_counts: Sequence[int] | torch.Tensor | None = None,
         device: torch.device | str = "cpu",
     ) -> None:
@@ -171,6 +199,10 @@ class GanLoss:
             raise ValueError(f"aux_weight must be >= 0, got {aux_weight}")
         if bcr_weight < 0:
             raise ValueError(f"bcr_weight must be >= 0, got {bcr_weight}")
+        if fake_contrast < 0:
+            raise ValueError(f"fake_contrast must be >= 0, got {fake_contrast}")
+        if fake_contrast > 0 and aux_weight > 0:
+            raise ValueError("fake_contrast and aux_weight are not combined (one extra head of D at a time)")
         self.kind = kind
         if ada_extra and ada is None:
             raise ValueError(f"ada_extra {list(ada_extra)} needs ada (the controller whose p applies them)")
@@ -187,6 +219,7 @@ class GanLoss:
         self.gsr = GroupSpectral(gsr_weight, class_counts, device) if gsr_weight > 0 else None
         self.aux_weight = aux_weight
         self.class_noise = None if class_noise is None else torch.as_tensor(class_noise, dtype=torch.float32).to(device)
+        self.fake_contrast = fake_contrast
 
     @property
     def controllers(self) -> dict[str, AdaptiveAugment]:
@@ -211,6 +244,20 @@ class GanLoss:
             return D(x, labels), 0.0
         logits, classes = D(x, labels, with_aux=True)
         return logits, self.aux_weight * F.cross_entropy(classes.float(), labels)
+
+    def _fake_scores(
+        self, G: nn.Module, D: nn.Module, fake_aug: torch.Tensor, z: torch.Tensor, labels: torch.Tensor, gen
+    ) -> tuple[torch.Tensor, torch.Tensor | float]:
+        """D's logits of the augmented fakes, and with ``fake_contrast`` its instance term: each fake's
+        embedding must pick out, among the batch's, the one of the fake of its latent moved by
+        ``FAKE_CONTRAST_SIGMA`` noise, augmented afresh (the key side gets no gradient)."""
+        if self.fake_contrast == 0:
+            return D(fake_aug, labels), 0.0
+        logits, query = D(fake_aug, labels, with_instance=True)
+        with torch.no_grad():
+            dz = torch.randn(z.shape, generator=gen, device=z.device, dtype=z.dtype) * FAKE_CONTRAST_SIGMA
+            _, key = D(self._aug(self._fake(G, z + dz, labels, gen), gen), labels, with_instance=True)
+        return logits, self.fake_contrast * info_nce(query, key)
 
     def discriminator(
         self,
@@ -258,12 +305,12 @@ class GanLoss:
         if do_r1 and D_r1 is None:
             real_aug = real_aug.detach().requires_grad_(True)
         real_logits, aux_real = self._score(D, real_aug, labels)  # the class head learns from reals only
-        fake_logits = D(fake_aug, labels)
+        fake_logits, contrast = self._fake_scores(G, D, fake_aug, z, labels, gen)
         if self.kind == "hinge":
             loss = F.relu(1.0 - real_logits).mean() + F.relu(1.0 + fake_logits).mean()
         else:
             loss = F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean()
-        loss = loss + aux_real
+        loss = loss + aux_real + contrast
         if self.lecam is not None:
             loss = loss + self.lecam(real_logits, fake_logits)
         if self.bcr_weight > 0:
@@ -302,13 +349,18 @@ class GanLoss:
         With ``gsr_weight``, G also pays :class:`GroupSpectral` on its conditional BatchNorm; with
         ``aux_weight``, the cross-entropy of D's class head on the fakes against their classes.
         With ``keep`` (top-k training, Sinha et al. 2020), the adversarial term averages only the
-        ``keep`` fakes D scores highest; the other terms see the whole batch.
+        ``keep`` fakes D scores highest; the other terms see the whole batch. With ``fake_contrast``, G
+        pays D's fake instance discrimination term too (InsGen's diversity term for G): its fakes must
+        be told apart by D's embedding.
         """
         if self.mode_seeking > 0:
             half = labels.shape[0] // 2
             labels = torch.cat([labels[:half], labels[:half], labels[2 * half :]])
         fake = self._fake(G, z, labels, gen)
-        logits, aux_fake = self._score(D, self._aug(fake, gen), labels)
+        if self.fake_contrast > 0:
+            logits, aux_fake = self._fake_scores(G, D, self._aug(fake, gen), z, labels, gen)
+        else:
+            logits, aux_fake = self._score(D, self._aug(fake, gen), labels)
         if keep is not None and keep < logits.shape[0]:
             logits = logits.flatten().topk(keep).values
         loss = -logits.mean() if self.kind == "hinge" else F.softplus(-logits).mean()

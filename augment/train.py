@@ -24,7 +24,7 @@ from augment.diffaug import AdaptiveAugment
 from augment.errors import CheckpointError, ConfigError, OutputError
 from augment.generate import save_class_grid
 from augment.io import atomic_write_text
-from augment.losses import GanLoss, class_noise_scales
+from augment.losses import FAKE_CONTRAST_DIM, GanLoss, class_noise_scales
 from augment.train_options import LossOptions, NetworkOptions, PerformanceOptions, ScheduleOptions, loop_kwargs
 from augment.train_parts import BestSnapshot, MetricFn, Networks, Ticker, TrainingState
 
@@ -112,7 +112,13 @@ def training_loop(
     state = load_resumable(run_dir / rundir.TRAINING_STATE, data) if resume else None
     torch.manual_seed(seed)
     nets = Networks.build(
-        networks, data, device, state, performance.channels_last, aux_classifier=loss.aux_class_weight > 0
+        networks,
+        data,
+        device,
+        state,
+        performance.channels_last,
+        aux_classifier=loss.aux_class_weight > 0,
+        contrast_dim=FAKE_CONTRAST_DIM if loss.fake_contrast > 0 else 0,
     )
     if performance.channels_last:  # NHWC convolutions (faster with bf16 on tensor cores and oneDNN/AMX)
         images = images.contiguous(memory_format=torch.channels_last)
@@ -152,6 +158,7 @@ def training_loop(
         gsr_weight=loss.gsr_weight,
         aux_weight=loss.aux_class_weight,
         class_noise=class_noise_scales(counts, loss.class_noise) if loss.class_noise > 0 else None,
+        fake_contrast=loss.fake_contrast,
         class_counts=counts,
         device=device,
     )

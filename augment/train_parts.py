@@ -80,6 +80,7 @@ class Networks:
         state: dict[str, Any] | None,
         channels_last: bool,
         aux_classifier: bool = False,
+        contrast_dim: int = 0,
     ) -> Networks:
         size, channels = data.train.images.shape[-1], data.train.images.shape[1]
         shared = dict(num_classes=data.num_classes, image_size=size, channels=channels, max_mult=opts.max_mult)
@@ -87,6 +88,8 @@ class Networks:
         d_kwargs = dict(shared, width=opts.d_channels, spectral=opts.d_spectral_norm)
         if aux_classifier:  # D's class head (LossOptions.aux_class_weight); only then in the checkpoint's kwargs
             d_kwargs["aux_classifier"] = True
+        if contrast_dim:  # D's instance head (LossOptions.fake_contrast); likewise
+            d_kwargs["contrast_dim"] = contrast_dim
         g_sn = opts.g_spectral_norm
         if state is not None:  # on resume the architecture comes from the checkpoint
             g_kwargs, d_kwargs = dict(state["generator_kwargs"]), dict(state["discriminator_kwargs"])

@@ -21,7 +21,15 @@ import torch
 from augment import checkpoint
 from augment.config import DiffAugPolicy
 from augment.diffaug import POLICIES, AdaptiveAugment, DiffAugment, geometric
-from augment.losses import GanLoss, GroupSpectral, LeCam, class_noise_scales, group_shape
+from augment.losses import (
+    FAKE_CONTRAST_DIM,
+    GanLoss,
+    GroupSpectral,
+    LeCam,
+    class_noise_scales,
+    group_shape,
+    info_nce,
+)
 from augment.models import ConditionalGenerator, ProjectionDiscriminator
 from augment.models.generator import ClassNoise
 from augment.train import loop_kwargs, train
@@ -530,6 +538,7 @@ def test_mirror_shows_d_about_half_of_the_real_images_flipped(tmp_path: Path, mo
         ("train.mode_seeking=-0.5", "mode_seeking"),
         ("train.gsr_weight=-1", "gsr_weight"),
         ("train.class_noise=-0.1", "class_noise"),
+        ("train.fake_contrast=-1", "fake_contrast"),
         ("train.ada_kimg=0", "ada_kimg"),
         ("train.apa_target=0", "apa_target"),
         ("train.g_labels=balanced", "g_labels"),
@@ -564,3 +573,80 @@ def test_d_steps_gives_g_one_step_per_d_steps_and_resumes_in_rhythm(tmp_path: Pa
     one, _ = train(tiny_config(tmp_path, "train.kimg=0.256"), out=tmp_path / "one", progress=False)
     base = checkpoint.load(one / "training-state.pt", checkpoint.STATE_FORMAT)
     assert int(base["opt_G"]["state"][0]["step"]) == int(base["opt_D"]["state"][0]["step"]) == 8
+
+
+def test_info_nce_is_low_when_each_query_finds_its_own_key() -> None:
+    g = torch.Generator().manual_seed(0)
+    keys = torch.randn(16, 8, generator=g)
+    near = keys + 0.05 * torch.randn(16, 8, generator=g)
+    shuffled = near[torch.randperm(16, generator=g)]
+    assert info_nce(near, keys).item() < 0.5  # temperature 0.2 on 8 random dimensions: neighbours stay close
+    assert info_nce(shuffled, keys).item() > 2.0
+    # Chance: every key alike, log(16) nats.
+    assert info_nce(torch.ones(16, 8), torch.ones(16, 8)).item() == pytest.approx(math.log(16), rel=1e-5)
+
+
+def test_fake_contrast_trains_ds_instance_head_and_reaches_g() -> None:
+    """D's instance term falls as D trains on it alone, and G's step pays it (G's gradient changes)."""
+    torch.manual_seed(0)
+    G = ConditionalGenerator(3, 8, 1, z_dim=8, width=8)
+    D = ProjectionDiscriminator(3, 8, 1, width=8, contrast_dim=16)
+    assert ProjectionDiscriminator(3, 8, 1, width=8).instance is None
+    with pytest.raises(ValueError, match="contrast_dim"):
+        ProjectionDiscriminator(3, 8, 1, width=8)(torch.zeros(2, 1, 8, 8), torch.tensor([0, 1]), with_instance=True)
+    y, z = torch.arange(32) % 3, torch.randn(32, 8)
+    loss_fn = GanLoss("hinge", ["translation"], fake_contrast=1.0)
+
+    def term(seed: int) -> float:
+        D.eval()  # the same fakes and augmentations each time: the term alone, measured
+        with torch.no_grad():
+            fake = G(z, y)
+            _, term = loss_fn._fake_scores(G, D, fake, z, y, torch.Generator().manual_seed(seed))
+        D.train()
+        return float(term)
+
+    before = term(1)
+    assert before == pytest.approx(math.log(32), abs=0.5)  # an untrained head: near chance among 32
+    opt = torch.optim.Adam(D.parameters(), lr=3e-3)
+    for step in range(120):
+        opt.zero_grad()
+        with torch.no_grad():
+            fake = G(z, y)
+        _, t = loss_fn._fake_scores(G, D, fake, z, y, torch.Generator().manual_seed(100 + step))
+        t.backward()
+        opt.step()
+    after = term(1)
+    assert after < 0.6 * before
+    # G's step: the term changes G's gradient; off, the loss is the plain one.
+    grads = {}
+    for w in (0.0, 1.0):
+        G.zero_grad()
+        GanLoss("hinge", ["translation"], fake_contrast=w).generator(
+            G, D, y, z, torch.Generator().manual_seed(3)
+        ).backward()
+        grads[w] = torch.cat([p.grad.flatten() for p in G.parameters() if p.grad is not None])
+    assert not torch.allclose(grads[0.0], grads[1.0])
+    with pytest.raises(ValueError, match="fake_contrast"):
+        GanLoss(fake_contrast=-1.0)
+    with pytest.raises(ValueError, match="not combined"):
+        GanLoss(fake_contrast=1.0, aux_weight=1.0)
+
+
+def test_fake_contrast_trains_resumes_exactly_and_excludes_the_aux_head(tmp_path: Path) -> None:
+    from augment.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="fake_contrast and aux_class_weight"):
+        tiny_config(tmp_path, "train.fake_contrast=1", "train.aux_class_weight=1")
+    on = ("train.fake_contrast=1.0",)
+    full, _ = train(tiny_config(tmp_path, "train.kimg=0.256", *on), out=tmp_path / "full", progress=False)
+    part, _ = train(tiny_config(tmp_path, "train.kimg=0.128", *on), out=tmp_path / "part", progress=False)
+    train(tiny_config(tmp_path, "train.kimg=0.256", *on), out=part, resume=True, progress=False)
+    a = checkpoint.load(full / "training-state.pt", checkpoint.STATE_FORMAT)
+    b = checkpoint.load(part / "training-state.pt", checkpoint.STATE_FORMAT)
+    assert a["discriminator_kwargs"]["contrast_dim"] == FAKE_CONTRAST_DIM and "instance.0.weight" in a["D"]
+    assert all(torch.equal(a["G"][k], b["G"][k]) for k in a["G"])
+    assert all(torch.equal(a["D"][k], b["D"][k]) for k in a["D"])
+    off, _ = train(tiny_config(tmp_path, "train.kimg=0.256"), out=tmp_path / "off", progress=False)
+    c = checkpoint.load(off / "training-state.pt", checkpoint.STATE_FORMAT)
+    assert "contrast_dim" not in c["discriminator_kwargs"] and not any(k.startswith("instance.") for k in c["D"])
+    assert not all(torch.equal(a["G"][k], c["G"][k]) for k in c["G"])

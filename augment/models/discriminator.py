@@ -46,7 +46,8 @@ class ProjectionDiscriminator(nn.Module):
 
     ``aux_classifier`` adds a linear class head on the same features ``h`` (an auxiliary
     classifier, as AC-GAN's; Odena et al. 2017): ``D(x, y, with_aux=True)`` returns
-    ``(logits, class_logits)``.
+    ``(logits, class_logits)``. ``contrast_dim`` > 0 adds an MLP head embedding ``h`` for instance
+    discrimination (InsGen / FakeCLR): ``D(x, y, with_instance=True)`` returns ``(logits, embedding)``.
 
     Example:
         >>> d = ProjectionDiscriminator(num_classes=3, image_size=8, channels=1, width=16)
@@ -63,6 +64,7 @@ class ProjectionDiscriminator(nn.Module):
         max_mult: int = 4,
         spectral: bool = True,
         aux_classifier: bool = False,
+        contrast_dim: int = 0,
     ) -> None:
         super().__init__()
         sn = spectral
@@ -79,10 +81,15 @@ class ProjectionDiscriminator(nn.Module):
         # Made last, and only when asked for: the other layers' initial weights stay those of a
         # discriminator without it.
         self.aux = _sn(nn.Linear(widths[-1], num_classes), sn) if aux_classifier else None
+        self.instance = (
+            nn.Sequential(nn.Linear(widths[-1], widths[-1]), nn.LeakyReLU(0.2), nn.Linear(widths[-1], contrast_dim))
+            if contrast_dim > 0
+            else None
+        )
         self.cond_strength = 1.0
 
     def forward(
-        self, x: torch.Tensor, y: torch.Tensor, with_aux: bool = False
+        self, x: torch.Tensor, y: torch.Tensor, with_aux: bool = False, with_instance: bool = False
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         h = nn.functional.leaky_relu(self.from_img(x), 0.2)
         h = nn.functional.leaky_relu(self.head(minibatch_stddev(self.blocks(h))), 0.2).sum(dim=(2, 3))
@@ -90,6 +97,10 @@ class ProjectionDiscriminator(nn.Module):
         if self.cond_strength != 1.0:
             proj = self.cond_strength * proj
         logits = self.fc(h).squeeze(1) + proj
+        if with_instance:
+            if self.instance is None or with_aux:
+                raise ValueError("with_instance needs a discriminator built with contrast_dim > 0, without with_aux")
+            return logits, self.instance(h)
         if with_aux:
             if self.aux is None:
                 raise ValueError("with_aux needs a discriminator built with aux_classifier=True")
