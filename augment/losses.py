@@ -246,7 +246,13 @@ class GanLoss:
         return logits, self.aux_weight * F.cross_entropy(classes.float(), labels)
 
     def _fake_scores(
-        self, G: nn.Module, D: nn.Module, fake_aug: torch.Tensor, z: torch.Tensor, labels: torch.Tensor, gen
+        self,
+        G: nn.Module,
+        D: nn.Module,
+        fake_aug: torch.Tensor,
+        z: torch.Tensor,
+        labels: torch.Tensor,
+        gen: torch.Generator | None,
     ) -> tuple[torch.Tensor, torch.Tensor | float]:
         """D's logits of the augmented fakes, and with ``fake_contrast`` its instance term: each fake's
         embedding must pick out, among the batch's, the one of the fake of its latent moved by
