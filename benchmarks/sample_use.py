@@ -11,7 +11,9 @@ chosen without reading the test split; a user's run still has only its own valid
 
 For one finished run (``RUN_DIR``: ``augment train`` or ``benchmarks/limited_data.py``), every
 candidate of the grid ``--pool`` (synthetic images per class) x ``--latent-std`` (G's latents scaled:
-below 1 the truncation trick's direction, above 1 more diverse) x ``--shares`` x ``--sampling``
+below 1 the truncation trick's direction, above 1 more diverse) x ``--around-real`` (latents drawn around the
+inverted codes of the class's training images: variations of real images along G's manifold) x ``--shares``
+x ``--sampling``
 (``balance``: the tail classes get the larger synthetic share; ``uniform``: equal counts) x ``--thresholds``
 (confidence filter; ``none`` = off) x ``--soft`` x ``--until`` (the fraction of the steps that draw synthetic
 images; the rest train on real images only) x ``--steps`` (the classifier's optimizer steps; default: the
@@ -62,13 +64,18 @@ from augment.metrics import downstream  # noqa: E402
 from augment.metrics.evaluate import generate_uint8  # noqa: E402
 from augment.metrics.regimes import BASELINE, GAN_REGIMES  # noqa: E402
 from augment.metrics.verdict import mean_ci  # noqa: E402
+from augment.models.ensemble import SnapshotEnsemble  # noqa: E402
 from benchmarks.common import command, git_commit, machine, run_cli  # noqa: E402
 from benchmarks.limited_data import make_executor  # noqa: E402
 
 #: The settings one candidate varies (Plan fields, plus the pool size).
+#: Inversion (``--around-real``): Adam steps from z = 0, and the weight of the pull to the prior's shell.
+INVERT_STEPS, INVERT_SHELL = 300, 1e-3
+
 KEYS = (
     "pool",
     "latent_std",
+    "around_real",
     "synthetic_share",
     "synthetic_sampling",
     "confidence_threshold",
@@ -123,23 +130,117 @@ class LatentStd(torch.nn.Module):
         return self.G(z * self.std, y)
 
 
+def members_of(G: torch.nn.Module) -> list[torch.nn.Module]:
+    """The generators a snapshot samples from: a :class:`SnapshotEnsemble`'s members, or ``G`` itself."""
+    return list(G.members) if isinstance(G, SnapshotEnsemble) else [G]
+
+
+def invert(
+    G: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, steps: int = INVERT_STEPS, lr: float = 0.05
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Latents ``z*`` with ``G(z*, y)`` close to each real image, and each one's pixel MSE in [-1, 1].
+
+    Adam on the pixel MSE from ``z = 0`` (G's mean latent, so the result is a function of the image
+    alone), plus a weak pull toward the prior's shell (``|z|^2 / z_dim`` near 1) so the codes stay
+    where G was trained. ``G`` is a plain generator in eval mode (its weights are not touched).
+    """
+    x = images.float() / 127.5 - 1.0
+    z = torch.zeros(len(x), G.z_dim, requires_grad=True)
+    opt = torch.optim.Adam([z], lr=lr)
+    for _ in range(steps):
+        opt.zero_grad(set_to_none=True)
+        err = (G(z, labels) - x).square().mean(dim=(1, 2, 3))
+        shell = (z.square().mean(dim=1) - 1.0).square()
+        (err.sum() + INVERT_SHELL * shell.sum()).backward()
+        opt.step()
+    with torch.no_grad():
+        err = (G(z, labels) - x).square().mean(dim=(1, 2, 3))
+    return z.detach(), err
+
+
+class AroundReal(torch.nn.Module):
+    """G's latents drawn around the inverted codes of its class's real training images:
+    ``z = sqrt(1 - sigma^2) z*_a + sigma e``. ``sigma = 1`` is G's prior; toward 0, a reconstruction of
+    real image ``a``, so between the two: variations of real images along G's own manifold, anchored
+    where the data is (for a 10-image class, where G's prior samples are weakest).
+
+    As :class:`SnapshotEnsemble` routes by the first latent coordinate, the anchor is chosen by the
+    second one (``a = floor(n_c * Phi(z_1))``, uniform over the class's images) and that coordinate
+    re-drawn as a standard normal, so an image is a function of its latent alone: the latents
+    ``augment generate`` draws, per (seed, class, index). ``codes[k]`` holds every training image's
+    code in member ``k`` (class-sorted, ``counts`` per class).
+    """
+
+    def __init__(self, G: torch.nn.Module, codes: torch.Tensor, counts: list[int], sigma: float) -> None:
+        super().__init__()
+        if not 0 < sigma <= 1:
+            raise ValueError(f"sigma must be in (0, 1], got {sigma!r}")
+        if min(counts) < 1:
+            raise ValueError("every class needs a real image to anchor on")
+        self.G, self.sigma = G, float(sigma)
+        self.z_dim, self.channels, self.image_size = G.z_dim, G.channels, G.image_size
+        self.codes = codes  # (members, images, z_dim)
+        self.counts = torch.tensor(counts, dtype=torch.int64)
+        self.offsets = torch.cumsum(self.counts, 0) - self.counts
+
+    def anchors(self, z: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(index into codes per row, z with its second coordinate re-drawn)``."""
+        n = self.counts[y].double()
+        u = torch.special.ndtr(z[:, 1].double()) * n
+        a = torch.minimum(u.floor(), n - 1)
+        z1 = torch.special.ndtri((u - a).clamp(1e-12, 1 - 1e-12)).to(z.dtype)
+        return self.offsets[y] + a.long(), torch.cat([z[:, :1], z1[:, None], z[:, 2:]], dim=1)
+
+    def forward(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        gens = members_of(self.G)
+        if len(gens) > 1:
+            member, z0 = self.G.route(z)
+            z = torch.cat([z0[:, None], z[:, 1:]], dim=1)
+        else:
+            member = torch.zeros(len(z), dtype=torch.int64)
+        idx, e = self.anchors(z, y)
+        w = (1.0 - self.sigma**2) ** 0.5
+        z = w * self.codes[member, idx].to(z.dtype) + self.sigma * e
+        out = None
+        for k, G in enumerate(gens):
+            rows = (member == k).nonzero().squeeze(1)
+            if rows.numel():
+                x = G(z[rows], y[rows])
+                out = x.new_empty((len(z), *x.shape[1:])) if out is None else out
+                out[rows] = x
+        assert out is not None
+        return out
+
+
+def inverted_codes(G: torch.nn.Module, train: ImageSet, num_classes: int) -> tuple[torch.Tensor, list[int], dict]:
+    """Every training image's code in every member of ``G`` (class-sorted), the class counts, and
+    the reconstructions' pixel MSE (mean, per class) for the report."""
+    order = torch.sort(train.labels, stable=True).indices
+    images, labels = train.images[order], train.labels[order]
+    codes, errs = zip(*(invert(g, images, labels) for g in members_of(G)), strict=True)
+    err = torch.stack(errs).mean(0)
+    counts = [int((labels == c).sum()) for c in range(num_classes)]
+    per_class = [round(float(err[labels == c].mean()), 4) for c in range(num_classes)]
+    return torch.stack(codes), counts, {"mse": round(float(err.mean()), 4), "mse_per_class": per_class}
+
+
 def candidate_plan(
     plan: downstream.Plan,
     cand: dict[str, Any],
     on: ImageSet | None,
-    pools: dict[float, torch.Tensor] | None = None,
+    pools: dict[tuple[float, float], torch.Tensor] | None = None,
 ) -> downstream.Plan:
     """``plan`` with the candidate's pool prefix and settings, scored on ``on`` (None: the test split).
 
     ``plan`` is the one prepared at the candidate's ``steps`` (its classic policy chosen at that budget)
-    with the latent-std-1 pool; ``pools`` holds the same pool's images at the other latent stds.
+    with the prior's pool; ``pools`` holds the same pool's images at the other ``(latent_std, around_real)``.
     """
     if cand["steps"] != plan.steps:
         raise ValueError(f"candidate of {cand['steps']} steps on a plan prepared for {plan.steps}")
-    std = cand.get("latent_std", 1.0)
-    images = plan.synthetic_images if std == 1.0 else (pools or {}).get(std)
+    key = latent_key(cand)
+    images = plan.synthetic_images if key == (1.0, 1.0) else (pools or {}).get(key)
     if images is None:
-        raise ValueError(f"no pool at latent std {std:g}")
+        raise ValueError(f"no pool at latent std {key[0]:g}, around real {key[1]:g}")
     keep = pool_prefix(plan.synthetic_labels, cand["pool"], plan.num_classes)
     subset = {
         "synthetic_images": images[keep],
@@ -147,9 +248,14 @@ def candidate_plan(
         "synthetic_probs": None if plan.synthetic_probs is None else plan.synthetic_probs[keep],
         "synthetic_confidence": None if plan.synthetic_confidence is None else plan.synthetic_confidence[keep],
     }
-    settings = {k: cand[k] for k in KEYS if k not in ("pool", "latent_std")}
+    settings = {k: cand[k] for k in KEYS if k not in ("pool", "latent_std", "around_real")}
     scored = {} if on is None else {"test_images": on.images, "test_labels": on.labels}
     return dataclasses.replace(plan, **subset, **settings, **scored)
+
+
+def latent_key(cand: dict[str, Any]) -> tuple[float, float]:
+    """``(latent_std, around_real)`` of a candidate; (1, 1) is G's prior, the pool evaluation uses."""
+    return float(cand.get("latent_std", 1.0)), float(cand.get("around_real", 1.0))
 
 
 def cells(plan: downstream.Plan, regime: str, map_fn: downstream.MapFn) -> list[dict[str, Any]]:
@@ -173,10 +279,11 @@ def per_class_delta(a: list[dict[str, Any]], b: list[dict[str, Any]], names: lis
 def _label(cand: dict[str, Any]) -> str:
     th = "none" if cand["confidence_threshold"] is None else f"{cand['confidence_threshold']:g}"
     until = cand.get("synthetic_until", 1.0)
-    std = cand.get("latent_std", 1.0)
+    std, around = latent_key(cand)
     return (
         f"pool {cand['pool']}"
         + (f" at latent std {std:g}" if std != 1.0 else "")
+        + (f" around real images (sigma {around:g})" if around != 1.0 else "")
         + f", share {cand['synthetic_share']:g} ({cand['synthetic_sampling']}), filter {th}, "
         f"soft {cand['soft_labels']}"
         + (f", synthetic until {until:g} of the steps" if until < 1 else "")
@@ -185,8 +292,9 @@ def _label(cand: dict[str, Any]) -> str:
 
 
 def _cand(row: dict[str, Any]) -> dict[str, Any]:
-    """A candidate's settings from a result row (JSON written before ``latent_std`` existed: 1)."""
-    return {k: row.get(k, 1.0 if k == "latent_std" else None) for k in KEYS}
+    """A candidate's settings from a result row (JSON written before ``latent_std`` or ``around_real``
+    existed: 1, G's prior)."""
+    return {k: row.get(k, 1.0 if k in ("latent_std", "around_real") else None) for k in KEYS}
 
 
 def _ci(d: dict[str, Any]) -> str:
@@ -205,6 +313,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     default = {
         "pool": ev.synthetic_per_class,
         "latent_std": 1.0,
+        "around_real": 1.0,
         "synthetic_share": ev.synthetic_share,
         "synthetic_sampling": ev.synthetic_sampling,
         "confidence_threshold": ev.confidence_threshold,
@@ -216,7 +325,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     grid = [
         dict(zip(KEYS, values, strict=True))
         for values in itertools.product(
-            args.pool, args.latent_std, args.shares, args.sampling, args.thresholds, args.soft, args.until, steps
+            args.pool,
+            args.latent_std,
+            args.around_real,
+            args.shares,
+            args.sampling,
+            args.thresholds,
+            args.soft,
+            args.until,
+            steps,
         )
     ]
     if default not in grid:
@@ -230,10 +347,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.time()
     G = snap.generator("cpu")
     pool, labels = generate_uint8(G, [biggest] * data.num_classes, cfg.generate.seed)
+    counts = [biggest] * data.num_classes
     pools = {
-        std: generate_uint8(LatentStd(G, std), [biggest] * data.num_classes, cfg.generate.seed)[0]
+        (std, 1.0): generate_uint8(LatentStd(G, std), counts, cfg.generate.seed)[0]
         for std in sorted({c["latent_std"] for c in grid} - {1.0})
     }
+    inversion = None
+    sigmas = sorted({c["around_real"] for c in grid} - {1.0})
+    if sigmas:
+        codes, per_class, inversion = inverted_codes(G, data.train, data.num_classes)
+        for sigma in sigmas:
+            pools[(1.0, sigma)] = generate_uint8(AroundReal(G, codes, per_class, sigma), counts, cfg.generate.seed)[0]
+        print(f"train images inverted: pixel MSE {inversion['mse']} (per class {inversion['mse_per_class']})")
     print(
         f"{len(pool)} synthetic images from {snap_path} in {time.time() - t0:.0f} s; dev {len(dev)} images", flush=True
     )
@@ -292,6 +417,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "benchmark": "sample_use",
         "run_dir": str(run_dir),
         "snapshot": {"path": str(snap_path), "kimg": snap.kimg, "member_kimg": list(snap.member_kimg)},
+        "inversion": inversion and {**inversion, "steps": INVERT_STEPS, "shell_weight": INVERT_SHELL},
         "regime": regime,
         "baseline": {
             "regime": BASELINE,
@@ -402,6 +528,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=[1.0],
         help="scale of G's latents (1: as trained; <1 truncation's direction, >1 more diverse; default 1)",
     )
+    ap.add_argument(
+        "--around-real",
+        type=float,
+        nargs="+",
+        default=[1.0],
+        help="latents around the inverted codes of the class's training images, "
+        "sqrt(1 - s^2) z* + s e (1: G's prior, as trained; default 1)",
+    )
     ap.add_argument("--shares", type=float, nargs="+", default=[0.25, 0.5, 0.75])
     ap.add_argument(
         "--sampling",
@@ -440,8 +574,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     except ValueError:
         ap.error(f"--thresholds: numbers in [0, 1] or none, got {args.thresholds}")
     args.soft = [s == "on" for s in args.soft]
-    if set(args.latent_std) != {1.0} and (args.thresholds != [None] or args.soft != [False]):
-        ap.error("--latent-std other than 1 goes without --thresholds and --soft (the filter scores the std-1 pool)")
+    if any(not 0 < s <= 1 for s in args.around_real):
+        ap.error("--around-real values are in (0, 1]")
+    if set(args.latent_std) != {1.0} and set(args.around_real) != {1.0}:
+        ap.error("--latent-std and --around-real vary G's latents one at a time")
+    if {*args.latent_std, *args.around_real} != {1.0} and (args.thresholds != [None] or args.soft != [False]):
+        ap.error(
+            "--latent-std and --around-real other than 1 go without --thresholds and --soft "
+            "(the filter scores the prior's pool)"
+        )
     if any(not 0 <= s <= 1 for s in args.shares):
         ap.error("--shares are in [0, 1]")
     if any(not 0 < u <= 1 for u in args.until):

@@ -72,6 +72,7 @@ def test_the_pick_is_the_best_dev_candidate_and_the_defaults_test_cells_are_eval
     assert len(res["candidates"]) == 5 and res["default"] == {
         "pool": 6,
         "latent_std": 1.0,
+        "around_real": 1.0,
         "synthetic_share": 0.5,
         "synthetic_sampling": "balance",
         "confidence_threshold": None,
@@ -88,10 +89,10 @@ def test_the_pick_is_the_best_dev_candidate_and_the_defaults_test_cells_are_eval
     assert "(`crop`, the config's only candidate)" in sample_use.render(res)
     chosen = dict(res, baseline=dict(res["baseline"], selection={"classic": {"chosen": "crop"}}))
     assert "(`crop`, chosen on val)" in sample_use.render(chosen)
-    # A result written before latent_std existed renders the same table, its pick still marked.
+    # A result written before latent_std and around_real existed renders the same table, its pick still marked.
     old = json.loads(json.dumps(res))
     for row in (old["default"], old["pick"], *old["candidates"]):
-        del row["latent_std"]
+        del row["latent_std"], row["around_real"]
     assert sample_use.render(old) == sample_use.render(res) and "| pick" in sample_use.render(old)
     steps = res["baseline"]["by_steps"]
     balanced = {k: dict(v, classic_sampling="balance") for k, v in steps.items()}
@@ -225,10 +226,65 @@ def test_a_candidates_latent_std_reaches_the_batches(small_run: Path) -> None:
     plan = downstream.prepare(data, pool, labels, cfg.evaluate, seed=cfg.seed, map_fn=map)
     cand = {"pool": 4, "latent_std": 1.5, "synthetic_share": 0.5, "synthetic_sampling": "balance"}
     cand |= {"confidence_threshold": None, "soft_labels": False, "synthetic_until": 1.0, "steps": plan.steps}
-    got = sample_use.candidate_plan(plan, cand, None, {1.5: wide})
+    got = sample_use.candidate_plan(plan, cand, None, {(1.5, 1.0): wide})
     keep = sample_use.pool_prefix(labels, 4, 3)
     assert torch.equal(got.synthetic_images, wide[keep]) and "at latent std 1.5" in sample_use._label(cand)
-    same = sample_use.candidate_plan(plan, cand | {"latent_std": 1.0}, None, {1.5: wide})
+    same = sample_use.candidate_plan(plan, cand | {"latent_std": 1.0}, None, {(1.5, 1.0): wide})
     assert torch.equal(same.synthetic_images, pool[keep])
-    with pytest.raises(ValueError, match="no pool at latent std 1.5"):
+    with pytest.raises(ValueError, match="no pool at latent std 1.5, around real 1"):
         sample_use.candidate_plan(plan, cand, None)
+
+
+def test_around_real_draws_variations_of_the_inverted_training_images(small_run: Path) -> None:
+    args = sample_use.parse_args([str(small_run), *USE, "--around-real", "0.5", "1"])
+    assert args.around_real == [0.5, 1.0]
+    for bad in (
+        ["--around-real", "0"],
+        ["--around-real", "1.5"],
+        ["--around-real", "0.5", "--latent-std", "1.5"],
+        ["--around-real", "0.5", "--thresholds", "0.8"],
+    ):
+        with pytest.raises(SystemExit):
+            sample_use.parse_args([str(small_run), *USE, *bad])
+    from augment.generate import latents, quantize
+
+    cfg = rundir.run_config(small_run)
+    data = load_data(cfg.data, cfg.seed)
+    G = load_snapshot(find_snapshot(small_run)).generator("cpu")
+    # Inversion finds G's own images again: far closer than G's mean latent, which it starts from.
+    y = torch.tensor([0, 1, 2, 0, 1, 2])
+    target = quantize(G(latents(5, y, torch.arange(6), G.z_dim), y))
+    z, err = sample_use.invert(G, target, y, steps=200)
+    start = (G(torch.zeros(6, G.z_dim), y) - (target.float() / 127.5 - 1)).square().mean(dim=(1, 2, 3))
+    assert z.shape == (6, G.z_dim) and float(err.mean()) < 0.2 * float(start.mean())
+
+    codes, counts, report = sample_use.inverted_codes(G, data.train, data.num_classes)
+    assert counts == data.train.counts(data.num_classes) and codes.shape == (1, len(data.train), G.z_dim)
+    assert len(report["mse_per_class"]) == data.num_classes and report["mse"] > 0
+    order = torch.sort(data.train.labels, stable=True).indices
+    recon = quantize(G(codes[0], data.train.labels[order]))
+    # Near sigma 0 an image is its anchor's reconstruction; the anchors cover the class's images.
+    near = sample_use.AroundReal(G, codes, counts, 1e-4)
+    pool, labels = generate_uint8(near, [40, 40, 40], 0)
+    idx, _ = near.anchors(latents(0, labels, torch.cat([torch.arange(40)] * 3), G.z_dim), labels)
+    assert (pool.int() - recon[idx].int()).abs().max() <= 1
+    assert torch.equal(data.train.labels[order][idx], labels)
+    spread = [len(set(idx[labels == c].tolist())) for c in range(3)]
+    assert all(s >= min(counts[c], 40) // 2 for c, s in enumerate(spread)), (spread, counts)
+    # Between the two: images that are neither the reconstructions nor the prior's, the same on every call.
+    mid = sample_use.AroundReal(G, codes, counts, 0.5)
+    a, _ = generate_uint8(mid, [8, 8, 8], 0)
+    prior, _ = generate_uint8(G, [8, 8, 8], 0)
+    assert torch.equal(a, generate_uint8(mid, [8, 8, 8], 0)[0]) and not torch.equal(a, prior)
+    plan = downstream.prepare(
+        data, prior, labels[:0].new_tensor([0] * 8 + [1] * 8 + [2] * 8), cfg.evaluate, seed=cfg.seed, map_fn=map
+    )
+    cand = {"pool": 4, "latent_std": 1.0, "around_real": 0.5, "synthetic_share": 0.5, "synthetic_sampling": "balance"}
+    cand |= {"confidence_threshold": None, "soft_labels": False, "synthetic_until": 1.0, "steps": plan.steps}
+    keep = sample_use.pool_prefix(plan.synthetic_labels, 4, 3)
+    got = sample_use.candidate_plan(plan, cand, None, {(1.0, 0.5): a})
+    assert torch.equal(got.synthetic_images, a[keep]) and "around real images (sigma 0.5)" in sample_use._label(cand)
+    with pytest.raises(ValueError, match="around real 0.5"):
+        sample_use.candidate_plan(plan, cand, None, {(1.5, 1.0): a})
+    with pytest.raises(ValueError, match="sigma"):
+        sample_use.AroundReal(G, codes, counts, 0.0)
