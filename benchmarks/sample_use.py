@@ -60,6 +60,7 @@ from augment.checkpoint import find_snapshot, load_snapshot  # noqa: E402
 from augment.config import Config  # noqa: E402
 from augment.data import ImageSet, PreparedData, load_data  # noqa: E402
 from augment.errors import AugmentError, ConfigError  # noqa: E402
+from augment.generate import latents, quantize  # noqa: E402
 from augment.metrics import downstream  # noqa: E402
 from augment.metrics.evaluate import generate_uint8  # noqa: E402
 from augment.metrics.regimes import BASELINE, GAN_REGIMES  # noqa: E402
@@ -212,6 +213,28 @@ class AroundReal(torch.nn.Module):
         return out
 
 
+def around_real_grid(
+    G: torch.nn.Module, codes: torch.Tensor, train: ImageSet, sigmas: list[float], seed: int, per_sigma: int = 2
+) -> torch.Tensor:
+    """One row per class: its first training image, G's reconstruction of it (first member), ``per_sigma``
+    variations at each ``sigma`` (``sqrt(1 - s^2) z* + s e``, the same ``e`` at every sigma), and a prior
+    sample. uint8 ``(rows * cols, C, H, W)``, row-major, for ``torchvision.utils.save_image(nrow=cols)``."""
+    order = torch.sort(train.labels, stable=True).indices
+    labels = train.labels[order]
+    G0 = members_of(G)[0]
+    out = []
+    with torch.no_grad():
+        for c in labels.unique().tolist():
+            j = int(torch.nonzero(labels == c)[0])
+            y = torch.full((per_sigma + 1,), c, dtype=torch.int64)
+            e = latents(seed, y, torch.arange(per_sigma + 1), G0.z_dim)
+            z = codes[0, j : j + 1]
+            row = [train.images[order[j]][None], quantize(G0(z, y[:1]))]
+            row += [quantize(G0((1 - s * s) ** 0.5 * z + s * e[:per_sigma], y[:per_sigma])) for s in sigmas]
+            out += [*row, quantize(G0(e[per_sigma:], y[:1]))]
+    return torch.cat(out)
+
+
 def inverted_codes(G: torch.nn.Module, train: ImageSet, num_classes: int) -> tuple[torch.Tensor, list[int], dict]:
     """Every training image's code in every member of ``G`` (class-sorted), the class counts, and
     the reconstructions' pixel MSE (mean, per class) for the report."""
@@ -359,6 +382,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for sigma in sigmas:
             pools[(1.0, sigma)] = generate_uint8(AroundReal(G, codes, per_class, sigma), counts, cfg.generate.seed)[0]
         print(f"train images inverted: pixel MSE {inversion['mse']} (per class {inversion['mse_per_class']})")
+        if args.grid is not None:
+            from torchvision.utils import save_image
+
+            tiles = around_real_grid(G, codes, data.train, sigmas, cfg.generate.seed)
+            save_image(tiles.float() / 255, args.grid, nrow=len(tiles) // data.num_classes, padding=1, pad_value=1.0)
+            print(
+                f"wrote {args.grid}: per class a training image, its reconstruction, 2 per sigma {sigmas}, a prior one"
+            )
     print(
         f"{len(pool)} synthetic images from {snap_path} in {time.time() - t0:.0f} s; dev {len(dev)} images", flush=True
     )
@@ -536,6 +567,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="latents around the inverted codes of the class's training images, "
         "sqrt(1 - s^2) z* + s e (1: G's prior, as trained; default 1)",
     )
+    ap.add_argument(
+        "--grid", type=Path, default=None, help="with --around-real: a PNG of reconstructions and variations"
+    )
     ap.add_argument("--shares", type=float, nargs="+", default=[0.25, 0.5, 0.75])
     ap.add_argument(
         "--sampling",
@@ -576,6 +610,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.soft = [s == "on" for s in args.soft]
     if any(not 0 < s <= 1 for s in args.around_real):
         ap.error("--around-real values are in (0, 1]")
+    if args.grid is not None and set(args.around_real) == {1.0}:
+        ap.error("--grid shows --around-real's variations: give --around-real values below 1")
     if set(args.latent_std) != {1.0} and set(args.around_real) != {1.0}:
         ap.error("--latent-std and --around-real vary G's latents one at a time")
     if {*args.latent_std, *args.around_real} != {1.0} and (args.thresholds != [None] or args.soft != [False]):

@@ -288,3 +288,10 @@ def test_around_real_draws_variations_of_the_inverted_training_images(small_run:
         sample_use.candidate_plan(plan, cand, None, {(1.5, 1.0): a})
     with pytest.raises(ValueError, match="sigma"):
         sample_use.AroundReal(G, codes, counts, 0.0)
+    # The grid: per class its first training image, the reconstruction, 2 per sigma, a prior sample.
+    cells = sample_use.around_real_grid(G, codes, data.train, [0.5, 0.75], 0)
+    assert cells.shape == (3 * 7, *data.train.images.shape[1:]) and cells.dtype == torch.uint8
+    assert torch.equal(cells[0], data.train.images[order[0]]) and torch.equal(cells[1], recon[0])
+    assert torch.equal(cells[7 + 1], recon[counts[0]]) and not torch.equal(cells[2], cells[4])
+    with pytest.raises(SystemExit):
+        sample_use.parse_args([str(small_run), *USE, "--grid", "g.png"])
