@@ -26,7 +26,8 @@ on the test split, paired per seed with the baseline at their own step count. Wi
 counts, the baseline also gets its best one on dev, and the test reports the pick against it: each
 side at the classifier budget dev chose for it. The pools are prefixes of one another (every
 image is seeded per class and index, as ``augment evaluate`` draws them), so a pool of 300 is the
-300 images the run's evaluation used.
+300 images the run's evaluation used. ``--mix RUN ...`` draws every pool from an equal-weight mixture of
+RUN_DIR's generator and other trainings of the same data (routed by the latent, as a snapshot ensemble is).
 
 Cells run one by one on ``--workers`` single-threaded processes, as ``limited_data.py``'s do, so the
 default's test cells equal that benchmark's on the same run and pool::
@@ -369,6 +370,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     biggest = max(c["pool"] for c in grid)
     t0 = time.time()
     G = snap.generator("cpu")
+    mixed = []
+    for other in args.mix:  # more trainings of the same data: one equal-weight mixture, routed by the latent
+        other_path = find_snapshot(other)
+        other_snap = load_snapshot(other_path)
+        rundir.check_data_matches(other_path, other_snap.class_names, other_snap.data_fingerprint, data)
+        mixed.append(
+            {
+                "run_dir": str(other),
+                "path": str(other_path),
+                "kimg": other_snap.kimg,
+                "member_kimg": list(other_snap.member_kimg),
+                "generator": other_snap.generator("cpu"),
+            }
+        )
+    if mixed:
+        G = SnapshotEnsemble([G, *(m.pop("generator") for m in mixed)])
     pool, labels = generate_uint8(G, [biggest] * data.num_classes, cfg.generate.seed)
     counts = [biggest] * data.num_classes
     pools = {
@@ -448,6 +465,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "benchmark": "sample_use",
         "run_dir": str(run_dir),
         "snapshot": {"path": str(snap_path), "kimg": snap.kimg, "member_kimg": list(snap.member_kimg)},
+        "mix": mixed,
         "inversion": inversion and {**inversion, "steps": INVERT_STEPS, "shell_weight": INVERT_SHELL},
         "regime": regime,
         "baseline": {
@@ -500,8 +518,12 @@ def render(res: dict[str, Any]) -> str:
     draws = {v.get("classic_sampling") for v in base.get("by_steps", {}).values()}
     sampling = ", class-balanced" if draws == {"balance"} else ""
     how = "chosen on val" if "classic" in base.get("selection", {}) else "the config's only candidate"
+    trainings = 1 + len(res.get("mix") or [])
+    unseen = "the run never saw them"
+    if trainings > 1:
+        unseen = f"the runs never saw them; synthetic images from {trainings} trainings, equal weight"
     lines = [
-        f"Dev split: {n['dev']} real images (the run never saw them); {res['regime']} minus {BASELINE} "
+        f"Dev split: {n['dev']} real images ({unseen}); {res['regime']} minus {BASELINE} "
         f"(`{base['classic']}`{sampling}, {how}), paired over seeds {res['classifier']['seeds']}, "
         f"classifier cells in {res['classifier']['precision']}, points, 95% t-interval:",
         "",
@@ -568,6 +590,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "sqrt(1 - s^2) z* + s e (1: G's prior, as trained; default 1)",
     )
     ap.add_argument(
+        "--mix",
+        type=Path,
+        nargs="+",
+        default=[],
+        help="other run directories of the same data: every pool draws from RUN_DIR and these, equal weight",
+    )
+    ap.add_argument(
         "--grid", type=Path, default=None, help="with --around-real: a PNG of reconstructions and variations"
     )
     ap.add_argument("--shares", type=float, nargs="+", default=[0.25, 0.5, 0.75])
@@ -610,6 +639,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.soft = [s == "on" for s in args.soft]
     if any(not 0 < s <= 1 for s in args.around_real):
         ap.error("--around-real values are in (0, 1]")
+    if args.mix and set(args.around_real) != {1.0}:
+        ap.error("--around-real inverts one training's generator: it goes without --mix")
     if args.grid is not None and set(args.around_real) == {1.0}:
         ap.error("--grid shows --around-real's variations: give --around-real values below 1")
     if set(args.latent_std) != {1.0} and set(args.around_real) != {1.0}:

@@ -295,3 +295,27 @@ def test_around_real_draws_variations_of_the_inverted_training_images(small_run:
     assert torch.equal(cells[7 + 1], recon[counts[0]]) and not torch.equal(cells[2], cells[4])
     with pytest.raises(SystemExit):
         sample_use.parse_args([str(small_run), *USE, "--grid", "g.png"])
+
+
+def test_mix_draws_the_pools_from_several_trainings_of_the_same_data(small_run: Path, tmp_path: Path, capsys) -> None:
+    from augment.train import train
+    from conftest import tiny_config
+
+    other, _ = train(tiny_config(tmp_path, "train.seed=1"), out=tmp_path / "other", progress=False)
+    one = ["--dev-per-class", "6", "--pool", "6", "--shares", "0.5", "--seeds", "2", "--workers", "1"]
+    alone = sample_use.run(sample_use.parse_args([str(small_run), *one, "--regime", "real+gan"]))
+    mixed = sample_use.run(sample_use.parse_args([str(small_run), *one, "--regime", "real+gan", "--mix", str(other)]))
+    assert mixed["mix"][0]["run_dir"] == str(other) and alone["mix"] == []
+    assert "synthetic images from 2 trainings, equal weight" in sample_use.render(mixed)
+    assert "the run never saw them" in sample_use.render(alone)
+    # The same baseline cells; the candidate trains on another pool.
+    assert mixed["test"]["baseline_values"] == alone["test"]["baseline_values"]
+    assert mixed["candidates"][0]["dev_values"] != alone["candidates"][0]["dev_values"]
+    # A training of other data is refused, one line, exit 2.
+    foreign, _ = train(tiny_config(tmp_path, "seed=1"), out=tmp_path / "foreign", progress=False)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as err:
+        sample_use.main([str(small_run), *one, "--mix", str(foreign)])
+    assert err.value.code == 2 and "trained on data" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        sample_use.parse_args([str(small_run), *one, "--mix", str(other), "--around-real", "0.5"])
