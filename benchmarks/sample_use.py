@@ -70,10 +70,10 @@ from augment.models.ensemble import SnapshotEnsemble  # noqa: E402
 from benchmarks.common import command, git_commit, machine, run_cli  # noqa: E402
 from benchmarks.limited_data import make_executor  # noqa: E402
 
-#: The settings one candidate varies (Plan fields, plus the pool size).
 #: Inversion (``--around-real``): Adam steps from z = 0, and the weight of the pull to the prior's shell.
 INVERT_STEPS, INVERT_SHELL = 300, 1e-3
 
+#: The settings one candidate varies (Plan fields, plus the pool and how its latents are drawn).
 KEYS = (
     "pool",
     "latent_std",
