@@ -194,24 +194,15 @@ class AroundReal(torch.nn.Module):
         return self.offsets[y] + a.long(), torch.cat([z[:, :1], z1[:, None], z[:, 2:]], dim=1)
 
     def forward(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        gens = members_of(self.G)
-        if len(gens) > 1:
+        ensemble = isinstance(self.G, SnapshotEnsemble)
+        if ensemble:  # the member is chosen as the ensemble chooses it, by the first coordinate
             member, z0 = self.G.route(z)
             z = torch.cat([z0[:, None], z[:, 1:]], dim=1)
         else:
             member = torch.zeros(len(z), dtype=torch.int64)
         idx, e = self.anchors(z, y)
-        w = (1.0 - self.sigma**2) ** 0.5
-        z = w * self.codes[member, idx].to(z.dtype) + self.sigma * e
-        out = None
-        for k, G in enumerate(gens):
-            rows = (member == k).nonzero().squeeze(1)
-            if rows.numel():
-                x = G(z[rows], y[rows])
-                out = x.new_empty((len(z), *x.shape[1:])) if out is None else out
-                out[rows] = x
-        assert out is not None
-        return out
+        z = (1.0 - self.sigma**2) ** 0.5 * self.codes[member, idx].to(z.dtype) + self.sigma * e
+        return self.G.dispatch(member, z, y) if ensemble else self.G(z, y)
 
 
 def around_real_grid(

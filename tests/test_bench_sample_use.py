@@ -254,6 +254,11 @@ def test_around_real_draws_variations_of_the_inverted_training_images(small_run:
     idx, _ = near.anchors(latents(0, labels, torch.cat([torch.arange(40)] * 3), G.z_dim), labels)
     assert (pool.int() - recon[idx].int()).abs().max() <= 1
     assert torch.equal(data.train.labels[order][idx], labels)
+    # Over a snapshot ensemble the member is routed as the ensemble routes it, then the member's code is used.
+    from augment.models.ensemble import SnapshotEnsemble
+
+    twin = sample_use.AroundReal(SnapshotEnsemble([G, G]), torch.cat([codes, codes]), counts, 1e-4)
+    assert (generate_uint8(twin, [40, 40, 40], 0)[0].int() - recon[idx].int()).abs().max() <= 1
     spread = [len(set(idx[labels == c].tolist())) for c in range(3)]
     assert all(s >= min(counts[c], 40) // 2 for c, s in enumerate(spread)), (spread, counts)
     # Between the two: images that are neither the reconstructions nor the prior's, the same on every call.

@@ -51,7 +51,10 @@ class SnapshotEnsemble(nn.Module):
         if len(self.members) == 1:
             return self.members[0](z, y)
         member, z0 = self.route(z)
-        z = torch.cat([z0[:, None], z[:, 1:]], dim=1)
+        return self.dispatch(member, torch.cat([z0[:, None], z[:, 1:]], dim=1), y)
+
+    def dispatch(self, member: torch.Tensor, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Row ``i`` drawn by member ``member[i]`` from latent ``z[i]`` as given (already routed)."""
         out: torch.Tensor | None = None
         for k, G in enumerate(self.members):
             rows = (member == k).nonzero().squeeze(1)
