@@ -242,6 +242,10 @@ class TrainConfig(_Section):
     #: InfoNCE term over an embedding head on D's features, in D's loss and in G's: each fake must pick
     #: out, among the batch's, the fake of its own latent moved by small noise (0 = off; on, D gets the head).
     fake_contrast: float = Field(0.0, ge=0)
+    #: FastGAN's self-supervised discriminator (Liu et al. 2021): weight of the squared error of a small
+    #: decoder on D's last feature map that redraws each augmented real image at twice that map's size
+    #: (14x14 for 28x28 images), in D's loss (0 = off; on, D gets the decoder).
+    d_recon: float = Field(0.0, ge=0)
     #: The classes of the generator's step: ``data`` = the real minibatch's labels (the class
     #: frequencies of the train split, as D's fakes); ``uniform`` = every class equally often, so a
     #: tail class of a long tail gets as many generator updates as the largest class (D's step is
@@ -291,8 +295,9 @@ class TrainConfig(_Section):
 
     @model_validator(mode="after")
     def _one_extra_head(self) -> TrainConfig:
-        if self.fake_contrast > 0 and self.aux_class_weight > 0:
-            raise ValueError("fake_contrast and aux_class_weight each add a head to D: set one of them")
+        on = [k for k in ("fake_contrast", "aux_class_weight", "d_recon") if getattr(self, k) > 0]
+        if len(on) > 1:
+            raise ValueError(f"{' and '.join(on)} each add a head to D: set one of them")
         return self
 
     @model_validator(mode="after")

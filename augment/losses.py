@@ -154,6 +154,20 @@ def info_nce(query: torch.Tensor, key: torch.Tensor, temperature: float = FAKE_C
     return F.cross_entropy(logits, torch.arange(len(q), device=q.device))
 
 
+def recon_loss(rec: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The mean squared error of D's reconstruction ``rec`` against the image ``x`` it saw, averaged
+    down to ``rec``'s size (FastGAN compares with LPIPS, whose pretrained network is not at hand
+    here: pixels instead). ``x`` is a target: no gradient flows into it (nor, under R1, through it).
+
+    Example:
+        >>> x = torch.ones(1, 1, 4, 4)
+        >>> recon_loss(torch.ones(1, 1, 2, 2), x).item(), recon_loss(torch.zeros(1, 1, 2, 2), x).item()
+        (0.0, 1.0)
+    """
+    target = F.adaptive_avg_pool2d(x.detach().float(), rec.shape[-2:])
+    return F.mse_loss(rec.float(), target)
+
+
 class GanLoss:
     """Hinge (Lim & Ye 2017; Miyato et al. 2018) or non-saturating (Goodfellow et al. 2014) loss,
     with the limited-data regularisers as options: R1, adaptive augmentation (``ada``: its p
@@ -167,8 +181,10 @@ class GanLoss:
     pays its cross-entropy on the fakes' intended classes; D must be built with ``aux_classifier``)
     noise on G's class conditioning in both players' steps (``class_noise``: the per-class
     ``sigma`` of :class:`~augment.models.generator.ClassNoise`, from :func:`class_noise_scales`)
-    and fake instance discrimination (``fake_contrast``, InsGen / FakeCLR: D must be built with
-    ``contrast_dim``)."""
+    fake instance discrimination (``fake_contrast``, InsGen / FakeCLR: D must be built with
+    ``contrast_dim``) and FastGAN's self-supervised reconstruction (``recon_weight``: D's decoder
+    must redraw each augmented real image at its own resolution, :func:`recon_loss`; D must be built
+    with ``recon``)."""
 
     def __init__(
         self,
@@ -186,6 +202,7 @@ class GanLoss:
         aux_weight: float = 0.0,
         class_noise: torch.Tensor | None = None,
         fake_contrast: float = 0.0,
+        recon_weight: float = 0.0,
         class_counts: Sequence[int] | torch.Tensor | None = None,
         device: torch.device | str = "cpu",
     ) -> None:
@@ -201,8 +218,19 @@ class GanLoss:
             raise ValueError(f"bcr_weight must be >= 0, got {bcr_weight}")
         if fake_contrast < 0:
             raise ValueError(f"fake_contrast must be >= 0, got {fake_contrast}")
-        if fake_contrast > 0 and aux_weight > 0:
-            raise ValueError("fake_contrast and aux_weight are not combined (one extra head of D at a time)")
+        if recon_weight < 0:
+            raise ValueError(f"recon_weight must be >= 0, got {recon_weight}")
+        heads = [
+            name
+            for name, w in (
+                ("aux_weight", aux_weight),
+                ("fake_contrast", fake_contrast),
+                ("recon_weight", recon_weight),
+            )
+            if w > 0
+        ]
+        if len(heads) > 1:
+            raise ValueError(f"{' and '.join(heads)} are not combined (one extra head of D at a time)")
         self.kind = kind
         if ada_extra and ada is None:
             raise ValueError(f"ada_extra {list(ada_extra)} needs ada (the controller whose p applies them)")
@@ -220,6 +248,7 @@ class GanLoss:
         self.aux_weight = aux_weight
         self.class_noise = None if class_noise is None else torch.as_tensor(class_noise, dtype=torch.float32).to(device)
         self.fake_contrast = fake_contrast
+        self.recon_weight = recon_weight
 
     @property
     def controllers(self) -> dict[str, AdaptiveAugment]:
@@ -237,9 +266,15 @@ class GanLoss:
             return G(z, labels)
         return G(z, labels, ClassNoise(self.class_noise[labels], gen))
 
-    def _score(self, D: nn.Module, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | float]:
+    def _score(
+        self, D: nn.Module, x: torch.Tensor, labels: torch.Tensor, real: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | float]:
         """D's logits, and the auxiliary classifier's term: ``aux_weight`` x the cross-entropy of D's
-        class head against ``labels`` (0 when off)."""
+        class head against ``labels`` (0 when off); on ``real`` images with ``recon_weight``, that
+        weight x D's reconstruction error of ``x`` instead."""
+        if real and self.recon_weight > 0:
+            logits, rec = D(x, labels, with_recon=True)
+            return logits, self.recon_weight * recon_loss(rec, x)
         if self.aux_weight == 0:
             return D(x, labels), 0.0
         logits, classes = D(x, labels, with_aux=True)
@@ -310,7 +345,8 @@ class GanLoss:
         do_r1 = self.r1_gamma > 0 and r1
         if do_r1 and D_r1 is None:
             real_aug = real_aug.detach().requires_grad_(True)
-        real_logits, aux_real = self._score(D, real_aug, labels)  # the class head learns from reals only
+        # the class head and the decoder learn from reals only
+        real_logits, aux_real = self._score(D, real_aug, labels, real=True)
         fake_logits, contrast = self._fake_scores(G, D, fake_aug, z, labels, gen)
         if self.kind == "hinge":
             loss = F.relu(1.0 - real_logits).mean() + F.relu(1.0 + fake_logits).mean()

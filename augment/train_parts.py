@@ -81,6 +81,7 @@ class Networks:
         channels_last: bool,
         aux_classifier: bool = False,
         contrast_dim: int = 0,
+        recon: bool = False,
     ) -> Networks:
         size, channels = data.train.images.shape[-1], data.train.images.shape[1]
         shared = dict(num_classes=data.num_classes, image_size=size, channels=channels, max_mult=opts.max_mult)
@@ -90,6 +91,8 @@ class Networks:
             d_kwargs["aux_classifier"] = True
         if contrast_dim:  # D's instance head (LossOptions.fake_contrast); likewise
             d_kwargs["contrast_dim"] = contrast_dim
+        if recon:  # D's decoder (LossOptions.d_recon); likewise
+            d_kwargs["recon"] = True
         g_sn = opts.g_spectral_norm
         if state is not None:  # on resume the architecture comes from the checkpoint
             g_kwargs, d_kwargs = dict(state["generator_kwargs"]), dict(state["discriminator_kwargs"])

@@ -171,6 +171,8 @@ RECIPES: dict[str, list[str]] = {
     # Fake instance discrimination (InsGen / FakeCLR) at the weight their code uses for D and G (1.0)
     "fake_contrast_1": ["train.fake_contrast=1.0"],
     "fake_contrast_0.1": ["train.fake_contrast=0.1"],
+    # FastGAN's self-supervised D (a decoder redraws each augmented real at 14x14 from D's 7x7 features), MSE weight 1
+    "d_recon_1": ["train.d_recon=1.0"],
     "aux_class_1": ["train.aux_class_weight=1.0"],  # AC-GAN's class head beside the projection, StudioGAN's weight 1
     "z128": ["model.z_dim=128"],
     "wide": ["model.g_channels=48", "model.d_channels=48"],

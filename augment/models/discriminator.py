@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-from augment.models.generator import layout, memory_format_of
+from augment.models.generator import layout, memory_format_of, upsample_conv3x3
 
 
 def _sn(module: nn.Module, enabled: bool) -> nn.Module:
@@ -37,6 +37,28 @@ def minibatch_stddev(x: torch.Tensor, group_size: int = 4) -> torch.Tensor:
     return torch.cat([x, y], dim=1).contiguous(memory_format=memory_format_of(x))  # cat returns NCHW
 
 
+class ReconDecoder(nn.Module):
+    """FastGAN's self-supervised decoder (Liu et al. 2021, "Towards Faster and Stabilized GAN Training
+    for High-fidelity Few-shot Image Synthesis"): from D's last feature map to an image at twice its
+    size (nearest upsampling + 3x3 convolution, LeakyReLU, 3x3 convolution to the image's channels,
+    tanh). Trained on real images only, it makes D keep what describes an image, not just what
+    tells a few memorised reals from fakes.
+
+    Example:
+        >>> ReconDecoder(16, 8, 1)(torch.zeros(2, 16, 4, 4)).shape
+        torch.Size([2, 1, 8, 8])
+    """
+
+    def __init__(self, cin: int, width: int, channels: int, sn: bool = True) -> None:
+        super().__init__()
+        self.up = _sn(nn.Conv2d(cin, width, 3, padding=1, bias=False), sn)
+        self.to_img = _sn(nn.Conv2d(width, channels, 3, padding=1), sn)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        h = nn.functional.leaky_relu(upsample_conv3x3(h, self.up.weight), 0.2)
+        return torch.tanh(self.to_img(h))
+
+
 class ProjectionDiscriminator(nn.Module):
     """Scores ``(image, class)``: ``psi(h) + <embed(y), h>`` with ``h`` the image's global features.
 
@@ -48,6 +70,8 @@ class ProjectionDiscriminator(nn.Module):
     classifier, as AC-GAN's; Odena et al. 2017): ``D(x, y, with_aux=True)`` returns
     ``(logits, class_logits)``. ``contrast_dim`` > 0 adds an MLP head embedding ``h`` for instance
     discrimination (InsGen / FakeCLR): ``D(x, y, with_instance=True)`` returns ``(logits, embedding)``.
+    ``recon`` adds FastGAN's decoder (:class:`ReconDecoder`) on the last feature map:
+    ``D(x, y, with_recon=True)`` returns ``(logits, reconstruction)``, the image at twice that map's size.
 
     Example:
         >>> d = ProjectionDiscriminator(num_classes=3, image_size=8, channels=1, width=16)
@@ -65,6 +89,7 @@ class ProjectionDiscriminator(nn.Module):
         spectral: bool = True,
         aux_classifier: bool = False,
         contrast_dim: int = 0,
+        recon: bool = False,
     ) -> None:
         super().__init__()
         sn = spectral
@@ -86,17 +111,28 @@ class ProjectionDiscriminator(nn.Module):
             if contrast_dim > 0
             else None
         )
+        self.decoder = ReconDecoder(widths[-1], widths[0], channels, sn) if recon else None
         self.cond_strength = 1.0
 
     def forward(
-        self, x: torch.Tensor, y: torch.Tensor, with_aux: bool = False, with_instance: bool = False
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        with_aux: bool = False,
+        with_instance: bool = False,
+        with_recon: bool = False,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         h = nn.functional.leaky_relu(self.from_img(x), 0.2)
-        h = nn.functional.leaky_relu(self.head(minibatch_stddev(self.blocks(h))), 0.2).sum(dim=(2, 3))
+        features = self.blocks(h)
+        h = nn.functional.leaky_relu(self.head(minibatch_stddev(features)), 0.2).sum(dim=(2, 3))
         proj = (self.embed(y) * h).sum(dim=1)
         if self.cond_strength != 1.0:
             proj = self.cond_strength * proj
         logits = self.fc(h).squeeze(1) + proj
+        if with_recon:
+            if self.decoder is None or with_aux or with_instance:
+                raise ValueError("with_recon needs a discriminator built with recon=True, without another head")
+            return logits, self.decoder(features)
         if with_instance:
             if self.instance is None or with_aux:
                 raise ValueError("with_instance needs a discriminator built with contrast_dim > 0, without with_aux")
