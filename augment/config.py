@@ -246,6 +246,12 @@ class TrainConfig(_Section):
     #: decoder on D's last feature map that redraws each augmented real image at twice that map's size
     #: (14x14 for 28x28 images), in D's loss (0 = off; on, D gets the decoder).
     d_recon: float = Field(0.0, ge=0)
+    #: UTLO (Khorram et al. 2024, "Taming the Tail in Class-Conditional GANs"): G's lowest resolution
+    #: (7x7 for 28x28 images) is unconditional and draws a low-resolution image there, which an
+    #: unconditional head of D judges against the real images averaged to that size; this is the
+    #: weight of that objective in both players' losses (the paper's alpha; 0 = off; on, G and D
+    #: get the extra layers). DCGAN layout only.
+    uncond_low: float = Field(0.0, ge=0)
     #: The classes of the generator's step: ``data`` = the real minibatch's labels (the class
     #: frequencies of the train split, as D's fakes); ``uniform`` = every class equally often, so a
     #: tail class of a long tail gets as many generator updates as the largest class (D's step is
@@ -524,6 +530,12 @@ class Config(_Section):
     evaluate: EvaluateConfig = EvaluateConfig()
     tracking: TrackingConfig = TrackingConfig()
     output: OutputConfig = OutputConfig()
+
+    @model_validator(mode="after")
+    def _uncond_low_layout(self) -> Config:
+        if self.train.uncond_low > 0 and self.model.g_arch != "dcgan":
+            raise ValueError(f"train.uncond_low needs model.g_arch dcgan, not {self.model.g_arch}")
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved config as plain YAML/JSON-able values."""

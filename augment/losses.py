@@ -184,7 +184,9 @@ class GanLoss:
     fake instance discrimination (``fake_contrast``, InsGen / FakeCLR: D must be built with
     ``contrast_dim``) and FastGAN's self-supervised reconstruction (``recon_weight``: D's decoder
     must redraw each augmented real image at its own resolution, :func:`recon_loss`; D must be built
-    with ``recon``)."""
+    with ``recon``) and UTLO's unconditional low-resolution objective (``uncond_low``: G's
+    low-resolution images and the real images averaged to their size are judged by D's unconditional
+    low-resolution head, in both players' losses at this weight; G and D must be built with ``uncond_low``)."""
 
     def __init__(
         self,
@@ -203,6 +205,7 @@ class GanLoss:
         class_noise: torch.Tensor | None = None,
         fake_contrast: float = 0.0,
         recon_weight: float = 0.0,
+        uncond_low: float = 0.0,
         class_counts: Sequence[int] | torch.Tensor | None = None,
         device: torch.device | str = "cpu",
     ) -> None:
@@ -220,6 +223,8 @@ class GanLoss:
             raise ValueError(f"fake_contrast must be >= 0, got {fake_contrast}")
         if recon_weight < 0:
             raise ValueError(f"recon_weight must be >= 0, got {recon_weight}")
+        if uncond_low < 0:
+            raise ValueError(f"uncond_low must be >= 0, got {uncond_low}")
         heads = [
             name
             for name, w in (
@@ -249,6 +254,7 @@ class GanLoss:
         self.class_noise = None if class_noise is None else torch.as_tensor(class_noise, dtype=torch.float32).to(device)
         self.fake_contrast = fake_contrast
         self.recon_weight = recon_weight
+        self.uncond_low = uncond_low
 
     @property
     def controllers(self) -> dict[str, AdaptiveAugment]:
@@ -260,11 +266,31 @@ class GanLoss:
             return self.augment(self.extra(x, gen, self.ada.p), gen)
         return self.augment(x, gen, None if self.ada is None else self.ada.p)
 
-    def _fake(self, G: nn.Module, z: torch.Tensor, labels: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
-        """G's images of ``labels``; with ``class_noise`` its class conditioning perturbed per image."""
-        if self.class_noise is None:
-            return G(z, labels)
-        return G(z, labels, ClassNoise(self.class_noise[labels], gen))
+    def _fake(
+        self, G: nn.Module, z: torch.Tensor, labels: torch.Tensor, gen: torch.Generator | None, with_low: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """G's images of ``labels``; with ``class_noise`` its class conditioning perturbed per image;
+        ``with_low``: ``(images, low-resolution images)``."""
+        noise = None if self.class_noise is None else ClassNoise(self.class_noise[labels], gen)
+        if with_low:
+            return G(z, labels, noise, with_low=True)
+        return G(z, labels) if noise is None else G(z, labels, noise)
+
+    def _d_term(self, real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+        if self.kind == "hinge":
+            return F.relu(1.0 - real_logits).mean() + F.relu(1.0 + fake_logits).mean()
+        return F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean()
+
+    def _g_term(self, logits: torch.Tensor) -> torch.Tensor:
+        return -logits.mean() if self.kind == "hinge" else F.softplus(-logits).mean()
+
+    def _low_pair(
+        self, real: torch.Tensor, fake_low: torch.Tensor, gen: torch.Generator | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """UTLO's low-resolution inputs of D: the real images averaged to the size of G's
+        low-resolution fakes, and those fakes, both augmented as D's full-size inputs are."""
+        real_low = F.adaptive_avg_pool2d(real, fake_low.shape[-2:])
+        return self._aug(torch.cat([real_low, fake_low.to(real_low.dtype)]), gen).chunk(2)
 
     def _score(
         self, D: nn.Module, x: torch.Tensor, labels: torch.Tensor, real: bool = False
@@ -336,7 +362,9 @@ class GanLoss:
         one, so both views come from the augmentation D trains on (no augmentation leaks into G).
         """
         with torch.no_grad():
-            fake = self._fake(G, z, labels, gen)
+            fake, fake_low = (
+                self._fake(G, z, labels, gen, True) if self.uncond_low > 0 else (self._fake(G, z, labels, gen), None)
+            )
         if self.apa is not None:
             pick = torch.rand((real.shape[0], 1, 1, 1), generator=gen, device=real.device) < self.apa.p
             real = torch.where(pick, fake.to(real.dtype), real)
@@ -348,11 +376,10 @@ class GanLoss:
         # the class head and the decoder learn from reals only
         real_logits, aux_real = self._score(D, real_aug, labels, real=True)
         fake_logits, contrast = self._fake_scores(G, D, fake_aug, z, labels, gen)
-        if self.kind == "hinge":
-            loss = F.relu(1.0 - real_logits).mean() + F.relu(1.0 + fake_logits).mean()
-        else:
-            loss = F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean()
-        loss = loss + aux_real + contrast
+        loss = self._d_term(real_logits, fake_logits) + aux_real + contrast
+        if fake_low is not None:  # UTLO: D's unconditional head on the low-resolution pair
+            real_low, fake_low = self._low_pair(real, fake_low, gen)
+            loss = loss + self.uncond_low * self._d_term(D.score_low(real_low), D.score_low(fake_low))
         if self.lecam is not None:
             loss = loss + self.lecam(real_logits, fake_logits)
         if self.bcr_weight > 0:
@@ -398,15 +425,18 @@ class GanLoss:
         if self.mode_seeking > 0:
             half = labels.shape[0] // 2
             labels = torch.cat([labels[:half], labels[:half], labels[2 * half :]])
-        fake = self._fake(G, z, labels, gen)
+        fake, low = (
+            self._fake(G, z, labels, gen, True) if self.uncond_low > 0 else (self._fake(G, z, labels, gen), None)
+        )
         if self.fake_contrast > 0:
             logits, aux_fake = self._fake_scores(G, D, self._aug(fake, gen), z, labels, gen)
         else:
             logits, aux_fake = self._score(D, self._aug(fake, gen), labels)
         if keep is not None and keep < logits.shape[0]:
             logits = logits.flatten().topk(keep).values
-        loss = -logits.mean() if self.kind == "hinge" else F.softplus(-logits).mean()
-        loss = loss + aux_fake
+        loss = self._g_term(logits) + aux_fake
+        if low is not None:  # UTLO: G's low-resolution images must pass D's unconditional head
+            loss = loss + self.uncond_low * self._g_term(D.score_low(self._aug(low, gen)))
         if self.mode_seeking > 0 and half > 0:
             ratio = (fake[:half] - fake[half : 2 * half]).abs().mean() / (z[:half] - z[half : 2 * half]).abs().mean()
             loss = loss + self.mode_seeking / (ratio.float() + 1e-5)

@@ -120,6 +120,7 @@ def training_loop(
         aux_classifier=loss.aux_class_weight > 0,
         contrast_dim=FAKE_CONTRAST_DIM if loss.fake_contrast > 0 else 0,
         recon=loss.d_recon > 0,
+        uncond_low=loss.uncond_low > 0,
     )
     if performance.channels_last:  # NHWC convolutions (faster with bf16 on tensor cores and oneDNN/AMX)
         images = images.contiguous(memory_format=torch.channels_last)
@@ -161,6 +162,7 @@ def training_loop(
         class_noise=class_noise_scales(counts, loss.class_noise) if loss.class_noise > 0 else None,
         fake_contrast=loss.fake_contrast,
         recon_weight=loss.d_recon,
+        uncond_low=loss.uncond_low,
         class_counts=counts,
         device=device,
     )

@@ -48,6 +48,7 @@ class LossOptions:
     class_noise: float = 0.0  #: noise on G's class codes for the rarest class, in RMS of each table (0: off)
     fake_contrast: float = 0.0  #: fake instance discrimination weight in D's and G's losses (0: off)
     d_recon: float = 0.0  #: FastGAN's self-supervised reconstruction weight in D's loss (0: off)
+    uncond_low: float = 0.0  #: UTLO's unconditional low-resolution objective's weight (0: off)
     g_labels: str = "data"  #: classes of G's step: ``data`` (the real batch's) or ``uniform``
     mirror: bool = False  #: mirror each real image left-right with probability 0.5 (dataset x-flips)
     top_k: float | None = None  #: top-k training's floor: the share of G's batch its adversarial term keeps; None: off
@@ -154,6 +155,7 @@ def loop_kwargs(cfg: Config, device: torch.device | str = "cpu") -> dict[str, An
         class_noise=t.class_noise,
         fake_contrast=t.fake_contrast,
         d_recon=t.d_recon,
+        uncond_low=t.uncond_low,
         g_labels=t.g_labels,
         mirror=t.mirror,
         top_k=t.top_k,

@@ -82,6 +82,7 @@ class Networks:
         aux_classifier: bool = False,
         contrast_dim: int = 0,
         recon: bool = False,
+        uncond_low: bool = False,
     ) -> Networks:
         size, channels = data.train.images.shape[-1], data.train.images.shape[1]
         shared = dict(num_classes=data.num_classes, image_size=size, channels=channels, max_mult=opts.max_mult)
@@ -93,6 +94,8 @@ class Networks:
             d_kwargs["contrast_dim"] = contrast_dim
         if recon:  # D's decoder (LossOptions.d_recon); likewise
             d_kwargs["recon"] = True
+        if uncond_low:  # UTLO's layers in G and D (LossOptions.uncond_low); likewise
+            g_kwargs["uncond_low"] = d_kwargs["uncond_low"] = True
         g_sn = opts.g_spectral_norm
         if state is not None:  # on resume the architecture comes from the checkpoint
             g_kwargs, d_kwargs = dict(state["generator_kwargs"]), dict(state["discriminator_kwargs"])

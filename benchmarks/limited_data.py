@@ -173,6 +173,8 @@ RECIPES: dict[str, list[str]] = {
     "fake_contrast_0.1": ["train.fake_contrast=0.1"],
     # FastGAN's self-supervised D (a decoder redraws each augmented real at 14x14 from D's 7x7 features), MSE weight 1
     "d_recon_1": ["train.d_recon=1.0"],
+    # UTLO (Khorram et al. 2024): G unconditional at 7x7, its 7x7 image judged by D's unconditional head; alpha 1
+    "uncond_low_1": ["train.uncond_low=1.0"],
     "aux_class_1": ["train.aux_class_weight=1.0"],  # AC-GAN's class head beside the projection, StudioGAN's weight 1
     "z128": ["model.z_dim=128"],
     "wide": ["model.g_channels=48", "model.d_channels=48"],

@@ -2,7 +2,8 @@
 extra policies such as StyleGAN2-ADA's geometric group on top of DiffAugment), adaptive pseudo
 augmentation (APA), LeCam, balanced consistency regularisation (bCR), top-k training, mode seeking,
 group spectral regularisation (gSR), an auxiliary classifier, class-balanced generator labels,
-dataset x-flips, noise on G's class conditioning.
+dataset x-flips, noise on G's class conditioning, fake instance discrimination, FastGAN's
+self-supervised discriminator.
 
 Each is checked against its defining formula on known values, for its effect on training, and for
 an exact resume (its state lives in the training state).
@@ -29,6 +30,7 @@ from augment.losses import (
     class_noise_scales,
     group_shape,
     info_nce,
+    recon_loss,
 )
 from augment.models import ConditionalGenerator, ProjectionDiscriminator
 from augment.models.generator import ClassNoise
@@ -539,6 +541,7 @@ def test_mirror_shows_d_about_half_of_the_real_images_flipped(tmp_path: Path, mo
         ("train.gsr_weight=-1", "gsr_weight"),
         ("train.class_noise=-0.1", "class_noise"),
         ("train.fake_contrast=-1", "fake_contrast"),
+        ("train.d_recon=-1", "d_recon"),
         ("train.ada_kimg=0", "ada_kimg"),
         ("train.apa_target=0", "apa_target"),
         ("train.g_labels=balanced", "g_labels"),
@@ -649,4 +652,90 @@ def test_fake_contrast_trains_resumes_exactly_and_excludes_the_aux_head(tmp_path
     off, _ = train(tiny_config(tmp_path, "train.kimg=0.256"), out=tmp_path / "off", progress=False)
     c = checkpoint.load(off / "training-state.pt", checkpoint.STATE_FORMAT)
     assert "contrast_dim" not in c["discriminator_kwargs"] and not any(k.startswith("instance.") for k in c["D"])
+    assert not all(torch.equal(a["G"][k], c["G"][k]) for k in c["G"])
+
+
+def test_recon_loss_compares_with_the_image_averaged_to_the_reconstructions_size() -> None:
+    x = torch.arange(16.0).view(1, 1, 4, 4)
+    pooled = torch.tensor([[2.5, 4.5], [10.5, 12.5]]).view(1, 1, 2, 2)  # 2x2 means of the quadrants
+    assert recon_loss(pooled, x).item() == 0.0
+    assert recon_loss(pooled + 1.0, x).item() == pytest.approx(1.0)
+    assert recon_loss(x, x).item() == 0.0  # at full size: the image itself
+    # The image is a target: no gradient reaches it (under R1 it is the tensor R1 differentiates).
+    x.requires_grad_(True)
+    rec = torch.zeros(1, 1, 2, 2, requires_grad=True)
+    recon_loss(rec, x).backward()
+    assert x.grad is None and rec.grad is not None
+
+
+def test_d_recon_decoder_learns_to_redraw_reals_and_only_reals() -> None:
+    """FastGAN's self-supervised D: its decoder's error on a fixed batch of reals falls as D trains
+    on its loss with the term; the term changes D's gradient; fakes never reach the decoder."""
+    torch.manual_seed(0)
+    G = ConditionalGenerator(3, 8, 1, z_dim=8, width=8)
+    torch.manual_seed(1)
+    D = ProjectionDiscriminator(3, 8, 1, width=8, recon=True)
+    torch.manual_seed(1)
+    plain = ProjectionDiscriminator(3, 8, 1, width=8)
+    assert plain.decoder is None
+    # The decoder is made last: D's other initial weights are the plain D's (a row differs by the term alone).
+    weights = dict(plain.state_dict())
+    assert all(torch.equal(v, weights[k]) for k, v in D.state_dict().items() if not k.startswith("decoder."))
+    with pytest.raises(ValueError, match="recon=True"):
+        ProjectionDiscriminator(3, 8, 1, width=8)(torch.zeros(2, 1, 8, 8), torch.tensor([0, 1]), with_recon=True)
+    logits, rec = D(torch.zeros(2, 1, 8, 8), torch.tensor([0, 1]), with_recon=True)
+    assert logits.shape == (2,) and rec.shape == (2, 1, 8, 8)  # 8x8 images: D's map is 4x4, redrawn at 8x8
+    g = torch.Generator().manual_seed(0)
+    real = (torch.rand(32, 1, 8, 8, generator=g) > 0.5).float() * 2 - 1
+    y, z = torch.arange(32) % 3, torch.randn(32, 8, generator=g)
+
+    def error() -> float:
+        with torch.no_grad():
+            return recon_loss(D(real, y, with_recon=True)[1], real).item()
+
+    before = error()
+    loss_fn = GanLoss("hinge", [], recon_weight=1.0)
+    opt = torch.optim.Adam(D.parameters(), lr=3e-3)
+    for step in range(150):
+        opt.zero_grad()
+        loss_fn.discriminator(G, D, real, y, z, torch.Generator().manual_seed(step)).backward()
+        opt.step()
+    assert error() < 0.5 * before
+    grads = {}
+    for w in (0.0, 1.0):
+        D.zero_grad()
+        GanLoss("hinge", ["translation"], recon_weight=w).discriminator(
+            G, D, real, y, z, torch.Generator().manual_seed(3)
+        ).backward()
+        grads[w] = torch.cat([p.grad.flatten() for n, p in D.named_parameters() if not n.startswith("decoder.")])
+        assert (D.decoder.up.parametrizations.weight.original.grad is not None) == (w > 0)
+    assert not torch.allclose(grads[0.0], grads[1.0])
+    # Only D's real pass asks for the reconstruction: on fakes (G's step) the decoder gets no gradient.
+    D.zero_grad()
+    loss_fn.generator(G, D, y, z, torch.Generator().manual_seed(4)).backward()
+    assert D.decoder.up.parametrizations.weight.original.grad is None
+    with pytest.raises(ValueError, match="recon_weight"):
+        GanLoss(recon_weight=-1.0)
+    with pytest.raises(ValueError, match="not combined"):
+        GanLoss(recon_weight=1.0, fake_contrast=1.0)
+
+
+def test_d_recon_trains_resumes_exactly_and_excludes_the_other_heads(tmp_path: Path) -> None:
+    from augment.errors import ConfigError
+
+    for other in ("train.fake_contrast=1", "train.aux_class_weight=1"):
+        with pytest.raises(ConfigError, match="d_recon each add a head"):
+            tiny_config(tmp_path, "train.d_recon=1", other)
+    on = ("train.d_recon=1.0",)
+    full, _ = train(tiny_config(tmp_path, "train.kimg=0.256", *on), out=tmp_path / "full", progress=False)
+    part, _ = train(tiny_config(tmp_path, "train.kimg=0.128", *on), out=tmp_path / "part", progress=False)
+    train(tiny_config(tmp_path, "train.kimg=0.256", *on), out=part, resume=True, progress=False)
+    a = checkpoint.load(full / "training-state.pt", checkpoint.STATE_FORMAT)
+    b = checkpoint.load(part / "training-state.pt", checkpoint.STATE_FORMAT)
+    assert a["discriminator_kwargs"]["recon"] is True and any(k.startswith("decoder.") for k in a["D"])
+    assert all(torch.equal(a["G"][k], b["G"][k]) for k in a["G"])
+    assert all(torch.equal(a["D"][k], b["D"][k]) for k in a["D"])
+    off, _ = train(tiny_config(tmp_path, "train.kimg=0.256"), out=tmp_path / "off", progress=False)
+    c = checkpoint.load(off / "training-state.pt", checkpoint.STATE_FORMAT)
+    assert "recon" not in c["discriminator_kwargs"] and not any(k.startswith("decoder.") for k in c["D"])
     assert not all(torch.equal(a["G"][k], c["G"][k]) for k in c["G"])

@@ -72,6 +72,8 @@ class ProjectionDiscriminator(nn.Module):
     discrimination (InsGen / FakeCLR): ``D(x, y, with_instance=True)`` returns ``(logits, embedding)``.
     ``recon`` adds FastGAN's decoder (:class:`ReconDecoder`) on the last feature map:
     ``D(x, y, with_recon=True)`` returns ``(logits, reconstruction)``, the image at twice that map's size.
+    ``uncond_low`` adds UTLO's unconditional discriminator of the generator's low-resolution images
+    (:meth:`score_low`: images at the last feature map's size, 7x7 for 28x28).
 
     Example:
         >>> d = ProjectionDiscriminator(num_classes=3, image_size=8, channels=1, width=16)
@@ -90,6 +92,7 @@ class ProjectionDiscriminator(nn.Module):
         aux_classifier: bool = False,
         contrast_dim: int = 0,
         recon: bool = False,
+        uncond_low: bool = False,
     ) -> None:
         super().__init__()
         sn = spectral
@@ -112,7 +115,29 @@ class ProjectionDiscriminator(nn.Module):
             else None
         )
         self.decoder = ReconDecoder(widths[-1], widths[0], channels, sn) if recon else None
+        self.low_size = image_size >> n_down
+        self.low = (
+            nn.ModuleDict(
+                {
+                    "from_img": _sn(nn.Conv2d(channels, widths[0], 3, padding=1), sn),
+                    "head": _sn(nn.Conv2d(widths[0] + 1, widths[0], 3, padding=1), sn),
+                    "fc": _sn(nn.Linear(widths[0], 1), sn),
+                }
+            )
+            if uncond_low
+            else None
+        )
         self.cond_strength = 1.0
+
+    def score_low(self, x: torch.Tensor) -> torch.Tensor:
+        """UTLO's unconditional logits of low-resolution images ``x`` (``(N, C, low_size, low_size)``):
+        a convolution from the image, minibatch stddev, a 3x3 convolution, sum pooling, a linear
+        head, at D's first width (a 7x7 image has 49 pixels); no class enters."""
+        if self.low is None:
+            raise ValueError("score_low needs a discriminator built with uncond_low=True")
+        h = nn.functional.leaky_relu(self.low["from_img"](x), 0.2)
+        h = nn.functional.leaky_relu(self.low["head"](minibatch_stddev(h)), 0.2).sum(dim=(2, 3))
+        return self.low["fc"](h).squeeze(1)
 
     def forward(
         self,

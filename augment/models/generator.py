@@ -156,6 +156,14 @@ class ConditionalGenerator(nn.Module):
 
     ``cond_strength`` (see :meth:`set_cond_strength`) is below 1 only in a snapshot taken during a
     transitional training's unconditional-to-conditional ramp.
+
+    ``uncond_low=True`` (UTLO, Khorram et al. 2024, "Taming the Tail in Class-Conditional GANs") keeps
+    the lowest resolution unconditional: the projection of ``z`` and its BatchNorm see no class, and
+    a head there draws a low-resolution image (``G(z, y, with_low=True)`` returns ``(image, low)``,
+    ``low`` at the start resolution: 7x7 for 28x28) that an unconditional discriminator judges, so
+    every class trains those layers together. The class then enters as a map added to the features
+    (the class half of the usual projection of ``[z, embed(y)]``) and through every later block's
+    conditional BatchNorm. DCGAN layout only.
     """
 
     def __init__(
@@ -168,8 +176,11 @@ class ConditionalGenerator(nn.Module):
         max_mult: int = 4,
         residual: bool = False,
         cond_strength: float = 1.0,
+        uncond_low: bool = False,
     ) -> None:
         super().__init__()
+        if uncond_low and residual:
+            raise ValueError("uncond_low needs the DCGAN layout (residual=False)")
         self.num_classes, self.image_size, self.channels, self.z_dim = num_classes, image_size, channels, z_dim
         self.residual = residual
         self.cond_strength = 1.0
@@ -180,13 +191,19 @@ class ConditionalGenerator(nn.Module):
         # step; conditional BatchNorm gains alone start at 1 and move by ~lr per Adam step, so with
         # a few thousand steps the generator would learn to ignore the class) and through CBN.
         self.embed = nn.Embedding(num_classes, z_dim)
-        self.fc = nn.Linear(2 * z_dim, widths[0] * start * start, bias=False)
+        self.uncond_low = uncond_low
+        # UTLO: z's projection and the class's are two layers (together the usual fc of [z, e]).
+        self.fc = nn.Linear(z_dim if uncond_low else 2 * z_dim, widths[0] * start * start, bias=False)
         block = ResUpBlock if residual else UpBlock
         # DCGAN: normalise the projection, each block ends normalised; residual: each block starts
         # with its normalisation, and the sum of the last one is normalised before the output.
         self.norm0 = ConditionalBatchNorm2d(widths[-1 if residual else 0], num_classes)
         self.blocks = nn.ModuleList(block(widths[i], widths[i + 1], num_classes) for i in range(n_up))
         self.to_img = nn.Conv2d(widths[-1], channels, 3, padding=1)
+        if uncond_low:  # UTLO's unconditional start: a plain BatchNorm, the class's map, the low-resolution head
+            self.norm0 = nn.BatchNorm2d(widths[0])
+            self.class_map = nn.Linear(z_dim, widths[0] * start * start, bias=False)
+            self.to_low = nn.Conv2d(widths[0], channels, 3, padding=1)
         self.set_cond_strength(cond_strength)
 
     def set_cond_strength(self, strength: float) -> None:
@@ -204,23 +221,39 @@ class ConditionalGenerator(nn.Module):
             if isinstance(m, ConditionalBatchNorm2d):
                 m.strength = float(strength)
 
-    def forward(self, z: torch.Tensor, y: torch.Tensor, noise: ClassNoise | None = None) -> torch.Tensor:
+    def forward(
+        self, z: torch.Tensor, y: torch.Tensor, noise: ClassNoise | None = None, with_low: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Images of classes ``y`` from latents ``z``; ``noise`` (training calls only) perturbs the
-        class conditioning (:class:`ClassNoise`)."""
+        class conditioning (:class:`ClassNoise`); ``with_low`` (``uncond_low`` generators) also
+        returns the unconditional low-resolution image."""
         e = self.embed(y)
         if noise is not None:
             e = noise.perturb(e, self.embed.weight)
         if self.cond_strength != 1.0:
             e = self.cond_strength * e
-        x = self.fc(torch.cat([z, e], dim=1)).view(z.shape[0], -1, self.start, self.start)
-        x = x.contiguous(memory_format=memory_format_of(_stored_weight(self.to_img)))  # no-op unless channels_last
-        if not self.residual:
+        fmt = memory_format_of(_stored_weight(self.to_img))  # NHWC under channels_last
+        low = None
+        if self.uncond_low:
+            x = torch.relu(
+                self.norm0(self.fc(z).view(z.shape[0], -1, self.start, self.start).contiguous(memory_format=fmt))
+            )
+            if with_low:
+                low = torch.tanh(self.to_low(x))
+            x = x + self.class_map(e).view(x.shape).contiguous(memory_format=fmt)
+        else:
+            if with_low:
+                raise ValueError("with_low needs a generator built with uncond_low=True")
+            x = self.fc(torch.cat([z, e], dim=1)).view(z.shape[0], -1, self.start, self.start)
+            x = x.contiguous(memory_format=fmt)  # no-op unless channels_last
+        if not self.residual and not self.uncond_low:
             x = torch.relu(self.norm0(x, y, noise))
         for block in self.blocks:
             x = block(x, y, noise)
         if self.residual:
             x = torch.relu(self.norm0(x, y, noise))
-        return torch.tanh(self.to_img(x))
+        image = torch.tanh(self.to_img(x))
+        return (image, low) if with_low else image
 
 
 def _stored_weight(module: nn.Module) -> torch.Tensor:
