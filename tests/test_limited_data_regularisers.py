@@ -3,7 +3,7 @@ extra policies such as StyleGAN2-ADA's geometric group on top of DiffAugment), a
 augmentation (APA), LeCam, balanced consistency regularisation (bCR), top-k training, mode seeking,
 group spectral regularisation (gSR), an auxiliary classifier, class-balanced generator labels,
 dataset x-flips, noise on G's class conditioning, fake instance discrimination, FastGAN's
-self-supervised discriminator.
+self-supervised discriminator, UTLO's unconditional lowest resolution.
 
 Each is checked against its defining formula on known values, for its effect on training, and for
 an exact resume (its state lives in the training state).
@@ -33,7 +33,7 @@ from augment.losses import (
     recon_loss,
 )
 from augment.models import ConditionalGenerator, ProjectionDiscriminator
-from augment.models.generator import ClassNoise
+from augment.models.generator import ClassNoise, ConditionalBatchNorm2d
 from augment.train import loop_kwargs, train
 from augment.train_options import LossOptions, flat_options
 from conftest import tiny_config
@@ -542,6 +542,7 @@ def test_mirror_shows_d_about_half_of_the_real_images_flipped(tmp_path: Path, mo
         ("train.class_noise=-0.1", "class_noise"),
         ("train.fake_contrast=-1", "fake_contrast"),
         ("train.d_recon=-1", "d_recon"),
+        ("train.uncond_low=-1", "uncond_low"),
         ("train.ada_kimg=0", "ada_kimg"),
         ("train.apa_target=0", "apa_target"),
         ("train.g_labels=balanced", "g_labels"),
@@ -739,3 +740,75 @@ def test_d_recon_trains_resumes_exactly_and_excludes_the_other_heads(tmp_path: P
     c = checkpoint.load(off / "training-state.pt", checkpoint.STATE_FORMAT)
     assert "recon" not in c["discriminator_kwargs"] and not any(k.startswith("decoder.") for k in c["D"])
     assert not all(torch.equal(a["G"][k], c["G"][k]) for k in c["G"])
+
+
+def test_uncond_low_generator_draws_its_lowest_stage_without_the_class() -> None:
+    """UTLO's G: the low-resolution image of a latent is the same whatever the class; the full
+    image is not; a plain G has no low-resolution image and the residual layout is refused."""
+    torch.manual_seed(0)
+    G = ConditionalGenerator(3, 8, 1, z_dim=8, width=8, uncond_low=True).eval()
+    z = torch.randn(4, 8).repeat(3, 1)
+    y = torch.arange(3).repeat_interleave(4)
+    image, low = G(z, y, with_low=True)
+    assert image.shape == (12, 1, 8, 8) and low.shape == (12, 1, 4, 4)  # 8x8 images start at 4x4
+    assert torch.equal(low[:4], low[4:8]) and torch.equal(low[:4], low[8:])
+    assert not torch.allclose(image[:4], image[4:8], atol=1e-3)
+    assert torch.equal(G(z, y), image)  # the low image is a side output: the image is the same
+    assert not isinstance(G.norm0, ConditionalBatchNorm2d)  # no class in its normalisation either
+    with pytest.raises(ValueError, match="uncond_low"):
+        ConditionalGenerator(3, 8, 1, z_dim=8, width=8)(z, y, with_low=True)
+    with pytest.raises(ValueError, match="DCGAN"):
+        ConditionalGenerator(3, 8, 1, z_dim=8, width=8, residual=True, uncond_low=True)
+
+
+def test_uncond_low_objective_trains_ds_low_head_and_g_through_its_low_image() -> None:
+    """D's unconditional head sees the reals averaged to G's low resolution; the objective is in
+    D's loss and G's, and reaches G's low-resolution head only when on."""
+    torch.manual_seed(0)
+    G = ConditionalGenerator(3, 8, 1, z_dim=8, width=8, uncond_low=True)
+    D = ProjectionDiscriminator(3, 8, 1, width=8, uncond_low=True)
+    assert D.score_low(torch.zeros(5, 1, 4, 4)).shape == (5,)
+    with pytest.raises(ValueError, match="uncond_low"):
+        ProjectionDiscriminator(3, 8, 1, width=8).score_low(torch.zeros(5, 1, 4, 4))
+    real = torch.arange(64.0).view(1, 1, 8, 8).repeat(2, 1, 1, 1)
+    real_low, fake_low = GanLoss("hinge", [], uncond_low=1.0)._low_pair(real, torch.zeros(2, 1, 4, 4), None)
+    assert torch.equal(real_low[0, 0, 0], torch.tensor([4.5, 6.5, 8.5, 10.5]))  # 2x2 means of the first rows
+    assert torch.equal(fake_low, torch.zeros(2, 1, 4, 4))
+    y, z = torch.arange(16) % 3, torch.randn(16, 8)
+    real = torch.rand(16, 1, 8, 8) * 2 - 1
+    low_head = D.low["fc"].parametrizations.weight.original
+    d_loss, g_grad = {}, {}
+    for w in (0.0, 1.0):
+        loss_fn = GanLoss("hinge", ["translation"], uncond_low=w)
+        D.zero_grad()
+        d_loss[w] = loss_fn.discriminator(G, D, real, y, z, torch.Generator().manual_seed(1))
+        d_loss[w].backward()
+        assert (low_head.grad is not None) == (w > 0)
+        G.zero_grad()
+        loss_fn.generator(G, D, y, z, torch.Generator().manual_seed(2)).backward()
+        assert (G.to_low.weight.grad is not None) == (w > 0)
+        g_grad[w] = G.fc.weight.grad.clone()
+    assert d_loss[1.0].item() != d_loss[0.0].item()
+    assert not torch.allclose(g_grad[0.0], g_grad[1.0])
+    with pytest.raises(ValueError, match="uncond_low"):
+        GanLoss(uncond_low=-1.0)
+
+
+def test_uncond_low_trains_resumes_exactly_and_hands_on_a_generator(tmp_path: Path) -> None:
+    from augment.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="g_arch dcgan"):
+        tiny_config(tmp_path, "train.uncond_low=1", "model.g_arch=resnet")
+    on = ("train.uncond_low=1.0",)
+    full, _ = train(tiny_config(tmp_path, "train.kimg=0.256", *on), out=tmp_path / "full", progress=False)
+    part, _ = train(tiny_config(tmp_path, "train.kimg=0.128", *on), out=tmp_path / "part", progress=False)
+    train(tiny_config(tmp_path, "train.kimg=0.256", *on), out=part, resume=True, progress=False)
+    a = checkpoint.load(full / "training-state.pt", checkpoint.STATE_FORMAT)
+    b = checkpoint.load(part / "training-state.pt", checkpoint.STATE_FORMAT)
+    assert a["generator_kwargs"]["uncond_low"] is True and a["discriminator_kwargs"]["uncond_low"] is True
+    assert "to_low.weight" in a["G"] and "low.fc.bias" in a["D"]
+    for key in ("G", "G_ema", "D"):
+        assert all(torch.equal(a[key][k], b[key][k]) for k in a[key])
+    G = checkpoint.load_snapshot(full / "network-final.pt").generator()
+    images = G(torch.randn(6, G.z_dim), torch.arange(6) % 3)
+    assert images.shape == (6, 1, 8, 8) and images.abs().max() <= 1.0
