@@ -175,7 +175,7 @@ RECIPES: dict[str, list[str]] = {
     "d_recon_1": ["train.d_recon=1.0"],
     # UTLO (Khorram et al. 2024): G unconditional at 7x7, its 7x7 image judged by D's unconditional head; alpha 1
     "uncond_low_1": ["train.uncond_low=1.0"],
-    "uncond_low_0.1": ["train.uncond_low=0.1"],  # the same layers, a tenth of the objective (a wrong weight or a wrong idea?)
+    "uncond_low_0.1": ["train.uncond_low=0.1"],  # the same layers, a tenth of the objective
     "aux_class_1": ["train.aux_class_weight=1.0"],  # AC-GAN's class head beside the projection, StudioGAN's weight 1
     "z128": ["model.z_dim=128"],
     "wide": ["model.g_channels=48", "model.d_channels=48"],
