@@ -73,7 +73,7 @@ class ProjectionDiscriminator(nn.Module):
     ``recon`` adds FastGAN's decoder (:class:`ReconDecoder`) on the last feature map:
     ``D(x, y, with_recon=True)`` returns ``(logits, reconstruction)``, the image at twice that map's size.
     ``uncond_low`` adds UTLO's unconditional discriminator of the generator's low-resolution images
-    (:meth:`score_low`: images at the last feature map's size, 7x7 for 28x28).
+    (:meth:`score_low`: images at the size of the last feature map, 7x7 for 28x28).
 
     Example:
         >>> d = ProjectionDiscriminator(num_classes=3, image_size=8, channels=1, width=16)
@@ -115,7 +115,6 @@ class ProjectionDiscriminator(nn.Module):
             else None
         )
         self.decoder = ReconDecoder(widths[-1], widths[0], channels, sn) if recon else None
-        self.low_size = image_size >> n_down
         self.low = (
             nn.ModuleDict(
                 {
@@ -130,7 +129,7 @@ class ProjectionDiscriminator(nn.Module):
         self.cond_strength = 1.0
 
     def score_low(self, x: torch.Tensor) -> torch.Tensor:
-        """UTLO's unconditional logits of low-resolution images ``x`` (``(N, C, low_size, low_size)``):
+        """UTLO's unconditional logits of low-resolution images ``x`` (7x7 for 28x28 images):
         a convolution from the image, minibatch stddev, a 3x3 convolution, sum pooling, a linear
         head, at D's first width (a 7x7 image has 49 pixels); no class enters."""
         if self.low is None:
