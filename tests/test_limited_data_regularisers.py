@@ -456,13 +456,22 @@ def test_switches_reach_the_loop_and_change_training(tmp_path: Path) -> None:
     assert not all(torch.equal(state["G"][k], a[k]) for k in a)
 
 
-def test_resume_with_the_switches_equals_an_uninterrupted_run(tmp_path: Path) -> None:
-    full, _ = train(tiny_config(tmp_path, "train.kimg=0.256", *SWITCHES), out=tmp_path / "full", progress=False)
-    part, _ = train(tiny_config(tmp_path, "train.kimg=0.128", *SWITCHES), out=tmp_path / "part", progress=False)
-    train(tiny_config(tmp_path, "train.kimg=0.256", *SWITCHES), out=part, resume=True, progress=False)
+def trains_and_resumes_exactly(tmp_path: Path, *overrides: str) -> tuple[Path, dict, dict]:
+    """Trains 256 images with ``overrides``, and again as 128 resumed to 256: G, G_ema and D must be
+    equal to the last digit (a switch's state lives in the training state). Returns the full run's
+    directory, its training state and the resumed run's."""
+    full, _ = train(tiny_config(tmp_path, "train.kimg=0.256", *overrides), out=tmp_path / "full", progress=False)
+    part, _ = train(tiny_config(tmp_path, "train.kimg=0.128", *overrides), out=tmp_path / "part", progress=False)
+    train(tiny_config(tmp_path, "train.kimg=0.256", *overrides), out=part, resume=True, progress=False)
     a = checkpoint.load(full / "training-state.pt", checkpoint.STATE_FORMAT)
     b = checkpoint.load(part / "training-state.pt", checkpoint.STATE_FORMAT)
-    assert all(torch.equal(a["G"][k], b["G"][k]) for k in a["G"])
+    for key in ("G", "G_ema", "D"):
+        assert all(torch.equal(a[key][k], b[key][k]) for k in a[key]), key
+    return full, a, b
+
+
+def test_resume_with_the_switches_equals_an_uninterrupted_run(tmp_path: Path) -> None:
+    _, a, b = trains_and_resumes_exactly(tmp_path, *SWITCHES)
     assert torch.equal(a["ada"]["p"], b["ada"]["p"]) and torch.equal(a["lecam_ema"], b["lecam_ema"])
     assert torch.equal(a["apa"]["p"], b["apa"]["p"]) and a["apa"]["calls"] == b["apa"]["calls"] > 0
 
@@ -642,14 +651,8 @@ def test_fake_contrast_trains_resumes_exactly_and_excludes_the_aux_head(tmp_path
     with pytest.raises(ConfigError, match="fake_contrast and aux_class_weight"):
         tiny_config(tmp_path, "train.fake_contrast=1", "train.aux_class_weight=1")
     on = ("train.fake_contrast=1.0",)
-    full, _ = train(tiny_config(tmp_path, "train.kimg=0.256", *on), out=tmp_path / "full", progress=False)
-    part, _ = train(tiny_config(tmp_path, "train.kimg=0.128", *on), out=tmp_path / "part", progress=False)
-    train(tiny_config(tmp_path, "train.kimg=0.256", *on), out=part, resume=True, progress=False)
-    a = checkpoint.load(full / "training-state.pt", checkpoint.STATE_FORMAT)
-    b = checkpoint.load(part / "training-state.pt", checkpoint.STATE_FORMAT)
+    _, a, _ = trains_and_resumes_exactly(tmp_path, *on)
     assert a["discriminator_kwargs"]["contrast_dim"] == FAKE_CONTRAST_DIM and "instance.0.weight" in a["D"]
-    assert all(torch.equal(a["G"][k], b["G"][k]) for k in a["G"])
-    assert all(torch.equal(a["D"][k], b["D"][k]) for k in a["D"])
     off, _ = train(tiny_config(tmp_path, "train.kimg=0.256"), out=tmp_path / "off", progress=False)
     c = checkpoint.load(off / "training-state.pt", checkpoint.STATE_FORMAT)
     assert "contrast_dim" not in c["discriminator_kwargs"] and not any(k.startswith("instance.") for k in c["D"])
@@ -728,14 +731,8 @@ def test_d_recon_trains_resumes_exactly_and_excludes_the_other_heads(tmp_path: P
         with pytest.raises(ConfigError, match="d_recon each add a head"):
             tiny_config(tmp_path, "train.d_recon=1", other)
     on = ("train.d_recon=1.0",)
-    full, _ = train(tiny_config(tmp_path, "train.kimg=0.256", *on), out=tmp_path / "full", progress=False)
-    part, _ = train(tiny_config(tmp_path, "train.kimg=0.128", *on), out=tmp_path / "part", progress=False)
-    train(tiny_config(tmp_path, "train.kimg=0.256", *on), out=part, resume=True, progress=False)
-    a = checkpoint.load(full / "training-state.pt", checkpoint.STATE_FORMAT)
-    b = checkpoint.load(part / "training-state.pt", checkpoint.STATE_FORMAT)
+    _, a, _ = trains_and_resumes_exactly(tmp_path, *on)
     assert a["discriminator_kwargs"]["recon"] is True and any(k.startswith("decoder.") for k in a["D"])
-    assert all(torch.equal(a["G"][k], b["G"][k]) for k in a["G"])
-    assert all(torch.equal(a["D"][k], b["D"][k]) for k in a["D"])
     off, _ = train(tiny_config(tmp_path, "train.kimg=0.256"), out=tmp_path / "off", progress=False)
     c = checkpoint.load(off / "training-state.pt", checkpoint.STATE_FORMAT)
     assert "recon" not in c["discriminator_kwargs"] and not any(k.startswith("decoder.") for k in c["D"])
@@ -800,15 +797,9 @@ def test_uncond_low_trains_resumes_exactly_and_hands_on_a_generator(tmp_path: Pa
     with pytest.raises(ConfigError, match="g_arch dcgan"):
         tiny_config(tmp_path, "train.uncond_low=1", "model.g_arch=resnet")
     on = ("train.uncond_low=1.0",)
-    full, _ = train(tiny_config(tmp_path, "train.kimg=0.256", *on), out=tmp_path / "full", progress=False)
-    part, _ = train(tiny_config(tmp_path, "train.kimg=0.128", *on), out=tmp_path / "part", progress=False)
-    train(tiny_config(tmp_path, "train.kimg=0.256", *on), out=part, resume=True, progress=False)
-    a = checkpoint.load(full / "training-state.pt", checkpoint.STATE_FORMAT)
-    b = checkpoint.load(part / "training-state.pt", checkpoint.STATE_FORMAT)
+    full, a, _ = trains_and_resumes_exactly(tmp_path, *on)
     assert a["generator_kwargs"]["uncond_low"] is True and a["discriminator_kwargs"]["uncond_low"] is True
     assert "to_low.weight" in a["G"] and "low.fc.bias" in a["D"]
-    for key in ("G", "G_ema", "D"):
-        assert all(torch.equal(a[key][k], b[key][k]) for k in a[key])
     G = checkpoint.load_snapshot(full / "network-final.pt").generator()
     images = G(torch.randn(6, G.z_dim), torch.arange(6) % 3)
     assert images.shape == (6, 1, 8, 8) and images.abs().max() <= 1.0
