@@ -276,6 +276,14 @@ class GanLoss:
             return G(z, labels, noise, with_low=True)
         return G(z, labels) if noise is None else G(z, labels, noise)
 
+    def _fake_and_low(
+        self, G: nn.Module, z: torch.Tensor, labels: torch.Tensor, gen: torch.Generator | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """G's images and, with ``uncond_low``, its low-resolution images (else None)."""
+        if self.uncond_low > 0:
+            return self._fake(G, z, labels, gen, with_low=True)
+        return self._fake(G, z, labels, gen), None
+
     def _d_term(self, real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
         if self.kind == "hinge":
             return F.relu(1.0 - real_logits).mean() + F.relu(1.0 + fake_logits).mean()
@@ -362,9 +370,7 @@ class GanLoss:
         one, so both views come from the augmentation D trains on (no augmentation leaks into G).
         """
         with torch.no_grad():
-            fake, fake_low = (
-                self._fake(G, z, labels, gen, True) if self.uncond_low > 0 else (self._fake(G, z, labels, gen), None)
-            )
+            fake, fake_low = self._fake_and_low(G, z, labels, gen)
         if self.apa is not None:
             pick = torch.rand((real.shape[0], 1, 1, 1), generator=gen, device=real.device) < self.apa.p
             real = torch.where(pick, fake.to(real.dtype), real)
@@ -425,9 +431,7 @@ class GanLoss:
         if self.mode_seeking > 0:
             half = labels.shape[0] // 2
             labels = torch.cat([labels[:half], labels[:half], labels[2 * half :]])
-        fake, low = (
-            self._fake(G, z, labels, gen, True) if self.uncond_low > 0 else (self._fake(G, z, labels, gen), None)
-        )
+        fake, low = self._fake_and_low(G, z, labels, gen)
         if self.fake_contrast > 0:
             logits, aux_fake = self._fake_scores(G, D, self._aug(fake, gen), z, labels, gen)
         else:
