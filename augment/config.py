@@ -165,10 +165,17 @@ class TrainConfig(_Section):
     #: ``seed``, which also draws the data split. Set, it reruns the same data with another training.
     seed: int | None = Field(None, ge=0)
     batch_size: int = Field(64, ge=2)
-    loss: Literal["hinge", "nonsaturating"] = "hinge"
+    #: ``rpgan``: the relativistic pairing loss of R3GAN (Huang et al. 2024, "The GAN is dead; long live
+    #: the GAN!"): each fake is scored against a real of the same batch, softplus(D(fake) - D(real)) for
+    #: D and the mirror image for G (one more D pass on the reals in G's step); with R1 and R2 it is the
+    #: paper's mode-covering baseline.
+    loss: Literal["hinge", "nonsaturating", "rpgan"] = "hinge"
     diffaug: list[DiffAugPolicy] = ["translation", "cutout"]
     #: R1 gradient penalty on real images (0 = off).
     r1_gamma: float = Field(0.1, ge=0)
+    #: R2 gradient penalty on G's images (R3GAN pairs it with R1 at the same weight; 0 = off). It runs
+    #: with R1, every r1_interval D steps.
+    r2_gamma: float = Field(0.0, ge=0)
     #: Apply R1 every this many D steps, scaled by the interval (lazy regularisation, StyleGAN2).
     r1_interval: int = Field(1, ge=1)
     #: Discriminator steps per generator step (SNGAN's n_dis, BigGAN's D steps); kimg counts the
@@ -304,6 +311,14 @@ class TrainConfig(_Section):
         on = [k for k in ("fake_contrast", "aux_class_weight", "d_recon") if getattr(self, k) > 0]
         if len(on) > 1:
             raise ValueError(f"{' and '.join(on)} each add a head to D: set one of them")
+        return self
+
+    @model_validator(mode="after")
+    def _rpgan_pairs(self) -> TrainConfig:
+        if self.loss == "rpgan":
+            on = [k for k in ("top_k", "uncond_low") if getattr(self, k)]
+            if on:
+                raise ValueError(f"loss rpgan scores each fake against a real; not combined with {' or '.join(on)}")
         return self
 
     @model_validator(mode="after")

@@ -24,7 +24,7 @@ from torch.nn import functional as F
 from augment.diffaug import AdaptiveAugment, DiffAugment
 from augment.models.generator import ClassNoise, ConditionalBatchNorm2d
 
-LOSSES = ("hinge", "nonsaturating")
+LOSSES = ("hinge", "nonsaturating", "rpgan")
 
 
 class LeCam:
@@ -169,8 +169,10 @@ def recon_loss(rec: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 
 class GanLoss:
-    """Hinge (Lim & Ye 2017; Miyato et al. 2018) or non-saturating (Goodfellow et al. 2014) loss,
-    with the limited-data regularisers as options: R1, adaptive augmentation (``ada``: its p
+    """Hinge (Lim & Ye 2017; Miyato et al. 2018), non-saturating (Goodfellow et al. 2014) or
+    relativistic pairing loss (``rpgan``: Jolicoeur-Martineau 2019, as R3GAN's baseline, Huang et al.
+    2024: each fake is scored against the real of its batch index), with the limited-data
+    regularisers as options: R1, R2 (``r2_gamma``: the same penalty on the fakes), adaptive augmentation (``ada``: its p
     steers the DiffAugment policies, or with ``ada_extra`` further policies applied before the
     fixed DiffAugment), adaptive
     pseudo augmentation (``apa``: D's real batch holds some of the step's fakes), LeCam
@@ -194,6 +196,7 @@ class GanLoss:
         diffaug: Sequence[str] = ("translation", "cutout"),
         r1_gamma: float = 0.0,
         *,
+        r2_gamma: float = 0.0,
         ada: AdaptiveAugment | None = None,
         ada_extra: Sequence[str] = (),
         apa: AdaptiveAugment | None = None,
@@ -213,6 +216,8 @@ class GanLoss:
             raise ValueError(f"unknown loss {kind!r}; choose from {LOSSES}")
         if r1_gamma < 0:
             raise ValueError(f"r1_gamma must be >= 0, got {r1_gamma}")
+        if r2_gamma < 0:
+            raise ValueError(f"r2_gamma must be >= 0, got {r2_gamma}")
         if mode_seeking < 0:
             raise ValueError(f"mode_seeking must be >= 0, got {mode_seeking}")
         if aux_weight < 0:
@@ -242,6 +247,7 @@ class GanLoss:
         self.augment = DiffAugment(diffaug)
         self.extra = DiffAugment(ada_extra) if ada_extra else None
         self.r1_gamma = r1_gamma
+        self.r2_gamma = r2_gamma
         self.ada = ada
         self.apa = apa
         self.lecam = LeCam(lecam_weight, device=device) if lecam_weight > 0 else None
@@ -287,9 +293,13 @@ class GanLoss:
     def _d_term(self, real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
         if self.kind == "hinge":
             return F.relu(1.0 - real_logits).mean() + F.relu(1.0 + fake_logits).mean()
+        if self.kind == "rpgan":
+            return F.softplus(fake_logits - real_logits).mean()
         return F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean()
 
-    def _g_term(self, logits: torch.Tensor) -> torch.Tensor:
+    def _g_term(self, logits: torch.Tensor, real_logits: torch.Tensor | None = None) -> torch.Tensor:
+        if self.kind == "rpgan":
+            return F.softplus(real_logits - logits).mean()
         return -logits.mean() if self.kind == "hinge" else F.softplus(-logits).mean()
 
     def _low_pair(
@@ -376,9 +386,12 @@ class GanLoss:
             real = torch.where(pick, fake.to(real.dtype), real)
         both = torch.cat([real, fake])
         real_aug, fake_aug = self._aug(both, gen).chunk(2)
-        do_r1 = self.r1_gamma > 0 and r1
-        if do_r1 and D_r1 is None:
-            real_aug = real_aug.detach().requires_grad_(True)
+        do_r1, do_r2 = r1 and self.r1_gamma > 0, r1 and self.r2_gamma > 0
+        if D_r1 is None:
+            if do_r1:
+                real_aug = real_aug.detach().requires_grad_(True)
+            if do_r2:
+                fake_aug = fake_aug.detach().requires_grad_(True)
         # the class head and the decoder learn from reals only
         real_logits, aux_real = self._score(D, real_aug, labels, real=True)
         fake_logits, contrast = self._fake_scores(G, D, fake_aug, z, labels, gen)
@@ -397,14 +410,16 @@ class GanLoss:
             self.ada.observe(real_logits)
         if self.apa is not None:
             self.apa.observe(real_logits)
-        if do_r1:  # R1 (Mescheder et al. 2018): penalise D's gradient on real images
-            if D_r1 is None:
-                x, logits = real_aug, real_logits
-            else:
-                x = real_aug.detach().requires_grad_(True)
+        # R1 (Mescheder et al. 2018) and R2: penalise D's gradient on the real images and on the fakes
+        pens = ((do_r1, self.r1_gamma, real_aug, real_logits), (do_r2, self.r2_gamma, fake_aug, fake_logits))
+        for on, gamma, x, logits in pens:
+            if not on:
+                continue
+            if D_r1 is not None:
+                x = x.detach().requires_grad_(True)
                 logits = D_r1(x, labels)
             (grad,) = torch.autograd.grad(logits.sum(), x, create_graph=True)
-            loss = loss + 0.5 * self.r1_gamma * r1_scale * grad.square().sum(dim=(1, 2, 3)).mean()
+            loss = loss + 0.5 * gamma * r1_scale * grad.square().sum(dim=(1, 2, 3)).mean()
         return loss
 
     def generator(
@@ -415,8 +430,11 @@ class GanLoss:
         z: torch.Tensor,
         gen: torch.Generator | None = None,
         keep: int | None = None,
+        real: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """G's loss: make D score augmented fakes as real.
+        """G's loss: make D score augmented fakes as real (under ``rpgan``: above D's score of the
+        augmented real image of the same batch index; that loss needs ``real``, the step's real
+        images and their classes).
 
         With ``mode_seeking`` (MSGAN, Mao et al. 2019) the batch is split into two halves of the same
         classes, and G also pays ``mode_seeking / (mean|G(z1) - G(z2)| / mean|z1 - z2| + 1e-5)``:
@@ -438,7 +456,13 @@ class GanLoss:
             logits, aux_fake = self._score(D, self._aug(fake, gen), labels)
         if keep is not None and keep < logits.shape[0]:
             logits = logits.flatten().topk(keep).values
-        loss = self._g_term(logits) + aux_fake
+        real_logits = None
+        if self.kind == "rpgan":
+            if real is None or real[0].shape[0] != logits.shape[0]:
+                raise ValueError("loss rpgan needs G's step's real batch, one real image per fake")
+            with torch.no_grad():
+                real_logits = D(self._aug(real[0], gen), real[1])
+        loss = self._g_term(logits, real_logits) + aux_fake
         if low is not None:  # UTLO: G's low-resolution images must pass D's unconditional head
             loss = loss + self.uncond_low * self._g_term(D.score_low(self._aug(low, gen)))
         if self.mode_seeking > 0 and half > 0:

@@ -151,6 +151,7 @@ def training_loop(
         loss.loss,
         list(loss.diffaug),
         loss.r1_gamma,
+        r2_gamma=loss.r2_gamma,
         ada=ada,
         ada_extra=list(loss.ada_extra),
         apa=apa,
@@ -213,6 +214,7 @@ def training_loop(
                     group["lr"] = lr * lr_scale
         idx = torch.randint(len(images), (batch_size,), generator=gen, device=device)
         real, y = images[idx], labels[idx]
+        y_real = y  # the reals' classes (G's step may draw its own)
         if loss.mirror:  # dataset x-flips: the flipped images are training data, for D and so for G
             flip = torch.rand(batch_size, generator=gen, device=device) < 0.5
             real = torch.where(flip[:, None, None, None], real.flip(3), real)
@@ -237,7 +239,7 @@ def training_loop(
             nets.D.requires_grad_(False)
             with autocast:
                 keep = loss.top_k_keep(cur_nimg, batch_size, len(images))
-                loss_G = loss_fn.generator(steps.G, steps.D_frozen, y, z, gen, keep=keep)
+                loss_G = loss_fn.generator(steps.G, steps.D_frozen, y, z, gen, keep=keep, real=(real, y_real))
             loss_G.backward()
             nets.D.requires_grad_(True)
             opt_G.step()

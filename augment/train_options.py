@@ -31,8 +31,9 @@ class NetworkOptions:
 class LossOptions:
     """The adversarial recipe: loss, regularisers and what D's inputs are augmented with."""
 
-    loss: str = "hinge"  #: ``hinge`` or ``nonsaturating``
+    loss: str = "hinge"  #: ``hinge``, ``nonsaturating`` or ``rpgan`` (relativistic pairing)
     r1_gamma: float = 0.1  #: R1 penalty weight on real images
+    r2_gamma: float = 0.0  #: R2 penalty weight on G's images (with R1, on its interval)
     r1_interval: int = 1  #: D steps per (lazy) R1 pass; the penalty is scaled by it
     d_steps: int = 1  #: D steps per G step (n_dis)
     diffaug: tuple[str, ...] = ("translation", "cutout")  #: DiffAugment policies on every D input
@@ -140,6 +141,7 @@ def loop_kwargs(cfg: Config, device: torch.device | str = "cpu") -> dict[str, An
     loss = LossOptions(
         loss=t.loss,
         r1_gamma=t.r1_gamma,
+        r2_gamma=t.r2_gamma,
         r1_interval=gpu.r1_interval if cuda else t.r1_interval,
         d_steps=t.d_steps,
         diffaug=tuple(t.diffaug),

@@ -176,6 +176,8 @@ RECIPES: dict[str, list[str]] = {
     # UTLO (Khorram et al. 2024): G unconditional at 7x7, its 7x7 image judged by D's unconditional head; alpha 1
     "uncond_low_1": ["train.uncond_low=1.0"],
     "uncond_low_0.1": ["train.uncond_low=0.1"],  # the same layers, a tenth of the objective
+    # R3GAN's relativistic pairing loss with R1 and R2 at one weight (the shipped R1's 0.1), D's SN kept
+    "rpgan": ["train.loss=rpgan", "train.r2_gamma=0.1"],
     "aux_class_1": ["train.aux_class_weight=1.0"],  # AC-GAN's class head beside the projection, StudioGAN's weight 1
     "z128": ["model.z_dim=128"],
     "wide": ["model.g_channels=48", "model.d_channels=48"],

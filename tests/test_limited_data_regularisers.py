@@ -803,3 +803,66 @@ def test_uncond_low_trains_resumes_exactly_and_hands_on_a_generator(tmp_path: Pa
     G = checkpoint.load_snapshot(full / "network-final.pt").generator()
     images = G(torch.randn(6, G.z_dim), torch.arange(6) % 3)
     assert images.shape == (6, 1, 8, 8) and images.abs().max() <= 1.0
+
+
+def test_rpgan_scores_each_fake_against_the_real_of_its_index_in_both_steps() -> None:
+    """R3GAN's relativistic pairing loss: D pays mean softplus(D(fake_i) - D(real_i)) and G mean
+    softplus(D(real_i) - D(fake_i)), each real scored with its own class (G's step may draw other
+    classes); without the real batch G's step is refused."""
+    G, D = _nets()
+    D.eval()
+    real, y, z = torch.randn(8, 1, 8, 8), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1]), torch.randn(8, 8)
+    y_g = torch.tensor([2, 2, 1, 1, 0, 0, 2, 2])  # G's step's own classes
+    loss = GanLoss("rpgan", [])
+    with torch.no_grad():
+        d_real, d_fake = D(real, y), D(G(z, y), y)
+        d_fake_g = D(G(z, y_g), y_g)
+        d_value = loss.discriminator(G, D, real, y, z)
+    assert d_value.item() == pytest.approx(torch.nn.functional.softplus(d_fake - d_real).mean().item(), rel=1e-5)
+    g_value = loss.generator(G, D, y_g, z, real=(real, y))
+    assert g_value.item() == pytest.approx(torch.nn.functional.softplus(d_real - d_fake_g).mean().item(), rel=1e-5)
+    # the pairing is what matters: shuffling the reals against the fakes changes G's loss
+    perm = torch.tensor([1, 2, 3, 4, 5, 6, 7, 0])
+    assert loss.generator(G, D, y_g, z, real=(real[perm], y[perm])).item() != pytest.approx(g_value.item(), rel=1e-3)
+    G.zero_grad()
+    g_value.backward()
+    assert all(p.grad is not None for p in G.parameters() if p.requires_grad)
+    with pytest.raises(ValueError, match="real batch"):
+        loss.generator(G, D, y_g, z)
+
+
+def test_r2_is_rs_penalty_on_the_fakes_and_rides_on_rs_interval() -> None:
+    """R2 adds ``0.5 * gamma * scale * E|grad_x D(fake)|^2`` to D's loss, on R1's lazy steps only."""
+    G, D = _nets()
+    D.eval()
+    real, y, z = torch.randn(8, 1, 8, 8), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1]), torch.randn(8, 8)
+    base = GanLoss("rpgan", [], r1_gamma=0.5).discriminator(G, D, real, y, z, r1_scale=4.0)
+    with_r2 = GanLoss("rpgan", [], r1_gamma=0.5, r2_gamma=2.0).discriminator(G, D, real, y, z, r1_scale=4.0)
+    with torch.no_grad():
+        fake = G(z, y)
+    x = fake.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(D(x, y).sum(), x)
+    penalty = 0.5 * 2.0 * 4.0 * grad.square().sum(dim=(1, 2, 3)).mean()
+    assert penalty.item() > 1e-4
+    assert (with_r2 - base).item() == pytest.approx(penalty.item(), rel=1e-4)
+    off_step = GanLoss("rpgan", [], r1_gamma=0.5, r2_gamma=2.0).discriminator(G, D, real, y, z, r1=False)
+    assert off_step.item() == pytest.approx(GanLoss("rpgan", []).discriminator(G, D, real, y, z).item(), rel=1e-6)
+    D.zero_grad()
+    (with_r2 - base).backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in D.parameters())
+    with pytest.raises(ValueError, match="r2_gamma"):
+        GanLoss(r2_gamma=-1)
+
+
+def test_rpgan_with_r2_trains_resumes_exactly_and_refuses_unpaired_switches(tmp_path: Path) -> None:
+    from augment.errors import ConfigError
+
+    for other in ("train.top_k=0.5", "train.uncond_low=1"):
+        with pytest.raises(ConfigError, match="rpgan scores each fake against a real"):
+            tiny_config(tmp_path, "train.loss=rpgan", other)
+    on = ("train.loss=rpgan", "train.r2_gamma=0.1", "train.r1_interval=2", "train.g_labels=uniform")
+    on += ("train.mode_seeking=0.2",)
+    _, a, _ = trains_and_resumes_exactly(tmp_path, *on)
+    off, _ = train(tiny_config(tmp_path, "train.kimg=0.256", *on[2:]), out=tmp_path / "off", progress=False)
+    c = checkpoint.load(off / "training-state.pt", checkpoint.STATE_FORMAT)
+    assert not all(torch.equal(a["G"][k], c["G"][k]) for k in c["G"])
