@@ -99,6 +99,29 @@ def metric_counts(data: PreparedData, samples_per_class: int, reference_counts: 
     return [min(samples_per_class, t, r) for t, r in zip(train, ref, strict=True)]
 
 
+def selection_reference(data: PreparedData) -> tuple[torch.Tensor, torch.Tensor]:
+    """The images and labels the best-snapshot check compares with: train+val, never test."""
+    return torch.cat([data.train.images, data.val.images]), torch.cat([data.train.labels, data.val.labels])
+
+
+def selection_latents(
+    ref_labels: torch.Tensor, num_classes: int, samples_per_class: int, oversample: int = 1
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The check's synthetic set as ``(labels, indices)`` for :func:`augment.generate.sample`: per class
+    as many images as the reference has (capped by ``samples_per_class``), times ``oversample``.
+
+    Example:
+        >>> labels, indices = selection_latents(torch.tensor([0, 0, 1]), 3, samples_per_class=10, oversample=2)
+        >>> labels.tolist(), indices.tolist()
+        ([0, 0, 0, 0, 1, 1], [0, 1, 2, 3, 0, 1])
+    """
+    ref_counts = torch.bincount(ref_labels, minlength=num_classes).tolist()
+    counts = [oversample * min(samples_per_class, n) for n in ref_counts]
+    labels = torch.cat([torch.full((n,), c, dtype=torch.int64) for c, n in enumerate(counts)])
+    indices = torch.cat([torch.arange(n, dtype=torch.int64) for n in counts])
+    return labels, indices
+
+
 def make_metric_fn(
     data: PreparedData, cfg: Config, *, cache_dir: Path | None = None, device: torch.device | str = "cpu"
 ) -> Callable[[torch.nn.Module], dict[str, float]]:
@@ -111,14 +134,9 @@ def make_metric_fn(
     """
     ev = cfg.evaluate
     ext = load_or_train_extractor(data, ev, cache_dir=cache_dir, seed=cfg.seed, device=device)
-    ref_images = torch.cat([data.train.images, data.val.images])
-    ref_labels = torch.cat([data.train.labels, data.val.labels])
+    ref_images, ref_labels = selection_reference(data)
     ref = ext.features(ref_images)
-    oversample = cfg.train.eval_oversample
-    ref_counts = torch.bincount(ref_labels, minlength=data.num_classes).tolist()
-    counts = [oversample * min(ev.samples_per_class, n) for n in ref_counts]
-    labels = torch.cat([torch.full((n,), c, dtype=torch.int64) for c, n in enumerate(counts)])
-    indices = torch.cat([torch.arange(n, dtype=torch.int64) for n in counts])
+    labels, indices = selection_latents(ref_labels, data.num_classes, ev.samples_per_class, cfg.train.eval_oversample)
 
     def metric_fn(G: torch.nn.Module) -> dict[str, float]:
         fake = ext.features(quantize(sample(G, labels, indices, cfg.generate.seed)))
