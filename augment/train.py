@@ -214,7 +214,6 @@ def training_loop(
                     group["lr"] = lr * lr_scale
         idx = torch.randint(len(images), (batch_size,), generator=gen, device=device)
         real, y = images[idx], labels[idx]
-        y_real = y  # the reals' classes (G's step may draw its own)
         if loss.mirror:  # dataset x-flips: the flipped images are training data, for D and so for G
             flip = torch.rand(batch_size, generator=gen, device=device) < 0.5
             real = torch.where(flip[:, None, None, None], real.flip(3), real)
@@ -232,14 +231,15 @@ def training_loop(
         # d_steps-th D step (counted from the images shown, so a resume keeps the rhythm).
         loss_G = None
         if (cur_nimg // step_nimg) % loss.d_steps == loss.d_steps - 1:
+            y_g = y  # G's classes: the reals' (which rpgan's pairing also scores), or uniform draws
             if loss.g_labels == "uniform":
-                y = torch.randint(data.num_classes, (batch_size,), generator=gen, device=device)
+                y_g = torch.randint(data.num_classes, (batch_size,), generator=gen, device=device)
             z = torch.randn(batch_size, nets.G.z_dim, generator=gen, device=device)
             opt_G.zero_grad(set_to_none=True)
             nets.D.requires_grad_(False)
             with autocast:
                 keep = loss.top_k_keep(cur_nimg, batch_size, len(images))
-                loss_G = loss_fn.generator(steps.G, steps.D_frozen, y, z, gen, keep=keep, real=(real, y_real))
+                loss_G = loss_fn.generator(steps.G, steps.D_frozen, y_g, z, gen, keep=keep, real=(real, y))
             loss_G.backward()
             nets.D.requires_grad_(True)
             opt_G.step()
