@@ -11,7 +11,7 @@ Spearman's rank correlation between the best check and the dev delta over all ro
     cd benchmarks/results && ../../.venv/bin/python ../check_vs_dev.py \\
         shipped=limited_data_longtail_train_seed3_screen_xeon.json,sample_use_longtail_train_seed3_xeon.json \\
         rpgan=limited_data_longtail_rpgan_17min_train_seed3_screen.json,sample_use_longtail_rpgan_train_seed3.json \\
-        d_recon=... --plot ../../docs/check_vs_dev_longtail_seed3.png
+        ... --plot ../../docs/check_vs_dev_longtail_seed3.png  # the full command: benchmarks/RESULTS.md
 
 Prints a markdown table; nothing is appended anywhere. No test-split number is read.
 """
