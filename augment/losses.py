@@ -230,6 +230,8 @@ class GanLoss:
             raise ValueError(f"recon_weight must be >= 0, got {recon_weight}")
         if uncond_low < 0:
             raise ValueError(f"uncond_low must be >= 0, got {uncond_low}")
+        if kind == "rpgan" and uncond_low > 0:
+            raise ValueError("loss rpgan pairs each fake with a real; UTLO's low-resolution term has no pair")
         heads = [
             name
             for name, w in (

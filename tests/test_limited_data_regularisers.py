@@ -829,6 +829,8 @@ def test_rpgan_scores_each_fake_against_the_real_of_its_index_in_both_steps() ->
     assert all(p.grad is not None for p in G.parameters() if p.requires_grad)
     with pytest.raises(ValueError, match="real batch"):
         loss.generator(G, D, y_g, z)
+    with pytest.raises(ValueError, match="no pair"):
+        GanLoss("rpgan", [], uncond_low=1.0)
 
 
 def test_r2_is_rs_penalty_on_the_fakes_and_rides_on_rs_interval() -> None:
