@@ -268,6 +268,12 @@ class TrainConfig(_Section):
     #: left-right with probability 0.5, so G learns the flipped images too (a tail class of 9 images
     #: trains on 18). Only for data whose classes survive a horizontal flip.
     mirror: bool = False
+    #: How the real minibatch draws its classes (the power q of Kang et al. 2020's class-aware
+    #: sampling): class c with probability n_c^q / sum_k n_k^q, then one of its images uniformly.
+    #: 1 = every training image equally often (the train split's class frequencies); 0 = every class
+    #: equally often (a tail class of 9 images is shown as often as one of 90); 0.5 = square-root.
+    #: G's step draws the reals' classes (``g_labels: data``), so it follows too.
+    real_class_power: float = Field(1.0, ge=0.0, le=1.0)
     #: Top-k training (Sinha et al. 2020, "Top-k Training of GANs"): G's adversarial term averages
     #: only the k fakes D scores most real, k = max(top_k, 0.99 ** epochs) x the batch (an epoch: one
     #: pass over the train split), so G stops being pulled by the fakes D already rejects. The

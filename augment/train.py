@@ -24,7 +24,7 @@ from augment.diffaug import AdaptiveAugment
 from augment.errors import CheckpointError, ConfigError, OutputError
 from augment.generate import save_class_grid
 from augment.io import atomic_write_text
-from augment.losses import FAKE_CONTRAST_DIM, GanLoss, class_noise_scales
+from augment.losses import FAKE_CONTRAST_DIM, GanLoss, class_noise_scales, real_draw_weights
 from augment.train_options import LossOptions, NetworkOptions, PerformanceOptions, ScheduleOptions, loop_kwargs
 from augment.train_parts import BestSnapshot, MetricFn, Networks, Ticker, TrainingState
 
@@ -147,6 +147,10 @@ def training_loop(
     ada = AdaptiveAugment(loss.ada_target, loss.ada_kimg, device=device) if loss.ada_target is not None else None
     apa = AdaptiveAugment(loss.apa_target, loss.ada_kimg, device=device) if loss.apa_target is not None else None
     counts = data.train.counts(data.num_classes)
+    # The reals' class draw (train.real_class_power): None = every image equally often.
+    draw_weights = (
+        real_draw_weights(labels, data.num_classes, loss.real_class_power) if loss.real_class_power != 1 else None
+    )
     loss_fn = GanLoss(
         loss.loss,
         list(loss.diffaug),
@@ -212,7 +216,10 @@ def training_loop(
             for opt, lr in ((opt_G, schedule.lr_g), (opt_D, schedule.lr_d)):
                 for group in opt.param_groups:
                     group["lr"] = lr * lr_scale
-        idx = torch.randint(len(images), (batch_size,), generator=gen, device=device)
+        if draw_weights is None:  # every image equally often (this draw keeps older runs' streams)
+            idx = torch.randint(len(images), (batch_size,), generator=gen, device=device)
+        else:
+            idx = torch.multinomial(draw_weights, batch_size, replacement=True, generator=gen)
         real, y = images[idx], labels[idx]
         if loss.mirror:  # dataset x-flips: the flipped images are training data, for D and so for G
             flip = torch.rand(batch_size, generator=gen, device=device) < 0.5

@@ -52,6 +52,7 @@ class LossOptions:
     uncond_low: float = 0.0  #: UTLO's unconditional low-resolution objective's weight (0: off)
     g_labels: str = "data"  #: classes of G's step: ``data`` (the real batch's) or ``uniform``
     mirror: bool = False  #: mirror each real image left-right with probability 0.5 (dataset x-flips)
+    real_class_power: float = 1.0  #: q of the reals' class draw, n_c^q (1: every image equally often, 0: every class)
     top_k: float | None = None  #: top-k training's floor: the share of G's batch its adversarial term keeps; None: off
     #: ``(start, end)`` kimg of the unconditional-to-conditional ramp of transitional training; None: off
     cond_transition: tuple[float, float] | None = None
@@ -160,6 +161,7 @@ def loop_kwargs(cfg: Config, device: torch.device | str = "cpu") -> dict[str, An
         uncond_low=t.uncond_low,
         g_labels=t.g_labels,
         mirror=t.mirror,
+        real_class_power=t.real_class_power,
         top_k=t.top_k,
         cond_transition=tuple(t.cond_transition_kimg) if t.cond_transition_kimg is not None else None,
     )

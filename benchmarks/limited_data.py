@@ -165,6 +165,9 @@ RECIPES: dict[str, list[str]] = {
     # (the window set before the row ran, not tuned: a sixth of the 640-kimg budget unconditional).
     "transition_100_300": ["train.cond_transition_kimg=[100, 300]"],
     "mirror": ["train.mirror=true"],  # StyleGAN2-ADA's --mirror: every real image also flipped left-right
+    # Kang et al. 2020's class-aware sampling of the GAN's reals: square-root (q 0.5) and class-balanced (q 0)
+    "real_sqrt": ["train.real_class_power=0.5"],
+    "real_balanced": ["train.real_class_power=0.0"],
     # NoisyTwins' noise augmentation (Rangwani et al. 2023) without the twins term, at its CIFAR10-LT
     # config's std (there relative to a unit-RMS embedding; here to each class table's RMS), rarest class
     "class_noise_0.75": ["train.class_noise=0.75"],
