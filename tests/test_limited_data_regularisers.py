@@ -1,9 +1,10 @@
 """The limited-data switches of the GAN recipe: adaptive augmentation (ADA, alone or steering
 extra policies such as StyleGAN2-ADA's geometric group on top of DiffAugment), adaptive pseudo
 augmentation (APA), LeCam, balanced consistency regularisation (bCR), top-k training, mode seeking,
-group spectral regularisation (gSR), an auxiliary classifier, class-balanced generator labels,
-dataset x-flips, noise on G's class conditioning, fake instance discrimination, FastGAN's
-self-supervised discriminator, UTLO's unconditional lowest resolution.
+group spectral regularisation (gSR), an auxiliary classifier, class-balanced generator labels, the
+reals' class draw (class-aware sampling), dataset x-flips, noise on G's class conditioning, fake
+instance discrimination, FastGAN's self-supervised discriminator, UTLO's unconditional lowest
+resolution.
 
 Each is checked against its defining formula on known values, for its effect on training, and for
 an exact resume (its state lives in the training state).
@@ -30,6 +31,7 @@ from augment.losses import (
     class_noise_scales,
     group_shape,
     info_nce,
+    real_draw_weights,
     recon_loss,
 )
 from augment.models import ConditionalGenerator, ProjectionDiscriminator
@@ -427,6 +429,7 @@ SWITCHES = (
     "train.mirror=true",
     "train.aux_class_weight=1.0",
     "train.class_noise=0.5",
+    "train.real_class_power=0.5",
 )
 
 
@@ -437,11 +440,13 @@ def test_switches_reach_the_loop_and_change_training(tmp_path: Path) -> None:
     assert (kw["gsr_weight"], kw["g_labels"], kw["mirror"]) == (0.5, "uniform", True)
     assert kw["aux_class_weight"] == 1.0 and kw["apa_target"] == 0.3 and kw["bcr_weight"] == 10.0
     assert kw["top_k"] == 0.5 and kw["ada_extra"] == ("geometric", "color") and kw["class_noise"] == 0.5
+    assert kw["real_class_power"] == 0.5
     off = flat_options(loop_kwargs(tiny_config(tmp_path)))
     assert (off["ada_target"], off["lecam_weight"], off["mode_seeking"], off["g_labels"]) == (None, 0.0, 0.0, "data")
     assert off["gsr_weight"] == 0.0 and off["mirror"] is False
     assert off["aux_class_weight"] == 0.0 and off["apa_target"] is None and off["bcr_weight"] == 0.0
     assert off["top_k"] is None and off["ada_extra"] == () and off["class_noise"] == 0.0
+    assert off["real_class_power"] == 1.0
     run, _ = train(cfg, out=tmp_path / "on", progress=False)
     base, _ = train(tiny_config(tmp_path, "train.kimg=0.128"), out=tmp_path / "off", progress=False)
     state = checkpoint.load(run / "training-state.pt", checkpoint.STATE_FORMAT)
@@ -476,9 +481,9 @@ def test_resume_with_the_switches_equals_an_uninterrupted_run(tmp_path: Path) ->
     assert torch.equal(a["apa"]["p"], b["apa"]["p"]) and a["apa"]["calls"] == b["apa"]["calls"] > 0
 
 
-def test_uniform_generator_labels_train_every_class_equally_often(tmp_path: Path, monkeypatch) -> None:
-    """On a 4:1 long tail, G's step sees the tail class 4x less often with ``data`` labels and as
-    often as the head with ``uniform``; D's fakes keep the real batch's labels either way."""
+def tail_shares(tmp_path: Path, monkeypatch, name: str, *overrides: str) -> tuple[float, float]:
+    """Trains 4 kimg on a 4:1 long tail of two digits (about 36 : 9 train images) and returns the
+    tail class's share of G's step's labels and of D's real batches."""
     seen: dict[str, list[torch.Tensor]] = {"G": [], "D": []}
     real_g, real_d = GanLoss.generator, GanLoss.discriminator
 
@@ -490,23 +495,50 @@ def test_uniform_generator_labels_train_every_class_equally_often(tmp_path: Path
         seen["D"].append(y.clone())
         return real_d(self, G, D, real, y, *args, **kwargs)
 
-    monkeypatch.setattr(GanLoss, "generator", spy_g)
-    monkeypatch.setattr(GanLoss, "discriminator", spy_d)
-    share = {}
-    for mode in ("data", "uniform"):
-        seen["G"].clear(), seen["D"].clear()
+    with monkeypatch.context() as m:
+        m.setattr(GanLoss, "generator", spy_g)
+        m.setattr(GanLoss, "discriminator", spy_d)
         sets = [
             "data.classes=['0','1']",
             "data.per_class=null",
             "data.imbalance={ratio: 0.25, max_per_class: 40}",
             "train.kimg=4",
         ]
-        train(tiny_config(tmp_path, *sets, f"train.g_labels={mode}"), out=tmp_path / mode, progress=False)
-        g, d = torch.cat(seen["G"]), torch.cat(seen["D"])
-        share[mode] = (g.eq(1).float().mean().item(), d.eq(1).float().mean().item())
-    # The train split is about 36 : 9 images (0.2 of the images are class 1).
-    assert share["data"][0] == pytest.approx(0.2, abs=0.04) and share["data"][1] == pytest.approx(0.2, abs=0.04)
-    assert share["uniform"][0] == pytest.approx(0.5, abs=0.04) and share["uniform"][1] == pytest.approx(0.2, abs=0.04)
+        train(tiny_config(tmp_path, *sets, *overrides), out=tmp_path / name, progress=False)
+    g, d = torch.cat(seen["G"]), torch.cat(seen["D"])
+    return g.eq(1).float().mean().item(), d.eq(1).float().mean().item()
+
+
+def test_uniform_generator_labels_train_every_class_equally_often(tmp_path: Path, monkeypatch) -> None:
+    """On a 4:1 long tail, G's step sees the tail class 4x less often with ``data`` labels and as
+    often as the head with ``uniform``; D's fakes keep the real batch's labels either way."""
+    # 0.2 of the train images are class 1; 4096 draws: 4 standard deviations is about 0.04.
+    g, d = tail_shares(tmp_path, monkeypatch, "data", "train.g_labels=data")
+    assert g == pytest.approx(0.2, abs=0.04) and d == pytest.approx(0.2, abs=0.04)
+    g, d = tail_shares(tmp_path, monkeypatch, "uniform", "train.g_labels=uniform")
+    assert g == pytest.approx(0.5, abs=0.04) and d == pytest.approx(0.2, abs=0.04)
+
+
+def test_real_draw_weights_give_each_class_n_to_the_power_q() -> None:
+    labels = torch.tensor([0] * 90 + [1] * 10 + [3] * 25)  # class 2 has no image
+    for q in (1.0, 0.5, 0.0):
+        w = real_draw_weights(labels, 4, q)
+        assert w.sum().item() == pytest.approx(1.0) and (w > 0).all()
+        share = [w[labels == c].sum().item() for c in range(4)]
+        want = torch.tensor([90.0, 10.0, 0.0, 25.0]) ** q * torch.tensor([1.0, 1.0, 0.0, 1.0])
+        assert share == pytest.approx((want / want.sum()).tolist())
+        for c in (0, 1, 3):  # within a class every image equally often
+            assert torch.allclose(w[labels == c], w[labels == c][0])
+    assert torch.allclose(real_draw_weights(labels, 4, 1.0), torch.full((125,), 1 / 125, dtype=torch.float64))
+
+
+def test_real_class_power_draws_the_tail_class_as_asked_for_d_and_g(tmp_path: Path, monkeypatch) -> None:
+    """``train.real_class_power``: q = 0 shows D the 9-image tail class as often as the 36-image head,
+    q = 0.5 in proportion to the square roots (1 : 2), and G's labels (``data``) follow the reals."""
+    g, d = tail_shares(tmp_path, monkeypatch, "q0", "train.real_class_power=0")
+    assert g == pytest.approx(0.5, abs=0.04) and d == pytest.approx(0.5, abs=0.04)
+    g, d = tail_shares(tmp_path, monkeypatch, "q05", "train.real_class_power=0.5")
+    assert g == pytest.approx(1 / 3, abs=0.04) and d == pytest.approx(1 / 3, abs=0.04)
 
 
 def test_mirror_shows_d_about_half_of_the_real_images_flipped(tmp_path: Path, monkeypatch) -> None:
@@ -555,6 +587,8 @@ def test_mirror_shows_d_about_half_of_the_real_images_flipped(tmp_path: Path, mo
         ("train.ada_kimg=0", "ada_kimg"),
         ("train.apa_target=0", "apa_target"),
         ("train.g_labels=balanced", "g_labels"),
+        ("train.real_class_power=-0.1", "real_class_power"),
+        ("train.real_class_power=1.5", "real_class_power"),
         ("train.ada_extra=[geometric]", "ada_extra"),  # no ada_target: no p to apply them with
         ("train.ada_extra=[rotate]", "ada_extra"),
     ],
