@@ -192,6 +192,11 @@ class TrainConfig(_Section):
     lr_decay_from: float | None = Field(None, ge=0.0, lt=1.0)
     #: Half-life of the generator's EMA, in thousands of images shown.
     ema_kimg: float = Field(1.0, ge=0)
+    #: BatchNorm statistics of the EMA generator: ``copy`` = the trained G's running statistics (of
+    #: G's last few steps, not of the averaged weights); ``standing`` = recomputed for the averaged
+    #: weights before every check and snapshot (BigGAN's standing statistics: 16 batches of fixed
+    #: latents and the train split's classes), which a half-life much longer than a few steps needs.
+    ema_bn: Literal["copy", "standing"] = "copy"
     snapshot_kimg: float = Field(10.0, gt=0)
     #: Evaluate the EMA generator's fd_domain every this many kimg and keep the best (0 = off).
     eval_kimg: float = Field(0.0, ge=0)

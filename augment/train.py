@@ -265,12 +265,17 @@ def training_loop(
         cond = nets.G.cond_strength if transition else None
         ticker.maybe_tick(prev_nimg, cur_nimg, done, loss_fn.controllers, write=is_main, cond=cond, lr_scale=lr_scale)
 
+        # Standing statistics: G_ema's BatchNorm statistics for its own weights, before it is checked or saved.
+        snap_due = is_main and (done or cur_nimg // snap_nimg > prev_nimg // snap_nimg)
+        if schedule.ema_bn == "standing" and (snap_due or evaluator.due(prev_nimg, cur_nimg, done)):
+            nets.standing_stats(labels, batch_size)
+
         # Evaluate the EMA generator; keep the best snapshot (GANs degrade late in training).
         evaluator.maybe_evaluate(prev_nimg, cur_nimg, done, ticker.on_tick)
 
         # Snapshot: inference network, sample grid, training state (in that order: the state is
         # written last, so a resumed run never skips a snapshot it had not finished).
-        if is_main and (done or cur_nimg // snap_nimg > prev_nimg // snap_nimg):
+        if snap_due:
             checkpoint.save_snapshot(trained.snapshot(cur_nimg), run_dir / rundir.snapshot_name(cur_nimg // 1000))
             save_class_grid(nets.G_ema, run_dir / rundir.fakes_name(cur_nimg // 1000), data.num_classes, seed=GRID_SEED)
             trained.save(run_dir / rundir.TRAINING_STATE, cur_nimg)

@@ -94,6 +94,9 @@ class ScheduleOptions:
     lr_d: float = 2e-4  #: Adam learning rate of D
     betas: tuple[float, float] = (0.0, 0.99)  #: Adam betas of both players
     ema_kimg: float = 1.0  #: half-life of G's EMA weights (0: no averaging)
+    ema_bn: str = (
+        "copy"  #: G_ema's BatchNorm statistics: ``copy`` (G's) or ``standing`` (recomputed before checks/snapshots)
+    )
     snapshot_kimg: float = 10.0  #: interval of snapshots, sample grids and the training state
     eval_kimg: float = 0.0  #: interval of best-snapshot evaluations (0: off)
     ensemble: int = 1  #: most EMA snapshots mixed into the best snapshot (1: the single best)
@@ -172,6 +175,7 @@ def loop_kwargs(cfg: Config, device: torch.device | str = "cpu") -> dict[str, An
         lr_d=(gpu.lr_d or t.lr_d) if cuda else t.lr_d,
         betas=tuple(t.betas),
         ema_kimg=t.ema_kimg,
+        ema_bn=t.ema_bn,
         snapshot_kimg=t.snapshot_kimg,
         eval_kimg=t.eval_kimg,
         ensemble=t.ensemble,

@@ -32,6 +32,10 @@ log = logging.getLogger(__name__)
 MetricFn = Callable[[torch.nn.Module], dict[str, float]]
 
 
+#: Batches (of the training batch size) and the latent seed of G_ema's standing statistics.
+STANDING_BATCHES, STANDING_SEED = 16, 0
+
+
 @dataclass
 class StepModules:
     """The modules the two players' steps call (wrapped for DDP and/or compiled, or the eager ones)."""
@@ -129,6 +133,32 @@ class Networks:
             for G in (self.G, self.G_ema):
                 G.set_cond_strength(strength)
             self.D.cond_strength = strength
+
+    @torch.no_grad()
+    def standing_stats(self, labels: torch.Tensor, batch_size: int, batches: int = STANDING_BATCHES) -> None:
+        """BigGAN's standing statistics: G_ema's BatchNorm running statistics recomputed for its own
+        (averaged) weights, as the cumulative mean over ``batches`` batches of G_ema in training mode,
+        with latents and classes (drawn from ``labels``, the train split's) of a fixed seed. Touches
+        no training random stream, so the training runs as it would without it."""
+        norms = [m for m in self.G_ema.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+        if not norms:
+            return
+        device = labels.device
+        gen = torch.Generator(device).manual_seed(STANDING_SEED)
+        momenta = [m.momentum for m in norms]
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative moving average: every batch counts the same
+            m.train()
+        try:
+            for _ in range(batches):
+                y = labels[torch.randint(len(labels), (batch_size,), generator=gen, device=device)]
+                z = torch.randn(batch_size, self.G_ema.z_dim, generator=gen, device=device)
+                self.G_ema(z, y)
+        finally:
+            for m, momentum in zip(norms, momenta, strict=True):
+                m.momentum = momentum
+                m.eval()
 
     @torch.no_grad()
     def update_ema(self, beta: float) -> None:
@@ -335,12 +365,16 @@ class BestSnapshot:
         #: No check before this many images (a transitional training's generator is not yet conditional).
         self.first_nimg = first_nimg
 
+    def due(self, prev_nimg: int, cur_nimg: int, done: bool) -> bool:
+        """Whether the step from ``prev_nimg`` to ``cur_nimg`` ends with a check."""
+        if self.metric_fn is None or self.eval_nimg <= 0 or cur_nimg < self.first_nimg:
+            return False
+        return done or cur_nimg // self.eval_nimg > prev_nimg // self.eval_nimg
+
     def maybe_evaluate(
         self, prev_nimg: int, cur_nimg: int, done: bool, on_tick: Callable[[dict[str, float]], None] | None
     ) -> None:
-        if self.metric_fn is None or self.eval_nimg <= 0:
-            return
-        if not (done or cur_nimg // self.eval_nimg > prev_nimg // self.eval_nimg) or cur_nimg < self.first_nimg:
+        if not self.due(prev_nimg, cur_nimg, done):
             return
         eval_start = time.time()
         metrics = self.metric_fn(self.trained.nets.G_ema)

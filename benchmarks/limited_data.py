@@ -168,6 +168,8 @@ RECIPES: dict[str, list[str]] = {
     # Kang et al. 2020's class-aware sampling of the GAN's reals: square-root (q 0.5) and class-balanced (q 0)
     "real_sqrt": ["train.real_class_power=0.5"],
     "real_balanced": ["train.real_class_power=0.0"],
+    # a 10-kimg EMA half-life (156 steps; shipped: 1 kimg) with BigGAN's standing BatchNorm statistics for it
+    "ema_10_standing": ["train.ema_kimg=10", "train.ema_bn=standing"],
     # NoisyTwins' noise augmentation (Rangwani et al. 2023) without the twins term, at its CIFAR10-LT
     # config's std (there relative to a unit-RMS embedding; here to each class table's RMS), rarest class
     "class_noise_0.75": ["train.class_noise=0.75"],
