@@ -94,9 +94,7 @@ class ScheduleOptions:
     lr_d: float = 2e-4  #: Adam learning rate of D
     betas: tuple[float, float] = (0.0, 0.99)  #: Adam betas of both players
     ema_kimg: float = 1.0  #: half-life of G's EMA weights (0: no averaging)
-    ema_bn: str = (
-        "copy"  #: G_ema's BatchNorm statistics: ``copy`` (G's) or ``standing`` (recomputed before checks/snapshots)
-    )
+    ema_bn: str = "copy"  #: G_ema's BatchNorm statistics: ``copy`` (G's) or ``standing`` (recomputed for it)
     snapshot_kimg: float = 10.0  #: interval of snapshots, sample grids and the training state
     eval_kimg: float = 0.0  #: interval of best-snapshot evaluations (0: off)
     ensemble: int = 1  #: most EMA snapshots mixed into the best snapshot (1: the single best)

@@ -162,7 +162,8 @@ class Networks:
 
     @torch.no_grad()
     def update_ema(self, beta: float) -> None:
-        """Parameters averaged, BatchNorm statistics copied."""
+        """Parameters averaged, BatchNorm statistics copied (``train.ema_bn: standing`` recomputes
+        them with :meth:`standing_stats` before each check and snapshot)."""
         torch._foreach_lerp_(self._ema_params, self._g_params, 1.0 - beta)
         if self._ema_sn:
             torch._foreach_lerp_(self._ema_sn, normalised_weights(self.G, self._sn_names), 1.0 - beta)
