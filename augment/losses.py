@@ -76,19 +76,20 @@ def class_balanced_weights(counts: Sequence[int] | torch.Tensor, beta: float = 0
     return (w * len(w) / w.sum()).float()
 
 
-def real_draw_weights(labels: torch.Tensor, num_classes: int, power: float) -> torch.Tensor:
-    """Per-image draw weights of ``train.real_class_power`` (q): class c is drawn with probability
-    n_c^q / sum_k n_k^q and then one of its n_c images uniformly, so each image weighs n_c^(q-1)
-    (scaled to sum to 1). q = 1: every image equally often; q = 0: every class equally often.
+def real_draw_weights(labels: torch.Tensor, counts: Sequence[int] | torch.Tensor, power: float) -> torch.Tensor:
+    """Per-image draw weights of ``train.real_class_power`` (q) for images of ``labels`` whose
+    classes hold ``counts`` images: class c is drawn with probability n_c^q / sum_k n_k^q and then one
+    of its n_c images uniformly, so each image weighs n_c^(q-1) (scaled to sum to 1). q = 1: every
+    image equally often; q = 0: every class equally often.
 
     Example:
-        >>> w = real_draw_weights(torch.tensor([0, 0, 0, 0, 1]), 2, 0.0)
+        >>> w = real_draw_weights(torch.tensor([0, 0, 0, 0, 1]), [4, 1], 0.0)
         >>> [round(x, 3) for x in w.tolist()], round(w[:4].sum().item(), 3)
         ([0.125, 0.125, 0.125, 0.125, 0.5], 0.5)
     """
-    counts = torch.bincount(labels.cpu(), minlength=num_classes).double()
-    w = counts.clamp(min=1).pow(power - 1.0)[labels.cpu()]
-    return (w / w.sum()).to(labels.device)
+    n = torch.as_tensor(counts, dtype=torch.float64, device=labels.device).clamp(min=1)
+    w = n.pow(power - 1.0)[labels]
+    return w / w.sum()
 
 
 def class_noise_scales(counts: Sequence[int] | torch.Tensor, sigma: float, beta: float = 0.99) -> torch.Tensor:

@@ -148,9 +148,7 @@ def training_loop(
     apa = AdaptiveAugment(loss.apa_target, loss.ada_kimg, device=device) if loss.apa_target is not None else None
     counts = data.train.counts(data.num_classes)
     # The reals' class draw (train.real_class_power): None = every image equally often.
-    draw_weights = (
-        real_draw_weights(labels, data.num_classes, loss.real_class_power) if loss.real_class_power != 1 else None
-    )
+    draw_weights = real_draw_weights(labels, counts, loss.real_class_power) if loss.real_class_power != 1 else None
     loss_fn = GanLoss(
         loss.loss,
         list(loss.diffaug),

@@ -522,14 +522,16 @@ def test_uniform_generator_labels_train_every_class_equally_often(tmp_path: Path
 def test_real_draw_weights_give_each_class_n_to_the_power_q() -> None:
     labels = torch.tensor([0] * 90 + [1] * 10 + [3] * 25)  # class 2 has no image
     for q in (1.0, 0.5, 0.0):
-        w = real_draw_weights(labels, 4, q)
+        w = real_draw_weights(labels, [90, 10, 0, 25], q)
         assert w.sum().item() == pytest.approx(1.0) and (w > 0).all()
         share = [w[labels == c].sum().item() for c in range(4)]
         want = torch.tensor([90.0, 10.0, 0.0, 25.0]) ** q * torch.tensor([1.0, 1.0, 0.0, 1.0])
         assert share == pytest.approx((want / want.sum()).tolist())
         for c in (0, 1, 3):  # within a class every image equally often
             assert torch.allclose(w[labels == c], w[labels == c][0])
-    assert torch.allclose(real_draw_weights(labels, 4, 1.0), torch.full((125,), 1 / 125, dtype=torch.float64))
+    assert torch.allclose(
+        real_draw_weights(labels, [90, 10, 0, 25], 1.0), torch.full((125,), 1 / 125, dtype=torch.float64)
+    )
 
 
 def test_real_class_power_draws_the_tail_class_as_asked_for_d_and_g(tmp_path: Path, monkeypatch) -> None:
