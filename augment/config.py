@@ -416,6 +416,11 @@ class EvaluateConfig(_Section):
     #: Fraction of the real+gan regimes' optimizer steps whose batches hold synthetic images; the
     #: steps after it train on real images only (a real-data finish). 1.0 = every step.
     synthetic_until: float = Field(1.0, gt=0.0, le=1.0)
+    #: BatchNorm in the downstream classifiers of the regimes with synthetic images: joint = one BatchNorm
+    #: over the mixed batch; split = real and synthetic rows normalised by their own batch statistics
+    #: (the running statistics evaluation uses come from the real rows); auxiliary = split, and the
+    #: synthetic rows get their own scale and shift too (AdvProp's auxiliary BatchNorm).
+    synthetic_bn: Literal["joint", "split", "auxiliary"] = "joint"
     #: Synthetic images generated per class for the downstream pool and the memorisation check.
     synthetic_per_class: int = Field(500, ge=1)
     #: Keep a synthetic image only if a real-trained classifier gives its class >= this probability.

@@ -66,6 +66,7 @@ from augment.metrics import downstream  # noqa: E402
 from augment.metrics.evaluate import generate_uint8  # noqa: E402
 from augment.metrics.regimes import BASELINE, GAN_REGIMES  # noqa: E402
 from augment.metrics.verdict import mean_ci  # noqa: E402
+from augment.models.classifier import SYNTHETIC_BN  # noqa: E402
 from augment.models.ensemble import SnapshotEnsemble  # noqa: E402
 from benchmarks.common import command, git_commit, machine, run_cli  # noqa: E402
 from benchmarks.limited_data import make_executor  # noqa: E402
@@ -83,6 +84,7 @@ KEYS = (
     "confidence_threshold",
     "soft_labels",
     "synthetic_until",
+    "synthetic_bn",
     "steps",
 )
 
@@ -263,7 +265,7 @@ def candidate_plan(
         "synthetic_probs": None if plan.synthetic_probs is None else plan.synthetic_probs[keep],
         "synthetic_confidence": None if plan.synthetic_confidence is None else plan.synthetic_confidence[keep],
     }
-    settings = {k: cand[k] for k in KEYS if k not in ("pool", "latent_std", "around_real")}
+    settings = {k: _cand(cand)[k] for k in KEYS if k not in ("pool", "latent_std", "around_real")}
     scored = {} if on is None else {"test_images": on.images, "test_labels": on.labels}
     return dataclasses.replace(plan, **subset, **settings, **scored)
 
@@ -302,14 +304,18 @@ def _label(cand: dict[str, Any]) -> str:
         + f", share {cand['synthetic_share']:g} ({cand['synthetic_sampling']}), filter {th}, "
         f"soft {cand['soft_labels']}"
         + (f", synthetic until {until:g} of the steps" if until < 1 else "")
+        + (f", {cand['synthetic_bn']} BatchNorm" if cand.get("synthetic_bn", "joint") != "joint" else "")
         + f", {cand['steps']} steps"
     )
 
 
+#: A setting's value in result rows written before it existed (G's prior; the joint BatchNorm).
+OLD_ROW_DEFAULTS = {"latent_std": 1.0, "around_real": 1.0, "synthetic_bn": "joint"}
+
+
 def _cand(row: dict[str, Any]) -> dict[str, Any]:
-    """A candidate's settings from a result row (JSON written before ``latent_std`` or ``around_real``
-    existed: 1, G's prior)."""
-    return {k: row.get(k, 1.0 if k in ("latent_std", "around_real") else None) for k in KEYS}
+    """A candidate's settings from a result row (JSON written before a setting existed: its old value)."""
+    return {k: row.get(k, OLD_ROW_DEFAULTS.get(k)) for k in KEYS}
 
 
 def _ci(d: dict[str, Any]) -> str:
@@ -334,6 +340,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "confidence_threshold": ev.confidence_threshold,
         "soft_labels": ev.soft_labels,
         "synthetic_until": ev.synthetic_until,
+        "synthetic_bn": ev.synthetic_bn,
         "steps": ev.steps,
     }
     steps = args.steps or [ev.steps]
@@ -348,6 +355,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             args.thresholds,
             args.soft,
             args.until,
+            args.bn,
             steps,
         )
     ]
@@ -606,6 +614,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         nargs="+",
         default=[1.0],
         help="fraction of the classifier's steps that draw synthetic images (the rest: real only; default 1)",
+    )
+    ap.add_argument(
+        "--bn",
+        nargs="+",
+        default=["joint"],
+        choices=list(SYNTHETIC_BN),
+        help="BatchNorm over mixed batches: joint (one), split (real / synthetic statistics), auxiliary (and "
+        "their own scale and shift); default joint",
     )
     ap.add_argument(
         "--steps",

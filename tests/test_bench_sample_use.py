@@ -78,6 +78,7 @@ def test_the_pick_is_the_best_dev_candidate_and_the_defaults_test_cells_are_eval
         "confidence_threshold": None,
         "soft_labels": False,
         "synthetic_until": 1.0,
+        "synthetic_bn": "joint",
         "steps": 20,
     }
     # At one classifier budget the best dev accuracy is the best dev delta (one baseline for all).
@@ -89,10 +90,11 @@ def test_the_pick_is_the_best_dev_candidate_and_the_defaults_test_cells_are_eval
     assert "(`crop`, the config's only candidate)" in sample_use.render(res)
     chosen = dict(res, baseline=dict(res["baseline"], selection={"classic": {"chosen": "crop"}}))
     assert "(`crop`, chosen on val)" in sample_use.render(chosen)
-    # A result written before latent_std and around_real existed renders the same table, its pick still marked.
+    # A result written before latent_std, around_real and synthetic_bn existed renders the same table, its pick
+    # still marked.
     old = json.loads(json.dumps(res))
     for row in (old["default"], old["pick"], *old["candidates"]):
-        del row["latent_std"], row["around_real"]
+        del row["latent_std"], row["around_real"], row["synthetic_bn"]
     assert sample_use.render(old) == sample_use.render(res) and "| pick" in sample_use.render(old)
     steps = res["baseline"]["by_steps"]
     balanced = {k: dict(v, classic_sampling="balance") for k, v in steps.items()}
@@ -168,6 +170,28 @@ def test_a_candidates_real_data_finish_reaches_the_cells(small_run: Path) -> Non
         seen[until] = {c["images_synthetic"] for c in got}
         assert "synthetic until 0.5" in sample_use._label(cand) or until == 1.0
     assert seen == {1.0: {8 * 4}, 0.5: {4 * 4}}  # 4 synthetic images a step, in all 8 steps or the first 4
+
+
+def test_a_candidates_batchnorm_mode_reaches_the_cells(small_run: Path) -> None:
+    args = sample_use.parse_args([str(small_run), *USE, "--bn", "joint", "split", "auxiliary"])
+    assert args.bn == ["joint", "split", "auxiliary"]
+    with pytest.raises(SystemExit):
+        sample_use.parse_args([str(small_run), *USE, "--bn", "separate"])
+    cfg = rundir.run_config(small_run, ["evaluate.steps=8", "evaluate.batch_size=8"])
+    data = load_data(cfg.data, cfg.seed)
+    pool, labels = generate_uint8(load_snapshot(find_snapshot(small_run)).generator("cpu"), [8, 8, 8], 0)
+    plan = downstream.prepare(data, pool, labels, cfg.evaluate, seed=cfg.seed, map_fn=map)
+    confusions = {}
+    for bn in args.bn:
+        cand = {"pool": 4, "synthetic_share": 0.5, "synthetic_sampling": "balance", "confidence_threshold": None}
+        cand |= {"soft_labels": False, "synthetic_until": 1.0, "synthetic_bn": bn, "steps": 8}
+        got = sample_use.cells(sample_use.candidate_plan(plan, cand, None), "real+gan", map)
+        assert {c["synthetic_bn"] for c in got} == {bn}
+        assert (f"{bn} BatchNorm" in sample_use._label(cand)) == (bn != "joint")
+        confusions[bn] = [c["confusion"] for c in got]
+        baseline = sample_use.cells(sample_use.candidate_plan(plan, cand, None), "real+classic", map)
+        assert {c["synthetic_bn"] for c in baseline} == {None}  # no synthetic rows: the joint BatchNorm
+    assert confusions["split"] != confusions["joint"] or confusions["auxiliary"] != confusions["joint"]
 
 
 def test_a_classifier_budget_pairs_each_candidate_with_the_baseline_at_its_own_steps(small_run: Path) -> None:

@@ -54,8 +54,8 @@ from torch.nn import functional as F
 from augment.devices import keep_freed_memory, resolve_precision
 from augment.errors import ConfigError
 from augment.metrics.classic import GLOBAL_RNG_LOCK, apply_classic, classic_augment, classic_params, parse_classic
-from augment.metrics.regimes import BASELINE, DEPLOYED_REGIMES, REGIMES, SHARE_REGIMES
-from augment.models.classifier import build_classifier
+from augment.metrics.regimes import BASELINE, DEPLOYED_REGIMES, GAN_REGIMES, REGIMES, SHARE_REGIMES
+from augment.models.classifier import SYNTHETIC_BN, SplitBatchNorm2d, build_classifier, split_batchnorms
 
 #: AdamW's decoupled weight decay of every downstream classifier.
 WEIGHT_DECAY = 5e-4
@@ -103,6 +103,9 @@ class TrainSpec:
     classic_backend: str = "torch"
     #: real+gan+classic applies the classic policy to its synthetic images too (else the real ones only).
     classic_on_synthetic: bool = True
+    #: How BatchNorm treats a batch of real and synthetic images: "joint", "split" or "auxiliary"
+    #: (:data:`augment.models.classifier.SYNTHETIC_BN`); real-only batches are the same in all three.
+    synthetic_bn: str = "joint"
     #: Intra-op threads: None = every core for a stacked grid, 1 for a lone cell.
     threads: int | None = None
     #: Where the classifiers train and predict ("cpu" or "cuda"); batches are drawn on the CPU.
@@ -403,6 +406,8 @@ class _Batches:
             if n_syn:
                 pick = self._of_classes(torch.multinomial(self.q, n_syn, replacement=True, generator=self.gen))
         self.drawn += 1
+        #: Real rows at the head of the last batch drawn (the synthetic ones follow them).
+        self.last_real = len(idx)
         self.seen_real += len(idx)
         self.seen_synthetic += len(pick)
         params = None
@@ -518,8 +523,24 @@ def classifier_autocast(spec: TrainSpec, device: torch.device) -> torch.autocast
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
+def split_bn_layers(spec: TrainSpec, regime: str, model: torch.nn.Module) -> list[SplitBatchNorm2d]:
+    """``model``'s BatchNorm layers made :class:`SplitBatchNorm2d` where ``spec.synthetic_bn`` asks for it and
+    ``regime`` mixes real and synthetic images (:data:`GAN_REGIMES`; else none: the joint BatchNorm, bit
+    for bit; ``gan-only`` has no real rows to take the running statistics from).
+
+    Raises:
+        ConfigError: ``spec.synthetic_bn`` is not one of :data:`SYNTHETIC_BN`.
+    """
+    if spec.synthetic_bn not in SYNTHETIC_BN:
+        raise ConfigError(f"synthetic_bn must be one of {', '.join(SYNTHETIC_BN)}, got {spec.synthetic_bn!r}")
+    if spec.synthetic_bn == "joint" or regime not in GAN_REGIMES:
+        return []
+    return split_batchnorms(model, spec.synthetic_bn)
+
+
 def _train_classifier(spec: TrainSpec, regime: str, seed: int) -> tuple[torch.nn.Module, dict[str, Any]]:
     model = init_classifier(spec, seed)
+    split_layers = split_bn_layers(spec, regime, model)
     device = torch.device(spec.device)
     model.to(device)
     autocast = classifier_autocast(spec, device)
@@ -531,6 +552,8 @@ def _train_classifier(spec: TrainSpec, regime: str, seed: int) -> tuple[torch.nn
         for group in opt.param_groups:
             group["lr"] = spec.lr * lr_scale(step, spec.steps)
         x, y = batches()  # already on the device
+        for layer in split_layers:
+            layer.split = batches.last_real
         with autocast:
             logits = model(nhwc(x))
         # y is class indices, or (B, K) probabilities with soft labels: the same cross-entropy,

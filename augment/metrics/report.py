@@ -282,6 +282,13 @@ def _downstream_lines(down: dict[str, Any]) -> list[str]:
             f"real+gan regimes draw synthetic images in the first {until:.0%} of the {down['steps']} steps "
             "only; the rest train on real images alone (a real-data finish)."
         )
+    bn = down.get("synthetic_bn", "joint")
+    if bn != "joint":
+        own = " and their own scale and shift" if bn == "auxiliary" else ""
+        lines.append(
+            f"real+gan regimes' classifiers normalise real and synthetic images by their own BatchNorm statistics{own} "
+            "in training; evaluation uses the real images' running statistics."
+        )
     if "tune" in sel:
         cands = ", ".join(f"{k}: {_pct(v['balanced_accuracy'])}" for k, v in sel["tune"]["candidates"].items())
         lines.append(

@@ -55,6 +55,7 @@ from augment.metrics.classifier_training import (
     torch_threads,
 )
 from augment.metrics.downstream import Plan
+from augment.metrics.regimes import GAN_REGIMES
 from augment.models.classifier import SmallCNN
 
 #: A cell to train and score: (plan, regime, seed, split), split "val" (selection) or "test" (the grid).
@@ -190,10 +191,11 @@ class StackedBatches:
 
 
 def _stack_key(job: Job) -> tuple[Any, ...] | None:
-    """Jobs with equal keys can share a stack; None: the job trains alone (not a SmallCNN)."""
-    plan, _regime, _seed, split = job
-    if plan.classifier != "smallcnn":
-        return None
+    """Jobs with equal keys can share a stack; None: the job trains alone (not a SmallCNN, or a cell
+    whose BatchNorm splits real and synthetic rows)."""
+    plan, regime, _seed, split = job
+    if plan.classifier != "smallcnn" or (plan.synthetic_bn != "joint" and regime in GAN_REGIMES):
+        return None  # split BatchNorm statistics: a lone cell
     images = downstream.split_of(plan, split)[0]
     return (
         plan.steps,

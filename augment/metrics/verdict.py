@@ -178,6 +178,7 @@ def summarize(plan: Plan, cells: list[dict[str, Any]]) -> dict[str, Any]:
         "gan_real_sampling": plan.gan_real_sampling,
         "classic_on_synthetic": plan.classic_on_synthetic,
         "synthetic_until": plan.synthetic_until,
+        "synthetic_bn": plan.synthetic_bn,
         "confidence_threshold": plan.confidence_threshold,
         "soft_labels": plan.soft_labels,
         "synthetic_share_per_class": _summary_share_per_class(plan),

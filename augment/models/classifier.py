@@ -9,6 +9,67 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn import functional as F
+
+#: How a classifier's BatchNorm layers treat a batch that mixes real and synthetic images (``evaluate.synthetic_bn``):
+#: ``joint``, one BatchNorm over the whole batch; ``split``, the real rows and the synthetic rows normalised
+#: by their own batch statistics with shared scale and shift; ``auxiliary``, the synthetic rows through their
+#: own scale and shift too (AdvProp's auxiliary BatchNorm, Xie et al. 2020).
+SYNTHETIC_BN = ("joint", "split", "auxiliary")
+
+
+class SplitBatchNorm2d(nn.BatchNorm2d):
+    """A BatchNorm2d that, in training and with :attr:`split` set to ``n``, normalises a batch's first ``n``
+    rows (the real images) and its other rows (the synthetic ones) by their own batch statistics.
+
+    The running statistics, which evaluation uses, follow the real rows only; the synthetic rows take the
+    layer's scale and shift, or their own (``auxiliary``: :attr:`aux_weight`, :attr:`aux_bias`, which only
+    training uses). With :attr:`split` None (a real-only batch) or in evaluation it is ``nn.BatchNorm2d``.
+    Made from a plain layer by :func:`split_batchnorms`; the state dict gains only the auxiliary parameters.
+
+    Example:
+        >>> bn = SplitBatchNorm2d(2)
+        >>> bn.split = 3
+        >>> x = torch.cat([torch.randn(3, 2, 4, 4), 5 + torch.randn(3, 2, 4, 4)])
+        >>> bool(bn(x)[3:].mean().abs() < 1e-5), bool(bn.running_mean.abs().max() < 0.5)
+        (True, True)
+    """
+
+    #: Real rows at the head of the next training batch (None: every row is real).
+    split: int | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = self.split
+        if not self.training or n is None or n >= x.shape[0]:
+            return super().forward(x)
+        # The auxiliary parameters live in _parameters only (a class attribute would shadow them).
+        weight = self._parameters.get("aux_weight", self.weight)
+        bias = self._parameters.get("aux_bias", self.bias)
+        synthetic = F.batch_norm(x[n:], None, None, weight, bias, True, 0.0, self.eps)
+        if n <= 0:
+            return synthetic
+        return torch.cat([super().forward(x[:n]), synthetic])
+
+
+def split_batchnorms(model: nn.Module, mode: str) -> list[SplitBatchNorm2d]:
+    """Turn ``model``'s BatchNorm2d layers into :class:`SplitBatchNorm2d` in place (``mode`` ``split`` or
+    ``auxiliary``, see :data:`SYNTHETIC_BN`); returns them. Weights and statistics are kept; ``auxiliary``
+    adds a scale and shift per layer, initialised as the layer's.
+
+    Raises:
+        ValueError: ``mode`` is not ``split`` or ``auxiliary``.
+    """
+    if mode not in SYNTHETIC_BN[1:]:
+        raise ValueError(f"synthetic_bn mode must be split or auxiliary, got {mode!r}")
+    layers = []
+    for module in model.modules():
+        if type(module) is nn.BatchNorm2d:
+            module.__class__ = SplitBatchNorm2d
+            if mode == "auxiliary":
+                module.aux_weight = nn.Parameter(module.weight.detach().clone())
+                module.aux_bias = nn.Parameter(module.bias.detach().clone())
+            layers.append(module)
+    return layers
 
 
 def _block(cin: int, cout: int) -> nn.Sequential:
