@@ -89,6 +89,18 @@ def judge_probs(plan: downstream.Plan, judge: ImageSet, seeds: list[int], images
     return out
 
 
+def self_judge_probs(plan: downstream.Plan, seeds: list[int], images: list[torch.Tensor]) -> list:
+    """The mean softmax of ``len(seeds)`` real+gan+classic classifiers on the run's own train split and pool
+    (what the product could train itself) over each of ``images``."""
+    out = [torch.zeros(len(x), plan.num_classes) for x in images]
+    for seed in seeds:
+        model, _ = train_classifier(dataclasses.replace(plan, threads=None), "real+gan+classic", seed)
+        with torch_threads(torch.get_num_threads()):
+            for acc, x in zip(out, images, strict=True):
+                acc += predict_proba(model, x) / len(seeds)
+    return out
+
+
 def per_class_fidelity(probs: torch.Tensor, labels: torch.Tensor, names: list[str]) -> dict[str, dict[str, Any]]:
     """Per class: the share the judge calls by its own class, and the class most of the rest go to."""
     pred = probs.argmax(dim=1)
@@ -122,20 +134,31 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     snap_path = find_snapshot(args.run_dir)
     snap = load_snapshot(snap_path)
     rundir.check_data_matches(snap_path, snap.class_names, snap.data_fingerprint, data)
-    pool, labels = generate_uint8(snap.generator("cpu"), [args.pool] * data.num_classes, cfg.generate.seed)
+    G = snap.generator("cpu")
+    pool, labels = generate_uint8(G, [args.pool] * data.num_classes, cfg.generate.seed)
+    # The self judge has seen the pool: it scores the next images of each class instead (a fresh pool).
+    fresh = generate_uint8(G, [args.pool] * data.num_classes, cfg.generate.seed, start=args.pool)[0]
     names = list(data.class_names)
     executor = make_executor(args.workers)
     map_fn = map if executor is None else (lambda fn, items: executor.map(fn, items))
     t0 = time.time()
     try:
         plan = downstream.prepare(data, pool, labels, ev, seed=cfg.seed, map_fn=map_fn)
-        syn_p, train_p, scoring_p = judge_probs(
-            plan, judge, list(range(args.judge_seeds)), [pool, data.train.images, scoring.images]
-        )
+        judge_seeds = list(range(args.judge_seeds))
+        if args.judge == "held-out":
+            judged = pool
+            syn_p, train_p, scoring_p = judge_probs(
+                plan, judge, judge_seeds, [judged, data.train.images, scoring.images]
+            )
+        else:
+            judged = fresh
+            syn_p, train_p, scoring_p = self_judge_probs(plan, judge_seeds, [judged, data.train.images, scoring.images])
         judge_s = time.time() - t0
         judge_acc = float((scoring_p.argmax(dim=1) == scoring.labels).double().mean())
-        plan.synthetic_probs = syn_p
-        plan.synthetic_confidence = syn_p.gather(1, labels[:, None]).flatten()
+        conf = syn_p.gather(1, labels[:, None]).flatten()
+        judged_plan = dataclasses.replace(
+            plan, synthetic_images=judged, synthetic_probs=syn_p, synthetic_confidence=conf
+        )
         default = {
             "pool": args.pool,
             "synthetic_share": ev.synthetic_share,
@@ -146,19 +169,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "synthetic_bn": ev.synthetic_bn,
             "steps": ev.steps,
         }
-        uses = {
-            "default": default,
-            f"judge filter {args.threshold:g}": {**default, "confidence_threshold": args.threshold},
-            "judge soft labels": {**default, "soft_labels": True},
-        }
+        uses = {"default": (plan, default)}
+        if args.judge == "self":
+            uses["fresh pool"] = (judged_plan, default)
+        uses[f"judge filter {args.threshold:g}"] = (judged_plan, {**default, "confidence_threshold": args.threshold})
+        uses["judge soft labels"] = (judged_plan, {**default, "soft_labels": True})
         t1 = time.time()
         base = cells(candidate_plan(plan, default, scoring), BASELINE, map_fn)
-        got = {name: cells(candidate_plan(plan, cand, scoring), args.regime, map_fn) for name, cand in uses.items()}
+        got = {name: cells(candidate_plan(p, cand, scoring), args.regime, map_fn) for name, (p, cand) in uses.items()}
         cells_s = time.time() - t1
     finally:
         if executor is not None:
             executor.shutdown()
-    kept = plan.synthetic_confidence >= args.threshold
+    kept = conf >= args.threshold
     return {
         "benchmark": "label_fidelity",
         "run_dir": str(args.run_dir),
@@ -166,7 +189,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "regime": args.regime,
         "sizes": {"judge": len(judge), "scoring": len(scoring), "pool_per_class": args.pool},
         "judge": {
-            "seeds": args.judge_seeds,
+            "kind": args.judge,
+            "seeds": judge_seeds,
             "classic": plan.classic,
             "steps": plan.steps,
             "scoring_accuracy": round(judge_acc, 4),
@@ -180,7 +204,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "baseline": {"classic": plan.classic, "classic_sampling": plan.classic_sampling},
         "uses": {
             name: {
-                "settings": uses[name],
+                "settings": uses[name][1],
+                "pool": "fresh" if uses[name][0] is judged_plan and judged is fresh else "default",
                 "vs_baseline": paired(rows, base),
                 "accuracy": mean_ci([100 * c["balanced_accuracy"] for c in rows]),
                 "values": [c["balanced_accuracy"] for c in rows],
@@ -199,10 +224,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def render(res: dict[str, Any]) -> str:
     names = list(res["train_counts"])
+    j = res["judge"]
+    on = (
+        f"{res['sizes']['judge']} held-out real images ({j['classic']}"
+        if j.get("kind", "held-out") == "held-out"
+        else f"the run's train split and pool (real+gan+classic, {j['classic']}"
+    )
     lines = [
-        f"Judge: {res['judge']['seeds']} SmallCNNs on {res['sizes']['judge']} held-out real images "
-        f"({res['judge']['classic']}, {res['judge']['steps']} steps), accuracy on the {res['sizes']['scoring']} "
-        f"scoring images {100 * res['judge']['scoring_accuracy']:.1f}%.",
+        f"Judge: {len(j['seeds'])} SmallCNNs on {on}, {j['steps']} steps), accuracy on the "
+        f"{res['sizes']['scoring']} scoring images {100 * j['scoring_accuracy']:.1f}%.",
         "",
         "| class | train images | judge on real train images | GAN-test (own class) | most of the rest to | "
         f"kept at {res['threshold']:g} |",
@@ -228,6 +258,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--dev-per-class", type=int, default=500, help="held-out real images per class (default 500)")
     ap.add_argument("--judge-per-class", type=int, default=250, help="of which train the judge (default 250)")
     ap.add_argument("--judge-seeds", type=int, default=3, help="judge classifiers averaged (default 3)")
+    ap.add_argument(
+        "--judge",
+        default="held-out",
+        choices=["held-out", "self"],
+        help="held-out: trained on the dev split's first images (default); self: real+gan+classic classifiers on "
+        "the run's own train split and pool, judging the next --pool images of each class (a fresh pool)",
+    )
     ap.add_argument("--pool", type=int, default=300, help="synthetic images per class (default 300)")
     ap.add_argument("--threshold", type=float, default=0.5, help="the filter: judge's own-class probability")
     ap.add_argument("--steps", type=int, default=None, help="classifier steps (default: the run's)")

@@ -56,6 +56,7 @@ def test_the_judged_uses_train_on_the_scoring_half_and_move_the_cells(judged_run
     assert json.loads(out.read_text())["uses"].keys() == res["uses"].keys()
     assert res["sizes"] == {"judge": 9, "scoring": 9, "pool_per_class": 4}
     assert list(res["uses"]) == ["default", "judge filter 0.5", "judge soft labels"]
+    assert [u["pool"] for u in res["uses"].values()] == ["default"] * 3  # the held-out judge scores the pool itself
     # GAN-test per class from the judge; the kept counts are the samples whose own-class probability >= 0.5.
     assert set(res["synthetic"]) == set(res["real_train"]) == set(res["train_counts"])
     assert all(row["n"] == 4 for row in res["synthetic"].values())
@@ -77,6 +78,21 @@ def test_the_judged_uses_train_on_the_scoring_half_and_move_the_cells(judged_run
     assert soft["settings"]["soft_labels"] is True and len(soft["values"]) == 2
     table = label_fidelity.render(res)
     assert "GAN-test" in table and all(name in table for name in res["train_counts"])
+
+
+def test_a_self_judge_scores_a_fresh_pool_from_the_runs_own_classifiers(judged_run: Path) -> None:
+    argv = [str(judged_run), "--dev-per-class", "6", "--judge-per-class", "3", "--judge-seeds", "1", "--pool", "4"]
+    argv += ["--seeds", "2", "--workers", "1", "--steps", "20", "--judge", "self", "--threshold", "0"]
+    res = label_fidelity.main(argv)
+    assert res["judge"]["kind"] == "self"
+    assert list(res["uses"]) == ["default", "fresh pool", "judge filter 0", "judge soft labels"]
+    # A filter at 0 keeps every image: the fresh pool's cells exactly.
+    assert res["uses"]["judge filter 0"]["values"] == res["uses"]["fresh pool"]["values"]
+    assert [u["pool"] for u in res["uses"].values()] == ["default", "fresh", "fresh", "fresh"]
+    # A fresh pool is other images: the same settings, other cells.
+    assert res["uses"]["fresh pool"]["settings"] == res["uses"]["default"]["settings"]
+    assert res["uses"]["fresh pool"]["values"] != res["uses"]["default"]["values"]
+    assert "the run's train split and pool" in label_fidelity.render(res)
 
 
 def test_bad_arguments_are_refused() -> None:
