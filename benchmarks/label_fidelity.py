@@ -174,6 +174,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             uses["fresh pool"] = (judged_plan, default)
         uses[f"judge filter {args.threshold:g}"] = (judged_plan, {**default, "confidence_threshold": args.threshold})
         uses["judge soft labels"] = (judged_plan, {**default, "soft_labels": True})
+        if args.real_transfer:
+            # The control: the run's real train images in the synthetic share's place, so the judge's
+            # probabilities reach the classifier through the real images alone (the same batch composition).
+            real_plan = dataclasses.replace(
+                plan,
+                synthetic_images=data.train.images,
+                synthetic_labels=data.train.labels,
+                synthetic_probs=train_p,
+                synthetic_confidence=None,
+            )
+            most = int(data.train.labels.bincount().max())
+            uses["real images as the pool"] = (real_plan, {**default, "pool": most})
+            uses["real images as the pool, judge soft labels"] = (
+                real_plan,
+                {**default, "pool": most, "soft_labels": True},
+            )
         t1 = time.time()
         base = cells(candidate_plan(plan, default, scoring), BASELINE, map_fn)
         got = {name: cells(candidate_plan(p, cand, scoring), args.regime, map_fn) for name, (p, cand) in uses.items()}
@@ -182,6 +198,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if executor is not None:
             executor.shutdown()
     kept = conf >= args.threshold
+
+    def pool_kind(p: downstream.Plan) -> str:
+        if p.synthetic_images is data.train.images:
+            return "real train images"
+        return "fresh" if p is judged_plan and judged is fresh else "default"
+
     return {
         "benchmark": "label_fidelity",
         "run_dir": str(args.run_dir),
@@ -205,7 +227,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "uses": {
             name: {
                 "settings": uses[name][1],
-                "pool": "fresh" if uses[name][0] is judged_plan and judged is fresh else "default",
+                "pool": pool_kind(uses[name][0]),
                 "vs_baseline": paired(rows, base),
                 "accuracy": mean_ci([100 * c["balanced_accuracy"] for c in rows]),
                 "values": [c["balanced_accuracy"] for c in rows],
@@ -267,6 +289,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     ap.add_argument("--pool", type=int, default=300, help="synthetic images per class (default 300)")
     ap.add_argument("--threshold", type=float, default=0.5, help="the filter: judge's own-class probability")
+    ap.add_argument(
+        "--real-transfer",
+        action="store_true",
+        help="add the control: the real train images in the pool's place, with hard labels and with the judge's",
+    )
     ap.add_argument("--steps", type=int, default=None, help="classifier steps (default: the run's)")
     ap.add_argument("--regime", default="real+gan+classic", choices=["real+gan+classic", "real+gan"])
     ap.add_argument("--seeds", type=int, default=5)

@@ -51,12 +51,28 @@ def test_per_class_fidelity_counts_the_judges_calls() -> None:
 def test_the_judged_uses_train_on_the_scoring_half_and_move_the_cells(judged_run: Path, tmp_path: Path) -> None:
     out = tmp_path / "lf.json"
     argv = [str(judged_run), "--dev-per-class", "6", "--judge-per-class", "3", "--judge-seeds", "1", "--pool", "4"]
-    argv += ["--seeds", "2", "--workers", "1", "--steps", "20", "--threshold", "0.5", "--json", str(out)]
+    argv += [
+        "--seeds",
+        "2",
+        "--workers",
+        "1",
+        "--steps",
+        "20",
+        "--threshold",
+        "0.5",
+        "--real-transfer",
+        "--json",
+        str(out),
+    ]
     res = label_fidelity.main(argv)
     assert json.loads(out.read_text())["uses"].keys() == res["uses"].keys()
     assert res["sizes"] == {"judge": 9, "scoring": 9, "pool_per_class": 4}
-    assert list(res["uses"]) == ["default", "judge filter 0.5", "judge soft labels"]
-    assert [u["pool"] for u in res["uses"].values()] == ["default"] * 3  # the held-out judge scores the pool itself
+    real = ["real images as the pool", "real images as the pool, judge soft labels"]
+    assert list(res["uses"]) == ["default", "judge filter 0.5", "judge soft labels", *real]
+    # The held-out judge scores the pool itself; the control puts the real train images in its place, all of them.
+    assert [u["pool"] for u in res["uses"].values()] == ["default"] * 3 + ["real train images"] * 2
+    assert res["uses"][real[1]]["settings"]["soft_labels"] and not res["uses"][real[0]]["settings"]["soft_labels"]
+    assert res["uses"][real[0]]["settings"]["pool"] == max(res["train_counts"].values())
     # GAN-test per class from the judge; the kept counts are the samples whose own-class probability >= 0.5.
     assert set(res["synthetic"]) == set(res["real_train"]) == set(res["train_counts"])
     assert all(row["n"] == 4 for row in res["synthetic"].values())
