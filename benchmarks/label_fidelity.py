@@ -47,7 +47,7 @@ from augment import rundir  # noqa: E402
 from augment.checkpoint import find_snapshot, load_snapshot  # noqa: E402
 from augment.data import ImageSet, load_data  # noqa: E402
 from augment.metrics import downstream  # noqa: E402
-from augment.metrics.classifier_training import predict_proba, torch_threads, train_classifier  # noqa: E402
+from augment.metrics.classifier_training import predict_proba, train_classifier  # noqa: E402
 from augment.metrics.evaluate import generate_uint8  # noqa: E402
 from augment.metrics.regimes import BASELINE  # noqa: E402
 from augment.metrics.verdict import mean_ci  # noqa: E402
@@ -77,27 +77,14 @@ def halves(dev: ImageSet, num_classes: int, first: int) -> tuple[ImageSet, Image
     return take(head), take(rest)
 
 
-def judge_probs(plan: downstream.Plan, judge: ImageSet, seeds: list[int], images: list[torch.Tensor]) -> list:
-    """The mean softmax of ``len(seeds)`` baseline classifiers trained on ``judge`` over each of ``images``."""
-    spec = dataclasses.replace(plan, train_images=judge.images, train_labels=judge.labels, threads=None)
-    out = [torch.zeros(len(x), plan.num_classes) for x in images]
+def ensemble_probs(spec: downstream.Plan, regime: str, seeds: list[int], images: list[torch.Tensor]) -> list:
+    """The mean softmax of ``len(seeds)`` classifiers trained on ``spec`` under ``regime`` over each of ``images``:
+    the held-out judge (``real+classic`` on the held-out images) or the self judge (``real+gan+classic`` on the run)."""
+    out = [torch.zeros(len(x), spec.num_classes) for x in images]
     for seed in seeds:
-        model, _ = train_classifier(spec, BASELINE, seed)
-        with torch_threads(torch.get_num_threads()):
-            for acc, x in zip(out, images, strict=True):
-                acc += predict_proba(model, x) / len(seeds)
-    return out
-
-
-def self_judge_probs(plan: downstream.Plan, seeds: list[int], images: list[torch.Tensor]) -> list:
-    """The mean softmax of ``len(seeds)`` real+gan+classic classifiers on the run's own train split and pool
-    (what the product could train itself) over each of ``images``."""
-    out = [torch.zeros(len(x), plan.num_classes) for x in images]
-    for seed in seeds:
-        model, _ = train_classifier(dataclasses.replace(plan, threads=None), "real+gan+classic", seed)
-        with torch_threads(torch.get_num_threads()):
-            for acc, x in zip(out, images, strict=True):
-                acc += predict_proba(model, x) / len(seeds)
+        model, _ = train_classifier(spec, regime, seed)
+        for acc, x in zip(out, images, strict=True):
+            acc += predict_proba(model, x) / len(seeds)
     return out
 
 
@@ -146,13 +133,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         plan = downstream.prepare(data, pool, labels, ev, seed=cfg.seed, map_fn=map_fn)
         judge_seeds = list(range(args.judge_seeds))
         if args.judge == "held-out":
-            judged = pool
-            syn_p, train_p, scoring_p = judge_probs(
-                plan, judge, judge_seeds, [judged, data.train.images, scoring.images]
-            )
-        else:
-            judged = fresh
-            syn_p, train_p, scoring_p = self_judge_probs(plan, judge_seeds, [judged, data.train.images, scoring.images])
+            judged, regime = pool, BASELINE
+            spec = dataclasses.replace(plan, train_images=judge.images, train_labels=judge.labels, threads=None)
+        else:  # the run's own classifiers; they have seen the pool, so they judge the fresh one
+            judged, regime = fresh, "real+gan+classic"
+            spec = dataclasses.replace(plan, threads=None)
+        syn_p, train_p, scoring_p = ensemble_probs(
+            spec, regime, judge_seeds, [judged, data.train.images, scoring.images]
+        )
         judge_s = time.time() - t0
         judge_acc = float((scoring_p.argmax(dim=1) == scoring.labels).double().mean())
         conf = syn_p.gather(1, labels[:, None]).flatten()

@@ -265,7 +265,8 @@ def candidate_plan(
         "synthetic_probs": None if plan.synthetic_probs is None else plan.synthetic_probs[keep],
         "synthetic_confidence": None if plan.synthetic_confidence is None else plan.synthetic_confidence[keep],
     }
-    settings = {k: _cand(cand)[k] for k in KEYS if k not in ("pool", "latent_std", "around_real")}
+    full = _cand(cand)  # a setting the candidate leaves out: its value before it existed
+    settings = {k: full[k] for k in KEYS if k not in ("pool", "latent_std", "around_real")}
     scored = {} if on is None else {"test_images": on.images, "test_labels": on.labels}
     return dataclasses.replace(plan, **subset, **settings, **scored)
 

@@ -153,19 +153,29 @@ def test_a_candidates_sampling_reaches_the_batches(small_run: Path) -> None:
     assert share["balance"][common] < share["uniform"][common]
 
 
+def eight_step_plan(run: Path) -> downstream.Plan:
+    """The run's downstream plan at 8 classifier steps of 8 images, over a pool of 8 samples per class."""
+    cfg = rundir.run_config(run, ["evaluate.steps=8", "evaluate.batch_size=8"])
+    data = load_data(cfg.data, cfg.seed)
+    pool, labels = generate_uint8(load_snapshot(find_snapshot(run)).generator("cpu"), [8, 8, 8], 0)
+    return downstream.prepare(data, pool, labels, cfg.evaluate, seed=cfg.seed, map_fn=map)
+
+
+def pool4_candidate(**settings: object) -> dict:
+    """A candidate on 4 samples per class at share 0.5 and 8 steps, ``settings`` over sample_use's defaults."""
+    cand = {"pool": 4, "synthetic_share": 0.5, "synthetic_sampling": "balance", "confidence_threshold": None}
+    return cand | {"soft_labels": False, "synthetic_until": 1.0, "steps": 8} | settings
+
+
 def test_a_candidates_real_data_finish_reaches_the_cells(small_run: Path) -> None:
     args = sample_use.parse_args([str(small_run), *USE, "--until", "1", "0.5"])
     assert args.until == [1.0, 0.5]
     with pytest.raises(SystemExit):
         sample_use.parse_args([str(small_run), *USE, "--until", "0"])
-    cfg = rundir.run_config(small_run, ["evaluate.steps=8", "evaluate.batch_size=8"])
-    data = load_data(cfg.data, cfg.seed)
-    pool, labels = generate_uint8(load_snapshot(find_snapshot(small_run)).generator("cpu"), [8, 8, 8], 0)
-    plan = downstream.prepare(data, pool, labels, cfg.evaluate, seed=cfg.seed, map_fn=map)
+    plan = eight_step_plan(small_run)
     seen = {}
     for until in args.until:
-        cand = {"pool": 4, "synthetic_share": 0.5, "synthetic_sampling": "balance", "confidence_threshold": None}
-        cand |= {"soft_labels": False, "synthetic_until": until, "steps": 8}
+        cand = pool4_candidate(synthetic_until=until)
         got = sample_use.cells(sample_use.candidate_plan(plan, cand, None), "real+gan", map)
         seen[until] = {c["images_synthetic"] for c in got}
         assert "synthetic until 0.5" in sample_use._label(cand) or until == 1.0
@@ -177,14 +187,10 @@ def test_a_candidates_batchnorm_mode_reaches_the_cells(small_run: Path) -> None:
     assert args.bn == ["joint", "split", "auxiliary"]
     with pytest.raises(SystemExit):
         sample_use.parse_args([str(small_run), *USE, "--bn", "separate"])
-    cfg = rundir.run_config(small_run, ["evaluate.steps=8", "evaluate.batch_size=8"])
-    data = load_data(cfg.data, cfg.seed)
-    pool, labels = generate_uint8(load_snapshot(find_snapshot(small_run)).generator("cpu"), [8, 8, 8], 0)
-    plan = downstream.prepare(data, pool, labels, cfg.evaluate, seed=cfg.seed, map_fn=map)
+    plan = eight_step_plan(small_run)
     confusions = {}
     for bn in args.bn:
-        cand = {"pool": 4, "synthetic_share": 0.5, "synthetic_sampling": "balance", "confidence_threshold": None}
-        cand |= {"soft_labels": False, "synthetic_until": 1.0, "synthetic_bn": bn, "steps": 8}
+        cand = pool4_candidate(synthetic_bn=bn)
         got = sample_use.cells(sample_use.candidate_plan(plan, cand, None), "real+gan", map)
         assert {c["synthetic_bn"] for c in got} == {bn}
         assert (f"{bn} BatchNorm" in sample_use._label(cand)) == (bn != "joint")
