@@ -428,6 +428,12 @@ class EvaluateConfig(_Section):
     #: Train on synthetic images against the filter classifier's probabilities (a classifier
     #: trained on the real train split) instead of their one-hot class: soft labels.
     soft_labels: bool = False
+    #: A teacher file (``augment teacher``; :mod:`augment.metrics.teacher`): a classifier trained on more
+    #: labelled images than the GAN saw, never on the run's val or test images. Its probabilities are the
+    #: synthetic images' soft labels and the confidence filter's scores, and the classic baseline is
+    #: distilled from it the same way (the real images in the pool's place), so the verdict credits only
+    #: what the synthetic images add. Needs soft_labels: true. None: no teacher.
+    teacher: Path | None = None
     #: Choose synthetic_share / threshold / soft labels on the validation split (never the test split).
     tune: bool = False
     tune_shares: list[float] = [0.25, 0.5]
@@ -522,6 +528,18 @@ class EvaluateConfig(_Section):
         if not v:
             raise ValueError("tune_soft_labels must be a non-empty list of true/false")
         return v
+
+    @model_validator(mode="after")
+    def _teacher(self) -> EvaluateConfig:
+        if self.teacher is None:
+            return self
+        if not self.soft_labels or (self.tune and self.tune_soft_labels != [True]):
+            raise ValueError(
+                "a teacher labels the synthetic images: set soft_labels: true (and tune_soft_labels: [true])"
+            )
+        if self.synthetic_bn != "joint":
+            raise ValueError("a teacher's distilled baseline is measured with synthetic_bn: joint only")
+        return self
 
     @field_validator("tune_thresholds")
     @classmethod

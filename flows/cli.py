@@ -278,6 +278,38 @@ def evaluate(
     typer.echo(f"report: {result['files']['report']}")
 
 
+@app.command()
+@handle_errors
+def teacher(
+    config: ConfigArg,
+    out: Annotated[Path, typer.Option("--out", help="The teacher file to write (e.g. teacher.pt).")],
+    set_: SetOpt = None,
+    members: Annotated[
+        int, typer.Option("--members", min=1, help="Classifiers averaged (seeds seed, seed+1, ...).")
+    ] = 3,
+    quiet: QuietOpt = False,
+) -> None:
+    """Train a teacher on CONFIG's data for a run's evaluate.teacher (more labelled images than the GAN saw)."""
+    _setup_logging(quiet)
+    from augment.config import load_config
+    from augment.io import ensure_dir
+    from augment.metrics.teacher import fit_teacher, save_teacher
+
+    cfg = load_config(config, set_)
+    if out.is_dir():
+        fail(f"--out {out}: is a folder; give the teacher file's path (e.g. {out / 'teacher.pt'})")
+    ensure_dir(out.parent)  # an unwritable folder fails before minutes of training
+    with _terminate_cleanly(), _bars_and_logs(not quiet):
+        models, names, images, info = fit_teacher(cfg, members)
+    saved = save_teacher(out, models, cfg.evaluate.classifier, names, images, info)
+    acc = info.get("test_balanced_accuracy")
+    score_text = f", test balanced accuracy {100 * acc:.2f}% on {info['test_images']} images" if acc is not None else ""
+    typer.echo(
+        f"teacher: {out} ({len(saved.members)} x {saved.classifier} trained on {info['images']} images{score_text})\n"
+        f"use it: augment evaluate RUN_DIR --set evaluate.teacher={out} --set evaluate.soft_labels=true"
+    )
+
+
 @app.command("inspect-data")
 @handle_errors
 def inspect_data(
@@ -406,6 +438,11 @@ def run(
 
     cfg = load_config(config, set_)
     _check_tracking(cfg)
+    if cfg.evaluate.teacher is not None:  # before the training: a teacher the evaluation would refuse fails now
+        from augment.data import load_data
+        from augment.metrics.downstream import load_checked_teacher
+
+        load_checked_teacher(cfg.evaluate.teacher, load_data(cfg.data, cfg.seed))
     from flows.pipeline import pipeline
 
     # Bars (training kimg, evaluation steps, each with an ETA) in the foreground; log lines go through

@@ -624,6 +624,33 @@ def run_tracking_uri_malformed_in_environment(tmp: Path, _: RunGetter) -> Bad:
     return Bad(["run", str(_config(tmp))], ["'htp://127.0.0.1:5000'", "MLFLOW_TRACKING_URI"], process=True, env=env)
 
 
+def evaluate_teacher_missing(tmp: Path, tiny_run: RunGetter) -> Bad:
+    run = _run_copy(tmp, tiny_run())
+    args = [
+        "evaluate",
+        str(run),
+        "--set",
+        f"evaluate.teacher={tmp / 'teacher.pt'}",
+        "--set",
+        "evaluate.soft_labels=true",
+    ]
+    return Bad(args, [f"{tmp / 'teacher.pt'}: checkpoint not found"])
+
+
+def run_teacher_saw_the_test_split(tmp: Path, _: RunGetter) -> Bad:
+    """A teacher trained on the run's test images: `augment run` refuses it before it trains anything."""
+    from augment.data import load_data
+    from augment.metrics.classifier_training import TrainSpec
+    from augment.metrics.teacher import save_teacher, train_teacher
+
+    cfg = tiny_config(tmp)
+    test = load_data(cfg.data, cfg.seed).test
+    spec = TrainSpec(class_names=cfg.data.classes, train_images=test.images, train_labels=test.labels, steps=2)
+    save_teacher(tmp / "teacher.pt", train_teacher(spec, [0]), "smallcnn", spec.class_names, test.images)
+    path = _config(tmp, f"evaluate.teacher={tmp / 'teacher.pt'}", "evaluate.soft_labels=true")
+    return Bad(["run", str(path)], [f"{tmp / 'teacher.pt'} trained on 60 of the test split's 60 images"], process=True)
+
+
 def compare_tracking_uri_malformed(tmp: Path, _: RunGetter) -> Bad:
     return Bad(["compare", "--uri", "http://[::1:5000"], ["tracking URI 'http://[::1:5000' is malformed"])
 
@@ -779,6 +806,8 @@ ROWS = [
     pytest.param(config_dask_address_unreachable, id="config-dask-address-unreachable"),
     pytest.param(run_tracking_uri_malformed, id="run-tracking-uri-malformed"),
     pytest.param(run_tracking_uri_malformed_in_environment, id="run-tracking-uri-malformed-in-environment"),
+    pytest.param(evaluate_teacher_missing, id="evaluate-teacher-missing"),
+    pytest.param(run_teacher_saw_the_test_split, id="run-teacher-saw-the-test-split"),
     pytest.param(compare_tracking_uri_malformed, id="compare-tracking-uri-malformed"),
     pytest.param(compare_tracking_uri_a_plain_path, id="compare-tracking-uri-a-plain-path"),
     pytest.param(compare_csv_into_a_missing_folder, id="compare-csv-into-a-missing-folder"),

@@ -206,3 +206,47 @@ def test_serve_without_a_prefect_server_says_what_to_start_and_exits_2(tmp_path:
         "error: augment serve needs a Prefect server for its schedule: start one with `prefect server start "
         "--host 127.0.0.1`, then export PREFECT_API_URL=http://127.0.0.1:4200/api"
     ]
+
+
+def test_a_teacher_trained_by_the_cli_labels_a_runs_pool_and_one_that_saw_its_test_images_is_refused(
+    tiny_run: Path, tmp_path: Path
+) -> None:
+    import json
+    import shutil
+
+    cfg = REPO / "configs" / "digits.yaml"
+    fast = ["--set", "evaluate.steps=10", "--set", "evaluate.batch_size=32", "--set", "evaluate.threads=1"]
+    res = augment("teacher", str(cfg), *_sets(tmp_path), *fast, "--members", "2", "--out", str(tmp_path / "t.pt"), "-q")
+    assert res.returncode == 0, res.stderr
+    assert "2 x smallcnn trained on 108 images, test balanced accuracy" in res.stdout
+    assert "--set evaluate.teacher=" in res.stdout
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    sets = [
+        *("--set", f"evaluate.teacher={tmp_path / 't.pt'}", "--set", "evaluate.soft_labels=true"),
+        *("--set", "evaluate.regimes=[real+classic,real+gan]", "--set", "evaluate.extractor_steps=30"),
+        *("--set", "evaluate.classic=[crop]", "--set", "evaluate.synthetic_per_class=12"),
+    ]
+    res = augment("evaluate", str(run), *sets, *fast, "-q")
+    assert res.returncode == 0, res.stderr
+    assert "distilled from the teacher" in res.stdout
+    summary = json.loads((run / "eval" / "metrics.json").read_text())["downstream"]
+    # The same config and seed: the teacher trained on the run's own train split, none of its val or test images.
+    assert (
+        summary["selection"]["teacher"]["train_split_overlap"]
+        == 108
+        == summary["selection"]["teacher"]["trained_on_images"]
+    )
+    assert summary["regimes"]["real+classic"]["images_synthetic"] == 0
+    # Another seed splits the digits differently: that teacher trained on images of the run's test split.
+    res = augment("teacher", str(cfg), *_sets(tmp_path), *fast, "--set", "seed=1", "--members", "1",
+                  "--out", str(tmp_path / "t1.pt"), "-q")  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    sets[1] = f"evaluate.teacher={tmp_path / 't1.pt'}"
+    res = augment("evaluate", str(run), *sets, *fast, "-q")
+    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert (
+        "of the test split's 60 images; train it on images outside the run's validation and test splits" in res.stderr
+    )
+    res = augment("teacher", str(cfg), *_sets(tmp_path), "--out", str(tmp_path / "t.pt" / "x.pt"), "-q")
+    assert res.returncode == 2 and "cannot create output directory" in res.stderr and "Traceback" not in res.stderr

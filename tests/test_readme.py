@@ -93,7 +93,9 @@ def test_every_command_and_option_the_readme_lists_exists() -> None:
             commands[current] = set()
         if current is not None:
             commands[current] |= set(re.findall(r"(?<![\w-])(--[a-z][a-z-]*|-q)\b", code))
-    assert set(commands) == {"train", "generate", "evaluate", "run", "inspect-data", "serve", "ui", "compare", "spread"}
+    assert set(commands) == {
+        *("train", "generate", "evaluate", "run", "inspect-data", "teacher", "serve", "ui", "compare", "spread")
+    }
     runner = CliRunner()
     for command, options in commands.items():
         res = runner.invoke(app, [command, "--help"], env={"COLUMNS": "200"})

@@ -26,7 +26,9 @@ and how (architecture, steps, batch size, learning rate, classic policy, synthet
 The two deployed regimes draw from the whole synthetic pool (no confidence filter, hard labels),
 as the augmenter does. With ``soft_labels``, the synthetic images of a batch are trained against
 the probabilities ``synthetic_probs`` gives them instead of their one-hot class; real images keep
-their hard labels.
+their hard labels. With a teacher (``teacher_train_probs``, ``evaluate.teacher``), ``real+classic``
+is distilled the same way: it draws ``real+gan+classic``'s batches with the real train images in the
+pool's place, trained against the teacher's probabilities there (:func:`teacher_baseline_spec`).
 
 Parameter initialisation, batch draws and augmentation all come from the seed, so a classifier
 depends only on ``(spec, regime, seed)``, in any thread or process. The downstream grid
@@ -42,6 +44,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -94,6 +97,9 @@ class TrainSpec:
     soft_labels: bool = False
     #: The filter classifier's softmax, (N, K) row for row with ``synthetic_images`` (None = not trained).
     synthetic_probs: torch.Tensor | None = None
+    #: A teacher's softmax over ``train_images`` (``evaluate.teacher``; None = no teacher). With it the
+    #: baseline is distilled as the GAN regimes are: :func:`teacher_baseline_spec`.
+    teacher_train_probs: torch.Tensor | None = None
     classic: str = "crop"
     #: How ``real+classic`` draws its real images: "natural" (uniformly) or "balance" (classes uniformly).
     classic_sampling: str = "natural"
@@ -291,6 +297,24 @@ def balanced_topup(spec: TrainSpec) -> torch.Tensor:
     return torch.cat(rows) if rows else torch.empty(0, dtype=torch.int64)
 
 
+def teacher_baseline_spec(spec: TrainSpec) -> TrainSpec:
+    """The spec the classic baseline trains on when a teacher labels the synthetic images: ``real+gan+classic``'s
+    batches with the real train images in the synthetic pool's place, trained against the teacher's
+    probabilities (``teacher_train_probs``) there. The two cells then differ only in where the
+    teacher-labelled share of each batch comes from, so the verdict credits the synthetic images, not the teacher.
+    """
+    return dataclasses.replace(
+        spec,
+        synthetic_images=spec.train_images,
+        synthetic_labels=spec.train_labels,
+        synthetic_probs=spec.teacher_train_probs,
+        synthetic_confidence=None,
+        confidence_threshold=None,
+        soft_labels=True,
+        teacher_train_probs=None,
+    )
+
+
 def synthetic_stop(spec: TrainSpec) -> int | None:
     """The first step of the real-data finish of ``spec``'s real+gan regimes (None: synthetic to the end).
 
@@ -327,6 +351,10 @@ class _Batches:
         # The images live on ``device`` (one copy per cell); the draws stay on the CPU generator,
         # so a batch is the same on every device and only small index tensors cross over.
         self.gen, self.device = gen, torch.device(device)
+        #: The classic baseline distilled from a teacher: it draws as real+gan+classic, the real images as its pool.
+        self.teacher_baseline = regime == BASELINE and spec.teacher_train_probs is not None
+        if self.teacher_baseline:
+            spec, regime = teacher_baseline_spec(spec), "real+gan+classic"
         self.regime, self.batch_size = regime, spec.batch_size
         self.real_y = spec.train_labels.to(self.device)
         self.real_labels = spec.train_labels  # on the CPU, for the draws
@@ -334,6 +362,8 @@ class _Batches:
         # The deployed regimes draw from every generated image, as the augmenter does.
         syn_images, syn_labels = (spec.synthetic_images, spec.synthetic_labels) if deployed else spec.synthetic_pool()
         keep = None if deployed else spec._pool_keep()
+        #: The images :attr:`syn_rows` index (the real train split for a teacher's baseline).
+        self.syn_source = spec.synthetic_images
         #: Row of each pool image in ``spec.synthetic_images`` (the pool is the filter's subset).
         self.syn_rows = torch.arange(len(syn_labels)) if keep is None else torch.nonzero(keep).flatten()
         if images:
@@ -568,7 +598,7 @@ def _train_classifier(spec: TrainSpec, regime: str, seed: int) -> tuple[torch.nn
 
 def cell_counters(spec: TrainSpec, batches: _Batches) -> dict[str, Any]:
     """What a cell trained on: steps, batch size, real and synthetic images seen, classic policy."""
-    return {
+    out = {
         "steps": spec.steps,
         "batch_size": spec.batch_size,
         "images_real": batches.seen_real,
@@ -576,6 +606,10 @@ def cell_counters(spec: TrainSpec, batches: _Batches) -> dict[str, Any]:
         "classic": batches.policy,
         "real_draw": batches.real_sampling,
     }
+    if batches.teacher_baseline:  # its pool is the real images: every image it saw is real
+        out.update(images_real=batches.seen_real + batches.seen_synthetic, images_synthetic=0)
+        out["images_teacher_labelled"] = batches.seen_synthetic
+    return out
 
 
 @torch.no_grad()

@@ -12,7 +12,9 @@ are left out where the train split is balanced (they would change nothing).
 With ``soft_labels``, the synthetic images of a batch are trained against the probabilities the
 confidence-filter classifier (real train split) gives them instead of their one-hot class: a
 generated image of a class can look like another one, and a soft label says so instead of
-teaching the classifier a confident wrong answer.
+teaching the classifier a confident wrong answer. With ``evaluate.teacher`` a user's classifier
+(:mod:`augment.metrics.teacher`) gives those probabilities instead, and the classic baseline trains on the
+same share of teacher-labelled images, real ones, so the verdict credits the synthetic images alone.
 
 The work separates into picklable pieces so an orchestrator (Prefect/Dask) can run the
 regime x seed grid as parallel tasks::
@@ -51,6 +53,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -71,6 +74,7 @@ from augment.metrics.classifier_training import (
     train_classifier,
 )
 from augment.metrics.regimes import BASELINE, DEPLOYED_REGIMES, GAN_REGIMES, REGIMES, SHARE_REGIMES
+from augment.metrics.teacher import Teacher, load_teacher
 
 log = logging.getLogger(__name__)
 
@@ -142,10 +146,19 @@ def cell_result(
         "soft_labels": plan.soft_labels if _uses_pool_settings(regime) else None,
         "synthetic_until": plan.synthetic_until if regime in SHARE_REGIMES else None,
         "synthetic_bn": plan.synthetic_bn if regime in GAN_REGIMES else None,
+        **_teacher_field(plan, regime),
         "seconds": seconds,
         "started_at": span[0],
         "ended_at": span[1],
     }
+
+
+def _teacher_field(plan: Plan, regime: str) -> dict[str, bool]:
+    """``{"teacher": True/False}`` in a cell row where the plan has a teacher (whether the cell trained on its
+    probabilities: the baseline and the pool regimes), else nothing (rows without a teacher stay as they were)."""
+    if plan.teacher_train_probs is None:
+        return {}
+    return {"teacher": regime == BASELINE or (_uses_pool_settings(regime) and plan.soft_labels)}
 
 
 def _fit_score(plan: Plan, regime: str, seed: int, split: str) -> dict[str, Any]:
@@ -258,6 +271,11 @@ def prepare(
             "(data.split.val > 0), or give a single evaluate.classic policy and classic_sampling, and tune: false"
         )
     selection: dict[str, Any] = {"split": "val", "n_val": len(data.val), "seeds": select_seeds}
+    teacher = None
+    if cfg.teacher is not None:  # before the baseline's selection: the baseline it chooses is the distilled one
+        teacher = load_checked_teacher(cfg.teacher, data)
+        plan.teacher_train_probs = teacher.probs(data.train.images, plan.threads)
+        selection["teacher"] = teacher_record(teacher, data)
     if samplings != list(cfg.classic_sampling):
         selection["classic_sampling_note"] = "class-balanced resampling left out: the train split is balanced"
     if len(cfg.classic) * len(samplings) > 1:
@@ -265,7 +283,7 @@ def prepare(
     thresholds = list(cfg.tune_thresholds) if cfg.tune else [cfg.confidence_threshold]
     softs = list(cfg.tune_soft_labels) if cfg.tune else [cfg.soft_labels]
     if any(t is not None for t in thresholds) or any(softs):
-        selection["filter"] = score_pool(plan, select_seeds[0])
+        selection["filter"] = score_pool(plan, select_seeds[0], teacher)
     plan.soft_labels = cfg.soft_labels
     if cfg.tune:
         selection["tune"] = _tune(plan, cfg, thresholds, softs, select_seeds, map_fn)
@@ -387,17 +405,59 @@ def _settings(policy: str, sampling: str) -> dict[str, str]:
     return {"classic": policy, "classic_sampling": sampling}
 
 
-def score_pool(plan: Plan, seed: int) -> dict[str, Any]:
-    """Score every synthetic image with a classifier trained on the real train split; its record.
+def score_pool(plan: Plan, seed: int, teacher: Teacher | None = None) -> dict[str, Any]:
+    """Score every synthetic image with a classifier trained on the real train split, or with ``teacher``;
+    its record.
 
     Its probabilities serve both the confidence filter (each image's own class) and soft labels.
     """
-    model, _ = train_classifier(plan, BASELINE, seed)
-    with torch_threads(plan.threads or 1):
-        probs = predict_proba(model, plan.synthetic_images)
+    if teacher is not None:
+        probs = teacher.probs(plan.synthetic_images, plan.threads or 1)
+        record = {"trained_on": "teacher", "path": str(teacher.path), "members": len(teacher.members)}
+    else:
+        model, _ = train_classifier(plan, BASELINE, seed)
+        with torch_threads(plan.threads or 1):
+            probs = predict_proba(model, plan.synthetic_images)
+        record = {"trained_on": "train", "regime": BASELINE, "seed": seed}
     plan.synthetic_probs = probs
     plan.synthetic_confidence = probs.gather(1, plan.synthetic_labels[:, None]).flatten()
-    return {"trained_on": "train", "regime": BASELINE, "seed": seed}
+    return record
+
+
+def load_checked_teacher(path: Path, data: PreparedData) -> Teacher:
+    """The teacher file at ``path``, checked against the run's data.
+
+    Raises:
+        CheckpointError: the file is missing or not a teacher file.
+        ConfigError: other classes or image shape, or it trained on any of the run's val or test images
+            (the verdict would be scored on images its labels came from).
+    """
+    teacher = load_teacher(path)
+    teacher.check_fits(data.class_names, tuple(data.train.images.shape[1:]))
+    seen = [
+        (name, teacher.overlap(part.images), len(part))
+        for name, part in (("validation", data.val), ("test", data.test))
+    ]
+    if any(n for _, n, _ in seen):
+        which = " and ".join(f"{n} of the {name} split's {total}" for name, n, total in seen if n)
+        raise ConfigError(
+            f"evaluate.teacher: {path} trained on {which} images; train it on images outside the run's "
+            "validation and test splits (a verdict scored on images the teacher learned from is not honest)"
+        )
+    return teacher
+
+
+def teacher_record(teacher: Teacher, data: PreparedData) -> dict[str, Any]:
+    """What the run's record says about its teacher: the file, its members, what it says of itself, and
+    how many of the run's train images it trained on too."""
+    return {
+        "path": str(teacher.path),
+        "classifier": teacher.classifier,
+        "members": len(teacher.members),
+        "trained_on_images": len(teacher.trained_on),
+        "train_split_overlap": teacher.overlap(data.train.images),
+        "info": teacher.info,
+    }
 
 
 def _tune(

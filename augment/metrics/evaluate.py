@@ -191,6 +191,8 @@ def evaluate_run(
     if data is None:
         data = load_data(cfg.data, cfg.seed)
     check_data_matches(snap, data)
+    if ev.teacher is not None:  # a teacher that does not fit or saw the scoring images: fail before any expensive work
+        downstream.load_checked_teacher(ev.teacher, data)
     with torch_threads(ev.threads):  # small CNNs: one thread each is fastest (see config)
         return _evaluate_loaded(run_dir, snap_path, snap, cfg, data, start, inception_asked, progress, map_fn)
 

@@ -53,6 +53,15 @@ def _f(x: Any, digits: int = 3) -> str:
     return "n/a" if x is None else f"{x:.{digits}f}"
 
 
+def _soft_text(soft: bool | None, selection: dict[str, Any]) -> str:
+    """What the synthetic images were trained against: their class (off), or whose probabilities."""
+    if not soft:
+        return "off"
+    return (
+        "on (the teacher's probabilities)" if selection.get("teacher") else "on (the filter classifier probabilities)"
+    )
+
+
 def _real_draw_text(down: dict[str, Any]) -> str:
     """How the real+gan regimes drew their real images, in words."""
     if down.get("gan_real_sampling") != "baseline":
@@ -270,8 +279,16 @@ def _downstream_lines(down: dict[str, Any]) -> list[str]:
         f"Synthetic share of a batch: {down['synthetic_share']} ({down['synthetic_sampling']} class "
         f"sampling; real images drawn {_real_draw_text(down)}); "
         f"confidence filter: {'off' if thr is None else f'keep p(class) >= {thr}'}; "
-        f"soft labels: {'on (the filter classifier probabilities)' if soft else 'off'}{shares}."
+        f"soft labels: {_soft_text(soft, sel)}{shares}."
     )
+    if sel.get("teacher"):
+        t = sel["teacher"]
+        lines.append(
+            f"Teacher: `{t['path']}` ({t['members']} x {t['classifier']}, trained on {t['trained_on_images']} images, "
+            f"{t['train_split_overlap']} of them in this run's train split, none in its val or test split). "
+            f"Its probabilities label the synthetic images, and the classic baseline trains on the same share of "
+            f"teacher-labelled images, real ones from the train split: the deltas are what the synthetic images add."
+        )
     if down.get("classic_on_synthetic") is False and "real+gan+classic" in down.get("regimes", {}):
         lines.append(
             "real+gan+classic applies the classic policy to its real images only (synthetic ones as generated)."

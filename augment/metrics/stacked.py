@@ -154,7 +154,7 @@ class StackedBatches:
         self.cells: list[tuple[_Batches, int, int]] = []  # (draws, real offset, synthetic offset)
         for plan, regime, seed, _split in jobs:
             draws = _Batches(plan, regime, torch.Generator().manual_seed(seed), device, images=False)
-            self.cells.append((draws, offset(plan.train_images), offset(plan.synthetic_images)))
+            self.cells.append((draws, offset(plan.train_images), offset(draws.syn_source)))
         self.pixels = _as_float(torch.cat(parts)).to(device)
         # Cells with one classic policy (torch backend) are augmented together.
         self.groups: dict[tuple[str, ...], list[int]] = {}

@@ -201,8 +201,12 @@ def summarize(plan: Plan, cells: list[dict[str, Any]]) -> dict[str, Any]:
 
 def baseline_label(summary: dict[str, Any]) -> str:
     """The classic baseline of a downstream summary as reports name it (policy, and class-balanced
-    resampling where val chose it; summaries written before ``classic_sampling`` read as natural)."""
-    return classic_label(summary.get("classic_policy") or "?", summary.get("classic_sampling") or "natural")
+    resampling where val chose it; summaries written before ``classic_sampling`` read as natural), and
+    "distilled from the teacher" where ``evaluate.teacher`` labelled its share of real images."""
+    label = classic_label(summary.get("classic_policy") or "?", summary.get("classic_sampling") or "natural")
+    if (summary.get("selection") or {}).get("teacher"):
+        label += ", distilled from the teacher"
+    return label
 
 
 def _ci_text(d: dict[str, Any]) -> str:
