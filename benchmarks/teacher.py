@@ -67,6 +67,7 @@ def paired_pts(a: dict[int, dict[str, Any]], b: dict[int, dict[str, Any]], names
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     sets = [f"evaluate.seeds={args.seeds}", "evaluate.threads=1", f"evaluate.regimes=[{','.join(args.regimes)}]"]
+    sets.append(f"evaluate.cache_dir={args.out / 'cache'}")  # one domain extractor for both evaluations
     if args.steps:
         sets.append(f"evaluate.steps={args.steps}")
     cfg = rundir.run_config(args.run_dir, sets)
