@@ -32,17 +32,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from augment import rundir  # noqa: E402
 from augment.data import load_data  # noqa: E402
-from augment.metrics import downstream  # noqa: E402
 from augment.metrics.evaluate import evaluate_run  # noqa: E402
 from augment.metrics.regimes import BASELINE  # noqa: E402
-from augment.metrics.teacher import load_teacher, save_teacher, train_teacher  # noqa: E402
+from augment.metrics.teacher import baseline_plan, load_teacher, save_teacher, train_teacher  # noqa: E402
 from augment.metrics.verdict import mean_ci  # noqa: E402
 from benchmarks.common import command, git_commit, machine, run_cli  # noqa: E402
 from benchmarks.label_fidelity import halves  # noqa: E402
@@ -81,10 +78,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     map_fn = None if executor is None else (lambda fn, items: executor.map(fn, items))
     t0 = time.time()
     try:
-        # The teacher trains as the run's classic baseline would on the held-out images (the plan's choice).
-        empty = torch.empty(0, *data.train.images.shape[1:], dtype=torch.uint8)
-        plan = downstream.prepare(data, empty, torch.empty(0, dtype=torch.int64), cfg.evaluate.model_copy(
-            update={"regimes": [BASELINE], "tune": False}), seed=cfg.seed)  # fmt: skip
+        # The teacher trains as the run's classic baseline would, on the held-out images.
+        plan = baseline_plan(cfg, data)
         spec = dataclasses.replace(plan, train_images=held.images, train_labels=held.labels)
         models = train_teacher(spec, list(range(args.members)))
         info = {

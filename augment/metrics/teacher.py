@@ -33,7 +33,7 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -43,6 +43,10 @@ from augment.errors import CheckpointError, ConfigError
 from augment.metrics.classifier_training import TrainSpec, predict_proba, torch_threads, train_classifier
 from augment.metrics.regimes import BASELINE
 from augment.models.classifier import build_classifier
+
+if TYPE_CHECKING:
+    from augment.data import PreparedData
+    from augment.metrics.downstream import Plan
 
 TEACHER_FORMAT = "gan-augment/teacher/v1"
 
@@ -189,6 +193,18 @@ def train_teacher(spec: TrainSpec, seeds: Sequence[int]) -> list[torch.nn.Module
     return [train_classifier(spec, BASELINE, seed)[0] for seed in seeds]
 
 
+def baseline_plan(cfg: Config, data: PreparedData) -> Plan:
+    """The downstream plan of ``cfg``'s classic baseline on ``data`` alone (no synthetic pool, no teacher):
+    the classic policy and draw chosen on the validation split where ``evaluate.classic`` lists several."""
+    from augment.devices import resolve_device
+    from augment.metrics import downstream
+
+    ev = cfg.evaluate.model_copy(update={"teacher": None, "regimes": [BASELINE], "tune": False})
+    empty = torch.empty(0, *data.train.images.shape[1:], dtype=torch.uint8)
+    device = resolve_device(ev.device, "evaluate.device")
+    return downstream.prepare(data, empty, torch.empty(0, dtype=torch.int64), ev, seed=cfg.seed, device=device)
+
+
 def fit_teacher(cfg: Config, members: int = 3) -> tuple[list[torch.nn.Module], list[str], torch.Tensor, dict[str, Any]]:
     """Train a teacher on ``cfg``'s data: ``members`` classifiers (``evaluate.classifier``, ``evaluate.steps``)
     on its train split as its classic baseline trains (the policy and draw chosen on its validation split
@@ -200,15 +216,10 @@ def fit_teacher(cfg: Config, members: int = 3) -> tuple[list[torch.nn.Module], l
     (``evaluate.teacher`` checks that).
     """
     from augment.data import load_data
-    from augment.devices import resolve_device
-    from augment.metrics import downstream
     from augment.metrics.classifier_training import score
 
-    ev = cfg.evaluate.model_copy(update={"teacher": None, "regimes": [BASELINE], "tune": False})
     data = load_data(cfg.data, cfg.seed)
-    empty = torch.empty(0, *data.train.images.shape[1:], dtype=torch.uint8)
-    device = resolve_device(ev.device, "evaluate.device")
-    plan = downstream.prepare(data, empty, torch.empty(0, dtype=torch.int64), ev, seed=cfg.seed, device=device)
+    plan = baseline_plan(cfg, data)
     seeds = [cfg.seed + i for i in range(members)]
     models = train_teacher(plan, seeds)
     teacher = Teacher(
