@@ -293,15 +293,15 @@ def teacher(
     _setup_logging(quiet)
     from augment.config import load_config
     from augment.io import ensure_dir
-    from augment.metrics.teacher import fit_teacher, save_teacher
+    from augment.metrics.teacher import fit_teacher, write_teacher
 
     cfg = load_config(config, set_)
     if out.is_dir():
         fail(f"--out {out}: is a folder; give the teacher file's path (e.g. {out / 'teacher.pt'})")
     ensure_dir(out.parent)  # an unwritable folder fails before minutes of training
     with _terminate_cleanly(), _bars_and_logs(not quiet):
-        models, names, images, info = fit_teacher(cfg, members)
-    saved = save_teacher(out, models, cfg.evaluate.classifier, names, images, info)
+        saved = write_teacher(fit_teacher(cfg, members), out)
+    info = saved.info
     acc = info.get("test_balanced_accuracy")
     score_text = f", test balanced accuracy {100 * acc:.2f}% on {info['test_images']} images" if acc is not None else ""
     typer.echo(

@@ -274,7 +274,7 @@ def prepare(
     teacher = None
     if cfg.teacher is not None:  # before the baseline's selection: the baseline it chooses is the distilled one
         teacher = load_checked_teacher(cfg.teacher, data)
-        plan.teacher_train_probs = teacher.probs(data.train.images, plan.threads)
+        plan.teacher_train_probs = teacher.probs(data.train.images, plan.threads or 1)
         selection["teacher"] = teacher_record(teacher, data)
     if samplings != list(cfg.classic_sampling):
         selection["classic_sampling_note"] = "class-balanced resampling left out: the train split is balanced"

@@ -133,6 +133,37 @@ class Teacher:
         }
 
 
+def from_models(
+    models: Sequence[torch.nn.Module],
+    classifier: str,
+    class_names: Sequence[str],
+    train_images: torch.Tensor,
+    info: dict[str, Any] | None = None,
+) -> Teacher:
+    """A teacher of ``models`` (the library's ``classifier`` architecture, trained on uint8 ``train_images``);
+    ``info`` (plain str/int/float values and lists of them) travels with it."""
+    if not models:
+        raise ValueError("a teacher needs at least one classifier")
+    return Teacher(
+        classifier=classifier,
+        class_names=list(class_names),
+        channels=int(train_images.shape[1]),
+        image_size=int(train_images.shape[-1]),
+        members=[{k: v.detach().cpu().clone() for k, v in m.state_dict().items()} for m in models],
+        trained_on=image_digests(train_images),
+        info=dict(info or {}),
+    )
+
+
+def write_teacher(teacher: Teacher, path: str | Path) -> Teacher:
+    """Write ``teacher`` to ``path`` atomically (its weights checked against the architecture first, so a
+    bad one writes nothing); returns it, its ``path`` set."""
+    teacher.path = Path(path)
+    teacher.models()  # CheckpointError before anything is written
+    checkpoint.save(teacher.to_dict(), teacher.path)
+    return teacher
+
+
 def save_teacher(
     path: str | Path,
     models: Sequence[torch.nn.Module],
@@ -141,24 +172,8 @@ def save_teacher(
     train_images: torch.Tensor,
     info: dict[str, Any] | None = None,
 ) -> Teacher:
-    """Write ``models`` (the library's ``classifier`` architecture, trained on uint8 ``train_images``) as
-    a teacher file, atomically; returns it. ``info`` (plain str/int/float values) is kept in the file."""
-    if not models:
-        raise ValueError("a teacher needs at least one classifier")
-    channels, size = int(train_images.shape[1]), int(train_images.shape[-1])
-    teacher = Teacher(
-        classifier=classifier,
-        class_names=list(class_names),
-        channels=channels,
-        image_size=size,
-        members=[{k: v.detach().cpu().clone() for k, v in m.state_dict().items()} for m in models],
-        trained_on=image_digests(train_images),
-        info=dict(info or {}),
-        path=Path(path),
-    )
-    teacher.models()  # the weights fit the architecture, or CheckpointError before anything is written
-    checkpoint.save(teacher.to_dict(), Path(path))
-    return teacher
+    """Write ``models`` as a teacher file (:func:`from_models`, then :func:`write_teacher`); returns it."""
+    return write_teacher(from_models(models, classifier, class_names, train_images, info), path)
 
 
 def load_teacher(path: str | Path) -> Teacher:
@@ -205,11 +220,11 @@ def baseline_plan(cfg: Config, data: PreparedData) -> Plan:
     return downstream.prepare(data, empty, torch.empty(0, dtype=torch.int64), ev, seed=cfg.seed, device=device)
 
 
-def fit_teacher(cfg: Config, members: int = 3) -> tuple[list[torch.nn.Module], list[str], torch.Tensor, dict[str, Any]]:
+def fit_teacher(cfg: Config, members: int = 3) -> Teacher:
     """Train a teacher on ``cfg``'s data: ``members`` classifiers (``evaluate.classifier``, ``evaluate.steps``)
     on its train split as its classic baseline trains (the policy and draw chosen on its validation split
-    where ``evaluate.classic`` lists several), scored on its test split. Returns the models, the class names,
-    the images they trained on and an ``info`` record: :func:`save_teacher`'s arguments.
+    where ``evaluate.classic`` lists several), scored on its test split (``info["test_balanced_accuracy"]``);
+    not yet written (:func:`write_teacher`).
 
     The config describes the teacher's data, not the run's: a teacher is worth having where it saw more
     labelled images than the GAN did, and it must not have seen the run's validation or test images
@@ -221,14 +236,6 @@ def fit_teacher(cfg: Config, members: int = 3) -> tuple[list[torch.nn.Module], l
     data = load_data(cfg.data, cfg.seed)
     plan = baseline_plan(cfg, data)
     seeds = [cfg.seed + i for i in range(members)]
-    models = train_teacher(plan, seeds)
-    teacher = Teacher(
-        classifier=plan.classifier,
-        class_names=list(data.class_names),
-        channels=int(data.train.images.shape[1]),
-        image_size=int(data.train.images.shape[-1]),
-        members=[{k: v.detach().cpu() for k, v in m.state_dict().items()} for m in models],
-    )
     info: dict[str, Any] = {
         "config": cfg.name,
         "data_fingerprint": data.fingerprint,
@@ -238,10 +245,11 @@ def fit_teacher(cfg: Config, members: int = 3) -> tuple[list[torch.nn.Module], l
         "steps": plan.steps,
         "seeds": seeds,
     }
+    teacher = from_models(train_teacher(plan, seeds), plan.classifier, data.class_names, data.train.images, info)
     if len(data.test):
         preds = teacher.probs(data.test.images, plan.threads or 1).argmax(dim=1)
-        info["test_balanced_accuracy"] = round(
+        teacher.info["test_balanced_accuracy"] = round(
             score(data.test.labels, preds, len(data.class_names))["balanced_accuracy"], 4
         )
-        info["test_images"] = len(data.test)
-    return models, list(data.class_names), data.train.images, info
+        teacher.info["test_images"] = len(data.test)
+    return teacher
