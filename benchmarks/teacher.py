@@ -67,6 +67,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     sets.append(f"evaluate.cache_dir={args.out / 'cache'}")  # one domain extractor for both evaluations
     if args.steps:
         sets.append(f"evaluate.steps={args.steps}")
+    sets += args.set  # both evaluations, e.g. evaluate.synthetic_per_class=1000
     cfg = rundir.run_config(args.run_dir, sets)
     data = load_data(cfg.data, cfg.seed)
     dev = dev_split(cfg, data, args.dev_per_class)
@@ -151,6 +152,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "comparisons": comparisons,
         "seconds": {k: v["seconds"] for k, v in results.items()},
         "seeds": args.seeds,
+        "overrides": args.set,
         "steps": results["plain"]["downstream"]["steps"],
         "n_test": results["plain"]["downstream"]["n_test"],
         "baseline": {"classic": plan.classic, "classic_sampling": plan.classic_sampling},
@@ -199,6 +201,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--steps", type=int, default=None, help="classifier steps (default: the run's)")
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--workers", type=int, default=2, help="single-threaded cell processes (default 2)")
+    ap.add_argument(
+        "--set", action="append", default=[], help="config override for both evaluations (repeatable), KEY=VALUE"
+    )
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
     if BASELINE not in args.regimes or "gan" not in args.regimes[-1]:

@@ -22,15 +22,17 @@ def test_the_teacher_benchmark_evaluates_the_run_without_and_with_a_teacher(tiny
                    "evaluate.extractor_steps=20", "evaluate.samples_per_class=20")  # fmt: skip
     argv = [str(run), "--out", str(tmp_path / "out"), "--dev-per-class", "6", "--teacher-per-class", "3"]
     argv += ["--members", "2", "--seeds", "2", "--steps", "12", "--workers", "1", "--json", str(tmp_path / "t.json")]
+    argv += ["--set", "evaluate.synthetic_per_class=4"]  # both evaluations' pool
     res = bench.main(argv)
     assert json.loads((tmp_path / "t.json").read_text())["comparisons"] == json.loads(json.dumps(res["comparisons"]))
     teacher = load_teacher(tmp_path / "out" / "teacher.pt")
     assert len(teacher.members) == 2 and len(teacher.trained_on) == 9  # 3 left-out images of each of 3 classes
     assert res["teacher"]["selection"]["train_split_overlap"] == 0 and res["teacher"]["rest_of_dev"] == 9
-    cells = {
-        name: json.loads((tmp_path / "out" / name / "eval" / "metrics.json").read_text())["downstream"]["cells"]
-        for name in ("plain", "teacher")
-    }
+    out = tmp_path / "out"
+    metrics = {n: json.loads((out / n / "eval" / "metrics.json").read_text()) for n in ("plain", "teacher")}
+    assert [m["config"]["evaluate"]["synthetic_per_class"] for m in metrics.values()] == [4, 4]
+    assert res["overrides"] == ["evaluate.synthetic_per_class=4"]
+    cells = {name: m["downstream"]["cells"] for name, m in metrics.items()}
     plain_base = [c for c in cells["plain"] if c["regime"] == "real+classic"]
     taught_base = [c for c in cells["teacher"] if c["regime"] == "real+classic"]
     assert all("teacher" not in c for c in cells["plain"])
